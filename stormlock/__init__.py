@@ -1,0 +1,23 @@
+"""Stormlock: leases on named resources, for people and scripts.
+
+    >>> from stormlock import load_lock
+    >>> lock = load_lock("prod-db")
+    >>> lease_id = lock.acquire()
+    >>> lock.release(lease_id)
+"""
+
+from .backend import Backend, Lease, LockExpiredException, LockHeldException
+from .backends import get_backend
+from .errors import StormlockError
+from .lock import StormLock, load_lock
+
+__all__ = [
+    "Backend",
+    "Lease",
+    "LockExpiredException",
+    "LockHeldException",
+    "StormLock",
+    "StormlockError",
+    "get_backend",
+    "load_lock",
+]

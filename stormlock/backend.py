@@ -1,0 +1,280 @@
+"""The backend contract: what every store of leases must do.
+
+A backend needs only the five operations of the original tool: `lock`,
+`unlock`, `renew`, `current` and `is_current`. Everything else is an optional
+capability with a fallback built on those five, so a third-party plugin that
+implements only them works with the CLI and the bot.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, NamedTuple
+
+from .errors import EXIT_EXPIRED, EXIT_HELD, StormlockError, UnsupportedOperation
+
+MAX_RESOURCE_LENGTH = 200
+MAX_NOTE_LENGTH = 1000
+_MAX_LEASE_ID_LENGTH = 256
+
+
+class Lease(NamedTuple):
+    """An active lease on a resource.
+
+    The first three fields are those of the original tool, in its order, so
+    plugins that build `Lease(principal, created, id)` keep working.
+    """
+
+    principal: str
+    """Who holds the lease, for example an email address or user@host."""
+    created: datetime
+    """When the lease was acquired (aware, UTC)."""
+    id: str
+    """The secret that proves ownership: needed to renew or release."""
+    resource: str = ""
+    expires: datetime | None = None
+    """When the lease ends unless renewed (aware, UTC); None if unknown."""
+    note: str | None = None
+    """Why the holder took the lease."""
+    fence: int = 0
+    """Fencing token: strictly increases with every acquisition of a resource."""
+
+
+class LockHeldException(StormlockError):
+    """The resource is held by someone else.
+
+    `lease` is the holder's lease, or None when the backend could not tell
+    (for example it was released between the attempt and the lookup).
+    """
+
+    exit_code = EXIT_HELD
+
+    def __init__(self, resource: str, lease: Lease | None) -> None:
+        self.resource = resource
+        self.lease = lease
+        super().__init__(describe_holder(resource, lease))
+
+    @property
+    def principal(self) -> str | None:
+        return self.lease.principal if self.lease else None
+
+
+class LockExpiredException(StormlockError):
+    """The lease is not the active lease: it expired, was released, or never was."""
+
+    exit_code = EXIT_EXPIRED
+
+    def __init__(self, resource: str) -> None:
+        self.resource = resource
+        super().__init__(
+            f"the lease is not the active lease of {resource!r} "
+            "(expired, released or wrong id); acquire it again"
+        )
+
+
+def describe_holder(resource: str, lease: Lease | None) -> str:
+    if lease is None:
+        return f"{resource!r} is held by someone else; try again"
+    text = f"{resource!r} is held by {lease.principal} since {iso(lease.created)}"
+    if lease.expires is not None:
+        text += f" until {iso(lease.expires)}"
+    if lease.note:
+        text += f" ({one_line(lease.note)})"
+    return text
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds: sortable and free of spaces."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_lease_id() -> str:
+    """A lease id: a random UUID, 122 bits from the OS's CSPRNG."""
+    return str(uuid.uuid4())
+
+
+def canonical_lease_id(lease_id: str) -> str | None:
+    """The canonical form of a lease id that the built-in backends issue.
+
+    Returns None for anything that is not a UUID, so a malformed id never
+    reaches a store (where it could raise) and simply matches no lease.
+    """
+    if not isinstance(lease_id, str) or len(lease_id) > 64:
+        return None
+    try:
+        return str(uuid.UUID(lease_id.strip()))
+    except ValueError:
+        return None
+
+
+def plausible_lease_id(lease_id: str) -> bool:
+    """Whether an id could have come from any backend (plugins included)."""
+    return (
+        isinstance(lease_id, str)
+        and 0 < len(lease_id) <= _MAX_LEASE_ID_LENGTH
+        and lease_id.isprintable()
+        and not any(ch.isspace() for ch in lease_id)
+    )
+
+
+def fallback_fence(created: datetime) -> int:
+    """A fence for plugins that have none: microseconds since the epoch.
+
+    It increases with every acquisition as long as the holders' clocks do.
+    """
+    return int(created.timestamp() * 1_000_000)
+
+
+class Backend(ABC):
+    """A store of leases.
+
+    Configuration: `__init__` takes keyword arguments, annotated with `str`,
+    `int`, `float` or `bool` (optionally `| None`); the config loader maps the
+    `[backend.NAME]` section onto them. A `**kwargs` parameter receives any
+    other keys as strings.
+
+    Required: `lock`, `unlock`, `renew`, `current` (and `is_current`, which
+    has a default built on `current`).
+
+    Optional capabilities, each with a fallback: `acquire_lease` (notes,
+    fencing tokens, expiry), `renew_lease`, `release_lease`, `list_leases`,
+    `setup`, `close`.
+    """
+
+    #: Whose clock decides expiry: "server" or "client".
+    clock: ClassVar[str] = "client"
+    #: The shortest TTL the store can honour exactly.
+    min_ttl: ClassVar[timedelta] = timedelta(0)
+
+    # -- the five operations of the original contract --------------------
+
+    @abstractmethod
+    def lock(self, resource: str, principal: str, ttl: timedelta) -> str:
+        """Acquire a lease on `resource` for `principal`, for `ttl`.
+
+        Succeeds if the resource is free or its lease has expired, atomically.
+        Returns the new lease id. Raises `LockHeldException` if someone holds
+        the resource.
+        """
+
+    @abstractmethod
+    def unlock(self, resource: str, lease_id: str) -> None:
+        """Release the lease if `lease_id` is the active lease; else do nothing.
+
+        Idempotent: releasing an expired or unknown lease is not an error.
+        """
+
+    @abstractmethod
+    def renew(self, resource: str, lease_id: str, ttl: timedelta) -> None:
+        """Set the lease to expire `ttl` from now.
+
+        Raises `LockExpiredException` unless `lease_id` is the active lease.
+        """
+
+    @abstractmethod
+    def current(self, resource: str) -> Lease | None:
+        """The active lease on `resource`, or None."""
+
+    def is_current(self, resource: str, lease_id: str) -> bool:
+        """Whether `lease_id` is the active lease on `resource`."""
+        lease = self.current(resource)
+        return lease is not None and lease.id == lease_id
+
+    # -- optional capabilities, with fallbacks ----------------------------
+
+    def acquire_lease(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
+    ) -> Lease:
+        """Like `lock`, but stores `note` and returns the whole `Lease`.
+
+        Fallback: `lock`, then `current` to fill in the details. The note is
+        dropped (see `supports`), and the fence comes from the clock.
+        """
+        lease_id = self.lock(resource, principal, ttl)
+        lease = self.current(resource)
+        if lease is None or lease.id != lease_id:
+            now = utcnow()
+            lease = Lease(principal, now, lease_id, resource, now + ttl)
+        return lease._replace(
+            resource=resource,
+            fence=lease.fence or fallback_fence(lease.created),
+            expires=lease.expires,
+        )
+
+    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
+        """Like `renew`, but returns the renewed lease."""
+        started = utcnow()
+        self.renew(resource, lease_id, ttl)
+        lease = self.current(resource)
+        if lease is None or lease.id != lease_id:
+            raise LockExpiredException(resource)
+        return lease._replace(expires=lease.expires or started + ttl)
+
+    def release_lease(self, resource: str, lease_id: str) -> bool | None:
+        """Like `unlock`; returns whether a lease was released (None: unknown)."""
+        self.unlock(resource, lease_id)
+        return None
+
+    def list_leases(self) -> list[Lease]:
+        """Every active lease, sorted by resource. Costs O(active leases)."""
+        raise UnsupportedOperation(
+            f"the {type(self).__name__} backend cannot list leases"
+        )
+
+    def setup(self) -> list[str]:
+        """Create what the store needs (tables, indexes); idempotent.
+
+        Returns one line per thing done or found.
+        """
+        return [f"{type(self).__name__}: nothing to set up"]
+
+    def close(self) -> None:
+        """Release connections. The backend may not be used afterwards."""
+
+    @classmethod
+    def supports(cls, capability: str) -> bool:
+        """Whether the class implements an optional capability natively."""
+        method = {
+            "notes": "acquire_lease",
+            "fencing": "acquire_lease",
+            "list": "list_leases",
+            "setup": "setup",
+        }[capability]
+        return getattr(cls, method) is not getattr(Backend, method)
+
+
+class LeaseBackend(Backend):
+    """Base of the built-in backends: the five operations over the rich ones."""
+
+    @abstractmethod
+    def acquire_lease(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
+    ) -> Lease: ...
+
+    @abstractmethod
+    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease: ...
+
+    @abstractmethod
+    def release_lease(self, resource: str, lease_id: str) -> bool: ...
+
+    @abstractmethod
+    def is_current(self, resource: str, lease_id: str) -> bool: ...
+
+    def lock(self, resource: str, principal: str, ttl: timedelta) -> str:
+        return self.acquire_lease(resource, principal, ttl).id
+
+    def unlock(self, resource: str, lease_id: str) -> None:
+        self.release_lease(resource, lease_id)
+
+    def renew(self, resource: str, lease_id: str, ttl: timedelta) -> None:
+        self.renew_lease(resource, lease_id, ttl)

@@ -1,0 +1,1 @@
+"""The Slack bot. Its listeners sit over a service layer that knows no Slack."""

@@ -1,0 +1,300 @@
+"""The `stormlock` command line. Exit codes are documented in the README."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import NoReturn
+
+from . import errors
+from .backend import Backend, Lease, LockHeldException
+from .config import Config, load_config
+from .errors import StormlockError, UnsupportedOperation
+from .lock import StormLock
+from .names import RULE, validate_resource
+from .render import (
+    lease_cols,
+    lease_dict,
+    lease_json,
+    lease_lines,
+    lease_oneline,
+    lease_rows,
+    lease_table,
+)
+from .ttl import parse_duration
+
+PROG = "stormlock"
+
+CURRENT_FORMATS = {
+    "oneline": lease_oneline,
+    "id": lambda lease: lease.id,
+    "json": lease_json,
+    "lines": lease_lines,
+    "rows": lease_rows,
+    "cols": lease_cols,
+}
+
+EPILOG = f"""\
+exit codes:
+  0   success
+  1   current: no active lease; is-held: the lease is not active
+  2   acquire: the resource is held by someone else (holder on stderr)
+  3   renew: the lease is not the active lease (expired, released, wrong id)
+  64  bad command line
+  65  invalid resource name ({RULE})
+  66  invalid TTL or duration
+  68  missing or invalid config file
+  69  unknown backend, or its packages are not installed
+  70  backend unreachable or timed out
+  71  run: the lease was lost while the command ran
+  72  the backend does not support the operation
+  73  unexpected error (a bug: please report it)
+  126/127  run: the command could not be executed / was not found
+  130 interrupted
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, and never exit 2: scripts read 2 as "held".
+        self.exit(errors.EXIT_USAGE, f"{self.prog}: {message}; see '{self.prog} --help'\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Leases on named resources, so two operators never run the "
+        "same risky operation at once.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-c", "--config", help="config file (default: $STORMLOCK_CONFIG, then search)"
+    )
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return cmd
+
+    def ttl_option(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("-t", "--ttl", help="lease duration, e.g. '30m', '2h', '1 days'")
+
+    acquire = command("acquire", "acquire a lease; prints the lease id")
+    ttl_option(acquire)
+    acquire.add_argument("-n", "--note", help="why you take the lease")
+    acquire.add_argument(
+        "-w", "--wait", metavar="DURATION", help="wait up to DURATION for the lock"
+    )
+    acquire.add_argument("resource")
+
+    release = command("release", "release a lease (idempotent)")
+    release.add_argument("resource")
+    release.add_argument("lease_id")
+
+    renew = command("renew", "renew a lease for another TTL from now")
+    ttl_option(renew)
+    renew.add_argument("resource")
+    renew.add_argument("lease_id")
+
+    current = command("current", "show the active lease on a resource")
+    current.add_argument(
+        "--id-only", action="store_true", help="print only the lease id"
+    )
+    current.add_argument(
+        "-f", "--format", choices=sorted(CURRENT_FORMATS), default="oneline"
+    )
+    current.add_argument("resource")
+
+    is_held = command("is-held", "exit 0 if the lease is active, else 1")
+    is_held.add_argument("resource")
+    is_held.add_argument("lease_id")
+
+    list_ = command("list", "list every active lease")
+    list_.add_argument("-f", "--format", choices=["table", "json"], default="table")
+    list_.add_argument("--ids", action="store_true", help="include lease ids")
+
+    run = command(
+        "run", "hold a lease while COMMAND runs; exits with its exit code"
+    )
+    ttl_option(run)
+    run.add_argument("-n", "--note", help="why you take the lease")
+    run.add_argument("-w", "--wait", metavar="DURATION", help="wait up to DURATION")
+    run.add_argument("resource")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+    setup = command(
+        "setup", "create the tables a backend needs (idempotent)"
+    )
+    setup.add_argument(
+        "target", nargs="?", help="a backend name or a resource (default: [default])"
+    )
+    return parser
+
+
+def _ttl(text: str | None) -> timedelta | None:
+    return parse_duration(text) if text is not None else None
+
+
+def _lock(config: Config, resource: str) -> StormLock:
+    validate_resource(resource)
+    settings = config.settings(resource)
+    backend = config.backend(settings.backend)
+    return StormLock(backend, resource, settings.principal, settings.ttl, settings.max_ttl)
+
+
+def _err(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _acquire(lock: StormLock, args: argparse.Namespace) -> int:
+    if args.note and not lock.backend.supports("notes"):
+        _err(f"warning: the {args.config_backend} backend cannot store notes; ignored")
+    lease = lock.acquire_lease(_ttl(args.ttl), args.note, _ttl(args.wait))
+    print(lease.id)
+    return 0
+
+
+def _current(lock: StormLock, args: argparse.Namespace) -> int:
+    lease = lock.current()
+    if lease is None:
+        _err(f"no active lease on {lock.resource!r}")
+        return errors.EXIT_NOT_HELD
+    fmt = "id" if args.id_only else args.format
+    print(CURRENT_FORMATS[fmt](lease._replace(resource=lock.resource)))
+    return 0
+
+
+def _list_backend(config: Config, name: str, backend: Backend) -> list[Lease]:
+    try:
+        return backend.list_leases()
+    except UnsupportedOperation:
+        # Fallback: ask about every resource the config file names.
+        found = []
+        for resource in config.resource_sections():
+            if config.settings(resource).backend == name:
+                lease = backend.current(resource)
+                if lease is not None:
+                    found.append(lease._replace(resource=resource))
+        return found
+
+
+def _list(config: Config, args: argparse.Namespace) -> int:
+    names = {config.settings("\0default").backend}
+    names.update(config.settings(r).backend for r in config.resource_sections())
+    leases: list[Lease] = []
+    for name in sorted(names):
+        backend = config.backend(name)
+        try:
+            leases.extend(_list_backend(config, name, backend))
+        finally:
+            backend.close()
+    leases.sort(key=lambda lease: lease.resource)
+    if args.format == "json":
+        print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
+    elif leases:
+        print(lease_table(leases, args.ids))
+    else:
+        _err("no active leases")
+    return 0
+
+
+def _setup(config: Config, target: str | None) -> int:
+    from .backends import available_backends
+
+    if target is None:
+        name = config.settings("\0default").backend
+    elif target in available_backends() or config.backend_options(target):
+        name = target
+    else:
+        name = config.settings(validate_resource(target)).backend
+    backend = config.backend(name)
+    try:
+        for line in backend.setup():
+            print(line)
+    finally:
+        backend.close()
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.cmd == "list":
+        return _list(config, args)
+    if args.cmd == "setup":
+        return _setup(config, args.target)
+    if args.cmd == "run":
+        command = list(args.command)
+        if command[:1] == ["--"]:
+            command = command[1:]
+        if not command:
+            raise _Usage("run needs a command: stormlock run RESOURCE -- COMMAND")
+    lock = _lock(config, args.resource)
+    args.config_backend = config.settings(args.resource).backend
+    try:
+        if args.cmd == "acquire":
+            return _acquire(lock, args)
+        if args.cmd == "release":
+            if lock.release(args.lease_id) is False:
+                _err(f"that lease is not active on {lock.resource!r}; nothing released")
+            return 0
+        if args.cmd == "renew":
+            lock.renew(args.lease_id, _ttl(args.ttl))
+            return 0
+        if args.cmd == "current":
+            return _current(lock, args)
+        if args.cmd == "is-held":
+            return 0 if lock.is_current(args.lease_id) else errors.EXIT_NOT_HELD
+        if args.cmd == "run":
+            from .runner import run_command
+
+            return run_command(lock, command, _ttl(args.ttl), _ttl(args.wait), args.note)
+        raise _Usage(f"unknown command {args.cmd!r}")
+    finally:
+        lock.backend.close()
+
+
+class _Usage(StormlockError):
+    exit_code = errors.EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except LockHeldException as held:
+        _err(str(held))
+        return held.exit_code
+    except StormlockError as exc:
+        _err(exc.message)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return errors.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # never a traceback; the message says what to report
+        if os.environ.get("STORMLOCK_DEBUG"):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        _err(
+            f"unexpected error: {type(exc).__name__}: {detail}; "
+            "rerun with STORMLOCK_DEBUG=1 and report it"
+        )
+        return errors.EXIT_INTERNAL
+
+
+def run() -> None:
+    """Entry point kept for compatibility with the original tool."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

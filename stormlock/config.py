@@ -1,0 +1,250 @@
+"""The INI configuration file: where it is, and what its sections mean.
+
+[default] holds defaults, a section named after a resource overrides them,
+[backend.NAME] configures a backend by its constructor's signature, and
+[bot] configures the Slack bot.
+"""
+
+from __future__ import annotations
+
+import getpass
+import inspect
+import os
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from configparser import ConfigParser
+from configparser import Error as ConfigParserError
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .backend import Backend
+from .backends import find_backend
+from .errors import ConfigError, InvalidTTL
+from .ttl import parse_duration
+
+DEFAULT_BACKEND = "sqlite"
+DEFAULT_TTL = timedelta(days=1)
+DEFAULT_SECTION = "default"
+BOT_SECTION = "bot"
+BACKEND_PREFIX = "backend."
+_NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION)
+
+
+def search_paths() -> list[Path]:
+    """Where a config file is looked for, in order (the original tool's order)."""
+    home = Path.home()
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(home / ".config")
+    return [
+        Path(".stormlock.cfg"),
+        Path(xdg) / "stormlock.cfg",
+        home / ".stormlock.cfg",
+    ]
+
+
+def default_state_dir() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "stormlock"
+
+
+def default_principal() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to use: explicit, $STORMLOCK_CONFIG, or the search path.
+
+    An explicit or environment path must exist; finding nothing on the search
+    path is fine and means "built-in defaults".
+    """
+    chosen = explicit or os.environ.get("STORMLOCK_CONFIG")
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist; "
+                "fix the path given with -c/--config or STORMLOCK_CONFIG"
+            )
+        return path
+    for path in search_paths():
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    resource: str
+    backend: str
+    principal: str
+    ttl: timedelta
+    max_ttl: timedelta | None
+
+
+class Config:
+    """A parsed config file (or the built-in defaults when there is none)."""
+
+    def __init__(self, parser: ConfigParser, path: Path | None = None) -> None:
+        self.parser = parser
+        self.path = path
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "built-in defaults"
+
+    def value(self, resource: str | None, key: str, *fallbacks: str) -> str | None:
+        """`key` from the resource's section, then each fallback section."""
+        sections = [resource] if resource and self.is_resource_section(resource) else []
+        sections += [*fallbacks, DEFAULT_SECTION]
+        for section in sections:
+            if self.parser.has_option(section, key):
+                raw = self.parser.get(section, key).strip()
+                if raw:
+                    return raw
+        return None
+
+    def duration(
+        self, resource: str | None, key: str, *fallbacks: str
+    ) -> timedelta | None:
+        raw = self.value(resource, key, *fallbacks)
+        if raw is None:
+            return None
+        try:
+            return parse_duration(raw)
+        except InvalidTTL as exc:
+            raise ConfigError(f"{self.source}: {key}: {exc}") from None
+
+    @staticmethod
+    def is_resource_section(name: str) -> bool:
+        return name not in _NOT_RESOURCES and not name.startswith(BACKEND_PREFIX)
+
+    def resource_sections(self) -> list[str]:
+        return [s for s in self.parser.sections() if self.is_resource_section(s)]
+
+    def settings(self, resource: str) -> ResourceSettings:
+        ttl = self.duration(resource, "ttl") or DEFAULT_TTL
+        max_ttl = self.duration(resource, "max_ttl")
+        if max_ttl is not None and ttl > max_ttl:
+            raise ConfigError(
+                f"{self.source}: ttl is longer than max_ttl for {resource!r}; "
+                "lower ttl or raise max_ttl"
+            )
+        return ResourceSettings(
+            resource=resource,
+            backend=self.value(resource, "backend") or DEFAULT_BACKEND,
+            principal=self.value(resource, "principal") or default_principal(),
+            ttl=ttl,
+            max_ttl=max_ttl,
+        )
+
+    def backend_options(self, name: str) -> dict[str, str]:
+        section = BACKEND_PREFIX + name
+        if not self.parser.has_section(section):
+            return {}
+        return {key: self.parser.get(section, key) for key in self.parser[section]}
+
+    def backend(self, name: str) -> Backend:
+        """Build backend `name` from its `[backend.NAME]` section."""
+        cls = find_backend(name)
+        kwargs = options_for_signature(
+            cls, self.backend_options(name), f"[{BACKEND_PREFIX}{name}]", self
+        )
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{self.source}: [{BACKEND_PREFIX}{name}]: {exc}"
+            ) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config file (see `find_config_file`); none found means defaults."""
+    found = find_config_file(path)
+    parser = ConfigParser(interpolation=None, default_section="\0none")
+    if found is not None:
+        try:
+            with found.open(encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {str(found)!r}: {exc}") from None
+        except ConfigParserError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"config file {str(found)!r} is not valid INI: {first}"
+            ) from None
+    return Config(parser, found)
+
+
+def _convert(kind: Any, raw: str, key: str, where: str) -> Any:
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    if optional:
+        kinds = [k for k in typing.get_args(kind) if k is not type(None)]
+        kind = kinds[0] if len(kinds) == 1 else str
+    if kind in (str, Any, inspect.Parameter.empty):
+        return raw
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "yes", "true", "on"):
+                return True
+            if lowered in ("0", "no", "false", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{where} {key} = {raw!r} is not a valid {kind.__name__}; fix the value"
+        ) from None
+    return raw
+
+
+def options_for_signature(
+    cls: type, options: Mapping[str, str], where: str, config: Config | None = None
+) -> dict[str, Any]:
+    """Map INI options onto the keyword parameters of `cls.__init__`."""
+    signature = inspect.signature(cls)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations in a plugin: treat as str
+        hints = {}
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    known = {
+        name: p
+        for name, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    source = f"{config.source}: " if config else ""
+    kwargs: dict[str, Any] = {}
+    for key, raw in options.items():
+        if key in known:
+            kind = hints.get(key, known[key].annotation)
+            if kind in (dict, dict[str, str]) and config is not None:
+                continue
+            kwargs[key] = _convert(kind, raw, key, f"{source}{where}")
+        elif takes_any:
+            kwargs[key] = raw
+        else:
+            valid = ", ".join(sorted(known)) or "none"
+            raise ConfigError(
+                f"{source}{where} has unknown option {key!r}; valid options: {valid}"
+            )
+    for name, param in known.items():
+        kind = hints.get(name, param.annotation)
+        if kind in (dict, dict[str, str]) and config is not None:
+            sub = f"{where[1:-1]}.{name}"
+            if config.parser.has_section(sub):
+                kwargs[name] = dict(config.parser[sub])
+        if name not in kwargs and param.default is inspect.Parameter.empty:
+            raise ConfigError(f"{source}{where} needs option {name!r}; add it")
+    return kwargs

@@ -1,0 +1,153 @@
+"""The high-level object: a lock on one resource, as the CLI and scripts use it."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from datetime import timedelta
+
+from .backend import (
+    MAX_NOTE_LENGTH,
+    Backend,
+    Lease,
+    LockExpiredException,
+    LockHeldException,
+    plausible_lease_id,
+    utcnow,
+)
+from .config import DEFAULT_TTL, load_config
+from .errors import StormlockError
+from .names import validate_resource
+from .ttl import check_ttl
+
+# Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
+_FIRST_RETRY = 0.1
+_MAX_RETRY = 5.0
+
+
+class StormLock:
+    """A lock on a single resource, stored in a backend.
+
+    Usually built with `load_lock`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        resource: str,
+        principal: str,
+        ttl: timedelta = DEFAULT_TTL,
+        max_ttl: timedelta | None = None,
+    ) -> None:
+        self.backend = backend
+        self.resource = validate_resource(resource)
+        self.principal = principal
+        self.ttl = check_ttl(ttl, max_ttl)
+        self.max_ttl = max_ttl
+
+    def _ttl(self, ttl: timedelta | None) -> timedelta:
+        return self.ttl if ttl is None else check_ttl(ttl, self.max_ttl)
+
+    def acquire(self, ttl: timedelta | None = None, note: str | None = None) -> str:
+        """Acquire the lock and return the lease id.
+
+        Raises `LockHeldException` if someone else holds it.
+        """
+        return self.acquire_lease(ttl, note).id
+
+    def acquire_lease(
+        self,
+        ttl: timedelta | None = None,
+        note: str | None = None,
+        wait: timedelta | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Lease:
+        """Acquire the lock and return the whole lease.
+
+        With `wait`, keep trying (backoff with jitter, never sooner than the
+        holder's expiry would allow) until the lock is free or `wait` runs
+        out; then raise the last `LockHeldException`. Setting `cancel` stops
+        the wait early.
+        """
+        ttl = self._ttl(ttl)
+        if note is not None:
+            note = note.strip()[:MAX_NOTE_LENGTH] or None
+        deadline = time.monotonic() + wait.total_seconds() if wait else None
+        delay = _FIRST_RETRY
+        while True:
+            try:
+                return self.backend.acquire_lease(
+                    self.resource, self.principal, ttl, note
+                )
+            except LockHeldException as held:
+                if deadline is None:
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter
+                expires = held.lease.expires if held.lease else None
+                if expires is not None:
+                    # No point polling long before the holder's lease can end...
+                    until_free = (expires - utcnow()).total_seconds()
+                    if 0 < until_free < pause:
+                        pause = until_free + random.uniform(0, 0.05)  # noqa: S311
+                pause = min(pause, remaining)
+                if cancel is not None:
+                    if cancel.wait(pause):
+                        raise
+                else:
+                    time.sleep(pause)
+                delay = min(delay * 2, _MAX_RETRY)
+
+    def release(self, lease_id: str) -> bool | None:
+        """Release the lease. Idempotent: an inactive id changes nothing.
+
+        Returns whether a lease was released (None if the backend cannot say).
+        """
+        if not plausible_lease_id(lease_id):
+            return False
+        return self.backend.release_lease(self.resource, lease_id)
+
+    def renew(self, lease_id: str, ttl: timedelta | None = None) -> Lease:
+        """Make the lease expire `ttl` (default: the configured TTL) from now.
+
+        Raises `LockExpiredException` unless it is the active lease.
+        """
+        ttl = self._ttl(ttl)
+        if not plausible_lease_id(lease_id):
+            raise LockExpiredException(self.resource)
+        return self.backend.renew_lease(self.resource, lease_id, ttl)
+
+    def current(self) -> Lease | None:
+        """The active lease, or None."""
+        return self.backend.current(self.resource)
+
+    def is_current(self, lease_id: str) -> bool:
+        """Whether `lease_id` is the active lease."""
+        if not plausible_lease_id(lease_id):
+            return False
+        return self.backend.is_current(self.resource, lease_id)
+
+
+def load_lock(
+    resource: str, conf_file: str | os.PathLike[str] | None = None
+) -> StormLock:
+    """Build a `StormLock` for `resource` from the config file.
+
+    `conf_file` defaults to $STORMLOCK_CONFIG, then the search path; with no
+    file at all, the embedded SQLite backend and built-in defaults are used.
+    """
+    validate_resource(resource)
+    config = load_config(conf_file)
+    settings = config.settings(resource)
+    backend = config.backend(settings.backend)
+    try:
+        return StormLock(
+            backend, resource, settings.principal, settings.ttl, settings.max_ttl
+        )
+    except StormlockError:
+        backend.close()
+        raise

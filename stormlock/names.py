@@ -1,0 +1,30 @@
+"""Which resource names are valid."""
+
+from __future__ import annotations
+
+from .backend import MAX_RESOURCE_LENGTH
+from .errors import InvalidResourceName
+
+RULE = (
+    f"1 to {MAX_RESOURCE_LENGTH} characters, no spaces or control characters, "
+    "not starting with '-'"
+)
+
+
+def validate_resource(name: str) -> str:
+    """Return `name` if it is a valid resource name; raise otherwise."""
+    if not isinstance(name, str) or not name:
+        raise InvalidResourceName(f"resource name is empty; use {RULE}")
+    shown = name if len(name) <= 40 else name[:40] + "..."
+    if len(name) > MAX_RESOURCE_LENGTH:
+        raise InvalidResourceName(
+            f"resource name {shown!r} is {len(name)} characters long; use {RULE}"
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in name):
+        raise InvalidResourceName(
+            f"resource name {shown!r} contains whitespace or control characters; "
+            f"use {RULE}"
+        )
+    if name.startswith("-"):
+        raise InvalidResourceName(f"resource name {shown!r} starts with '-'; use {RULE}")
+    return name

@@ -1,0 +1,86 @@
+"""Plain-text and JSON views of leases, for the CLI and the bot's shell."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .backend import Lease, iso, one_line
+
+
+def short_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lease_dict(lease: Lease, with_id: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "resource": lease.resource,
+        "principal": lease.principal,
+        "created": iso(lease.created),
+        "expires": iso(lease.expires) if lease.expires else None,
+        "note": lease.note,
+        "fence": lease.fence,
+    }
+    if with_id:
+        data["id"] = lease.id
+    return data
+
+
+def lease_json(lease: Lease) -> str:
+    return json.dumps(lease_dict(lease))
+
+
+def lease_oneline(lease: Lease) -> str:
+    """The original tool's format: principal, created, lease id, tab-separated."""
+    return f"{lease.principal}\t{iso(lease.created)}\t{lease.id}"
+
+
+def lease_lines(lease: Lease) -> str:
+    """The original tool's older format: principal, id, created, one per line."""
+    return f"{lease.principal}\n{lease.id}\n{iso(lease.created)}"
+
+
+def lease_rows(lease: Lease) -> str:
+    """One `field: value` row per field."""
+    return "\n".join(
+        f"{key}: {'' if value is None else value}"
+        for key, value in lease_dict(lease).items()
+    )
+
+
+_COLS = ("resource", "principal", "created", "expires", "note", "fence", "id")
+
+
+def lease_cols(lease: Lease) -> str:
+    """A header line and a value line, tab-separated."""
+    data = lease_dict(lease)
+    values = ["" if data[key] is None else one_line(str(data[key])) for key in _COLS]
+    return "\t".join(_COLS) + "\n" + "\t".join(values)
+
+
+def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
+    headers = ["RESOURCE", "PRINCIPAL", "SINCE", "EXPIRES", "NOTE"]
+    if with_ids:
+        headers.append("LEASE ID")
+    rows = [headers]
+    for lease in leases:
+        row = [
+            lease.resource,
+            lease.principal,
+            short_time(lease.created),
+            short_time(lease.expires),
+            one_line(lease.note or "-"),
+        ]
+        if with_ids:
+            row.append(lease.id)
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        .rstrip()
+        for row in rows
+    )
