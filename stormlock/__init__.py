@@ -1,9 +1,9 @@
 """Stormlock: leases on named resources, for people and scripts.
 
-    >>> from stormlock import load_lock
-    >>> lock = load_lock("prod-db")
-    >>> lease_id = lock.acquire()
-    >>> lock.release(lease_id)
+>>> from stormlock import load_lock
+>>> lock = load_lock("prod-db")
+>>> lease_id = lock.acquire()
+>>> lock.release(lease_id)
 """
 
 from .backend import Backend, Lease, LockExpiredException, LockHeldException

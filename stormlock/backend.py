@@ -238,7 +238,7 @@ class Backend(ABC):
         """
         return [f"{type(self).__name__}: nothing to set up"]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release connections. The backend may not be used afterwards."""
 
     @classmethod

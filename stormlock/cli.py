@@ -61,7 +61,9 @@ exit codes:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, and never exit 2: scripts read 2 as "held".
-        self.exit(errors.EXIT_USAGE, f"{self.prog}: {message}; see '{self.prog} --help'\n")
+        self.exit(
+            errors.EXIT_USAGE, f"{self.prog}: {message}; see '{self.prog} --help'\n"
+        )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -80,11 +82,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        cmd.add_argument(
+            "-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         return cmd
 
     def ttl_option(cmd: argparse.ArgumentParser) -> None:
-        cmd.add_argument("-t", "--ttl", help="lease duration, e.g. '30m', '2h', '1 days'")
+        cmd.add_argument(
+            "-t", "--ttl", help="lease duration, e.g. '30m', '2h', '1 days'"
+        )
 
     acquire = command("acquire", "acquire a lease; prints the lease id")
     ttl_option(acquire)
@@ -120,18 +126,15 @@ def _build_parser() -> argparse.ArgumentParser:
     list_.add_argument("-f", "--format", choices=["table", "json"], default="table")
     list_.add_argument("--ids", action="store_true", help="include lease ids")
 
-    run = command(
-        "run", "hold a lease while COMMAND runs; exits with its exit code"
-    )
+    run = command("run", "hold a lease while COMMAND runs; exits with its exit code")
     ttl_option(run)
     run.add_argument("-n", "--note", help="why you take the lease")
     run.add_argument("-w", "--wait", metavar="DURATION", help="wait up to DURATION")
     run.add_argument("resource")
-    run.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    run.add_argument("command", nargs="*", help="-- COMMAND [ARGS...]")
+    run.set_defaults(command_after_dashes=None)
 
-    setup = command(
-        "setup", "create the tables a backend needs (idempotent)"
-    )
+    setup = command("setup", "create the tables a backend needs (idempotent)")
     setup.add_argument(
         "target", nargs="?", help="a backend name or a resource (default: [default])"
     )
@@ -146,7 +149,9 @@ def _lock(config: Config, resource: str) -> StormLock:
     validate_resource(resource)
     settings = config.settings(resource)
     backend = config.backend(settings.backend)
-    return StormLock(backend, resource, settings.principal, settings.ttl, settings.max_ttl)
+    return StormLock(
+        backend, resource, settings.principal, settings.ttl, settings.max_ttl
+    )
 
 
 def _err(message: str) -> None:
@@ -230,7 +235,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "setup":
         return _setup(config, args.target)
     if args.cmd == "run":
-        command = list(args.command)
+        command = args.command_after_dashes or list(args.command)
         if command[:1] == ["--"]:
             command = command[1:]
         if not command:
@@ -254,7 +259,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.cmd == "run":
             from .runner import run_command
 
-            return run_command(lock, command, _ttl(args.ttl), _ttl(args.wait), args.note)
+            return run_command(
+                lock, command, _ttl(args.ttl), _ttl(args.wait), args.note
+            )
         raise _Usage(f"unknown command {args.cmd!r}")
     finally:
         lock.backend.close()
@@ -264,9 +271,33 @@ class _Usage(StormlockError):
     exit_code = errors.EXIT_USAGE
 
 
+def _split_run_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """For `run`, everything after the first `--` is the command, so that
+    options may come after the resource: `run db --ttl 1h -- make deploy`."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in ("-c", "--config"):
+            index += 2
+            continue
+        if arg.startswith("-"):
+            index += 1
+            continue
+        if arg == "run" and "--" in argv[index:]:
+            dashes = argv.index("--", index)
+            return argv[:dashes], argv[dashes + 1 :]
+        break
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    args = _build_parser().parse_args(argv)
+    arguments, command = _split_run_command(
+        list(sys.argv[1:] if argv is None else argv)
+    )
+    args = _build_parser().parse_args(arguments)
+    if command is not None:
+        args.command_after_dashes = command
     try:
         return _dispatch(args)
     except LockHeldException as held:

@@ -173,7 +173,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             with found.open(encoding="utf-8") as handle:
                 parser.read_file(handle)
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {str(found)!r}: {exc}") from None
+            raise ConfigError(
+                f"cannot read config file {str(found)!r}: {exc}"
+            ) from None
         except ConfigParserError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(
@@ -214,7 +216,7 @@ def options_for_signature(
     """Map INI options onto the keyword parameters of `cls.__init__`."""
     signature = inspect.signature(cls)
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
     except Exception:  # unresolvable annotations in a plugin: treat as str
         hints = {}
     params = signature.parameters
@@ -222,7 +224,8 @@ def options_for_signature(
     known = {
         name: p
         for name, p in params.items()
-        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        if p.kind
+        not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     }
     source = f"{config.source}: " if config else ""
     kwargs: dict[str, Any] = {}

@@ -26,5 +26,7 @@ def validate_resource(name: str) -> str:
             f"use {RULE}"
         )
     if name.startswith("-"):
-        raise InvalidResourceName(f"resource name {shown!r} starts with '-'; use {RULE}")
+        raise InvalidResourceName(
+            f"resource name {shown!r} starts with '-'; use {RULE}"
+        )
     return name

@@ -80,7 +80,8 @@ def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        .rstrip()
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
         for row in rows
     )

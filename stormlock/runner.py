@@ -33,7 +33,11 @@ class _Renewer(threading.Thread):
     """Keeps the lease alive; on loss, stops the child."""
 
     def __init__(
-        self, lock: StormLock, lease: Lease, ttl: timedelta, child: subprocess.Popen[bytes]
+        self,
+        lock: StormLock,
+        lease: Lease,
+        ttl: timedelta,
+        child: subprocess.Popen[bytes],
     ) -> None:
         super().__init__(name="stormlock-renewer", daemon=True)
         self.lock = lock

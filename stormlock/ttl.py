@@ -60,7 +60,9 @@ def _explain(text: str) -> str:
     if re.fullmatch(r"[+-]?\d+(\.\d+)?", stripped):
         if stripped.startswith("-") or float(stripped) <= 0:
             return f"duration {text!r} must be positive; {EXAMPLE}"
-        return f"duration {text!r} has no unit; write e.g. '{stripped}s' or '{stripped}m'"
+        return (
+            f"duration {text!r} has no unit; write e.g. '{stripped}s' or '{stripped}m'"
+        )
     if stripped.startswith("-"):
         return f"duration {text!r} must be positive; {EXAMPLE}"
     return f"cannot read duration {text!r}; {EXAMPLE}"

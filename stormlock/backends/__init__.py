@@ -1,4 +1,4 @@
-"""Finding backends by name: the built-ins, then the `stormlock.backends` entry points."""
+"""Finding backends by name: the built-ins, then the entry points of plugins."""
 
 from __future__ import annotations
 

@@ -38,8 +38,6 @@ CREATE INDEX IF NOT EXISTS stormlock_leases_expires
     ON stormlock_leases (expires) WHERE lease_id IS NOT NULL;
 """
 
-_COLUMNS = "resource, principal, created, lease_id, expires, note, fence"
-
 _ACQUIRE = """
 INSERT INTO stormlock_leases
     (resource, lease_id, principal, created, expires, note, fence)
@@ -84,7 +82,9 @@ class SQLite(LeaseBackend):
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
         from ..config import default_state_dir
 
-        self.path = Path(path).expanduser() if path else default_state_dir() / "locks.db"
+        self.path = (
+            Path(path).expanduser() if path else default_state_dir() / "locks.db"
+        )
         self.timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -167,9 +167,9 @@ class SQLite(LeaseBackend):
             raise LockExpiredException(resource)
         now = time.time()
         rows = self._run(
-            f"UPDATE stormlock_leases SET expires = :expires "
-            f"WHERE resource = :resource AND lease_id = :lease_id AND expires > :now "
-            f"RETURNING {_COLUMNS}",
+            "UPDATE stormlock_leases SET expires = :expires "
+            "WHERE resource = :resource AND lease_id = :lease_id AND expires > :now "
+            "RETURNING resource, principal, created, lease_id, expires, note, fence",
             {
                 "resource": resource,
                 "lease_id": lease_id_,
@@ -195,7 +195,8 @@ class SQLite(LeaseBackend):
 
     def current(self, resource: str) -> Lease | None:
         rows = self._run(
-            f"SELECT {_COLUMNS} FROM stormlock_leases WHERE resource = :resource "
+            "SELECT resource, principal, created, lease_id, expires, note, fence "
+            "FROM stormlock_leases WHERE resource = :resource "
             "AND lease_id IS NOT NULL AND expires > :now",
             {"resource": resource, "now": time.time()},
         )
@@ -214,7 +215,8 @@ class SQLite(LeaseBackend):
 
     def list_leases(self) -> list[Lease]:
         rows = self._run(
-            f"SELECT {_COLUMNS} FROM stormlock_leases "
+            "SELECT resource, principal, created, lease_id, expires, note, fence "
+            "FROM stormlock_leases "
             "WHERE lease_id IS NOT NULL AND expires > :now ORDER BY resource",
             {"now": time.time()},
         )

@@ -1,0 +1,106 @@
+"""Shared fixtures: an empty HOME, the installed `stormlock` as a subprocess,
+and (in tests/servers.py) real backend servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.backends import (  # noqa: F401 - fixtures
+    backend,
+    backend_config,
+    make_backend,
+    resource,
+)
+from tests.servers import *  # noqa: F403 - server fixtures
+from tests.servers import IN_CI
+
+BIN = Path(sys.executable).parent
+STORMLOCK = str(BIN / "stormlock")
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("STORMLOCK_", "XDG_", "SLACK_"))
+    }
+    env["HOME"] = str(home)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty HOME, also the working directory of CLI runs."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def cli(home: Path) -> CliRunner:
+    """Run the installed `stormlock` in the empty HOME."""
+
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = clean_env(home)
+        full_env.update(env or {})
+        return subprocess.run(
+            [STORMLOCK, *args],
+            cwd=home,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def write_config(home: Path) -> Callable[[str], Path]:
+    def write(text: str) -> Path:
+        path = home / "stormlock.cfg"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # In CI a skipped test means a backend went untested: that is a failure.
+    if not IN_CI:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        print(f"\nCI: {len(skipped)} test(s) skipped; every backend must run in CI")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)
+
+
+@pytest.fixture
+def no_traceback() -> Iterator[Callable[[subprocess.CompletedProcess[str]], None]]:
+    def check(result: subprocess.CompletedProcess[str]) -> None:
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 1, result.stderr
+
+    yield check

@@ -1,0 +1,216 @@
+"""Real servers for the backend tests, started from the binaries on PATH.
+
+Each fixture starts its server once per session with mirakuru, on a free
+loopback port, and gives the test a `Server` that can also be stopped and
+started again (for outage tests). A missing binary skips the backend's
+tests locally and fails them under CI=true.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mirakuru import HTTPExecutor, TCPExecutor
+from mirakuru.base import SimpleExecutor
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+HOST = "127.0.0.1"
+
+__all__ = [
+    "IN_CI",
+    "Server",
+    "dynamodb_server",
+    "etcd_server",
+    "postgres_server",
+    "redis_server",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_binary(name: str, *extra_globs: str) -> str:
+    """The path of a server binary, or skip (locally) / fail (in CI)."""
+    found = shutil.which(name)
+    if not found:
+        for pattern in extra_globs:
+            matches = sorted(glob.glob(pattern))
+            if matches:
+                found = matches[-1]
+                break
+    if not found:
+        message = f"{name} is not installed; .ci/run shows how to install it"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@dataclass
+class Server:
+    """A running server: where it listens and how to stop and restart it."""
+
+    name: str
+    executor: SimpleExecutor
+    port: int
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend options (the [backend.NAME] section) that reach this server."""
+
+    def stop(self) -> None:
+        self.executor.stop()
+
+    def start(self) -> None:
+        if not self.executor.running():
+            self.executor.start()
+
+
+def _as_service_user(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *command]
+    return command
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Server]:
+    binary = find_binary("redis-server")
+    port = free_port()
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    executor = TCPExecutor(command, host=HOST, port=port, timeout=30)
+    executor.start()
+    yield Server("redis", executor, port, {"url": f"redis://{HOST}:{port}/0"})
+    executor.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    pg_glob = "/usr/lib/postgresql/*/bin/"
+    initdb = find_binary("initdb", pg_glob + "initdb")
+    postgres = find_binary("postgres", pg_glob + "postgres")
+    root = Path(tempfile.mkdtemp(prefix="stormlock-pg-"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    subprocess.run(
+        _as_service_user(
+            [
+                initdb,
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    command = _as_service_user(
+        [
+            postgres,
+            "-D",
+            str(data),
+            "-h",
+            HOST,
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_preload_libraries=pg_stat_statements",
+        ]
+    )
+    executor = TCPExecutor(command, host=HOST, port=port, timeout=60)
+    executor.start()
+    conninfo = f"postgresql://postgres@{HOST}:{port}/postgres"
+    yield Server("postgresql", executor, port, {"connection": conninfo})
+    executor.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[Server]:
+    binary = find_binary("etcd")
+    data = Path(tempfile.mkdtemp(prefix="stormlock-etcd-"))
+    port, peer = free_port(), free_port()
+    command = [
+        binary,
+        "--name",
+        "test",
+        "--data-dir",
+        str(data),
+        "--listen-client-urls",
+        f"http://{HOST}:{port}",
+        "--advertise-client-urls",
+        f"http://{HOST}:{port}",
+        "--listen-peer-urls",
+        f"http://{HOST}:{peer}",
+        "--initial-advertise-peer-urls",
+        f"http://{HOST}:{peer}",
+        "--initial-cluster",
+        f"test=http://{HOST}:{peer}",
+        "--log-level",
+        "error",
+        "--unsafe-no-fsync",
+    ]
+    executor = HTTPExecutor(command, url=f"http://{HOST}:{port}/health", timeout=60)
+    executor.start()
+    yield Server("etcd", executor, port, {"host": HOST, "port": str(port)})
+    executor.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dynamodb_server() -> Iterator[Server]:
+    binary = shutil.which("moto_server") or str(
+        Path(sys.executable).parent / "moto_server"
+    )
+    if not os.path.exists(binary):
+        find_binary("moto_server")
+    port = free_port()
+    executor = TCPExecutor(
+        [binary, "-H", HOST, "-p", str(port)], host=HOST, port=port, timeout=60
+    )
+    executor.start()
+    options = {
+        "endpoint": f"http://{HOST}:{port}",
+        "region": "us-east-1",
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    yield Server("dynamodb", executor, port, options)
+    executor.stop()

@@ -1,0 +1,309 @@
+"""The `stormlock` CLI, run as a subprocess the way users and scripts run it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.backends import BackendConfig
+from tests.conftest import CliRunner
+
+UUID = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        time.sleep(0.05)
+
+
+def one_line_error(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# -- zero configuration ------------------------------------------------------
+
+
+def test_acquire_works_in_an_empty_home_with_no_config(
+    cli: CliRunner, home: Path
+) -> None:
+    result = cli("acquire", "x")
+    assert result.returncode == 0, result.stderr
+    assert UUID.match(result.stdout.strip())
+    assert result.stderr == ""
+    assert (home / ".local/state/stormlock/locks.db").is_file()
+    current = cli("current", "x")
+    principal, created, lease_id = current.stdout.rstrip("\n").split("\t")
+    assert "@" in principal
+    assert lease_id == result.stdout.strip()
+    datetime.fromisoformat(created)
+
+
+# -- the seed README's scenario, on every backend ------------------------------
+
+
+def test_seed_cli_scenario(
+    cli: CliRunner, write_config: Callable[[str], Path], backend_config: BackendConfig
+) -> None:
+    env = {"STORMLOCK_CONFIG": str(write_config(backend_config.ini("test_user")))}
+    r1, r2 = "test1", "test2"
+    id1 = cli("acquire", r1, env=env).stdout.strip()
+    assert id1
+    assert cli("is-held", r1, id1, env=env).returncode == 0
+    principal, _created, lease_id = (
+        cli("current", r1, env=env).stdout.rstrip("\n").split("\t")
+    )
+    assert (principal, lease_id) == ("test_user", id1)
+    held = cli("acquire", r1, env=env)
+    assert held.returncode == 2
+    assert "test_user" in one_line_error(held.stderr)
+    assert id1 not in held.stderr, "the holder's lease id must stay secret"
+    res2 = cli("acquire", r2, env=env)
+    assert res2.returncode == 0
+    assert cli("release", r1, id1, env=env).returncode == 0
+    id2 = cli("acquire", r1, "-t", "4 seconds", env=env).stdout.strip()
+    assert id2 and id2 != id1
+    assert cli("is-held", r1, id1, env=env).returncode == 1
+    assert cli("renew", r1, id2, "-t", "4 seconds", env=env).returncode == 0
+    assert cli("acquire", r1, env=env).returncode == 2
+    wait_until(lambda: cli("is-held", r1, id2, env=env).returncode == 1)
+    renew = cli("renew", r1, id2, "-t", "4 seconds", env=env)
+    assert renew.returncode == 3
+    one_line_error(renew.stderr)
+    assert cli("release", r2, res2.stdout.strip(), env=env).returncode == 0
+    assert cli("current", r2, "--id-only", env=env).returncode == 1
+
+
+# -- output formats ---------------------------------------------------------------
+
+
+def test_current_formats(cli: CliRunner) -> None:
+    lease_id = cli("acquire", "fmt", "--note", "applying terraform").stdout.strip()
+    assert cli("current", "fmt", "--id-only").stdout == lease_id + "\n"
+    assert cli("current", "--id-only", "fmt").stdout == lease_id + "\n"
+    assert cli("current", "fmt", "-f", "id").stdout == lease_id + "\n"
+    data = json.loads(cli("current", "fmt", "--format", "json").stdout)
+    assert data["id"] == lease_id
+    assert data["resource"] == "fmt"
+    assert data["note"] == "applying terraform"
+    assert data["fence"] >= 1
+    assert datetime.fromisoformat(data["expires"]) > datetime.fromisoformat(
+        data["created"]
+    )
+    lines = cli("current", "fmt", "-f", "lines").stdout.splitlines()
+    assert lines[1] == lease_id and len(lines) == 3
+    rows = dict(
+        line.split(": ", 1)
+        for line in cli("current", "fmt", "-f", "rows").stdout.splitlines()
+    )
+    assert rows["id"] == lease_id and rows["note"] == "applying terraform"
+    header, values = cli("current", "fmt", "-f", "cols").stdout.splitlines()
+    assert (
+        dict(zip(header.split("\t"), values.split("\t"), strict=True))["id"] == lease_id
+    )
+
+
+def test_list_shows_leases_without_ids_unless_asked(cli: CliRunner) -> None:
+    first = cli("acquire", "alpha", "--note", "db patch").stdout.strip()
+    second = cli("acquire", "beta").stdout.strip()
+    table = cli("list")
+    assert table.returncode == 0
+    assert "alpha" in table.stdout and "beta" in table.stdout
+    assert "db patch" in table.stdout
+    assert first not in table.stdout and second not in table.stdout
+    assert first in cli("list", "--ids").stdout
+    data = json.loads(cli("list", "--format", "json").stdout)
+    assert [entry["resource"] for entry in data] == ["alpha", "beta"]
+    assert all("id" not in entry for entry in data)
+    with_ids = json.loads(cli("list", "-f", "json", "--ids").stdout)
+    assert {entry["id"] for entry in with_ids} == {first, second}
+
+
+def test_list_with_no_leases_says_so(cli: CliRunner) -> None:
+    result = cli("list")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert "no active leases" in result.stderr
+    assert json.loads(cli("list", "-f", "json").stdout) == []
+
+
+def test_note_is_shown_to_the_next_acquirer(cli: CliRunner) -> None:
+    cli("acquire", "db", "--note", "applying terraform")
+    held = cli("acquire", "db")
+    assert held.returncode == 2
+    assert "applying terraform" in held.stderr
+
+
+# -- waiting ----------------------------------------------------------------------
+
+
+def test_acquire_wait_gets_the_lock_when_it_expires(cli: CliRunner) -> None:
+    cli("acquire", "w", "-t", "1s")
+    started = time.monotonic()
+    result = cli("acquire", "w", "--wait", "20s")
+    assert result.returncode == 0, result.stderr
+    assert UUID.match(result.stdout.strip())
+    assert time.monotonic() - started < 15
+
+
+def test_acquire_wait_times_out_as_held(cli: CliRunner) -> None:
+    cli("acquire", "w2", "-t", "1h")
+    result = cli("acquire", "w2", "--wait", "1s")
+    assert result.returncode == 2
+    one_line_error(result.stderr)
+
+
+# -- errors: one line, documented exit code ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "hint"),
+    [
+        (["acquire", "has space"], 65, "whitespace"),
+        (["acquire", "x" * 201], 65, "201 characters"),
+        (["acquire", "tab\there"], 65, "whitespace"),
+        (["acquire", "--", "-dash"], 65, "starts with '-'"),
+        (["acquire", "x", "-t", "0s"], 66, "positive"),
+        (["acquire", "x", "--ttl=-5m"], 66, "positive"),
+        (["acquire", "x", "-t", "forever"], 66, "30m"),
+        (["acquire", "x", "-t", "999 days"], 66, "longer than"),
+        (["acquire", "x", "--wait", "soon"], 66, "cannot read"),
+        (["renew", "x", "0c3f", "-t", "nope"], 66, "cannot read"),
+        (["-c", "/no/such.cfg", "acquire", "x"], 68, "does not exist"),
+        (["frobnicate"], 64, "invalid choice"),
+        (["acquire"], 64, "required"),
+        (["run", "x"], 64, "needs a command"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code(
+    cli: CliRunner, args: list[str], code: int, hint: str
+) -> None:
+    result = cli(*args)
+    assert result.returncode == code, result.stderr
+    assert hint in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "lease_id", ["garbage", "'; DROP TABLE x; --", "00" * 100, "é", "%s"]
+)
+def test_malformed_lease_id_is_not_the_active_lease(
+    cli: CliRunner, lease_id: str
+) -> None:
+    real = cli("acquire", "m").stdout.strip()
+    assert cli("is-held", "m", lease_id).returncode == 1
+    renew = cli("renew", "m", lease_id)
+    assert renew.returncode == 3
+    one_line_error(renew.stderr)
+    release = cli("release", "m", lease_id)
+    assert release.returncode == 0
+    assert "Traceback" not in release.stderr
+    assert cli("is-held", "m", real).returncode == 0
+
+
+def test_invalid_config_file(
+    cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config("this is not ini\n")
+    result = cli("-c", str(path), "acquire", "x")
+    assert result.returncode == 68
+    assert "not valid INI" in one_line_error(result.stderr)
+
+
+def test_config_from_environment(
+    cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config("[default]\nprincipal = from-env\n")
+    cli("acquire", "e", env={"STORMLOCK_CONFIG": str(path)})
+    assert cli("current", "e").stdout.startswith("from-env\t")
+
+
+def test_config_in_current_directory(cli: CliRunner, home: Path) -> None:
+    (home / ".stormlock.cfg").write_text("[default]\nprincipal = from-cwd\n")
+    cli("acquire", "d")
+    assert cli("current", "d").stdout.startswith("from-cwd\t")
+
+
+def test_resource_section_overrides_default(
+    cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config(
+        "[default]\nprincipal = me\nttl = 1 days\nmax_ttl = 2 days\n"
+        "[special]\nttl = 30 minutes\nmax_ttl = 1 hours\n"
+    )
+    cli("-c", str(path), "acquire", "special")
+    data = json.loads(cli("-c", str(path), "current", "special", "-f", "json").stdout)
+    span = datetime.fromisoformat(data["expires"]) - datetime.fromisoformat(
+        data["created"]
+    )
+    assert 29 * 60 < span.total_seconds() <= 30 * 60
+    too_long = cli("-c", str(path), "acquire", "special2", "-t", "3 days")
+    assert too_long.returncode == 66
+    assert "max_ttl" in too_long.stderr
+    over = cli("-c", str(path), "acquire", "special", "-t", "2h")
+    assert over.returncode == 66
+
+
+def test_unknown_backend_lists_available(
+    cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config("[default]\nbackend = nosuch\n")
+    result = cli("-c", str(path), "acquire", "x")
+    assert result.returncode == 69
+    message = one_line_error(result.stderr)
+    assert "available:" in message and "sqlite" in message and "jsonfile" in message
+
+
+def test_unknown_backend_option(
+    cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config("[backend.sqlite]\npaht = /tmp/x.db\n")
+    result = cli("-c", str(path), "acquire", "x")
+    assert result.returncode == 68
+    assert "unknown option 'paht'" in one_line_error(result.stderr)
+
+
+def test_unreachable_backend_fails_fast(
+    cli: CliRunner, write_config: Callable[[str], Path], home: Path
+) -> None:
+    blocker = home / "file"
+    blocker.write_text("")
+    path = write_config(f"[backend.sqlite]\npath = {blocker}/sub/locks.db\n")
+    result = cli("-c", str(path), "acquire", "x", timeout=20)
+    assert result.returncode == 70
+    one_line_error(result.stderr)
+
+
+def test_release_of_unknown_lease_is_idempotent(cli: CliRunner) -> None:
+    lease_id = cli("acquire", "r").stdout.strip()
+    assert cli("release", "r", lease_id).returncode == 0
+    again = cli("release", "r", lease_id)
+    assert again.returncode == 0
+    assert "nothing released" in again.stderr
+
+
+def test_setup_creates_the_database(cli: CliRunner, home: Path) -> None:
+    result = cli("setup")
+    assert result.returncode == 0
+    assert "sqlite" in result.stdout
+    assert (home / ".local/state/stormlock/locks.db").is_file()
+    assert cli("setup", "sqlite").returncode == 0
+
+
+def test_help_documents_exit_codes(cli: CliRunner) -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for code in ("64", "65", "66", "68", "69", "70", "71"):
+        assert f"  {code}" in result.stdout

@@ -1,0 +1,187 @@
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from stormlock import Backend, Lease, load_lock
+from stormlock.backends.sqlite import SQLite
+from stormlock.config import (
+    DEFAULT_TTL,
+    find_config_file,
+    load_config,
+    options_for_signature,
+)
+from stormlock.errors import ConfigError, UnknownBackendError
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("STORMLOCK_CONFIG", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home
+
+
+def test_no_config_anywhere_means_builtin_defaults(isolated: Path) -> None:
+    config = load_config()
+    assert config.path is None
+    settings = config.settings("prod-db")
+    assert settings.backend == "sqlite"
+    assert settings.ttl == DEFAULT_TTL
+    assert "@" in settings.principal
+    backend = config.backend("sqlite")
+    assert isinstance(backend, SQLite)
+    assert backend.path == isolated / ".local/state/stormlock/locks.db"
+
+
+def test_xdg_state_home_moves_the_default_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    backend = load_config().backend("sqlite")
+    assert isinstance(backend, SQLite)
+    assert backend.path == tmp_path / "state/stormlock/locks.db"
+
+
+def test_search_order_prefers_current_directory(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path(".stormlock.cfg").write_text("[default]\nttl = 1 hours\n")
+    (isolated / ".config").mkdir()
+    (isolated / ".config/stormlock.cfg").write_text("[default]\nttl = 2 hours\n")
+    assert find_config_file() == Path(".stormlock.cfg")
+    Path(".stormlock.cfg").unlink()
+    assert find_config_file() == isolated / ".config/stormlock.cfg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(isolated / "elsewhere"))
+    assert find_config_file() is None
+    (isolated / ".stormlock.cfg").write_text("[default]\n")
+    assert find_config_file() == isolated / ".stormlock.cfg"
+
+
+def test_env_and_explicit_path_override_search(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (isolated / ".stormlock.cfg").write_text("[default]\n")
+    other = isolated / "other.cfg"
+    other.write_text("[default]\n")
+    monkeypatch.setenv("STORMLOCK_CONFIG", str(other))
+    assert find_config_file() == other
+    assert find_config_file(isolated / ".stormlock.cfg") == isolated / ".stormlock.cfg"
+
+
+def test_missing_explicit_file_is_an_error(isolated: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(isolated / "nope.cfg")
+
+
+def test_seed_readme_example_config(isolated: Path) -> None:
+    path = isolated / "seed.cfg"
+    path.write_text(
+        "# Default section\n[default]\nttl = 1 days\nprincipal = me@example.com\n"
+        "backend = etcd\n\n[special]\nttl = 30 minutes\nbackend = redis\n\n"
+        "[backend.etcd]\nhost = etcd.example.com\n\n"
+        "[backend.redis]\nurl = redis://example.com:6379\n"
+    )
+    config = load_config(path)
+    default = config.settings("anything")
+    assert (default.backend, default.ttl, default.principal) == (
+        "etcd",
+        timedelta(days=1),
+        "me@example.com",
+    )
+    special = config.settings("special")
+    assert (special.backend, special.ttl, special.principal) == (
+        "redis",
+        timedelta(minutes=30),
+        "me@example.com",
+    )
+    assert config.backend_options("redis") == {"url": "redis://example.com:6379"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("no section header\n", "not valid INI"),
+        ("[default]\nttl = forever\n", "ttl"),
+        ("[default]\nttl = 0 minutes\n", "positive"),
+        ("[default]\nttl = 2h\nmax_ttl = 1h\n", "max_ttl"),
+        ("[default]\n[default]\n", "not valid INI"),
+    ],
+)
+def test_invalid_config_is_one_line_error(
+    isolated: Path, text: str, message: str
+) -> None:
+    path = isolated / "bad.cfg"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path).settings("x")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_percent_signs_are_taken_literally(isolated: Path) -> None:
+    path = isolated / "pct.cfg"
+    path.write_text("[backend.sqlite]\npath = %(home)s/x%.db\n")
+    assert load_config(path).backend_options("sqlite")["path"] == "%(home)s/x%.db"
+
+
+class Typed(Backend):
+    def __init__(
+        self,
+        name: str,
+        port: int = 1,
+        ratio: float = 0.5,
+        tls: bool = False,
+        user: str | None = None,
+    ) -> None:
+        self.args = (name, port, ratio, tls, user)
+
+    def lock(self, resource: str, principal: str, ttl: timedelta) -> str:
+        raise NotImplementedError
+
+    def unlock(self, resource: str, lease_id: str) -> None:
+        raise NotImplementedError
+
+    def renew(self, resource: str, lease_id: str, ttl: timedelta) -> None:
+        raise NotImplementedError
+
+    def current(self, resource: str) -> Lease | None:
+        raise NotImplementedError
+
+
+def test_options_map_onto_typed_signature() -> None:
+    kwargs = options_for_signature(
+        Typed, {"name": "n", "port": "42", "ratio": "1.5", "tls": "yes"}, "[x]"
+    )
+    assert Typed(**kwargs).args == ("n", 42, 1.5, True, None)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": "n", "port": "many"}, "not a valid int"),
+        ({"name": "n", "tls": "maybe"}, "not a valid bool"),
+        ({"name": "n", "hots": "x"}, "unknown option 'hots'"),
+        ({"port": "1"}, "needs option 'name'"),
+    ],
+)
+def test_bad_backend_options_are_config_errors(
+    options: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        options_for_signature(Typed, options, "[backend.typed]")
+
+
+def test_unknown_backend_lists_the_available_ones(isolated: Path) -> None:
+    path = isolated / "c.cfg"
+    path.write_text("[default]\nbackend = nosuch\n")
+    with pytest.raises(UnknownBackendError) as info:
+        load_lock("x", path)
+    assert "available:" in str(info.value)
+    assert "sqlite" in str(info.value)
