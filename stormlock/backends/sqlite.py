@@ -24,19 +24,19 @@ from ..backend import (
 )
 from ..errors import BackendUnavailable
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stormlock_leases (
-    resource  TEXT PRIMARY KEY,
-    lease_id  TEXT,
-    principal TEXT,
-    created   REAL,
-    expires   REAL,
-    note      TEXT,
-    fence     INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS stormlock_leases_expires
-    ON stormlock_leases (expires) WHERE lease_id IS NOT NULL;
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS stormlock_leases (
+        resource  TEXT PRIMARY KEY,
+        lease_id  TEXT,
+        principal TEXT,
+        created   REAL,
+        expires   REAL,
+        note      TEXT,
+        fence     INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS stormlock_leases_expires
+        ON stormlock_leases (expires) WHERE lease_id IS NOT NULL""",
+)
 
 _ACQUIRE = """
 INSERT INTO stormlock_leases
@@ -89,6 +89,7 @@ class SQLite(LeaseBackend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -103,9 +104,11 @@ class SQLite(LeaseBackend):
                 check_same_thread=False,
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            with self._lock:
+                if not self._ready:
+                    self._create_schema(conn)
+                    self._ready = True
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise BackendUnavailable(
                 f"cannot open SQLite database {str(self.path)!r}: {exc}; "
@@ -115,6 +118,25 @@ class SQLite(LeaseBackend):
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL and creating tables can fail with "locked" at once
+        # (SQLite skips the busy handler to avoid deadlocks): retry until timeout.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                finally:
+                    conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _run(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
         conn = self._connect()

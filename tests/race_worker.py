@@ -1,0 +1,33 @@
+"""A process that races for leases; importable so `spawn` can start it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+from stormlock import LockHeldException, get_backend
+
+
+def race(
+    name: str,
+    options: dict[str, str],
+    resources: list[str],
+    barrier: Barrier,
+    results: Any,
+    worker: int,
+) -> None:
+    """For each resource: wait for every racer, try once, report the outcome."""
+    backend = get_backend(name, **options)
+    try:
+        for round_, resource in enumerate(resources):
+            barrier.wait(timeout=120)
+            try:
+                lease = backend.acquire_lease(
+                    resource, f"worker-{worker}", timedelta(minutes=10)
+                )
+                results.put((round_, worker, lease.id, lease.fence))
+            except LockHeldException:
+                results.put((round_, worker, None, None))
+    finally:
+        backend.close()
