@@ -248,35 +248,38 @@ def test_sub_second_ttl_is_safe(backend: Backend, resource: str) -> None:
     backend.acquire_lease(resource, "bob", timedelta(milliseconds=1))
 
 
+def race_threads(backend: Backend, resource: str, racers: int) -> list[str]:
+    """`racers` threads try to acquire `resource` at once; returns the winners."""
+    barrier = threading.Barrier(racers)
+    winners: list[str] = []
+    errors: list[BaseException] = []
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            winners.append(
+                backend.acquire_lease(resource, f"t{i}", timedelta(minutes=5)).id
+            )
+        except LockHeldException:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return winners
+
+
 def test_backend_is_thread_safe_and_exactly_one_thread_wins(
     backend: Backend,
 ) -> None:
-    rounds, racers = 15, 20
-    for round_ in range(rounds):
+    for round_ in range(15):
         resource = f"thread-race-{round_}"
-        barrier = threading.Barrier(racers)
-        winners: list[str] = []
-        errors: list[BaseException] = []
-
-        def attempt(
-            i: int, resource: str = resource, barrier: threading.Barrier = barrier
-        ) -> None:
-            barrier.wait()
-            try:
-                winners.append(
-                    backend.acquire_lease(resource, f"t{i}", timedelta(minutes=5)).id
-                )
-            except LockHeldException:
-                pass
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(racers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        winners = race_threads(backend, resource, 20)
         assert len(winners) == 1, f"round {round_}: {len(winners)} winners"
         assert backend.is_current(resource, winners[0])
 

@@ -52,7 +52,8 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'principal', ARGV[2], 'created', now,
            'expires', expires, 'note', ARGV[4], 'fence', fence)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], expires, ARGV[5])
-return {{1, {{ARGV[1], ARGV[2], tostring(now), tostring(expires), ARGV[4], tostring(fence)}}}}
+return {{1, {{ARGV[1], ARGV[2], tostring(now), tostring(expires), ARGV[4],
+            tostring(fence)}}}}
 """
 )
 
@@ -105,7 +106,7 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _lease(resource: str, fields: Sequence[bytes | None]) -> Lease | None:
+def _lease(resource: str, fields: Sequence[bytes | str | None]) -> Lease | None:
     lease_id, principal, created, expires, note, fence = (_text(f) for f in fields)
     if lease_id is None or created is None or expires is None or fence is None:
         return None
@@ -184,7 +185,8 @@ class Redis(LeaseBackend):
     ) -> Lease:
         lease_id = new_lease_id()
         keys = [self._key(resource), f"{self.prefix}fence:{resource}", self._index]
-        args = [lease_id, principal, _ttl_ms(ttl), note or "", resource]
+        args: list[str | int] = [lease_id, principal, _ttl_ms(ttl), note or ""]
+        args.append(resource)
         with self._errors():
             acquired, fields = cast(list[Any], self._acquire(keys=keys, args=args))
         lease = _lease(resource, fields)
