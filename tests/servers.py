@@ -26,6 +26,7 @@ from mirakuru.base import SimpleExecutor
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HOST = "127.0.0.1"
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 __all__ = [
     "IN_CI",
@@ -196,15 +197,13 @@ def etcd_server() -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def dynamodb_server() -> Iterator[Server]:
-    binary = shutil.which("moto_server") or str(
-        Path(sys.executable).parent / "moto_server"
-    )
-    if not os.path.exists(binary):
+    try:
+        import moto.server  # noqa: F401 - moto[server] provides the server
+    except ImportError:
         find_binary("moto_server")
     port = free_port()
-    executor = TCPExecutor(
-        [binary, "-H", HOST, "-p", str(port)], host=HOST, port=port, timeout=60
-    )
+    command = [sys.executable, "-m", "tests.moto_dynamodb", HOST, str(port)]
+    executor = TCPExecutor(command, host=HOST, port=port, timeout=60, cwd=ROOT)
     executor.start()
     options = {
         "endpoint": f"http://{HOST}:{port}",

@@ -1,0 +1,354 @@
+"""DynamoDB backend.
+
+One item per resource. Acquire is a single conditional UpdateItem that takes
+the item only if it has no lease or its lease has expired; on failure the same
+call returns the holder (ReturnValuesOnConditionCheckFailure). Conditions are
+built with boto3's condition objects combined with `|` and `&` (Python's
+`or`/`and` would silently keep one clause).
+
+Clock: DynamoDB has no server clock, so expiry is decided by the clients'
+clocks. A client whose clock runs ahead by S seconds can take over a lease up
+to S seconds early; keep clocks NTP-synchronised (skew well under a second).
+
+Released leases keep their item, so the fence keeps counting. Items idle for
+30 days are deleted by DynamoDB TTL (attribute `purge_at`); a resource that
+comes back starts its fence from the clock in microseconds, which stays above
+any earlier fence. A sparse index (`active`, `expires`) holds only leased
+items, so listing costs O(active leases).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.types import TypeDeserializer
+
+from ..backend import (
+    Lease,
+    LeaseBackend,
+    LockExpiredException,
+    LockHeldException,
+    canonical_lease_id,
+    new_lease_id,
+)
+from ..errors import BackendUnavailable, ConfigError
+
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_INDEX = "active-expires"
+_PURGE_AFTER = 30 * 86400
+_T = TypeVar("_T")
+# Errors the operations handle themselves.
+_PASSED_THROUGH = ("ConditionalCheckFailedException", "ResourceNotFoundException")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _moment(ms: Any) -> datetime:
+    return datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+def _lease(item: dict[str, Any]) -> Lease:
+    return Lease(
+        principal=item.get("principal", ""),
+        created=_moment(item["created"]),
+        id=item["lease_id"],
+        resource=item["resource"],
+        expires=_moment(item["expires"]),
+        note=item.get("note"),
+        fence=int(item["fence"]),
+    )
+
+
+def _live(item: dict[str, Any] | None, now: int) -> bool:
+    return item is not None and "lease_id" in item and int(item["expires"]) > now
+
+
+class DynamoDB(LeaseBackend):
+    """Leases in a DynamoDB table (created on first use, or by `stormlock setup`).
+
+    Options: `table` (default `stormlock`), `endpoint`, `region`, `profile`,
+    `access_key_id`, `secret_access_key`, `timeout` (seconds, default 5).
+    """
+
+    clock = "client"
+    min_ttl = timedelta(milliseconds=1)
+
+    def __init__(
+        self,
+        table: str = "stormlock",
+        endpoint: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ConfigError(
+                f"[backend.dynamodb] table {table!r} is not a valid DynamoDB table "
+                "name (3-255 of A-Z a-z 0-9 _ . -)"
+            )
+        try:
+            session = boto3.Session(
+                profile_name=profile,
+                region_name=region,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+            )
+        except botocore.exceptions.ProfileNotFound:
+            raise ConfigError(
+                f"[backend.dynamodb] profile {profile!r} is not in your AWS config"
+            ) from None
+        config = botocore.config.Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 2, "mode": "standard"},
+            max_pool_connections=32,
+        )
+        try:
+            self.resource = session.resource(
+                "dynamodb", endpoint_url=endpoint, config=config
+            )
+        except (botocore.exceptions.NoRegionError, ValueError) as exc:
+            raise ConfigError(f"[backend.dynamodb] {exc}; set region") from None
+        self.table_name = table
+        self.table = self.resource.Table(table)
+        self.timeout = timeout
+        self._deserialize = TypeDeserializer().deserialize
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectionClosedError,
+        ) as exc:
+            raise BackendUnavailable(
+                f"DynamoDB is unreachable ({exc}); check [backend.dynamodb] "
+                "endpoint and region"
+            ) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise ConfigError(
+                "no AWS credentials for DynamoDB; set [backend.dynamodb] profile or "
+                "access_key_id/secret_access_key, or the AWS_* environment"
+            ) from None
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") in _PASSED_THROUGH:
+                raise
+            raise BackendUnavailable(
+                f"DynamoDB refused the request: {error.get('Code')}: "
+                f"{error.get('Message')}"
+            ) from None
+
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn`; create the table once if it does not exist yet."""
+        for attempt in range(2):
+            try:
+                with self._errors():
+                    return fn()
+            except self.resource.meta.client.exceptions.ResourceNotFoundException:
+                if attempt:
+                    raise BackendUnavailable(
+                        f"DynamoDB table {self.table_name!r} is missing; "
+                        "run: stormlock setup dynamodb"
+                    ) from None
+            self.setup()
+        raise AssertionError("unreachable")
+
+    def setup(self) -> list[str]:
+        client = self.resource.meta.client
+        done = []
+        with self._errors():
+            try:
+                client.create_table(
+                    TableName=self.table_name,
+                    AttributeDefinitions=[
+                        {"AttributeName": "resource", "AttributeType": "S"},
+                        {"AttributeName": "active", "AttributeType": "S"},
+                        {"AttributeName": "expires", "AttributeType": "N"},
+                    ],
+                    KeySchema=[{"AttributeName": "resource", "KeyType": "HASH"}],
+                    GlobalSecondaryIndexes=[
+                        {
+                            "IndexName": _INDEX,
+                            "KeySchema": [
+                                {"AttributeName": "active", "KeyType": "HASH"},
+                                {"AttributeName": "expires", "KeyType": "RANGE"},
+                            ],
+                            "Projection": {"ProjectionType": "ALL"},
+                        }
+                    ],
+                    BillingMode="PAY_PER_REQUEST",
+                )
+                done.append(f"dynamodb: created table {self.table_name}")
+            except client.exceptions.ResourceInUseException:
+                done.append(f"dynamodb: table {self.table_name} exists")
+            client.get_waiter("table_exists").wait(
+                TableName=self.table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+            )
+            ttl = client.describe_time_to_live(TableName=self.table_name)
+            status = ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus")
+            if status not in ("ENABLED", "ENABLING"):
+                client.update_time_to_live(
+                    TableName=self.table_name,
+                    TimeToLiveSpecification={
+                        "Enabled": True,
+                        "AttributeName": "purge_at",
+                    },
+                )
+                done.append("dynamodb: enabled TTL on purge_at (idle items, 30 days)")
+        return done
+
+    def acquire_lease(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
+    ) -> Lease:
+        now = _now_ms()
+        expires = now + max(1, round(ttl.total_seconds() * 1000))
+        update = (
+            "SET lease_id = :id, principal = :principal, created = :now, "
+            "expires = :expires, active = :active, purge_at = :purge, "
+            "fence = if_not_exists(fence, :base) + :one"
+        )
+        values: dict[str, Any] = {
+            ":id": new_lease_id(),
+            ":principal": principal,
+            ":now": now,
+            ":expires": expires,
+            ":active": "1",
+            ":purge": expires // 1000 + _PURGE_AFTER,
+            ":base": Decimal(now) * 1000,
+            ":one": 1,
+        }
+        if note:
+            update += ", note = :note"
+            values[":note"] = note
+        else:
+            update += " REMOVE note"
+        client = self.resource.meta.client
+        try:
+            result = self._call(
+                lambda: self.table.update_item(
+                    Key={"resource": resource},
+                    UpdateExpression=update,
+                    ConditionExpression=(
+                        Attr("lease_id").not_exists() | Attr("expires").lte(now)
+                    ),
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            )
+        except client.exceptions.ConditionalCheckFailedException as exc:
+            raw: dict[str, Any] | None = exc.response.get("Item")  # type: ignore[assignment]
+            holder = {k: self._deserialize(v) for k, v in raw.items()} if raw else None
+            if holder is None:
+                holder = self._get(resource)
+            raise LockHeldException(
+                resource, _lease(holder) if _live(holder, now) and holder else None
+            ) from None
+        return _lease(result["Attributes"])
+
+    def _get(
+        self, resource: str, projection: str | None = None
+    ) -> dict[str, Any] | None:
+        kwargs: dict[str, Any] = {"Key": {"resource": resource}, "ConsistentRead": True}
+        if projection:
+            kwargs["ProjectionExpression"] = projection
+        item: dict[str, Any] | None = self._call(
+            lambda: self.table.get_item(**kwargs)
+        ).get("Item")
+        return item
+
+    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            raise LockExpiredException(resource)
+        now = _now_ms()
+        expires = now + max(1, round(ttl.total_seconds() * 1000))
+        client = self.resource.meta.client
+        try:
+            result = self._call(
+                lambda: self.table.update_item(
+                    Key={"resource": resource},
+                    UpdateExpression="SET expires = :expires, purge_at = :purge",
+                    ConditionExpression=(
+                        Attr("lease_id").eq(canonical) & Attr("expires").gt(now)
+                    ),
+                    ExpressionAttributeValues={
+                        ":expires": expires,
+                        ":purge": expires // 1000 + _PURGE_AFTER,
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            raise LockExpiredException(resource) from None
+        return _lease(result["Attributes"])
+
+    def release_lease(self, resource: str, lease_id: str) -> bool:
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return False
+        client = self.resource.meta.client
+        try:
+            self._call(
+                lambda: self.table.update_item(
+                    Key={"resource": resource},
+                    UpdateExpression="REMOVE lease_id, active",
+                    ConditionExpression=(
+                        Attr("lease_id").eq(canonical) & Attr("expires").gt(_now_ms())
+                    ),
+                )
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def current(self, resource: str) -> Lease | None:
+        item = self._get(resource)
+        return _lease(item) if item and _live(item, _now_ms()) else None
+
+    def is_current(self, resource: str, lease_id: str) -> bool:
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return False
+        item = self._get(resource, "lease_id, expires")
+        return (
+            item is not None
+            and _live(item, _now_ms())
+            and item["lease_id"] == canonical
+        )
+
+    def list_leases(self) -> list[Lease]:
+        now = _now_ms()
+        leases: list[Lease] = []
+        kwargs: dict[str, Any] = {
+            "IndexName": _INDEX,
+            "KeyConditionExpression": Key("active").eq("1") & Key("expires").gt(now),
+        }
+        while True:
+            page = self._call(lambda: self.table.query(**kwargs))
+            leases.extend(_lease(item) for item in page["Items"] if "lease_id" in item)
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(leases, key=lambda lease: lease.resource)
+
+    def close(self) -> None:
+        self.resource.meta.client.close()
