@@ -188,7 +188,9 @@ def etcd_server() -> Iterator[Server]:
         "error",
         "--unsafe-no-fsync",
     ]
-    executor = HTTPExecutor(command, url=f"http://{HOST}:{port}/health", timeout=60)
+    executor = HTTPExecutor(
+        command, url=f"http://{HOST}:{port}/health", method="GET", timeout=60
+    )
     executor.start()
     yield Server("etcd", executor, port, {"host": HOST, "port": str(port)})
     executor.stop()

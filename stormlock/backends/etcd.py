@@ -1,0 +1,395 @@
+"""etcd backend, over etcd's v3 JSON gateway (etcd 3.4+) with urllib3.
+
+The gateway keeps Stormlock free of grpc and protobuf version fights.
+
+Each lease is a key `{prefix}lease/{resource}` attached to an etcd lease, so
+etcd's own clock expires it. The value holds our lease id (a random UUID: an
+etcd lease ID is predictable and is never shown), the principal, the note and
+the etcd lease ID. The fence is the key's create revision: etcd's revision
+only grows, through release and expiry.
+
+Round trips: acquire 2 (grant, then a create-if-absent transaction; a failed
+acquire revokes its grant, a third), release 2 (read, revoke), renew 4 (read,
+grant a lease with the new TTL, swap it in by transaction, revoke the old),
+current / is_current / list 1.
+
+etcd's minimum TTL is about 2 seconds (it rounds shorter TTLs up, and TTLs
+to whole seconds up).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError
+
+from ..backend import (
+    Lease,
+    LeaseBackend,
+    LockExpiredException,
+    LockHeldException,
+    canonical_lease_id,
+    new_lease_id,
+)
+from ..errors import BackendUnavailable, ConfigError
+
+_NOT_FOUND = 5
+_UNAUTHENTICATED = 16
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def _range_end(prefix: bytes) -> bytes:
+    """The smallest key after every key that starts with `prefix`."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+class _Failure(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Etcd(LeaseBackend):
+    """Leases in etcd v3.
+
+    Options: `host` (default localhost), `port` (2379), `prefix`
+    (`stormlock/`), `ca_cert`, `cert_key`, `cert_cert` (TLS), `user`,
+    `password`, `timeout` (seconds, default 5).
+    """
+
+    clock = "server"
+    min_ttl = timedelta(seconds=2)
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 2379,
+        prefix: str = "stormlock/",
+        ca_cert: str | None = None,
+        cert_key: str | None = None,
+        cert_cert: str | None = None,
+        timeout: float = 5.0,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        if bool(cert_key) != bool(cert_cert):
+            raise ConfigError(
+                "[backend.etcd] needs both cert_key and cert_cert, or neither"
+            )
+        if bool(user) != bool(password):
+            raise ConfigError("[backend.etcd] needs both user and password, or neither")
+        tls = bool(ca_cert or cert_cert)
+        self.base = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.prefix = prefix.encode()
+        self.timeout = timeout
+        self._user = user
+        self._password = password
+        self._token: str | None = None
+        self._auth_lock = threading.Lock()
+        self.http = urllib3.PoolManager(
+            num_pools=2,
+            maxsize=32,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            # Only connection attempts are retried: the request was never sent.
+            retries=urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0),
+            ca_certs=ca_cert,
+            cert_file=cert_cert,
+            key_file=cert_key,
+            cert_reqs="CERT_REQUIRED" if tls else None,
+        )
+
+    # -- transport ----------------------------------------------------------
+
+    def _post(
+        self, path: str, body: dict[str, Any], auth: bool = True
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if auth and self._user:
+            headers["Authorization"] = self._authenticate()
+        try:
+            response = self.http.request(
+                "POST",
+                self.base + path,
+                body=json.dumps(body).encode(),
+                headers=headers,
+            )
+        except HTTPError as exc:
+            raise BackendUnavailable(
+                f"etcd at {self.base} is unreachable ({type(exc).__name__}); check "
+                "that it is up and [backend.etcd] host and port"
+            ) from None
+        try:
+            data: dict[str, Any] = json.loads(response.data or b"{}")
+        except ValueError:
+            raise BackendUnavailable(
+                f"etcd at {self.base} answered HTTP {response.status} with no JSON; "
+                "is this etcd's v3 gateway (etcd 3.4+)?"
+            ) from None
+        if response.status != 200 or "error" in data:
+            code = int(data.get("code", 0))
+            message = (
+                data.get("message") or data.get("error") or f"HTTP {response.status}"
+            )
+            if code == _UNAUTHENTICATED and auth and self._user:
+                self._token = None
+            raise _Failure(code, str(message))
+        return data
+
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            try:
+                return self._post(path, body)
+            except _Failure as failure:
+                if failure.code != _UNAUTHENTICATED or not self._user:
+                    raise
+                return self._post(path, body)  # token expired: once more
+        except _Failure as failure:
+            raise BackendUnavailable(f"etcd refused {path}: {failure}") from None
+
+    def _authenticate(self) -> str:
+        with self._auth_lock:
+            if self._token is None:
+                try:
+                    data = self._post(
+                        "/v3/auth/authenticate",
+                        {"name": self._user, "password": self._password},
+                        auth=False,
+                    )
+                except _Failure as failure:
+                    raise BackendUnavailable(
+                        f"etcd refused [backend.etcd] user and password: {failure}"
+                    ) from None
+                self._token = str(data["token"])
+            return self._token
+
+    def _revoke(self, etcd_lease: str) -> None:
+        try:
+            self._post("/v3/lease/revoke", {"ID": etcd_lease})
+        except _Failure as failure:
+            # Already expired or revoked: releasing stays idempotent.
+            if failure.code != _NOT_FOUND and "not found" not in str(failure):
+                raise BackendUnavailable(
+                    f"etcd refused to revoke a lease: {failure}"
+                ) from None
+
+    def _grant(self, ttl: timedelta) -> tuple[str, int]:
+        seconds = max(1, math.ceil(ttl.total_seconds()))
+        data = self._call("/v3/lease/grant", {"TTL": str(seconds), "ID": "0"})
+        return str(data["ID"]), int(data["TTL"])
+
+    # -- keys and values --------------------------------------------------
+
+    def _key(self, resource: str) -> bytes:
+        return self.prefix + b"lease/" + resource.encode()
+
+    def _read(self, resource: str) -> dict[str, Any] | None:
+        data = self._call("/v3/kv/range", {"key": _b64(self._key(resource))})
+        kvs = data.get("kvs") or []
+        return kvs[0] if kvs else None
+
+    def _lease(self, kv: dict[str, Any]) -> tuple[Lease, dict[str, Any]]:
+        value = json.loads(_unb64(kv["value"]))
+        resource = _unb64(kv["key"])[len(self.prefix) + len(b"lease/") :].decode()
+        lease = Lease(
+            principal=value["principal"],
+            created=datetime.fromtimestamp(value["created"], UTC),
+            id=value["id"],
+            resource=resource,
+            expires=datetime.fromtimestamp(value["expires"], UTC),
+            note=value.get("note"),
+            fence=int(kv["create_revision"]),
+        )
+        return lease, value
+
+    @staticmethod
+    def _value(lease: Lease, etcd_lease: str) -> str:
+        assert lease.expires is not None
+        return _b64(
+            json.dumps(
+                {
+                    "id": lease.id,
+                    "principal": lease.principal,
+                    "created": lease.created.timestamp(),
+                    "expires": lease.expires.timestamp(),
+                    "note": lease.note,
+                    "etcd_lease": etcd_lease,
+                }
+            )
+        )
+
+    # -- operations ---------------------------------------------------------
+
+    def acquire_lease(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
+    ) -> Lease:
+        etcd_lease, granted = self._grant(ttl)
+        now = datetime.now(UTC)
+        lease = Lease(
+            principal,
+            now,
+            new_lease_id(),
+            resource,
+            now + timedelta(seconds=granted),
+            note,
+        )
+        key = _b64(self._key(resource))
+        try:
+            data = self._call(
+                "/v3/kv/txn",
+                {
+                    "compare": [
+                        {
+                            "key": key,
+                            "result": "EQUAL",
+                            "target": "CREATE",
+                            "create_revision": "0",
+                        }
+                    ],
+                    "success": [
+                        {
+                            "request_put": {
+                                "key": key,
+                                "value": self._value(lease, etcd_lease),
+                                "lease": etcd_lease,
+                            }
+                        }
+                    ],
+                    "failure": [{"request_range": {"key": key}}],
+                },
+            )
+        except BaseException:
+            self._revoke_quietly(etcd_lease)
+            raise
+        if data.get("succeeded"):
+            return lease._replace(fence=int(data["header"]["revision"]))
+        # Held: give back the etcd lease we granted, so none leaks.
+        self._revoke_quietly(etcd_lease)
+        kvs = (data.get("responses") or [{}])[0].get("response_range", {}).get(
+            "kvs"
+        ) or []
+        raise LockHeldException(resource, self._lease(kvs[0])[0] if kvs else None)
+
+    def _revoke_quietly(self, etcd_lease: str) -> None:
+        with contextlib.suppress(BackendUnavailable):  # it expires at its TTL anyway
+            self._revoke(etcd_lease)
+
+    def _owned(
+        self, resource: str, lease_id: str
+    ) -> tuple[dict[str, Any], Lease, str] | None:
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return None
+        kv = self._read(resource)
+        if kv is None:
+            return None
+        lease, value = self._lease(kv)
+        if lease.id != canonical:
+            return None
+        return kv, lease, str(value["etcd_lease"])
+
+    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
+        owned = self._owned(resource, lease_id)
+        if owned is None:
+            raise LockExpiredException(resource)
+        kv, lease, old_etcd_lease = owned
+        etcd_lease, granted = self._grant(ttl)
+        renewed = lease._replace(expires=datetime.now(UTC) + timedelta(seconds=granted))
+        key = _b64(self._key(resource))
+        data = self._call(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {
+                        "key": key,
+                        "result": "EQUAL",
+                        "target": "MOD",
+                        "mod_revision": kv["mod_revision"],
+                    }
+                ],
+                "success": [
+                    {
+                        "request_put": {
+                            "key": key,
+                            "value": self._value(renewed, etcd_lease),
+                            "lease": etcd_lease,
+                        }
+                    }
+                ],
+            },
+        )
+        if not data.get("succeeded"):
+            self._revoke_quietly(etcd_lease)
+            raise LockExpiredException(resource)
+        self._revoke_quietly(old_etcd_lease)
+        return renewed
+
+    def release_lease(self, resource: str, lease_id: str) -> bool:
+        owned = self._owned(resource, lease_id)
+        if owned is None:
+            return False
+        # Revoking the etcd lease deletes the key with it. If it expired in
+        # between, etcd answers NOT_FOUND and nobody else's key is touched.
+        self._revoke(owned[2])
+        return True
+
+    def current(self, resource: str) -> Lease | None:
+        kv = self._read(resource)
+        return self._lease(kv)[0] if kv else None
+
+    def is_current(self, resource: str, lease_id: str) -> bool:
+        return self._owned(resource, lease_id) is not None
+
+    def list_leases(self) -> list[Lease]:
+        start = self.prefix + b"lease/"
+        data = self._call(
+            "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_range_end(start))}
+        )
+        leases = [self._lease(kv)[0] for kv in data.get("kvs") or []]
+        return sorted(leases, key=lambda lease: lease.resource)
+
+    def setup(self) -> list[str]:
+        self._call("/v3/maintenance/status", {})
+        return [
+            f"etcd: reachable at {self.base}; keys live under {self.prefix.decode()!r}"
+        ]
+
+    def close(self) -> None:
+        self.http.clear()
+
+    def granted_leases(self) -> list[str]:
+        """The etcd lease IDs that exist now (for leak checks)."""
+        data = self._call("/v3/lease/leases", {})
+        return [str(item["ID"]) for item in data.get("leases") or []]
+
+    def wait_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.setup()
+                return
+            except BackendUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
