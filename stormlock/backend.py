@@ -135,6 +135,14 @@ def fallback_fence(created: datetime) -> int:
     return int(created.timestamp() * 1_000_000)
 
 
+def complete(lease: Lease, resource: str) -> Lease:
+    """Fill in what a plugin's `Lease` may lack: the resource and a fence."""
+    return lease._replace(
+        resource=lease.resource or resource,
+        fence=lease.fence or fallback_fence(lease.created),
+    )
+
+
 class Backend(ABC):
     """A store of leases.
 
@@ -205,11 +213,7 @@ class Backend(ABC):
         if lease is None or lease.id != lease_id:
             now = utcnow()
             lease = Lease(principal, now, lease_id, resource, now + ttl)
-        return lease._replace(
-            resource=resource,
-            fence=lease.fence or fallback_fence(lease.created),
-            expires=lease.expires,
-        )
+        return complete(lease, resource)
 
     def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
         """Like `renew`, but returns the renewed lease."""

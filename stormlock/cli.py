@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from datetime import timedelta
 from typing import NoReturn
 
 from . import errors
-from .backend import Backend, Lease, LockHeldException
+from .backend import Backend, Lease, LockHeldException, complete
 from .config import Config, load_config
 from .errors import StormlockError, UnsupportedOperation
 from .lock import StormLock
@@ -172,7 +173,7 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
         _err(f"no active lease on {lock.resource!r}")
         return errors.EXIT_NOT_HELD
     fmt = "id" if args.id_only else args.format
-    print(CURRENT_FORMATS[fmt](lease._replace(resource=lock.resource)))
+    print(CURRENT_FORMATS[fmt](lease))
     return 0
 
 
@@ -186,7 +187,7 @@ def _list_backend(config: Config, name: str, backend: Backend) -> list[Lease]:
             if config.settings(resource).backend == name:
                 lease = backend.current(resource)
                 if lease is not None:
-                    found.append(lease._replace(resource=resource))
+                    found.append(complete(lease, resource))
         return found
 
 
@@ -292,6 +293,9 @@ def _split_run_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
+    if not os.environ.get("STORMLOCK_DEBUG"):
+        # Drivers log their retries; the CLI's own one-line errors say it all.
+        logging.getLogger().addHandler(logging.NullHandler())
     arguments, command = _split_run_command(
         list(sys.argv[1:] if argv is None else argv)
     )

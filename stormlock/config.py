@@ -152,16 +152,21 @@ class Config:
 
     def backend(self, name: str) -> Backend:
         """Build backend `name` from its `[backend.NAME]` section."""
-        cls = find_backend(name)
-        kwargs = options_for_signature(
-            cls, self.backend_options(name), f"[{BACKEND_PREFIX}{name}]", self
-        )
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"{self.source}: [{BACKEND_PREFIX}{name}]: {exc}"
-            ) from None
+        return build_backend(name, self.backend_options(name), self)
+
+
+def build_backend(
+    name: str, options: Mapping[str, str], config: Config | None = None
+) -> Backend:
+    """Build backend `name` from INI-style string options."""
+    cls = find_backend(name)
+    where = f"[{BACKEND_PREFIX}{name}]"
+    kwargs = options_for_signature(cls, options, where, config)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        source = f"{config.source}: " if config else ""
+        raise ConfigError(f"{source}{where}: {exc}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

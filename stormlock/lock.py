@@ -14,6 +14,7 @@ from .backend import (
     Lease,
     LockExpiredException,
     LockHeldException,
+    complete,
     plausible_lease_id,
     utcnow,
 )
@@ -123,7 +124,8 @@ class StormLock:
 
     def current(self) -> Lease | None:
         """The active lease, or None."""
-        return self.backend.current(self.resource)
+        lease = self.backend.current(self.resource)
+        return complete(lease, self.resource) if lease else None
 
     def is_current(self, lease_id: str) -> bool:
         """Whether `lease_id` is the active lease."""

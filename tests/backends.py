@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stormlock import Backend, get_backend
+from stormlock import Backend
+from stormlock.config import build_backend
 
 BACKENDS = ["sqlite", "redis", "postgresql", "dynamodb", "etcd"]
 SERVER_FIXTURES = {
@@ -37,7 +38,7 @@ class BackendConfig:
         return "\n".join(lines) + "\n"
 
     def create(self) -> Backend:
-        return get_backend(self.name, **self.options)
+        return build_backend(self.name, self.options)
 
 
 def isolated_options(

@@ -6,7 +6,8 @@ from datetime import timedelta
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from stormlock import LockHeldException, get_backend
+from stormlock import LockHeldException
+from stormlock.config import build_backend
 
 
 def race(
@@ -18,7 +19,7 @@ def race(
     worker: int,
 ) -> None:
     """For each resource: wait for every racer, try once, report the outcome."""
-    backend = get_backend(name, **options)
+    backend = build_backend(name, options)
     try:
         for round_, resource in enumerate(resources):
             barrier.wait(timeout=120)

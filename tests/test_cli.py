@@ -59,6 +59,11 @@ def test_seed_cli_scenario(
     cli: CliRunner, write_config: Callable[[str], Path], backend_config: BackendConfig
 ) -> None:
     env = {"STORMLOCK_CONFIG": str(write_config(backend_config.ini("test_user")))}
+    run_seed_scenario(cli, env)
+
+
+def run_seed_scenario(cli: CliRunner, env: dict[str, str]) -> None:
+    """The original tool's own CLI test (tests/test_cli.sh), step by step."""
     r1, r2 = "test1", "test2"
     id1 = cli("acquire", r1, env=env).stdout.strip()
     assert id1

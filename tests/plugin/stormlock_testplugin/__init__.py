@@ -80,3 +80,34 @@ class JsonFileBackend(Backend):
     def _lease(entry: dict[str, Any]) -> Lease:
         created = datetime.fromtimestamp(entry["created"], timezone.utc)
         return Lease(entry["principal"], created, entry["id"])
+
+
+class FiveMethodsBackend(Backend):
+    """Only the five methods, over any built-in store (`store = redis`, plus
+    that store's own options): a plugin with no optional capabilities, on a
+    real server."""
+
+    def __init__(self, store: str, **options: str) -> None:
+        from stormlock.config import build_backend
+
+        self.inner = build_backend(store, options)
+
+    def lock(self, resource: str, principal: str, ttl: timedelta) -> str:
+        return self.inner.lock(resource, principal, ttl)
+
+    def unlock(self, resource: str, lease_id: str) -> None:
+        self.inner.unlock(resource, lease_id)
+
+    def renew(self, resource: str, lease_id: str, ttl: timedelta) -> None:
+        self.inner.renew(resource, lease_id, ttl)
+
+    def current(self, resource: str) -> Optional[Lease]:
+        lease = self.inner.current(resource)
+        # What an old plugin returns: the three original fields only.
+        return Lease(lease.principal, lease.created, lease.id) if lease else None
+
+    def is_current(self, resource: str, lease_id: str) -> bool:
+        return self.inner.is_current(resource, lease_id)
+
+    def close(self) -> None:
+        self.inner.close()
