@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, NamedTuple
 
@@ -163,6 +164,10 @@ class Backend(ABC):
     clock: ClassVar[str] = "client"
     #: The shortest TTL the store can honour exactly.
     min_ttl: ClassVar[timedelta] = timedelta(0)
+    #: Where the fencing token comes from.
+    fence_source: ClassVar[str] = "the acquisition time in microseconds (fallback)"
+    #: Round trips to the store per operation (bench/ measures them); {} if unknown.
+    round_trips: ClassVar[Mapping[str, int]] = {}
 
     # -- the five operations of the original contract --------------------
 

@@ -185,3 +185,13 @@ def test_unknown_backend_lists_the_available_ones(isolated: Path) -> None:
         load_lock("x", path)
     assert "available:" in str(info.value)
     assert "sqlite" in str(info.value)
+
+
+def test_capability_table_in_docs_matches_the_code() -> None:
+    from stormlock.capabilities import embed
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "backends.md"
+    text = path.read_text()
+    assert embed(text) == text, (
+        "run: python -m stormlock.capabilities --write docs/backends.md"
+    )

@@ -77,7 +77,16 @@ class SQLite(LeaseBackend):
     `timeout`, the seconds to wait for another process's write.
     """
 
-    clock = "client"
+    clock = "host"
+    fence_source = "per-row counter, rows kept on release"
+    round_trips = {
+        "acquire": 1,
+        "renew": 1,
+        "release": 1,
+        "current": 1,
+        "is_current": 1,
+        "list": 1,
+    }
 
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
         from ..config import default_state_dir

@@ -1,0 +1,75 @@
+"""The backend capability table, generated from the backend classes.
+
+`python -m stormlock.capabilities` prints it; docs/backends.md embeds it and
+a test keeps the two equal, so the table cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+from .backend import Backend
+from .backends import BUILTIN, find_backend
+from .ttl import format_duration
+
+OPERATIONS = ("acquire", "renew", "release", "current", "is_current", "list")
+BEGIN = "<!-- capability-table:begin -->"
+END = "<!-- capability-table:end -->"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "fallback"
+
+
+def _min_ttl(cls: type[Backend]) -> str:
+    if cls.min_ttl <= timedelta(milliseconds=1):
+        return "1ms"
+    return format_duration(cls.min_ttl)
+
+
+def capability_table(names: list[str] | None = None) -> str:
+    """A Markdown table: one row per backend, one column per guarantee."""
+    header = [
+        "backend",
+        "expiry clock",
+        "min TTL",
+        "notes",
+        "fencing token",
+        "list",
+        "round trips (" + ", ".join(OPERATIONS) + ")",
+    ]
+    rows = [header, ["---"] * len(header)]
+    for name in names or list(BUILTIN):
+        cls = find_backend(name)
+        trips = "/".join(str(cls.round_trips.get(op, "?")) for op in OPERATIONS)
+        rows.append(
+            [
+                f"`{name}`",
+                cls.clock,
+                _min_ttl(cls),
+                _yes(cls.supports("notes")),
+                cls.fence_source,
+                "O(active)" if cls.supports("list") else "config sections",
+                trips,
+            ]
+        )
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def embed(document: str) -> str:
+    """`document` with the table between its markers replaced by a fresh one."""
+    start = document.index(BEGIN) + len(BEGIN)
+    end = document.index(END)
+    return document[:start] + "\n" + capability_table() + "\n" + document[end:]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--write"]:
+        path = sys.argv[2]
+        with open(path, encoding="utf-8") as handle:
+            text = embed(handle.read())
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        print(capability_table())
