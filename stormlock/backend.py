@@ -12,6 +12,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
 from .errors import EXIT_EXPIRED, EXIT_HELD, StormlockError, UnsupportedOperation
@@ -134,6 +135,11 @@ def fallback_fence(created: datetime) -> int:
     It increases with every acquisition as long as the holders' clocks do.
     """
     return int(created.timestamp() * 1_000_000)
+
+
+def trips(**counts: int) -> Mapping[str, int]:
+    """Declared round trips per operation (read-only)."""
+    return MappingProxyType(counts)
 
 
 def complete(lease: Lease, resource: str) -> Lease:

@@ -40,6 +40,7 @@ from ..backend import (
     LockHeldException,
     canonical_lease_id,
     new_lease_id,
+    trips,
 )
 from ..errors import BackendUnavailable, ConfigError
 
@@ -85,14 +86,7 @@ class DynamoDB(LeaseBackend):
     clock = "client"
     min_ttl = timedelta(milliseconds=1)
     fence_source = "per-item counter; from the clock (µs) after a 30-day purge"
-    round_trips = {
-        "acquire": 1,
-        "renew": 1,
-        "release": 1,
-        "current": 1,
-        "is_current": 1,
-        "list": 1,
-    }
+    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(
         self,

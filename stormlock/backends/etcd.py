@@ -38,6 +38,7 @@ from ..backend import (
     LockHeldException,
     canonical_lease_id,
     new_lease_id,
+    trips,
 )
 from ..errors import BackendUnavailable, ConfigError
 
@@ -82,14 +83,7 @@ class Etcd(LeaseBackend):
     clock = "server"
     min_ttl = timedelta(seconds=2)
     fence_source = "the key's create revision (etcd revisions only grow)"
-    round_trips = {
-        "acquire": 2,
-        "renew": 4,
-        "release": 2,
-        "current": 1,
-        "is_current": 1,
-        "list": 1,
-    }
+    round_trips = trips(acquire=2, renew=4, release=2, current=1, is_current=1, list=1)
 
     def __init__(
         self,

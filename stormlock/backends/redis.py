@@ -29,6 +29,7 @@ from ..backend import (
     LockHeldException,
     canonical_lease_id,
     new_lease_id,
+    trips,
 )
 from ..errors import BackendUnavailable, ConfigError
 
@@ -136,14 +137,7 @@ class Redis(LeaseBackend):
     clock = "server"
     min_ttl = timedelta(milliseconds=1)
     fence_source = "INCR counter key, kept on release"
-    round_trips = {
-        "acquire": 1,
-        "renew": 1,
-        "release": 1,
-        "current": 1,
-        "is_current": 1,
-        "list": 1,
-    }
+    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(
         self,

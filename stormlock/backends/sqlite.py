@@ -21,6 +21,7 @@ from ..backend import (
     LockHeldException,
     canonical_lease_id,
     new_lease_id,
+    trips,
 )
 from ..errors import BackendUnavailable
 
@@ -79,14 +80,7 @@ class SQLite(LeaseBackend):
 
     clock = "host"
     fence_source = "per-row counter, rows kept on release"
-    round_trips = {
-        "acquire": 1,
-        "renew": 1,
-        "release": 1,
-        "current": 1,
-        "is_current": 1,
-        "list": 1,
-    }
+    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
         from ..config import default_state_dir
