@@ -12,10 +12,10 @@ from datetime import timedelta
 from typing import NoReturn
 
 from . import errors
-from .backend import Backend, Lease, LockHeldException, complete
+from .backend import LockHeldException
 from .config import Config, load_config
-from .errors import StormlockError, UnsupportedOperation
-from .lock import StormLock
+from .errors import StormlockError
+from .lock import StormLock, list_all
 from .names import RULE, validate_resource
 from .render import (
     lease_cols,
@@ -177,31 +177,13 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_backend(config: Config, name: str, backend: Backend) -> list[Lease]:
-    try:
-        return backend.list_leases()
-    except UnsupportedOperation:
-        # Fallback: ask about every resource the config file names.
-        found = []
-        for resource in config.resource_sections():
-            if config.settings(resource).backend == name:
-                lease = backend.current(resource)
-                if lease is not None:
-                    found.append(complete(lease, resource))
-        return found
-
-
 def _list(config: Config, args: argparse.Namespace) -> int:
-    names = {config.settings("\0default").backend}
-    names.update(config.settings(r).backend for r in config.resource_sections())
-    leases: list[Lease] = []
-    for name in sorted(names):
-        backend = config.backend(name)
-        try:
-            leases.extend(_list_backend(config, name, backend))
-        finally:
+    backends = {name: config.backend(name) for name in config.backend_names()}
+    try:
+        leases = list_all(config, backends)
+    finally:
+        for backend in backends.values():
             backend.close()
-    leases.sort(key=lambda lease: lease.resource)
     if args.format == "json":
         print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
     elif leases:
@@ -215,7 +197,7 @@ def _setup(config: Config, target: str | None) -> int:
     from .backends import available_backends
 
     if target is None:
-        name = config.settings("\0default").backend
+        name = config.default_backend
     elif target in available_backends() or config.backend_options(target):
         name = target
     else:

@@ -144,6 +144,16 @@ class Config:
             max_ttl=max_ttl,
         )
 
+    @property
+    def default_backend(self) -> str:
+        return self.value(None, "backend") or DEFAULT_BACKEND
+
+    def backend_names(self) -> list[str]:
+        """Every backend the config uses: the default and the per-resource ones."""
+        names = {self.default_backend}
+        names.update(self.settings(r).backend for r in self.resource_sections())
+        return sorted(names)
+
     def backend_options(self, name: str) -> dict[str, str]:
         section = BACKEND_PREFIX + name
         if not self.parser.has_section(section):

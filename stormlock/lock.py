@@ -6,6 +6,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 
 from .backend import (
@@ -18,8 +19,8 @@ from .backend import (
     plausible_lease_id,
     utcnow,
 )
-from .config import DEFAULT_TTL, load_config
-from .errors import StormlockError
+from .config import DEFAULT_TTL, Config, load_config
+from .errors import StormlockError, UnsupportedOperation
 from .names import validate_resource
 from .ttl import check_ttl
 
@@ -153,3 +154,21 @@ def load_lock(
     except StormlockError:
         backend.close()
         raise
+
+
+def list_all(config: Config, backends: Mapping[str, Backend]) -> list[Lease]:
+    """Every active lease in the backends the config uses, sorted by resource.
+
+    A backend that cannot list is asked about each resource the config names.
+    """
+    leases: list[Lease] = []
+    for name, backend in backends.items():
+        try:
+            leases.extend(backend.list_leases())
+        except UnsupportedOperation:
+            for resource in config.resource_sections():
+                if config.settings(resource).backend == name:
+                    lease = backend.current(resource)
+                    if lease is not None:
+                        leases.append(complete(lease, resource))
+    return sorted(leases, key=lambda lease: lease.resource)
