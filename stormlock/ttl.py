@@ -11,7 +11,7 @@ from .errors import InvalidTTL
 ABSURD_TTL = timedelta(days=366)
 EXAMPLE = "try e.g. '30m', '2h', '1h30m' or '1 days'"
 
-_UNITS: dict[str, float] = {}
+UNITS: dict[str, float] = {}
 for _seconds, _names in (
     (0.001, ("ms", "msec", "msecs", "millisecond", "milliseconds")),
     (1, ("s", "sec", "secs", "second", "seconds")),
@@ -21,7 +21,7 @@ for _seconds, _names in (
     (604800, ("w", "wk", "wks", "week", "weeks")),
 ):
     for _name in _names:
-        _UNITS[_name] = _seconds
+        UNITS[_name] = _seconds
 
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*(?:,|\band\b)?", re.IGNORECASE)
 
@@ -38,7 +38,7 @@ def parse_duration(text: str) -> timedelta:
         match = _PART.match(text, pos)
         if match is None or match.end() == pos:
             raise InvalidTTL(_explain(original))
-        unit = _UNITS.get(match.group(2).lower())
+        unit = UNITS.get(match.group(2).lower())
         if unit is None:
             raise InvalidTTL(
                 f"unknown unit {match.group(2)!r} in duration {original!r}; {EXAMPLE}"

@@ -1,10 +1,142 @@
-"""`stormlock-bot`: placeholder until the Slack bot lands."""
+"""`stormlock-bot`: the Slack bot in HTTP mode, Socket Mode, or a local shell."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from ..config import load_config
+from ..errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, StormlockError
+from .settings import BotSettings
+
+PROG = "stormlock-bot"
+
+EPILOG = """\
+environment:
+  SLACK_BOT_TOKEN       bot token (xoxb-...), for serve and socket
+  SLACK_SIGNING_SECRET  signing secret, for serve (requests are always verified)
+  SLACK_APP_TOKEN       app-level token (xapp-...), for socket
+  SLACK_API_URL         Web API base URL (default https://slack.com/api/)
+  STORMLOCK_CONFIG      the config file (same as the CLI's; bot settings in [bot])
+  PORT                  serve's port when --port is not given (default 3000)
+
+exit codes: 0 ok, 64 bad command line, 68 missing setting or bad config,
+  69 unknown backend, 70 backend unreachable, 73 unexpected error
+"""
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("stormlock-bot: the Slack bot is not built yet", file=sys.stderr)
-    return 64
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}; see '{self.prog} --help'\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Stormlock's Slack bot.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", help="config file (default: as the CLI)")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    serve = sub.add_parser("serve", help="HTTP mode: Slack posts to /slack/events")
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000))
+    serve.add_argument("--threads", type=int, default=32, help="concurrent requests")
+    sub.add_parser("socket", help="Socket Mode: no public URL needed")
+    shell = sub.add_parser(
+        "shell", help="try the bot in your terminal, no Slack needed"
+    )
+    shell.add_argument("--user", default=None, help="who you are (default: $USER)")
+    shell.add_argument("--channel", default="general", help="the channel you type in")
+    return parser
+
+
+def _require(value: str | None, name: str, why: str) -> str:
+    if not value:
+        raise ConfigError(f"{name} is not set; {why}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import logs
+    from .app import build_app
+    from .service import LeaseService
+    from .web import WSGIApp, serve, wsgi_app
+
+    config = load_config(args.config)
+    settings = BotSettings.load(config)
+    _require(
+        settings.bot_token,
+        "SLACK_BOT_TOKEN",
+        "set it to the app's bot token (xoxb-...)",
+    )
+    _require(
+        settings.signing_secret,
+        "SLACK_SIGNING_SECRET",
+        "set it to the app's signing secret; serve always verifies requests",
+    )
+    config.backend(config.default_backend).close()  # fail now on a bad backend config
+
+    def factory() -> WSGIApp:
+        logs.configure(args.log_level, args.log_json)
+        app, _bot = build_app(settings, LeaseService(settings))
+        return wsgi_app(app)
+
+    logs.configure(args.log_level, args.log_json)
+    serve(factory, args.host, args.port, args.threads, args.log_level)
+    return 0
+
+
+def _socket(args: argparse.Namespace) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    from . import logs
+    from .app import build_app
+    from .service import LeaseService
+
+    config = load_config(args.config)
+    settings = BotSettings.load(config)
+    _require(
+        settings.bot_token,
+        "SLACK_BOT_TOKEN",
+        "set it to the app's bot token (xoxb-...)",
+    )
+    app_token = _require(
+        settings.app_token,
+        "SLACK_APP_TOKEN",
+        "set it to an app-level token (xapp-...) with connections:write",
+    )
+    logs.configure(args.log_level, args.log_json)
+    app, _bot = build_app(settings, LeaseService(settings), verify_requests=False)
+    SocketModeHandler(app, app_token).start()  # type: ignore[no-untyped-call]
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "serve":
+            return _serve(args)
+        if args.cmd == "socket":
+            return _socket(args)
+        from .shell import run_shell
+
+        return run_shell(load_config(args.config), args.user, args.channel)
+    except StormlockError as exc:
+        print(f"{PROG}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # never a traceback
+        if os.environ.get("STORMLOCK_DEBUG"):
+            raise
+        print(f"{PROG}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 73
+    return EXIT_CONFIG

@@ -1,0 +1,299 @@
+"""Block Kit rendering of lease results. No logic: results in, messages out.
+
+Each function returns a `Message`: the fallback text and the blocks. Lease
+ids appear only in `acquired` (shown to the acquirer alone).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from ..backend import Lease, iso
+from ..ttl import format_duration
+from .parsing import USAGE
+
+# Slack's limits: 50 blocks a message (100 in a view), 3000 characters a text.
+MAX_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+MAX_TEXT = 3000
+
+ACTION_RENEW = "lease_renew"
+ACTION_RELEASE = "lease_release"
+ACTION_NOTIFY = "lease_notify"
+ACTION_ACQUIRE = "lease_acquire"
+
+Namer = Callable[[str], str]
+"""Turns a principal into what readers see: a mention, or escaped text."""
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": self.blocks}
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def when(moment: datetime | None) -> str:
+    """A time each reader sees in their own time zone."""
+    if moment is None:
+        return "an unknown time"
+    fallback = iso(moment)
+    stamp = int(moment.timestamp())
+    return f"<!date^{stamp}^{{date_short_pretty}} at {{time}}|{fallback}>"
+
+
+def _section(text: str) -> SectionBlock:
+    if len(text) > MAX_TEXT:
+        text = text[: MAX_TEXT - 1] + "…"
+    return SectionBlock(text=MarkdownTextObject(text=text))
+
+
+def _render(blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    return [block.to_dict() for block in blocks]
+
+
+def _value(**data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _lease_line(lease: Lease, namer: Namer) -> str:
+    line = (
+        f"*{escape(lease.resource)}* — {namer(lease.principal)}"
+        f" since {when(lease.created)} until {when(lease.expires)}"
+    )
+    if lease.note:
+        line += f" — _{escape(lease.note)}_"
+    return line
+
+
+def lease_buttons(
+    lease: Lease, renew_choices: Sequence[timedelta], block_id: str | None = None
+) -> ActionsBlock:
+    elements = [
+        ButtonElement(
+            text=f"Renew {format_duration(ttl)}",
+            action_id=f"{ACTION_RENEW}:{i}",
+            value=_value(resource=lease.resource, ttl=ttl.total_seconds()),
+        )
+        for i, ttl in enumerate(renew_choices)
+    ]
+    elements.append(
+        ButtonElement(
+            text="Release",
+            action_id=ACTION_RELEASE,
+            value=_value(resource=lease.resource),
+            style="danger",
+        )
+    )
+    return ActionsBlock(elements=elements, block_id=block_id)
+
+
+def acquired(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
+    """To the acquirer only: the lease, its secret id, and buttons."""
+    text = f":lock: You hold *{escape(lease.resource)}* until {when(lease.expires)}."
+    if lease.note:
+        text += f"\n_{escape(lease.note)}_"
+    id_line = (
+        f"Lease id (keep it private; the CLI needs it): `{lease.id}`"
+        f" · fence {lease.fence}"
+    )
+    blocks = [_section(text), ContextBlock(elements=[MarkdownTextObject(text=id_line)])]
+    blocks.append(lease_buttons(lease, renew_choices))
+    return Message(
+        f"You hold {lease.resource} until {iso(lease.expires or lease.created)}",
+        _render(blocks),
+    )
+
+
+def announce_acquired(lease: Lease, namer: Namer) -> Message:
+    text = (
+        f":lock: {namer(lease.principal)} took *{escape(lease.resource)}*"
+        f" until {when(lease.expires)}"
+    )
+    if lease.note:
+        text += f" — _{escape(lease.note)}_"
+    return Message(f"{lease.resource} is now held", _render([_section(text)]))
+
+
+def held(lease: Lease | None, resource: str, namer: Namer) -> Message:
+    """To someone who tried to take a held resource."""
+    if lease is None:
+        text = f":no_entry: *{escape(resource)}* is held by someone else; try again."
+    else:
+        text = (
+            f":no_entry: *{escape(resource)}* is held by {namer(lease.principal)}"
+            f" since {when(lease.created)} until {when(lease.expires)}"
+        )
+        if lease.note:
+            text += f"\n_{escape(lease.note)}_"
+    button = ButtonElement(
+        text="Notify me when free",
+        action_id=ACTION_NOTIFY,
+        value=_value(resource=resource),
+    )
+    return Message(
+        f"{resource} is held by someone else",
+        _render([_section(text), ActionsBlock(elements=[button])]),
+    )
+
+
+def released(resource: str) -> Message:
+    return Message(
+        f"Released {resource}",
+        _render([_section(f":unlock: You released *{escape(resource)}*.")]),
+    )
+
+
+def announce_released(
+    lease: Lease, namer: Namer, forced_by: str | None = None
+) -> Message:
+    if forced_by:
+        text = (
+            f":warning: {namer(forced_by)} force-released"
+            f" *{escape(lease.resource)}* from {namer(lease.principal)}"
+        )
+    else:
+        text = f":unlock: {namer(lease.principal)} released *{escape(lease.resource)}*"
+    return Message(f"{lease.resource} is free", _render([_section(text)]))
+
+
+def force_released_notice(lease: Lease, namer: Namer, forced_by: str) -> Message:
+    text = (
+        f":warning: {namer(forced_by)} force-released your lease on"
+        f" *{escape(lease.resource)}*. It is no longer yours; stop what needs it."
+    )
+    return Message(
+        f"Your lease on {lease.resource} was force-released", _render([_section(text)])
+    )
+
+
+def renewed(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
+    text = f":repeat: You hold *{escape(lease.resource)}* until {when(lease.expires)}."
+    return Message(
+        f"Renewed {lease.resource}",
+        _render([_section(text), lease_buttons(lease, renew_choices)]),
+    )
+
+
+def current(resource: str, lease: Lease | None, namer: Namer) -> Message:
+    if lease is None:
+        return Message(
+            f"{resource} is free",
+            _render([_section(f":white_check_mark: *{escape(resource)}* is free.")]),
+        )
+    return Message(
+        f"{resource} is held", _render([_section(_lease_line(lease, namer))])
+    )
+
+
+def is_held(resource: str, active: bool) -> Message:
+    text = (
+        f":white_check_mark: That lease is the active lease of *{escape(resource)}*."
+        if active
+        else f":x: That lease is not active on *{escape(resource)}*."
+    )
+    return Message(text, _render([_section(text)]))
+
+
+def _lease_sections(
+    leases: Sequence[Lease], namer: Namer, max_blocks: int
+) -> list[Block]:
+    """Leases as a few sections, each under Slack's text limit; the rest summarised."""
+    blocks: list[Block] = []
+    lines: list[str] = []
+    size = 0
+    shown = 0
+    for lease in leases:
+        line = _lease_line(lease, namer)[: MAX_TEXT - 10]
+        if size + len(line) + 1 > MAX_TEXT:
+            if len(blocks) + 2 >= max_blocks:
+                break
+            blocks.append(_section("\n".join(lines)))
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line) + 1
+        shown += 1
+    if lines:
+        blocks.append(_section("\n".join(lines)))
+    if shown < len(leases):
+        more = len(leases) - shown
+        blocks.append(
+            ContextBlock(
+                elements=[
+                    MarkdownTextObject(
+                        text=f"…and {more} more. `stormlock list` shows them all."
+                    )
+                ]
+            )
+        )
+    return blocks
+
+
+def lease_list(leases: Sequence[Lease], namer: Namer) -> Message:
+    if not leases:
+        return Message(
+            "Nothing is held",
+            _render([_section(":white_check_mark: Nothing is held right now.")]),
+        )
+    header = HeaderBlock(text=f"{len(leases)} held right now")
+    blocks: list[Block] = [header, *_lease_sections(leases, namer, MAX_BLOCKS - 1)]
+    return Message(f"{len(leases)} leases held", _render(blocks))
+
+
+def help_message(unknown: str | None = None) -> Message:
+    lines = [f"I don't know `{escape(unknown)}`. " if unknown else ""]
+    lines[0] += "*Stormlock* gives leases on named resources:"
+    lines += [f"• `{escape(usage)}`" for usage in USAGE.values()]
+    lines.append(
+        "Aliases: lock, unlock, extend, status, who. TTLs: 30m, 2h, 1h30m, 1 days."
+    )
+    return Message("Stormlock help", _render([_section("\n".join(lines))]))
+
+
+def problem(message: str) -> Message:
+    text = f":warning: {escape(message)}"
+    return Message(message, _render([_section(text)]))
+
+
+def home(
+    everyone: Sequence[Lease],
+    mine: Sequence[Lease],
+    namer: Namer,
+    renew_choices: Callable[[Lease], Sequence[timedelta]],
+) -> dict[str, Any]:
+    """The App Home tab: your leases with buttons, then everything held."""
+    blocks: list[Block] = [HeaderBlock(text="Your leases")]
+    if not mine:
+        blocks.append(
+            _section("You hold nothing. `/stormlock acquire <resource>` takes a lease.")
+        )
+    for lease in mine[:20]:
+        blocks.append(_section(_lease_line(lease, namer)))
+        blocks.append(lease_buttons(lease, renew_choices(lease)))
+    blocks += [DividerBlock(), HeaderBlock(text="Held right now")]
+    if everyone:
+        blocks += _lease_sections(everyone, namer, MAX_VIEW_BLOCKS - len(blocks))
+    else:
+        blocks.append(_section("Nothing is held right now."))
+    return {"type": "home", "blocks": _render(blocks)}

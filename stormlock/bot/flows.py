@@ -1,0 +1,295 @@
+"""What the bot does for each Slack request, between the thin listeners and
+the chat-independent service: parse, identify, call the service, render,
+deliver (ephemeral reply, channel announcement, DM, App Home)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from ..backend import Lease, LockHeldException
+from ..errors import BackendUnavailable, StormlockError
+from . import blocks
+from .blocks import Message
+from .identity import Directory
+from .parsing import parse
+from .service import LeaseService, Person
+from .settings import BotSettings
+
+log = logging.getLogger(__name__)
+
+Respond = Callable[..., Any]
+
+
+class Bot:
+    def __init__(
+        self,
+        service: LeaseService,
+        settings: BotSettings,
+        client: WebClient,
+        directory: Directory | None = None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.client = client
+        self.directory = directory or Directory(client)
+
+    # -- delivery -------------------------------------------------------------
+
+    def post(self, channel: str, message: Message) -> str | None:
+        """Post to a channel; returns Slack's error code, if any."""
+        try:
+            self.client.chat_postMessage(channel=channel, **message.kwargs())
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            log.warning("chat.postMessage to %s failed: %s", channel, error)
+            return error
+        return None
+
+    def dm(self, user_id: str, message: Message) -> str | None:
+        try:
+            opened = self.client.conversations_open(users=user_id)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            log.warning("conversations.open for %s failed: %s", user_id, error)
+            return error
+        return self.post(opened["channel"]["id"], message)
+
+    def announce(
+        self,
+        resource: str,
+        channel: str | None,
+        message: Message,
+        respond: Respond | None,
+    ) -> None:
+        target = self.settings.announce_channel(resource) or channel
+        if not target:
+            return
+        error = self.post(target, message)
+        if error and respond is not None:
+            hint = (
+                " Invite the app to the channel." if error == "not_in_channel" else ""
+            )
+            respond(
+                **blocks.problem(
+                    f"I could not announce this in the channel ({error}).{hint}"
+                ).kwargs()
+            )
+
+    def publish_home(self, user_id: str) -> None:
+        try:
+            person = self.directory.person(user_id)
+            everyone = self.service.list_leases()
+        except StormlockError as exc:
+            view = {"type": "home", "blocks": blocks.problem(str(exc)).blocks}
+        else:
+            mine = [lease for lease in everyone if person.is_principal(lease.principal)]
+            view = blocks.home(everyone, mine, self.directory.display, self._choices)
+        try:
+            self.client.views_publish(user_id=user_id, view=view)
+        except SlackApiError as exc:
+            log.warning("views.publish failed: %s", exc.response.get("error"))
+
+    def _choices(self, lease: Lease) -> list[timedelta]:
+        original = None
+        if lease.expires is not None:
+            original = self.service.config.settings(lease.resource).ttl
+        return self.settings.renew_choices(lease.resource, original)
+
+    # -- slash command ----------------------------------------------------------
+
+    def command(self, body: dict[str, Any], respond: Respond) -> None:
+        """Handle `/stormlock ...`; every outcome ends in a reply."""
+        user_id = str(body.get("user_id", ""))
+        channel = body.get("channel_id")
+        allowed = self.settings.channels
+        if (
+            allowed
+            and channel not in allowed
+            and body.get("channel_name") not in allowed
+        ):
+            names = ", ".join(f"#{c}" for c in sorted(allowed))
+            respond(
+                **blocks.problem(
+                    f"Stormlock is not enabled in this channel; use {names}."
+                ).kwargs()
+            )
+            return
+        try:
+            command = parse(str(body.get("text", "")))
+            self._run(command, user_id, channel, respond)
+        except LockHeldException as held:
+            respond(
+                **blocks.held(
+                    held.lease, held.resource, self.directory.display
+                ).kwargs()
+            )
+        except BackendUnavailable as exc:
+            respond(
+                **blocks.problem(
+                    "The lease store is unreachable, so nothing changed. "
+                    f"Try again in a moment. ({exc})"
+                ).kwargs()
+            )
+        except StormlockError as exc:
+            respond(**blocks.problem(exc.message).kwargs())
+        except Exception:
+            log.exception("command failed")
+            respond(
+                **blocks.problem(
+                    "Something went wrong on our side; nothing was changed. "
+                    "Try again, or tell your Stormlock admins."
+                ).kwargs()
+            )
+
+    def _run(
+        self, command: Any, user_id: str, channel: str | None, respond: Respond
+    ) -> None:
+        name = command.name
+        if name == "help":
+            respond(**blocks.help_message(command.unknown).kwargs())
+            return
+        if name == "list":
+            respond(
+                **blocks.lease_list(
+                    self.service.list_leases(), self.directory.display
+                ).kwargs()
+            )
+            return
+        if name in ("notify", "board"):
+            respond(
+                **blocks.problem(
+                    f"`/stormlock {name}` is not available in this version."
+                ).kwargs()
+            )
+            return
+        resource = command.resource
+        if name == "current":
+            lease = self.service.current(resource)
+            respond(**blocks.current(resource, lease, self.directory.display).kwargs())
+            return
+        if name == "is-held":
+            respond(
+                **blocks.is_held(
+                    resource, self.service.is_held(resource, command.lease_id)
+                ).kwargs()
+            )
+            return
+        person = self.directory.person(user_id)
+        if name == "acquire":
+            lease = self.service.acquire(person, resource, command.ttl, command.note)
+            respond(**blocks.acquired(lease, self._offer(lease, command.ttl)).kwargs())
+            self.announce(
+                resource,
+                channel,
+                blocks.announce_acquired(lease, self.directory.display),
+                respond,
+            )
+        elif name == "release":
+            self._release(
+                person, resource, channel, respond, command.lease_id, command.force
+            )
+            return
+        elif name == "renew":
+            lease = self.service.renew(person, resource, command.ttl)
+            respond(**blocks.renewed(lease, self._offer(lease, command.ttl)).kwargs())
+        self.publish_home(user_id)
+
+    def _offer(self, lease: Lease, asked: timedelta | None) -> list[timedelta]:
+        original = asked or self.service.config.settings(lease.resource).ttl
+        return self.settings.renew_choices(lease.resource, original)
+
+    def _release(
+        self,
+        person: Person,
+        resource: str,
+        channel: str | None,
+        respond: Respond,
+        lease_id: str | None = None,
+        force: bool = False,
+        replace: bool = False,
+    ) -> None:
+        result = self.service.release(person, resource, lease_id, force)
+        respond(replace_original=replace, **blocks.released(resource).kwargs())
+        forced_by = person.principal if result.forced else None
+        self.announce(
+            resource,
+            channel,
+            blocks.announce_released(result.lease, self.directory.display, forced_by),
+            respond,
+        )
+        if result.forced:
+            holder = self.directory.user_id_for(result.lease.principal)
+            if holder:
+                self.dm(
+                    holder,
+                    blocks.force_released_notice(
+                        result.lease, self.directory.display, person.principal
+                    ),
+                )
+        self.publish_home(person.user_id)
+
+    # -- buttons --------------------------------------------------------------
+
+    def button(
+        self, body: dict[str, Any], action: dict[str, Any], respond: Respond
+    ) -> None:
+        user_id = str(body.get("user", {}).get("id", ""))
+        container = body.get("container", {})
+        from_home = container.get("type") == "view"
+        channel = container.get("channel_id") or body.get("channel", {}).get("id")
+        try:
+            value = json.loads(action.get("value") or "{}")
+            resource = str(value["resource"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("button with an unreadable value")
+            return
+        reply: Respond = respond if not from_home else (lambda **_: None)
+        action_id = str(action.get("action_id", ""))
+        try:
+            person = self.directory.person(user_id)
+            if action_id.startswith(blocks.ACTION_RENEW):
+                ttl = timedelta(seconds=float(value["ttl"]))
+                lease = self.service.renew(person, resource, ttl)
+                reply(
+                    replace_original=True,
+                    **blocks.renewed(lease, self._offer(lease, ttl)).kwargs(),
+                )
+                self.publish_home(user_id)
+            elif action_id == blocks.ACTION_RELEASE:
+                self._release(
+                    person,
+                    resource,
+                    None if from_home else channel,
+                    reply,
+                    replace=True,
+                )
+            elif action_id == blocks.ACTION_NOTIFY:
+                reply(
+                    **blocks.problem(
+                        "Wait lists are not available in this version."
+                    ).kwargs()
+                )
+        except LockHeldException as held:
+            reply(
+                **blocks.held(
+                    held.lease, held.resource, self.directory.display
+                ).kwargs()
+            )
+        except StormlockError as exc:
+            if from_home:
+                self.publish_home(user_id)
+            reply(**blocks.problem(exc.message).kwargs())
+        except Exception:
+            log.exception("button failed")
+            reply(
+                **blocks.problem(
+                    "Something went wrong on our side; nothing was changed."
+                ).kwargs()
+            )

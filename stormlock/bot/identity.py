@@ -1,0 +1,83 @@
+"""Who a Slack user is, as a principal, and how a principal is shown."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from .blocks import escape
+from .service import Person
+
+log = logging.getLogger(__name__)
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_CACHE_SECONDS = 600.0
+
+
+class Directory:
+    """Slack users by id and by email, cached for ten minutes (misses too)."""
+
+    def __init__(self, client: WebClient) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        self._by_id: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._by_email: dict[str, tuple[float, str | None]] = {}
+
+    def _user(self, user_id: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._by_id.get(user_id)
+        if hit and now - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        try:
+            user: dict[str, Any] | None = self.client.users_info(user=user_id)["user"]
+        except SlackApiError as exc:
+            log.warning(
+                "users.info failed for %s: %s", user_id, exc.response.get("error")
+            )
+            user = None
+        with self._lock:
+            self._by_id[user_id] = (now, user)
+        return user
+
+    def person(self, user_id: str) -> Person:
+        """The principal is the user's email when Slack shares it, else the id."""
+        user = self._user(user_id) or {}
+        email = (user.get("profile") or {}).get("email")
+        if email:
+            with self._lock:
+                self._by_email[email.lower()] = (time.monotonic(), user_id)
+            return Person(user_id, email, frozenset({user_id}))
+        return Person(user_id, user_id)
+
+    def user_id_for(self, principal: str) -> str | None:
+        """The Slack user a principal names, if any."""
+        if _USER_ID.match(principal):
+            return principal
+        if "@" not in principal:
+            return None
+        key = principal.lower()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._by_email.get(key)
+        if hit and now - hit[0] < _CACHE_SECONDS:
+            return hit[1]
+        try:
+            found: str | None = self.client.users_lookupByEmail(email=principal)[
+                "user"
+            ]["id"]
+        except SlackApiError:
+            found = None
+        with self._lock:
+            self._by_email[key] = (now, found)
+        return found
+
+    def display(self, principal: str) -> str:
+        """A mention when the principal is a Slack user, else plain text."""
+        user_id = self.user_id_for(principal)
+        return f"<@{user_id}>" if user_id else escape(principal)

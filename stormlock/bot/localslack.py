@@ -1,0 +1,327 @@
+"""A local stand-in for Slack: its Web API and `response_url` endpoints.
+
+It records every call, checks every Block Kit payload with slack_sdk's models
+and Slack's size limits, and answers like Slack does. The `shell` adapter
+prints what it receives; the tests assert on it. It listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+
+MAX_MESSAGE_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+MAX_TEXT = 3000
+MAX_MESSAGE_TEXT = 40000
+
+
+@dataclass
+class Call:
+    """One request that reached the fake Slack."""
+
+    method: str
+    """A Web API method, or "response_url"."""
+    payload: dict[str, Any]
+    context: dict[str, str] = field(default_factory=dict)
+    """For response_url calls: the user and channel the URL was made for."""
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class User:
+    id: str
+    name: str
+    email: str | None = None
+
+
+def block_problems(blocks: Any, limit: int) -> list[str]:
+    """What Slack would reject in `blocks` (empty if nothing)."""
+    if blocks is None:
+        return []
+    if isinstance(blocks, str):
+        try:
+            blocks = json.loads(blocks)
+        except ValueError:
+            return ["blocks is not JSON"]
+    if not isinstance(blocks, list):
+        return ["blocks is not a list"]
+    problems = []
+    if len(blocks) > limit:
+        problems.append(f"{len(blocks)} blocks (limit {limit})")
+    for index, raw in enumerate(blocks):
+        try:
+            parsed = Block.parse(raw)
+            if parsed is None:
+                problems.append(f"block {index}: unknown type")
+                continue
+            parsed.validate_json()
+        except (SlackObjectFormationError, KeyError, TypeError, ValueError) as exc:
+            problems.append(f"block {index}: {exc}")
+            continue
+        text = raw.get("text")
+        if isinstance(text, dict) and len(text.get("text", "")) > MAX_TEXT:
+            problems.append(f"block {index}: text over {MAX_TEXT} characters")
+        if raw.get("type") == "actions":
+            ids = [e.get("action_id") for e in raw.get("elements", [])]
+            if len(ids) != len(set(ids)):
+                problems.append(f"block {index}: duplicate action_id")
+    return problems
+
+
+class LocalSlack:
+    """Start with `start()`; `api_url` is then the SLACK_API_URL to use."""
+
+    def __init__(
+        self,
+        token: str = "xoxb-local",  # noqa: S107 - a fake Slack's fake token
+        users: list[User] | None = None,
+    ) -> None:
+        self.token = token
+        self.users: dict[str, User] = {u.id: u for u in users or []}
+        self.calls: list[Call] = []
+        self.on_call: Callable[[Call], None] | None = None
+        self._changed = threading.Condition()
+        self._ts = itertools.count(1)
+        self._response_urls: dict[str, dict[str, str]] = {}
+        self._failures: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.base + "/api/"
+
+    def start(self) -> LocalSlack:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add_user(self, user: User) -> None:
+        self.users[user.id] = user
+
+    def response_url(self, user_id: str, channel_id: str) -> str:
+        token = f"{next(self._ts):06d}"
+        self._response_urls[token] = {"user": user_id, "channel": channel_id}
+        return f"{self.base}/respond/{token}"
+
+    def fail_next(
+        self,
+        method: str,
+        status: int = 429,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        """Answer the next call of `method` with an error (e.g. a rate limit)."""
+        self._failures.setdefault(method, []).append(
+            (
+                status,
+                headers or {"Retry-After": "1"},
+                body or {"ok": False, "error": "ratelimited"},
+            )
+        )
+
+    # -- observing ------------------------------------------------------------
+
+    def record(self, call: Call) -> None:
+        with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+        if self.on_call is not None:
+            self.on_call(call)
+
+    def wait_for(
+        self, predicate: Callable[[Call], bool], count: int = 1, timeout: float = 15
+    ) -> list[Call]:
+        """Block until `count` recorded calls satisfy `predicate`; return them."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                matching = [c for c in self.calls if predicate(c)]
+                if len(matching) >= count:
+                    return matching
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    methods = [c.method for c in self.calls]
+                    raise AssertionError(
+                        f"only {len(matching)} of {count} expected Slack calls;"
+                        f" saw {methods}"
+                    )
+                self._changed.wait(remaining)
+
+    def of(self, method: str) -> list[Call]:
+        with self._changed:
+            return [c for c in self.calls if c.method == method]
+
+    # -- the Web API ------------------------------------------------------------
+
+    def answer(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "user_id": "UBOT",
+                "bot_id": "BBOT",
+                "team_id": "TLOCAL",
+                "url": self.base,
+            }
+        if method == "users.info":
+            user = self.users.get(str(payload.get("user")))
+            if user is None:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": self._user_json(user)}
+        if method == "users.lookupByEmail":
+            email = str(payload.get("email", "")).lower()
+            for user in self.users.values():
+                if user.email and user.email.lower() == email:
+                    return {"ok": True, "user": self._user_json(user)}
+            return {"ok": False, "error": "users_not_found"}
+        if method == "conversations.open":
+            users = str(payload.get("users", ""))
+            return {"ok": True, "channel": {"id": "D" + users.replace(",", "")}}
+        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
+            channel = str(payload.get("channel", ""))
+            if not channel:
+                return {"ok": False, "error": "channel_not_found"}
+            if not payload.get("text") and not payload.get("blocks"):
+                return {"ok": False, "error": "no_text"}
+            ts = str(payload.get("ts") or f"{time.time():.0f}.{next(self._ts):06d}")
+            result: dict[str, Any] = {"ok": True, "channel": channel, "ts": ts}
+            if method == "chat.postEphemeral":
+                result = {"ok": True, "message_ts": ts}
+            return result
+        if method == "views.publish":
+            return {"ok": True, "view": {"id": "VHOME"}}
+        return {"ok": False, "error": "unknown_method"}
+
+    @staticmethod
+    def _user_json(user: User) -> dict[str, Any]:
+        profile: dict[str, Any] = {"display_name": user.name, "real_name": user.name}
+        if user.email:
+            profile["email"] = user.email
+        return {"id": user.id, "name": user.name, "profile": profile}
+
+    def problems(self, method: str, payload: dict[str, Any]) -> list[str]:
+        if method == "views.publish":
+            view = payload.get("view")
+            if isinstance(view, str):
+                view = json.loads(view)
+            return block_problems((view or {}).get("blocks"), MAX_VIEW_BLOCKS)
+        problems = block_problems(payload.get("blocks"), MAX_MESSAGE_BLOCKS)
+        if len(str(payload.get("text") or "")) > MAX_MESSAGE_TEXT:
+            problems.append("text too long")
+        return problems
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        slack = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: the calls are recorded instead
+
+            def _send(
+                self,
+                status: int,
+                body: dict[str, Any] | str,
+                headers: dict[str, str] | None = None,
+            ) -> None:
+                data = (
+                    body.encode()
+                    if isinstance(body, str)
+                    else json.dumps(body).encode()
+                )
+                self.send_response(status)
+                self.send_header(
+                    "Content-Type",
+                    "application/json" if isinstance(body, dict) else "text/plain",
+                )
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _payload(self) -> dict[str, Any]:
+                url = urllib.parse.urlsplit(self.path)
+                payload: dict[str, Any] = dict(urllib.parse.parse_qsl(url.query))
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                kind = self.headers.get("Content-Type", "")
+                if raw and "json" in kind:
+                    payload.update(json.loads(raw))
+                elif raw:
+                    payload.update(urllib.parse.parse_qsl(raw.decode()))
+                return payload
+
+            def do_GET(self) -> None:
+                self.do_POST()
+
+            def do_POST(self) -> None:
+                path = urllib.parse.urlsplit(self.path).path
+                payload = self._payload()
+                if path.startswith("/respond/"):
+                    context = slack._response_urls.get(path.rsplit("/", 1)[1])
+                    if context is None:
+                        self._send(404, "invalid_token")
+                        return
+                    call = Call(
+                        "response_url",
+                        payload,
+                        dict(context),
+                        slack.problems("response_url", payload),
+                    )
+                    slack.record(call)
+                    self._send(
+                        400 if call.problems else 200,
+                        "invalid_blocks" if call.problems else "ok",
+                    )
+                    return
+                if not path.startswith("/api/"):
+                    self._send(404, "not found")
+                    return
+                method = path[len("/api/") :]
+                failures = slack._failures.get(method)
+                if failures:
+                    status, headers, body = failures.pop(0)
+                    slack.record(Call(method, payload, {"failed": str(status)}))
+                    self._send(status, body, headers)
+                    return
+                if self.headers.get("Authorization") != f"Bearer {slack.token}":
+                    slack.record(Call(method, payload, {"failed": "invalid_auth"}))
+                    self._send(200, {"ok": False, "error": "invalid_auth"})
+                    return
+                call = Call(method, payload, {}, slack.problems(method, payload))
+                slack.record(call)
+                if call.problems:
+                    self._send(
+                        200,
+                        {
+                            "ok": False,
+                            "error": "invalid_blocks",
+                            "errors": call.problems,
+                        },
+                    )
+                    return
+                self._send(200, slack.answer(method, payload))
+
+        return Handler

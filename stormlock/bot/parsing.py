@@ -1,0 +1,172 @@
+"""`/stormlock ...` text turned into a command. Chat-independent."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ..errors import InvalidTTL, StormlockError
+from ..ttl import UNITS, parse_duration
+
+ALIASES = {
+    "acquire": "acquire",
+    "lock": "acquire",
+    "take": "acquire",
+    "release": "release",
+    "unlock": "release",
+    "renew": "renew",
+    "extend": "renew",
+    "current": "current",
+    "status": "current",
+    "who": "current",
+    "is-held": "is-held",
+    "isheld": "is-held",
+    "is_held": "is-held",
+    "list": "list",
+    "ls": "list",
+    "help": "help",
+    "notify": "notify",
+    "board": "board",
+}
+
+USAGE = {
+    "acquire": "/stormlock acquire <resource> [ttl] [note…]"
+    "  e.g. /stormlock acquire prod-db 2h applying terraform",
+    "release": "/stormlock release <resource> [lease-id] [--force]",
+    "renew": "/stormlock renew <resource> [ttl]  e.g. /stormlock renew prod-db 1h",
+    "current": "/stormlock current <resource>",
+    "is-held": "/stormlock is-held <resource> <lease-id>",
+    "list": "/stormlock list",
+    "notify": "/stormlock notify <resource> [--cancel]",
+    "board": "/stormlock board",
+    "help": "/stormlock help",
+}
+
+
+class UsageError(StormlockError):
+    exit_code = 64
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    resource: str | None = None
+    ttl: timedelta | None = None
+    note: str | None = None
+    lease_id: str | None = None
+    force: bool = False
+    cancel: bool = False
+    unknown: str | None = None
+    """The word that was not a command (the reply is the help text)."""
+
+
+def _split(text: str) -> list[str]:
+    text = text.replace("\u201c", '"').replace("\u201d", '"').replace("\u2018", "'")
+    text = text.replace("\u2019", "'")
+    try:
+        return shlex.split(text)
+    except ValueError:  # unbalanced quotes: take the words as they are
+        return text.split()
+
+
+def _take_ttl(words: list[str]) -> tuple[timedelta | None, list[str]]:
+    """A TTL at the start of `words` ("2h", "30 minutes"), and what follows."""
+    for count in (2, 1):
+        if len(words) >= count:
+            candidate = " ".join(words[:count])
+            if count == 2 and not words[0].replace(".", "", 1).isdigit():
+                continue
+            try:
+                return parse_duration(candidate), words[count:]
+            except InvalidTTL:
+                if count == 1 and _looks_like_duration(candidate):
+                    raise
+    return None, words
+
+
+def _looks_like_duration(word: str) -> bool:
+    """A number with no unit or a known one ("2", "-5m", "0s"), not "2fa"."""
+    match = re.fullmatch(r"[+-]?[\d.]+([a-zA-Z]*)", word)
+    return match is not None and (not match.group(1) or match.group(1).lower() in UNITS)
+
+
+def parse(text: str) -> Command:
+    """Parse the text after `/stormlock`. Raises `UsageError` or `InvalidTTL`."""
+    words = _split(text.strip())
+    if not words:
+        return Command("help")
+    name = ALIASES.get(words[0].lower())
+    if name is None:
+        return Command("help", unknown=words[0])
+    args = words[1:]
+    if name in ("help", "list", "board"):
+        return Command(name)
+    flags: dict[str, str | bool] = {}
+    positional: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word in ("--ttl", "-t") and name in ("acquire", "renew"):
+            value = args[index + 1 : index + 3]
+            if not value:
+                raise UsageError(f"--ttl needs a value; {USAGE[name]}")
+            ttl, rest = _take_ttl(value)
+            if ttl is None:
+                parse_duration(value[0])  # raises with an example
+            flags["ttl"] = " ".join(value[: len(value) - len(rest)])
+            index += 1 + len(value) - len(rest)
+            continue
+        if word.startswith("--ttl=") and name in ("acquire", "renew"):
+            flags["ttl"] = word.split("=", 1)[1]
+        elif word in ("--note", "-n") and name == "acquire":
+            flags["note"] = " ".join(args[index + 1 :])
+            break
+        elif word.startswith("--note=") and name == "acquire":
+            flags["note"] = " ".join([word.split("=", 1)[1], *args[index + 1 :]])
+            break
+        elif word == "--force" and name == "release":
+            flags["force"] = True
+        elif word == "--cancel" and name == "notify":
+            flags["cancel"] = True
+        elif word.startswith("--") and len(word) > 2:
+            raise UsageError(f"unknown option {word}; {USAGE[name]}")
+        else:
+            positional.append(word)
+        index += 1
+    if not positional:
+        raise UsageError(f"which resource? {USAGE[name]}")
+    resource, rest = positional[0], positional[1:]
+    ttl = parse_duration(str(flags["ttl"])) if "ttl" in flags else None
+    note = str(flags["note"]).strip() if "note" in flags else None
+    lease_id = None
+    if name == "acquire":
+        if ttl is None:
+            ttl, rest = _take_ttl(rest)
+        if rest:
+            note = " ".join([*rest, note] if note else rest)
+    elif name == "renew":
+        if ttl is None and rest:
+            ttl, rest = _take_ttl(rest)
+            if ttl is None:
+                parse_duration(" ".join(rest))  # raises with an example
+        if rest:
+            raise UsageError(f"too many words; {USAGE[name]}")
+    elif name in ("release", "is-held"):
+        if len(rest) > 1:
+            raise UsageError(f"too many words; {USAGE[name]}")
+        lease_id = rest[0] if rest else None
+        if name == "is-held" and lease_id is None:
+            raise UsageError(f"which lease id? {USAGE[name]}")
+    elif rest:
+        raise UsageError(f"too many words; {USAGE[name]}")
+    return Command(
+        name,
+        resource=resource,
+        ttl=ttl,
+        note=note or None,
+        lease_id=lease_id,
+        force=bool(flags.get("force")),
+        cancel=bool(flags.get("cancel")),
+    )

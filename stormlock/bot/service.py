@@ -1,0 +1,187 @@
+"""The bot's service layer: a person's request turned into backend calls.
+
+Knows nothing of Slack: a `Person` is whoever asks, with the principal the
+lease records. The same calls serve Slack, the local shell and the tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ..backend import Backend, Lease, LockExpiredException
+from ..config import Config
+from ..errors import EXIT_NOT_HELD, StormlockError
+from ..lock import StormLock, list_all
+from ..names import validate_resource
+from .settings import BotSettings
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone using the bot."""
+
+    user_id: str
+    """The chat user id, e.g. U012AB3CD."""
+    principal: str
+    """What a lease records: the email when known, else the user id."""
+    aliases: frozenset[str] = frozenset()
+    """Other principals that are also this person (their user id, email)."""
+
+    def is_principal(self, principal: str) -> bool:
+        names = {self.principal.lower(), *(a.lower() for a in self.aliases)}
+        return principal.lower() in names
+
+
+class NotAllowed(StormlockError):
+    """The person may not do this."""
+
+    exit_code = 77
+
+
+class NoLease(StormlockError):
+    exit_code = EXIT_NOT_HELD
+
+
+class UnknownResource(StormlockError):
+    exit_code = 65
+
+
+@dataclass(frozen=True)
+class Released:
+    lease: Lease
+    forced: bool
+
+
+class LeaseService:
+    """Leases for chat users, over the backends the config file names."""
+
+    def __init__(self, settings: BotSettings) -> None:
+        self.settings = settings
+        self.config: Config = settings.config
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------
+
+    def backend(self, name: str) -> Backend:
+        """One shared (thread-safe) backend object per backend name."""
+        with self._lock:
+            if name not in self._backends:
+                self._backends[name] = self.config.backend(name)
+            return self._backends[name]
+
+    def close(self) -> None:
+        with self._lock:
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
+
+    def check_resource(self, resource: str) -> str:
+        validate_resource(resource)
+        allowed = self.settings.resources
+        if allowed and resource not in allowed:
+            close = difflib.get_close_matches(resource, allowed, n=3, cutoff=0.6)
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else f"known resources: {', '.join(allowed[:10])}"
+            )
+            raise UnknownResource(f"{resource!r} is not a known resource; {hint}")
+        return resource
+
+    def lock(self, person: Person, resource: str) -> StormLock:
+        self.check_resource(resource)
+        settings = self.config.settings(resource)
+        return StormLock(
+            self.backend(settings.backend),
+            resource,
+            person.principal,
+            settings.ttl,
+            settings.max_ttl,
+        )
+
+    def is_admin(self, person: Person) -> bool:
+        return person.user_id in self.settings.admins
+
+    # -- operations -------------------------------------------------------------
+
+    def acquire(
+        self,
+        person: Person,
+        resource: str,
+        ttl: timedelta | None = None,
+        note: str | None = None,
+    ) -> Lease:
+        """Raises `LockHeldException` naming the holder if someone has it."""
+        return self.lock(person, resource).acquire_lease(ttl, note)
+
+    def release(
+        self,
+        person: Person,
+        resource: str,
+        lease_id: str | None = None,
+        force: bool = False,
+    ) -> Released:
+        """Release by lease id, as the holder, or (admins, with force) anyone's."""
+        lock = self.lock(person, resource)
+        lease = lock.current()
+        if lease is None:
+            raise NoLease(f"{resource!r} is not held by anyone")
+        if lease_id is not None:
+            if lease_id != lease.id:
+                raise NoLease(f"that lease id is not the active lease of {resource!r}")
+        elif not person.is_principal(lease.principal):
+            if not force:
+                raise NotAllowed(
+                    f"{resource!r} is held by someone else; only the holder can "
+                    "release it (or an admin, with --force)"
+                )
+            if not self.is_admin(person):
+                raise NotAllowed("only admins can force-release; ask one of them")
+        if not lock.release(lease.id) and lock.current() is not None:
+            raise NoLease(f"{resource!r} changed hands meanwhile; look again")
+        forced = lease_id is None and not person.is_principal(lease.principal)
+        return Released(lease, forced)
+
+    def renew(
+        self, person: Person, resource: str, ttl: timedelta | None = None
+    ) -> Lease:
+        """Renew your own lease on `resource` (no lease id needed)."""
+        lock = self.lock(person, resource)
+        lease = lock.current()
+        if lease is None:
+            raise NoLease(f"{resource!r} is not held; acquire it instead")
+        if not person.is_principal(lease.principal):
+            raise NotAllowed(
+                f"{resource!r} is held by someone else; only they can renew"
+            )
+        try:
+            return lock.renew(lease.id, ttl)
+        except LockExpiredException:
+            raise NoLease(
+                f"your lease on {resource!r} just ended; acquire it again"
+            ) from None
+
+    def current(self, resource: str) -> Lease | None:
+        self.check_resource(resource)
+        backend = self.backend(self.config.settings(resource).backend)
+        return StormLock(backend, resource, "").current()
+
+    def is_held(self, resource: str, lease_id: str) -> bool:
+        self.check_resource(resource)
+        backend = self.backend(self.config.settings(resource).backend)
+        return StormLock(backend, resource, "").is_current(lease_id)
+
+    def list_leases(self) -> list[Lease]:
+        names = self.config.backend_names()
+        return list_all(self.config, {name: self.backend(name) for name in names})
+
+    def leases_of(self, person: Person) -> list[Lease]:
+        return [
+            lease
+            for lease in self.list_leases()
+            if person.is_principal(lease.principal)
+        ]

@@ -1,0 +1,71 @@
+"""The bot's settings: the `[bot]` section of the config file, and the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from ..config import BOT_SECTION, Config
+from ..errors import ConfigError
+
+SLACK_API_DEFAULT = "https://slack.com/api/"
+
+
+def _list(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    return [item.strip() for item in raw.replace("\n", ",").split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    """What the bot needs besides the lease configuration."""
+
+    config: Config
+    bot_token: str | None = None
+    signing_secret: str | None = None
+    app_token: str | None = None
+    api_url: str = SLACK_API_DEFAULT
+    admins: frozenset[str] = field(default_factory=frozenset)
+    resources: tuple[str, ...] = ()
+    channels: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def load(cls, config: Config, env: dict[str, str] | None = None) -> BotSettings:
+        env = dict(os.environ if env is None else env)
+        api_url = env.get("SLACK_API_URL") or SLACK_API_DEFAULT
+        if not api_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"SLACK_API_URL {api_url!r} is not an http(s) URL; "
+                "e.g. https://slack.com/api/"
+            )
+        return cls(
+            config=config,
+            bot_token=env.get("SLACK_BOT_TOKEN") or None,
+            signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
+            app_token=env.get("SLACK_APP_TOKEN") or None,
+            api_url=api_url if api_url.endswith("/") else api_url + "/",
+            admins=frozenset(_list(config.value(None, "admins", BOT_SECTION))),
+            resources=tuple(_list(config.value(None, "resources", BOT_SECTION))),
+            channels=frozenset(
+                c.lstrip("#")
+                for c in _list(config.value(None, "channels", BOT_SECTION))
+            ),
+        )
+
+    def announce_channel(self, resource: str) -> str | None:
+        """A fixed channel for announcements, if configured (else the command's)."""
+        return self.config.value(resource, "announce_channel", BOT_SECTION)
+
+    def renew_choices(
+        self, resource: str, original: timedelta | None
+    ) -> list[timedelta]:
+        """The TTLs offered on Renew buttons: the original one and two more."""
+        choices = [original] if original else []
+        choices += [timedelta(hours=1), timedelta(hours=4)]
+        unique: list[timedelta] = []
+        for choice in choices:
+            if choice not in unique:
+                unique.append(choice)
+        return unique[:3]

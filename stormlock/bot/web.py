@@ -1,0 +1,68 @@
+"""HTTP mode: Bolt behind gunicorn (a production WSGI server), plus health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+EVENTS_PATH = "/slack/events"
+
+
+def wsgi_app(app: App) -> WSGIApp:
+    """`/slack/events` for Slack, `GET /healthz` for liveness, 404 elsewhere."""
+    slack = SlackRequestHandler(app, path=EVENTS_PATH)
+
+    def route(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            start_response(
+                "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")]
+            )
+            return [b"ok\n"]
+        return slack(environ, start_response)
+
+    return route
+
+
+class GunicornServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn run in-process, with the app built in the worker after fork."""
+
+    def __init__(self, factory: Callable[[], WSGIApp], options: dict[str, Any]) -> None:
+        self.factory = factory
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> WSGIApp:
+        return self.factory()
+
+
+def serve(
+    factory: Callable[[], WSGIApp], host: str, port: int, threads: int, log_level: str
+) -> None:
+    GunicornServer(
+        factory,
+        {
+            "bind": f"{host}:{port}",
+            "workers": 1,  # one process: one scheduler; threads for concurrency
+            "worker_class": "gthread",
+            "threads": threads,
+            "timeout": 30,
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": log_level.lower(),
+            "proc_name": "stormlock-bot",
+        },
+    ).run()
