@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from .service import LeaseService, Person
 from .settings import BotSettings
 
 log = logging.getLogger(__name__)
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 
 Respond = Callable[..., Any]
 
@@ -114,7 +116,9 @@ class Bot:
             and channel not in allowed
             and body.get("channel_name") not in allowed
         ):
-            names = ", ".join(f"#{c}" for c in sorted(allowed))
+            names = ", ".join(
+                f"<#{c}>" if _CHANNEL_ID.match(c) else f"#{c}" for c in sorted(allowed)
+            )
             respond(
                 **blocks.problem(
                     f"Stormlock is not enabled in this channel; use {names}."

@@ -197,7 +197,11 @@ class Shell:
                 }
             ],
         }
-        self._dispatch(urllib.parse.urlencode({"payload": json.dumps(payload)}))
+        self.show_home = origin == "view"  # a Home button redraws the Home tab
+        try:
+            self._dispatch(urllib.parse.urlencode({"payload": json.dumps(payload)}))
+        finally:
+            self.show_home = False
 
     def home(self) -> None:
         self.buttons.clear()

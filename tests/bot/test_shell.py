@@ -1,0 +1,115 @@
+"""The local shell adapter, driven through piped stdin like a user at a terminal."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import BIN, CliRunner, clean_env
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def shell(home: Path, lines: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "stormlock-bot"), "shell", *args],
+        input="\n".join(lines) + "\n",
+        cwd=home,
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_shell_works_with_no_config_and_no_tokens(home: Path, cli: CliRunner) -> None:
+    result = shell(
+        home,
+        [
+            "/stormlock acquire prod-db 2h applying terraform",
+            "/user bob",
+            "/stormlock acquire prod-db",
+            "/stormlock list",
+        ],
+        "--user",
+        "alice",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[only alice sees]" in out and "Lease id" in out
+    assert "[#general]" in out and "@alice took *prod-db*" in out
+    assert "[only bob sees]" in out and "held by @alice" in out
+    assert "Traceback" not in out + result.stderr
+    # The lease is real: the CLI, on the same embedded SQLite default, sees it.
+    current = cli("current", "prod-db", "-f", "json")
+    assert current.returncode == 0
+    assert f"alice@{socket.gethostname()}" in current.stdout
+
+
+def test_shell_buttons_and_home(home: Path, cli: CliRunner) -> None:
+    result = shell(
+        home,
+        ["acquire db 1h", "/home", "/press 4", "/stormlock who db"],
+        "--user",
+        "alice",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[App Home of alice]" in out and "Your leases" in out
+    assert "You hold nothing" in out, "the Home tab is redrawn after its button"
+    assert "*db* is free" in out
+    assert cli("current", "db").returncode == 1
+
+
+def test_shell_shares_leases_with_the_cli(home: Path, cli: CliRunner) -> None:
+    import getpass
+
+    lease_id = cli("acquire", "db", "--note", "from the terminal").stdout.strip()
+    result = shell(home, ["who db", "release db"])
+    out = result.stdout
+    assert "from the terminal" in out
+    assert "You released *db*" in out, "the holder releases without the lease id"
+    assert lease_id not in out.split("You released")[0].split("[#general]")[-1]
+    assert getpass.getuser() in out
+    assert cli("current", "db").returncode == 1
+
+
+def test_manifest_declares_what_the_bot_needs() -> None:
+    manifest = yaml.safe_load((ROOT / "manifest.yml").read_text())
+    features = manifest["features"]
+    [command] = features["slash_commands"]
+    assert command["command"] == "/stormlock" and command["usage_hint"]
+    assert features["app_home"]["home_tab_enabled"] is True
+    settings = manifest["settings"]
+    assert settings["interactivity"]["is_enabled"] is True
+    assert "app_home_opened" in settings["event_subscriptions"]["bot_events"]
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {
+        "commands",
+        "chat:write",
+        "users:read",
+        "users:read.email",
+        "im:write",
+    } <= scopes
+    assert command["url"].endswith("/slack/events")
+    assert settings["interactivity"]["request_url"].endswith("/slack/events")
+
+
+def test_serve_without_tokens_is_a_one_line_error(home: Path) -> None:
+    for args in (["serve"], ["socket"]):
+        result = subprocess.run(
+            [str(BIN / "stormlock-bot"), *args],
+            cwd=home,
+            env=clean_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 68
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "SLACK_" in result.stderr
