@@ -246,6 +246,19 @@ class Backend(ABC):
             f"the {type(self).__name__} backend cannot list leases"
         )
 
+    def list_expiring(self, before: datetime) -> list[Lease]:
+        """Active leases that expire at or before `before`, soonest first.
+
+        Fallback: `list_leases`, filtered. Backends with an index on expiry
+        answer in time that grows with the result, not with all leases.
+        """
+        leases = [
+            lease
+            for lease in self.list_leases()
+            if lease.expires is not None and lease.expires <= before
+        ]
+        return sorted(leases, key=lambda lease: lease.expires or before)
+
     def setup(self) -> list[str]:
         """Create what the store needs (tables, indexes); idempotent.
 

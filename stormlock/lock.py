@@ -21,7 +21,7 @@ from .backend import (
 )
 from .config import DEFAULT_TTL, Config, load_config
 from .errors import StormlockError, UnsupportedOperation
-from .names import validate_resource
+from .names import RECORD_PREFIX, validate_resource
 from .ttl import check_ttl
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
@@ -171,4 +171,5 @@ def list_all(config: Config, backends: Mapping[str, Backend]) -> list[Lease]:
                     lease = backend.current(resource)
                     if lease is not None:
                         leases.append(complete(lease, resource))
+    leases = [lease for lease in leases if not lease.resource.startswith(RECORD_PREFIX)]
     return sorted(leases, key=lambda lease: lease.resource)

@@ -7,8 +7,10 @@ from .errors import InvalidResourceName
 
 RULE = (
     f"1 to {MAX_RESOURCE_LENGTH} characters, no spaces or control characters, "
-    "not starting with '-'"
+    "not starting with '-' or '.stormlock/'"
 )
+# The bot keeps its own records (wait lists, sent markers) as leases here.
+RECORD_PREFIX = ".stormlock/"
 
 
 def validate_resource(name: str) -> str:
@@ -28,5 +30,9 @@ def validate_resource(name: str) -> str:
     if name.startswith("-"):
         raise InvalidResourceName(
             f"resource name {shown!r} starts with '-'; use {RULE}"
+        )
+    if name.startswith(RECORD_PREFIX):
+        raise InvalidResourceName(
+            f"resource names starting with {RECORD_PREFIX!r} are reserved; use {RULE}"
         )
     return name

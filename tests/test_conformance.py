@@ -343,3 +343,15 @@ def test_closed_backend_can_be_reopened(
     first.close()
     second = make_backend()
     assert second.is_current(resource, lease.id)
+
+
+def test_list_expiring_returns_only_what_is_due(backend: Backend) -> None:
+    soon = backend.acquire_lease("exp-soon", "a", timedelta(minutes=5))
+    later = backend.acquire_lease("exp-later", "b", timedelta(hours=5))
+    gone = backend.acquire_lease("exp-gone", "c", timedelta(minutes=5))
+    backend.release_lease("exp-gone", gone.id)
+    due = backend.list_expiring(utcnow() + timedelta(minutes=10))
+    assert [lease.id for lease in due] == [soon.id]
+    both = backend.list_expiring(utcnow() + timedelta(hours=6))
+    assert [lease.id for lease in both] == [soon.id, later.id], "soonest first"
+    assert backend.list_expiring(utcnow()) == []

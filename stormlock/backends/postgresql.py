@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -103,6 +103,12 @@ WHERE resource = %(resource)s AND lease_id = %(lease_id)s
   AND expires > clock_timestamp()
 """
 
+_EXPIRING = """
+SELECT {columns} FROM {table}
+WHERE lease_id IS NOT NULL AND expires > clock_timestamp() AND expires <= %(before)s
+ORDER BY expires
+"""
+
 _LIST = """
 SELECT {columns} FROM {table}
 WHERE lease_id IS NOT NULL AND expires > clock_timestamp()
@@ -163,6 +169,7 @@ class Postgresql(LeaseBackend):
                 ("current", _CURRENT),
                 ("is_current", _IS_CURRENT),
                 ("list", _LIST),
+                ("expiring", _EXPIRING),
             )
         }
         self._create = [sql.SQL(text).format(**names) for text in _CREATE]
@@ -307,6 +314,9 @@ class Postgresql(LeaseBackend):
 
     def list_leases(self) -> list[Lease]:
         return [_lease(row) for row in self._rows("list", {})]
+
+    def list_expiring(self, before: datetime) -> list[Lease]:
+        return [_lease(row) for row in self._rows("expiring", {"before": before})]
 
     def close(self) -> None:
         if self._opened:

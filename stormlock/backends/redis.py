@@ -85,7 +85,7 @@ _LIST = (
     + f"""
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local out = {{}}
-for _, resource in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, resource in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, ARGV[2])) do
     local fields = redis.call('HMGET', ARGV[1] .. resource, {_FIELDS})
     if fields[1] then
         table.insert(out, resource)
@@ -239,14 +239,24 @@ class Redis(LeaseBackend):
         return _text(stored) == canonical
 
     def list_leases(self) -> list[Lease]:
+        leases = self._listed("+inf")
+        return sorted(leases, key=lambda lease: lease.resource)
+
+    def list_expiring(self, before: datetime) -> list[Lease]:
+        # The index is sorted by expiry: this reads only the leases due.
+        return self._listed(str(int(before.timestamp() * 1000)))
+
+    def _listed(self, max_score: str) -> list[Lease]:
         with self._errors():
-            flat = self._list(keys=[self._index], args=[f"{self.prefix}lease:"])
+            flat = self._list(
+                keys=[self._index], args=[f"{self.prefix}lease:", max_score]
+            )
         leases = []
         for resource, fields in zip(flat[::2], flat[1::2], strict=True):
             lease = _lease(_text(resource) or "", fields)
             if lease is not None:
                 leases.append(lease)
-        return sorted(leases, key=lambda lease: lease.resource)
+        return leases
 
     def setup(self) -> list[str]:
         with self._errors():

@@ -247,6 +247,15 @@ class SQLite(LeaseBackend):
         )
         return [_lease(row) for row in rows]
 
+    def list_expiring(self, before: datetime) -> list[Lease]:
+        rows = self._run(
+            "SELECT resource, principal, created, lease_id, expires, note, fence "
+            "FROM stormlock_leases WHERE lease_id IS NOT NULL "
+            "AND expires > :now AND expires <= :before ORDER BY expires",
+            {"now": time.time(), "before": before.timestamp()},
+        )
+        return [_lease(row) for row in rows]
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:

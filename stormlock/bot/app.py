@@ -13,6 +13,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from .flows import Bot
 from .listeners import register
+from .reminders import Reminders
 from .service import LeaseService
 from .settings import BotSettings
 
@@ -53,5 +54,6 @@ def build_app(
         raise_error_for_unhandled_request=False,
     )
     bot = Bot(service, settings, client)
+    bot.reminders = Reminders(bot)
     register(app, bot)
     return app, bot

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk.models.blocks import (
@@ -297,3 +297,63 @@ def home(
     else:
         blocks.append(_section("Nothing is held right now."))
     return {"type": "home", "blocks": _render(blocks)}
+
+
+def warning(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
+    """A DM to the holder before expiry, with Renew and Release."""
+    text = (
+        f":hourglass_flowing_sand: Your lease on *{escape(lease.resource)}*"
+        f" expires {when(lease.expires)}. Renew it if you still need it."
+    )
+    return Message(
+        f"Your lease on {lease.resource} expires soon",
+        _render([_section(text), lease_buttons(lease, renew_choices)]),
+    )
+
+
+def expired_notice(resource: str, expires: datetime | None) -> Message:
+    text = (
+        f":alarm_clock: Your lease on *{escape(resource)}* expired"
+        f" {when(expires)}. It is free for others now."
+    )
+    return Message(f"Your lease on {resource} expired", _render([_section(text)]))
+
+
+def announce_expired(resource: str, principal: str, namer: Namer) -> Message:
+    text = f":alarm_clock: *{escape(resource)}* lock held by {namer(principal)} expired"
+    return Message(f"{resource} lock expired", _render([_section(text)]))
+
+
+def free_now(resource: str) -> Message:
+    button = ButtonElement(
+        text=f"Acquire {resource}"[:75],
+        action_id=ACTION_ACQUIRE,
+        value=_value(resource=resource),
+        style="primary",
+    )
+    text = f":bell: *{escape(resource)}* is free now. You asked to be told."
+    return Message(
+        f"{resource} is free",
+        _render([_section(text), ActionsBlock(elements=[button])]),
+    )
+
+
+def waiting(resource: str, cancelled: bool = False) -> Message:
+    if cancelled:
+        text = f":no_bell: You are off the wait list of *{escape(resource)}*."
+    else:
+        text = f":bell: I'll DM you when *{escape(resource)}* is free."
+    return Message(text, _render([_section(text)]))
+
+
+def board(leases: Sequence[Lease], namer: Namer) -> Message:
+    """The live status board: every active lease, kept current."""
+    header = HeaderBlock(text="Stormlock: held right now")
+    if not leases:
+        body: list[Block] = [_section("Nothing is held right now.")]
+    else:
+        body = _lease_sections(leases, namer, MAX_BLOCKS - 2)
+    updated = ContextBlock(
+        elements=[MarkdownTextObject(text=f"Updated {when(datetime.now(UTC))}")]
+    )
+    return Message(f"{len(leases)} leases held", _render([header, *body, updated]))

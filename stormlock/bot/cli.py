@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ def _require(value: str | None, name: str, why: str) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from . import logs
     from .app import build_app
+    from .reminders import Scheduler
     from .service import LeaseService
     from .web import WSGIApp, serve, wsgi_app
 
@@ -86,7 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     def factory() -> WSGIApp:
         logs.configure(args.log_level, args.log_json)
-        app, _bot = build_app(settings, LeaseService(settings))
+        app, bot = build_app(settings, LeaseService(settings))
+        assert bot.reminders is not None
+        scheduler = Scheduler(bot.reminders)
+        scheduler.start()
+        atexit.register(scheduler.stop)
         return wsgi_app(app)
 
     logs.configure(args.log_level, args.log_json)
@@ -99,6 +105,7 @@ def _socket(args: argparse.Namespace) -> int:
 
     from . import logs
     from .app import build_app
+    from .reminders import Scheduler
     from .service import LeaseService
 
     config = load_config(args.config)
@@ -114,8 +121,14 @@ def _socket(args: argparse.Namespace) -> int:
         "set it to an app-level token (xapp-...) with connections:write",
     )
     logs.configure(args.log_level, args.log_json)
-    app, _bot = build_app(settings, LeaseService(settings), verify_requests=False)
-    SocketModeHandler(app, app_token).start()  # type: ignore[no-untyped-call]
+    app, bot = build_app(settings, LeaseService(settings), verify_requests=False)
+    assert bot.reminders is not None
+    scheduler = Scheduler(bot.reminders)
+    scheduler.start()
+    try:
+        SocketModeHandler(app, app_token).start()  # type: ignore[no-untyped-call]
+    finally:
+        scheduler.stop()
     return 0
 
 

@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -22,6 +22,9 @@ from .identity import Directory
 from .parsing import parse
 from .service import LeaseService, Person
 from .settings import BotSettings
+
+if TYPE_CHECKING:
+    from .reminders import Reminders
 
 log = logging.getLogger(__name__)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -41,6 +44,8 @@ class Bot:
         self.settings = settings
         self.client = client
         self.directory = directory or Directory(client)
+        # Set by build_app: wait lists, boards, origin channels.
+        self.reminders: Reminders | None = None
 
     # -- delivery -------------------------------------------------------------
 
@@ -166,12 +171,12 @@ class Bot:
                 ).kwargs()
             )
             return
-        if name in ("notify", "board"):
-            respond(
-                **blocks.problem(
-                    f"`/stormlock {name}` is not available in this version."
-                ).kwargs()
-            )
+        if name == "board":
+            target = channel or user_id
+            error = self.reminders.post_board(target) if self.reminders else "off"
+            if error:
+                message = f"I could not post the board here ({error})."
+                respond(**blocks.problem(message).kwargs())
             return
         resource = command.resource
         if name == "current":
@@ -185,6 +190,9 @@ class Bot:
                 ).kwargs()
             )
             return
+        if name == "notify":
+            self._wait(user_id, resource, command.cancel, respond)
+            return
         person = self.directory.person(user_id)
         if name == "acquire":
             lease = self.service.acquire(person, resource, command.ttl, command.note)
@@ -195,6 +203,7 @@ class Bot:
                 blocks.announce_acquired(lease, self.directory.display),
                 respond,
             )
+            self._acquired(lease, channel)
         elif name == "release":
             self._release(
                 person, resource, channel, respond, command.lease_id, command.force
@@ -203,7 +212,40 @@ class Bot:
         elif name == "renew":
             lease = self.service.renew(person, resource, command.ttl)
             respond(**blocks.renewed(lease, self._offer(lease, command.ttl)).kwargs())
+            self._changed()
         self.publish_home(user_id)
+
+    def _wait(
+        self, user_id: str, resource: str, cancel: bool, respond: Respond
+    ) -> None:
+        if self.reminders is None:
+            respond(**blocks.problem("Wait lists are off on this bot.").kwargs())
+            return
+        if cancel:
+            self.reminders.cancel_wait(user_id, resource)
+            respond(**blocks.waiting(resource, cancelled=True).kwargs())
+            return
+        self.reminders.wait(user_id, resource)
+        respond(**blocks.waiting(resource).kwargs())
+        self.reminders.notify_waiters(resource)  # it may be free already
+
+    def _acquired(self, lease: Lease, channel: str | None) -> None:
+        if self.reminders is not None and channel and lease.expires is not None:
+            ttl = lease.expires - lease.created + timedelta(days=1)
+            key = f"origin/{lease.fence}/{lease.resource}"
+            self.reminders.records.claim(key, ttl, channel)
+        self._changed()
+
+    def _changed(self, freed: str | None = None) -> None:
+        """After a change: redraw boards; tell the waiters of a freed resource."""
+        if self.reminders is None:
+            return
+        try:
+            if freed is not None:
+                self.reminders.notify_waiters(freed)
+            self.reminders.refresh_boards()
+        except StormlockError as exc:
+            log.warning("after-change update failed: %s", exc)
 
     def _offer(self, lease: Lease, asked: timedelta | None) -> list[timedelta]:
         original = asked or self.service.config.settings(lease.resource).ttl
@@ -237,6 +279,7 @@ class Bot:
                         result.lease, self.directory.display, person.principal
                     ),
                 )
+        self._changed(freed=resource)
         self.publish_home(person.user_id)
 
     # -- buttons --------------------------------------------------------------
@@ -265,6 +308,7 @@ class Bot:
                     replace_original=True,
                     **blocks.renewed(lease, self._offer(lease, ttl)).kwargs(),
                 )
+                self._changed()
                 self.publish_home(user_id)
             elif action_id == blocks.ACTION_RELEASE:
                 self._release(
@@ -275,11 +319,19 @@ class Bot:
                     replace=True,
                 )
             elif action_id == blocks.ACTION_NOTIFY:
-                reply(
-                    **blocks.problem(
-                        "Wait lists are not available in this version."
-                    ).kwargs()
-                )
+                self._wait(user_id, resource, False, reply)
+            elif action_id == blocks.ACTION_ACQUIRE:
+                lease = self.service.acquire(person, resource)
+                offer = self._offer(lease, None)
+                reply(replace_original=True, **blocks.acquired(lease, offer).kwargs())
+                target = self.settings.announce_channel(resource)
+                if target:
+                    announcement = blocks.announce_acquired(
+                        lease, self.directory.display
+                    )
+                    self.post(target, announcement)
+                self._changed()
+                self.publish_home(user_id)
         except LockHeldException as held:
             reply(
                 **blocks.held(

@@ -9,13 +9,13 @@ from __future__ import annotations
 import difflib
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ..backend import Backend, Lease, LockExpiredException
 from ..config import Config
 from ..errors import EXIT_NOT_HELD, StormlockError
 from ..lock import StormLock, list_all
-from ..names import validate_resource
+from ..names import RECORD_PREFIX, validate_resource
 from .settings import BotSettings
 
 
@@ -178,6 +178,15 @@ class LeaseService:
     def list_leases(self) -> list[Lease]:
         names = self.config.backend_names()
         return list_all(self.config, {name: self.backend(name) for name in names})
+
+    def expiring(self, before: datetime) -> list[Lease]:
+        """Leases expiring by `before`, from an index where the backend has one."""
+        leases: list[Lease] = []
+        for name in self.config.backend_names():
+            leases += self.backend(name).list_expiring(before)
+        return [
+            lease for lease in leases if not lease.resource.startswith(RECORD_PREFIX)
+        ]
 
     def leases_of(self, person: Person) -> list[Lease]:
         return [

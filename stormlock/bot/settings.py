@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ..config import BOT_SECTION, Config
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidTTL
+from ..ttl import parse_duration_list
 
 SLACK_API_DEFAULT = "https://slack.com/api/"
+DEFAULT_WARN_BEFORE = (timedelta(hours=1), timedelta(minutes=10))
 
 
 def _list(raw: str | None) -> list[str]:
@@ -57,6 +59,23 @@ class BotSettings:
     def announce_channel(self, resource: str) -> str | None:
         """A fixed channel for announcements, if configured (else the command's)."""
         return self.config.value(resource, "announce_channel", BOT_SECTION)
+
+    def warn_before(self, resource: str) -> list[timedelta]:
+        """Warning offsets before expiry, longest first (per resource or [bot])."""
+        raw = self.config.value(resource, "warn_before", BOT_SECTION)
+        if raw is None:
+            return list(DEFAULT_WARN_BEFORE)
+        if raw.strip().lower() in ("none", "off", "never"):
+            return []
+        try:
+            return parse_duration_list(raw)
+        except InvalidTTL as exc:
+            raise ConfigError(f"{self.config.source}: warn_before: {exc}") from None
+
+    @property
+    def reconcile_interval(self) -> timedelta:
+        raw = self.config.duration(None, "reconcile_interval", BOT_SECTION)
+        return raw or timedelta(seconds=30)
 
     def renew_choices(
         self, resource: str, original: timedelta | None

@@ -1,0 +1,61 @@
+"""The bot's durable records, kept as leases in the lease backend itself.
+
+Wait lists, "already sent" markers, board message ids and expiry watches
+live under the reserved prefix `.stormlock/`. An acquire is an atomic
+put-if-absent, so a marker can be claimed by exactly one replica; this works
+on every backend, plugins included, and survives restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+from ..backend import Backend, Lease, LockExpiredException, LockHeldException
+from ..names import RECORD_PREFIX
+
+OWNER = "stormlock-bot"
+
+
+class Records:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def claim(self, key: str, ttl: timedelta, value: str | None = None) -> Lease | None:
+        """Create `key` if absent; None if it exists (someone else has it)."""
+        try:
+            return self.backend.acquire_lease(RECORD_PREFIX + key, OWNER, ttl, value)
+        except LockHeldException:
+            return None
+
+    def keep(self, record: Lease, ttl: timedelta) -> None:
+        """Extend a record we created."""
+        with contextlib.suppress(LockExpiredException):  # gone: nothing to keep
+            self.backend.renew_lease(record.resource, record.id, ttl)
+
+    def drop(self, record: Lease) -> bool:
+        """Delete a record; True only for the one caller that deleted it."""
+        return bool(self.backend.release_lease(record.resource, record.id))
+
+    def get(self, key: str) -> Lease | None:
+        return self.backend.current(RECORD_PREFIX + key)
+
+    def put(self, key: str, value: str, ttl: timedelta) -> Lease:
+        """Set `key` to `value`, replacing what was there."""
+        for _ in range(5):
+            old = self.get(key)
+            if old is not None:
+                self.drop(old)
+            new = self.claim(key, ttl, value)
+            if new is not None:
+                return new
+        raise LockHeldException(RECORD_PREFIX + key, self.get(key))
+
+    def list(self, prefix: str) -> list[tuple[str, Lease]]:
+        """Records whose key starts with `prefix`, sorted by key."""
+        full = RECORD_PREFIX + prefix
+        return sorted(
+            (lease.resource[len(RECORD_PREFIX) :], lease)
+            for lease in self.backend.list_leases()
+            if lease.resource.startswith(full)
+        )

@@ -1,0 +1,290 @@
+"""Lease lifecycle in Slack: warnings before expiry, expiry notices, wait
+lists and live status boards, correct across replicas and restarts.
+
+Design (docs/reminders.md): every replica runs the same reconcile job on an
+APScheduler interval. It works only from backend state, so leases taken with
+the CLI or by another replica are covered and a restart loses nothing. Each
+message has a marker key; before sending, a replica claims the marker with an
+atomic acquire in the backend (`Records.claim`). Only one replica can claim
+it, so each message goes out once. A claim is short-lived (`_CLAIM_TTL`)
+until the message is sent, then kept for a week: a replica that dies after
+claiming but before sending delays the message by at most `_CLAIM_TTL`; one
+that dies between sending and recording may repeat that one message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from ..backend import Lease, utcnow
+from ..errors import StormlockError
+from . import blocks
+from .flows import Bot
+from .records import Records
+
+log = logging.getLogger(__name__)
+
+_CLAIM_TTL = timedelta(minutes=2)
+_SENT_TTL = timedelta(days=7)
+_WAIT_TTL = timedelta(days=30)
+_BOARD_TTL = timedelta(days=366)
+_WATCH_GRACE = timedelta(days=1)
+
+
+@dataclass
+class RunStats:
+    warnings: int = 0
+    expiries: int = 0
+    waiters: int = 0
+    due: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Reminders:
+    """The reconcile job and the wait-list and board operations."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self.service = bot.service
+        self.settings = bot.settings
+        config = self.service.config
+        self.records = Records(self.service.backend(config.default_backend))
+        self._unresolved_logged: set[str] = set()
+        self._board_digest: str | None = None
+        self._run_lock = threading.Lock()
+
+    # -- exactly-once sending ----------------------------------------------------
+
+    def once(self, key: str, send: Callable[..., object], *args: Any) -> bool:
+        """Run `send(*args)` unless another run or replica already did for `key`."""
+        claim = self.records.claim("sent/" + key, _CLAIM_TTL)
+        if claim is None:
+            return False
+        try:
+            send(*args)
+        except Exception:
+            self.records.drop(claim)  # let a later run try again
+            raise
+        self.records.keep(claim, _SENT_TTL)
+        return True
+
+    def _dm_principal(self, principal: str, message: blocks.Message) -> bool:
+        user_id = self.bot.directory.user_id_for(principal)
+        if user_id is None:
+            if principal not in self._unresolved_logged:
+                self._unresolved_logged.add(principal)
+                log.info(
+                    "no Slack user for principal %r; not messaging them", principal
+                )
+            return False
+        error = self.bot.dm(user_id, message)
+        if error:
+            raise RuntimeError(f"DM failed: {error}")
+        return True
+
+    # -- the reconcile job -----------------------------------------------------
+
+    def run(self) -> RunStats:
+        """One reconcile pass. Safe to run concurrently on several replicas."""
+        with self._run_lock:
+            stats = RunStats()
+            for step in (self._warn, self._expire, self._free, self.refresh_boards):
+                try:
+                    step(stats)
+                except StormlockError as exc:
+                    stats.errors.append(str(exc))
+                    log.warning("reconcile step %s failed: %s", step.__name__, exc)
+            return stats
+
+    def _horizon(self) -> timedelta:
+        offsets = self.settings.warn_before("")
+        for resource in self.service.config.resource_sections():
+            offsets += self.settings.warn_before(resource)
+        return max(offsets, default=timedelta(0)) + self.settings.reconcile_interval * 2
+
+    def _warn(self, stats: RunStats) -> None:
+        now = utcnow()
+        due_soon = self.service.expiring(now + self._horizon())
+        stats.due = len(due_soon)
+        for lease in due_soon:
+            assert lease.expires is not None
+            self._watch(lease)
+            offsets = self.settings.warn_before(lease.resource)
+            length = lease.expires - lease.created
+            due = [o for o in offsets if o < length and now >= lease.expires - o]
+            if not due or now >= lease.expires:
+                continue
+            offset = min(due)
+            # Keyed by expiry: a renewal plans the warnings afresh.
+            expires_ms = int(lease.expires.timestamp() * 1000)
+            seconds = int(offset.total_seconds())
+            key = f"warn/{lease.fence}/{expires_ms}/{seconds}/{lease.resource}"
+            message = blocks.warning(lease, self.bot._offer(lease, None))
+            try:
+                if self.once(key, self._dm_principal, lease.principal, message):
+                    stats.warnings += 1
+            except RuntimeError as exc:
+                stats.errors.append(str(exc))
+
+    def _watch(self, lease: Lease) -> None:
+        """Remember a lease close to expiry, so its expiry can be told later."""
+        assert lease.expires is not None
+        key = f"watch/{lease.fence}/{lease.resource}"
+        value = json.dumps(
+            {"principal": lease.principal, "expires": lease.expires.timestamp()}
+        )
+        current = self.records.get(key)
+        if current is not None and current.note == value:
+            return
+        ttl = lease.expires - utcnow() + _WATCH_GRACE
+        self.records.put(key, value, ttl)
+
+    def _expire(self, stats: RunStats) -> None:
+        now = utcnow()
+        for key, record in self.records.list("watch/"):
+            fence_text, resource = key[len("watch/") :].split("/", 1)
+            info = json.loads(record.note or "{}")
+            expires = datetime.fromtimestamp(float(info.get("expires", 0)), UTC)
+            lease = self.service.current(resource)
+            if lease is not None and lease.fence == int(fence_text):
+                if lease.expires != expires:
+                    self._watch(lease)  # renewed: remember the new expiry
+                continue
+            if now >= expires - timedelta(seconds=1):
+                principal = str(info.get("principal", ""))
+                key = f"expired/{fence_text}/{resource}"
+                fence = int(fence_text)
+                tell = self._tell_expired
+                if self.once(key, tell, resource, principal, expires, fence):
+                    stats.expiries += 1
+            self.records.drop(record)
+
+    def _tell_expired(
+        self, resource: str, principal: str, expires: datetime, fence: int
+    ) -> None:
+        try:
+            self._dm_principal(principal, blocks.expired_notice(resource, expires))
+        except RuntimeError as exc:
+            log.warning("expiry DM failed: %s", exc)
+        origin = self.records.get(f"origin/{fence}/{resource}")
+        channel = self.settings.announce_channel(resource) or (
+            origin.note if origin else None
+        )
+        if channel:
+            self.bot.post(
+                channel,
+                blocks.announce_expired(
+                    resource, principal, self.bot.directory.display
+                ),
+            )
+
+    # -- wait lists -------------------------------------------------------------
+
+    def wait(self, user_id: str, resource: str) -> None:
+        self.service.check_resource(resource)
+        key = f"wait/{utcnow().timestamp():020.6f}/{user_id}/{resource}"
+        self.records.claim(key, _WAIT_TTL)
+
+    def cancel_wait(self, user_id: str, resource: str) -> int:
+        dropped = 0
+        for key, record in self.records.list("wait/"):
+            _stamp, user, name = key[len("wait/") :].split("/", 2)
+            if user == user_id and name == resource and self.records.drop(record):
+                dropped += 1
+        return dropped
+
+    def _free(self, stats: RunStats) -> None:
+        waiting: dict[str, list[tuple[str, Lease]]] = {}
+        for key, record in self.records.list("wait/"):
+            _stamp, user, resource = key[len("wait/") :].split("/", 2)
+            waiting.setdefault(resource, []).append((user, record))
+        for resource, entries in waiting.items():
+            stats.waiters += self._notify_waiters(resource, entries)
+
+    def notify_waiters(self, resource: str) -> int:
+        """DM everyone waiting for `resource` if it is free; in order, once."""
+        entries = []
+        for key, record in self.records.list("wait/"):
+            _stamp, user, name = key[len("wait/") :].split("/", 2)
+            if name == resource:
+                entries.append((user, record))
+        return self._notify_waiters(resource, entries)
+
+    def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
+        if not entries or self.service.current(resource) is not None:
+            return 0
+        sent = 0
+        for user_id, record in entries:  # sorted by the time they asked
+            # Deleting the entry is the claim: only one replica succeeds.
+            if self.records.drop(record):
+                self.bot.dm(user_id, blocks.free_now(resource))
+                sent += 1
+        return sent
+
+    # -- boards -----------------------------------------------------------------
+
+    def post_board(self, channel: str) -> str | None:
+        leases = self.service.list_leases()
+        message = blocks.board(leases, self.bot.directory.display)
+        try:
+            posted = self.bot.client.chat_postMessage(
+                channel=channel, **message.kwargs()
+            )
+        except Exception as exc:  # the reply tells the user
+            return str(getattr(exc, "response", {}).get("error", exc))
+        self.records.put(f"board/{channel}", str(posted["ts"]), _BOARD_TTL)
+        return None
+
+    def refresh_boards(self, stats: RunStats | None = None) -> None:
+        boards = self.records.list("board/")
+        if not boards:
+            return
+        leases = self.service.list_leases()
+        digest = json.dumps(
+            [(x.resource, x.principal, str(x.expires), x.note) for x in leases]
+        )
+        if stats is not None and digest == self._board_digest:
+            return  # nothing changed since this replica last drew them
+        self._board_digest = digest
+        message = blocks.board(leases, self.bot.directory.display)
+        for key, record in boards:
+            channel = key[len("board/") :]
+            try:
+                self.bot.client.chat_update(
+                    channel=channel, ts=record.note or "", **message.kwargs()
+                )
+            except Exception as exc:
+                log.warning("board update in %s failed: %s", channel, exc)
+
+
+class Scheduler:
+    """Runs `Reminders.run` every `reconcile_interval` in a background thread."""
+
+    def __init__(self, reminders: Reminders) -> None:
+        self.reminders = reminders
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        interval = reminders.settings.reconcile_interval.total_seconds()
+        self.scheduler.add_job(
+            reminders.run,
+            "interval",
+            seconds=interval,
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
