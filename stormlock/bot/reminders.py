@@ -6,9 +6,9 @@ APScheduler interval. It works only from backend state, so leases taken with
 the CLI or by another replica are covered and a restart loses nothing. Each
 message has a marker key; before sending, a replica claims the marker with an
 atomic acquire in the backend (`Records.claim`). Only one replica can claim
-it, so each message goes out once. A claim is short-lived (`_CLAIM_TTL`)
+it, so each message goes out once. A claim is short-lived (`claim_ttl`)
 until the message is sent, then kept for a week: a replica that dies after
-claiming but before sending delays the message by at most `_CLAIM_TTL`; one
+claiming but before sending delays the message by at most `claim_ttl`; one
 that dies between sending and recording may repeat that one message.
 """
 
@@ -32,7 +32,6 @@ from .records import Records
 
 log = logging.getLogger(__name__)
 
-_CLAIM_TTL = timedelta(minutes=2)
 _SENT_TTL = timedelta(days=7)
 _WAIT_TTL = timedelta(days=30)
 _BOARD_TTL = timedelta(days=366)
@@ -65,7 +64,7 @@ class Reminders:
 
     def once(self, key: str, send: Callable[..., object], *args: Any) -> bool:
         """Run `send(*args)` unless another run or replica already did for `key`."""
-        claim = self.records.claim("sent/" + key, _CLAIM_TTL)
+        claim = self.records.claim("sent/" + key, self.settings.claim_ttl)
         if claim is None:
             return False
         try:

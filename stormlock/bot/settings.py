@@ -77,6 +77,12 @@ class BotSettings:
         raw = self.config.duration(None, "reconcile_interval", BOT_SECTION)
         return raw or timedelta(seconds=30)
 
+    @property
+    def claim_ttl(self) -> timedelta:
+        """How long a replica's claim on a message holds before others retry it."""
+        raw = self.config.duration(None, "claim_ttl", BOT_SECTION)
+        return raw or timedelta(minutes=2)
+
     def renew_choices(
         self, resource: str, original: timedelta | None
     ) -> list[timedelta]:

@@ -4,6 +4,7 @@ every Web API call the bot makes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -175,9 +176,25 @@ BOT_BACKENDS = ["sqlite", "redis"]
 
 
 def start_bot(
-    slack: LocalSlack, config: BackendConfig, tmp_path: Path, bot_section: str = ""
+    slack: LocalSlack,
+    config: BackendConfig,
+    tmp_path: Path,
+    bot_section: str = "",
+    name: str = "bot-home",
 ) -> Iterator[BotServer]:
-    home = tmp_path / "bot-home"
+    with running_bot(slack, config, tmp_path, bot_section, name) as bot:
+        yield bot
+
+
+@contextlib.contextmanager
+def running_bot(
+    slack: LocalSlack,
+    config: BackendConfig,
+    tmp_path: Path,
+    bot_section: str = "",
+    name: str = "bot-home",
+) -> Iterator[BotServer]:
+    home = tmp_path / name
     home.mkdir(exist_ok=True)
     path = home / "stormlock.cfg"
     path.write_text(
