@@ -246,6 +246,16 @@ class Backend(ABC):
             f"the {type(self).__name__} backend cannot list leases"
         )
 
+    def list_prefix(self, prefix: str) -> list[Lease]:
+        """Active leases whose resource starts with `prefix`, sorted by resource.
+
+        Fallback: `list_leases`, filtered. SQLite, PostgreSQL and Redis read
+        only the matching leases.
+        """
+        return [
+            lease for lease in self.list_leases() if lease.resource.startswith(prefix)
+        ]
+
     def list_expiring(self, before: datetime) -> list[Lease]:
         """Active leases that expire at or before `before`, soonest first.
 

@@ -355,3 +355,15 @@ def test_list_expiring_returns_only_what_is_due(backend: Backend) -> None:
     both = backend.list_expiring(utcnow() + timedelta(hours=6))
     assert [lease.id for lease in both] == [soon.id, later.id], "soonest first"
     assert backend.list_expiring(utcnow()) == []
+
+
+def test_list_prefix_returns_only_matching_leases(backend: Backend) -> None:
+    wanted = [
+        backend.acquire_lease(name, "a", timedelta(minutes=5))
+        for name in (".stormlock/wait/1", ".stormlock/wait/2", ".stormlock/wait/é")
+    ]
+    for name in (".stormlock/waiting", ".stormlock/sent/1", "wait/1", "plain"):
+        backend.acquire_lease(name, "b", timedelta(minutes=5))
+    found = backend.list_prefix(".stormlock/wait/")
+    assert [lease.id for lease in found] == [lease.id for lease in wanted]
+    assert backend.list_prefix(".stormlock/none/") == []

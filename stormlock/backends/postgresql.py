@@ -38,7 +38,7 @@ _T = TypeVar("_T")
 
 _CREATE = (
     """CREATE TABLE IF NOT EXISTS {table} (
-        resource  text PRIMARY KEY,
+        resource  text COLLATE "C" PRIMARY KEY,
         lease_id  uuid,
         principal text,
         created   timestamptz,
@@ -101,6 +101,13 @@ _IS_CURRENT = """
 SELECT 1 FROM {table}
 WHERE resource = %(resource)s AND lease_id = %(lease_id)s
   AND expires > clock_timestamp()
+"""
+
+_PREFIX = """
+SELECT {columns} FROM {table}
+WHERE resource >= %(start)s AND resource < %(end)s
+  AND lease_id IS NOT NULL AND expires > clock_timestamp()
+ORDER BY resource
 """
 
 _EXPIRING = """
@@ -170,6 +177,7 @@ class Postgresql(LeaseBackend):
                 ("is_current", _IS_CURRENT),
                 ("list", _LIST),
                 ("expiring", _EXPIRING),
+                ("prefix", _PREFIX),
             )
         }
         self._create = [sql.SQL(text).format(**names) for text in _CREATE]
@@ -314,6 +322,11 @@ class Postgresql(LeaseBackend):
 
     def list_leases(self) -> list[Lease]:
         return [_lease(row) for row in self._rows("list", {})]
+
+    def list_prefix(self, prefix: str) -> list[Lease]:
+        params = {"start": prefix, "end": prefix + "\U0010ffff"}
+        leases = [_lease(row) for row in self._rows("prefix", params)]
+        return [lease for lease in leases if lease.resource.startswith(prefix)]
 
     def list_expiring(self, before: datetime) -> list[Lease]:
         return [_lease(row) for row in self._rows("expiring", {"before": before})]

@@ -32,6 +32,7 @@ from ..backend import (
     trips,
 )
 from ..errors import BackendUnavailable, ConfigError
+from ..names import RECORD_PREFIX
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -160,6 +161,9 @@ class Redis(LeaseBackend):
         self.url = url
         self.prefix = prefix
         self._index = f"{prefix}active"
+        # The bot's records get an index of their own: they never slow
+        # down listing leases, and listing them reads only them.
+        self._records_index = f"{prefix}records"
         self._acquire = self.client.register_script(_ACQUIRE)
         self._renew = self.client.register_script(_RENEW)
         self._release = self.client.register_script(_RELEASE)
@@ -187,7 +191,11 @@ class Redis(LeaseBackend):
         self, resource: str, principal: str, ttl: timedelta, note: str | None = None
     ) -> Lease:
         lease_id = new_lease_id()
-        keys = [self._key(resource), f"{self.prefix}fence:{resource}", self._index]
+        keys = [
+            self._key(resource),
+            f"{self.prefix}fence:{resource}",
+            self._index_for(resource),
+        ]
         args: list[str | int] = [lease_id, principal, _ttl_ms(ttl), note or ""]
         args.append(resource)
         with self._errors():
@@ -204,7 +212,7 @@ class Redis(LeaseBackend):
             raise LockExpiredException(resource)
         with self._errors():
             fields = self._renew(
-                keys=[self._key(resource), self._index],
+                keys=[self._key(resource), self._index_for(resource)],
                 args=[canonical, _ttl_ms(ttl), resource],
             )
         lease = _lease(resource, fields) if fields else None
@@ -218,7 +226,8 @@ class Redis(LeaseBackend):
             return False
         with self._errors():
             released = self._release(
-                keys=[self._key(resource), self._index], args=[canonical, resource]
+                keys=[self._key(resource), self._index_for(resource)],
+                args=[canonical, resource],
             )
         return bool(released)
 
@@ -242,14 +251,26 @@ class Redis(LeaseBackend):
         leases = self._listed("+inf")
         return sorted(leases, key=lambda lease: lease.resource)
 
+    def _index_for(self, resource: str) -> str:
+        if resource.startswith(RECORD_PREFIX):
+            return self._records_index
+        return self._index
+
+    def list_prefix(self, prefix: str) -> list[Lease]:
+        if not prefix.startswith(RECORD_PREFIX):
+            return super().list_prefix(prefix)
+        leases = self._listed("+inf", self._records_index)
+        found = [lease for lease in leases if lease.resource.startswith(prefix)]
+        return sorted(found, key=lambda lease: lease.resource)
+
     def list_expiring(self, before: datetime) -> list[Lease]:
         # The index is sorted by expiry: this reads only the leases due.
         return self._listed(str(int(before.timestamp() * 1000)))
 
-    def _listed(self, max_score: str) -> list[Lease]:
+    def _listed(self, max_score: str, index: str | None = None) -> list[Lease]:
         with self._errors():
             flat = self._list(
-                keys=[self._index], args=[f"{self.prefix}lease:", max_score]
+                keys=[index or self._index], args=[f"{self.prefix}lease:", max_score]
             )
         leases = []
         for resource, fields in zip(flat[::2], flat[1::2], strict=True):

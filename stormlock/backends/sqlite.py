@@ -247,6 +247,15 @@ class SQLite(LeaseBackend):
         )
         return [_lease(row) for row in rows]
 
+    def list_prefix(self, prefix: str) -> list[Lease]:
+        rows = self._run(
+            "SELECT resource, principal, created, lease_id, expires, note, fence "
+            "FROM stormlock_leases WHERE resource >= :start AND resource < :end "
+            "AND lease_id IS NOT NULL AND expires > :now ORDER BY resource",
+            {"start": prefix, "end": prefix + "\U0010ffff", "now": time.time()},
+        )
+        return [_lease(row) for row in rows]
+
     def list_expiring(self, before: datetime) -> list[Lease]:
         rows = self._run(
             "SELECT resource, principal, created, lease_id, expires, note, fence "

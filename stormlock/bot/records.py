@@ -56,6 +56,5 @@ class Records:
         full = RECORD_PREFIX + prefix
         return sorted(
             (lease.resource[len(RECORD_PREFIX) :], lease)
-            for lease in self.backend.list_leases()
-            if lease.resource.startswith(full)
+            for lease in self.backend.list_prefix(full)
         )
