@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -12,7 +10,7 @@ from datetime import timedelta
 from typing import NoReturn
 
 from . import errors
-from .backend import LockHeldException
+from .backend import Backend, LockHeldException
 from .config import Config, load_config
 from .errors import StormlockError
 from .lock import StormLock, list_all
@@ -146,10 +144,19 @@ def _ttl(text: str | None) -> timedelta | None:
     return parse_duration(text) if text is not None else None
 
 
+def _backend(config: Config, name: str) -> Backend:
+    if name != "sqlite" and not os.environ.get("STORMLOCK_DEBUG"):
+        # Drivers log their retries; the CLI's one-line errors say it all.
+        import logging
+
+        logging.getLogger().addHandler(logging.NullHandler())
+    return config.backend(name)
+
+
 def _lock(config: Config, resource: str) -> StormLock:
     validate_resource(resource)
     settings = config.settings(resource)
-    backend = config.backend(settings.backend)
+    backend = _backend(config, settings.backend)
     return StormLock(
         backend, resource, settings.principal, settings.ttl, settings.max_ttl
     )
@@ -178,13 +185,15 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
 
 
 def _list(config: Config, args: argparse.Namespace) -> int:
-    backends = {name: config.backend(name) for name in config.backend_names()}
+    backends = {name: _backend(config, name) for name in config.backend_names()}
     try:
         leases = list_all(config, backends)
     finally:
         for backend in backends.values():
             backend.close()
     if args.format == "json":
+        import json
+
         print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
     elif leases:
         print(lease_table(leases, args.ids))
@@ -202,7 +211,7 @@ def _setup(config: Config, target: str | None) -> int:
         name = target
     else:
         name = config.settings(validate_resource(target)).backend
-    backend = config.backend(name)
+    backend = _backend(config, name)
     try:
         for line in backend.setup():
             print(line)
@@ -275,9 +284,6 @@ def _split_run_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
-    if not os.environ.get("STORMLOCK_DEBUG"):
-        # Drivers log their retries; the CLI's own one-line errors say it all.
-        logging.getLogger().addHandler(logging.NullHandler())
     arguments, command = _split_run_command(
         list(sys.argv[1:] if argv is None else argv)
     )

@@ -8,18 +8,15 @@
 from __future__ import annotations
 
 import getpass
-import inspect
 import os
-import socket
 import types
 import typing
 from collections.abc import Mapping
 from configparser import ConfigParser
 from configparser import Error as ConfigParserError
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backend import Backend
 from .backends import find_backend
@@ -55,7 +52,7 @@ def default_principal() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, as in some containers
         user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+    return f"{user}@{os.uname().nodename}"  # = socket.gethostname(), cheaper
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -79,8 +76,7 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return None
 
 
-@dataclass(frozen=True)
-class ResourceSettings:
+class ResourceSettings(NamedTuple):
     resource: str
     backend: str
     principal: str
@@ -171,6 +167,11 @@ def build_backend(
     """Build backend `name` from INI-style string options."""
     cls = find_backend(name)
     where = f"[{BACKEND_PREFIX}{name}]"
+    if not options:
+        try:  # the zero-config path: no signature to inspect
+            return cls()
+        except TypeError:
+            pass  # a required option is missing: let the mapping say which
     kwargs = options_for_signature(cls, options, where, config)
     try:
         return cls(**kwargs)
@@ -199,12 +200,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config(parser, found)
 
 
+_EMPTY = object()
+
+
 def _convert(kind: Any, raw: str, key: str, where: str) -> Any:
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
     if optional:
         kinds = [k for k in typing.get_args(kind) if k is not type(None)]
         kind = kinds[0] if len(kinds) == 1 else str
-    if kind in (str, Any, inspect.Parameter.empty):
+    if kind in (str, Any) or kind is _EMPTY:
         return raw
     try:
         if kind is bool:
@@ -229,6 +233,8 @@ def options_for_signature(
     cls: type, options: Mapping[str, str], where: str, config: Config | None = None
 ) -> dict[str, Any]:
     """Map INI options onto the keyword parameters of `cls.__init__`."""
+    import inspect  # only when there are options to map: it is slow to import
+
     signature = inspect.signature(cls)
     try:
         hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
@@ -247,6 +253,8 @@ def options_for_signature(
     for key, raw in options.items():
         if key in known:
             kind = hints.get(key, known[key].annotation)
+            if kind is inspect.Parameter.empty:
+                kind = _EMPTY
             if kind in (dict, dict[str, str]) and config is not None:
                 continue
             kwargs[key] = _convert(kind, raw, key, f"{source}{where}")

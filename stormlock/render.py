@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +30,8 @@ def lease_dict(lease: Lease, with_id: bool = True) -> dict[str, Any]:
 
 
 def lease_json(lease: Lease) -> str:
+    import json  # only this format needs it; the CLI starts faster without
+
     return json.dumps(lease_dict(lease))
 
 

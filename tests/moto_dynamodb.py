@@ -25,12 +25,20 @@ from werkzeug.serving import run_simple
 
 
 class Serialised:
+    """Also counts the API requests it serves (GET /__requests), for bench/."""
+
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.served = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/__requests":
+            body = str(self.served).encode()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [body]
         with self.lock:
+            self.served += 1
             return list(self.app(environ, start_response))
 
 

@@ -8,6 +8,7 @@ tests locally and fails them under CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -87,8 +88,8 @@ def _as_service_user(command: list[str]) -> list[str]:
     return command
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[Server]:
+@contextlib.contextmanager
+def run_redis() -> Iterator[Server]:
     binary = find_binary("redis-server")
     port = free_port()
     command = [
@@ -104,12 +105,14 @@ def redis_server() -> Iterator[Server]:
     ]
     executor = TCPExecutor(command, host=HOST, port=port, timeout=30)
     executor.start()
-    yield Server("redis", executor, port, {"url": f"redis://{HOST}:{port}/0"})
-    executor.stop()
+    try:
+        yield Server("redis", executor, port, {"url": f"redis://{HOST}:{port}/0"})
+    finally:
+        executor.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Server]:
+@contextlib.contextmanager
+def run_postgres() -> Iterator[Server]:
     pg_glob = "/usr/lib/postgresql/*/bin/"
     initdb = find_binary("initdb", pg_glob + "initdb")
     postgres = find_binary("postgres", pg_glob + "postgres")
@@ -158,13 +161,15 @@ def postgres_server() -> Iterator[Server]:
     executor = TCPExecutor(command, host=HOST, port=port, timeout=60)
     executor.start()
     conninfo = f"postgresql://postgres@{HOST}:{port}/postgres"
-    yield Server("postgresql", executor, port, {"connection": conninfo})
-    executor.stop()
+    try:
+        yield Server("postgresql", executor, port, {"connection": conninfo})
+    finally:
+        executor.stop()
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def etcd_server() -> Iterator[Server]:
+@contextlib.contextmanager
+def run_etcd() -> Iterator[Server]:
     binary = find_binary("etcd")
     data = Path(tempfile.mkdtemp(prefix="stormlock-etcd-"))
     port, peer = free_port(), free_port()
@@ -192,13 +197,15 @@ def etcd_server() -> Iterator[Server]:
         command, url=f"http://{HOST}:{port}/health", method="GET", timeout=60
     )
     executor.start()
-    yield Server("etcd", executor, port, {"host": HOST, "port": str(port)})
-    executor.stop()
+    try:
+        yield Server("etcd", executor, port, {"host": HOST, "port": str(port)})
+    finally:
+        executor.stop()
     shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def dynamodb_server() -> Iterator[Server]:
+@contextlib.contextmanager
+def run_dynamodb() -> Iterator[Server]:
     try:
         import moto.server  # noqa: F401 - moto[server] provides the server
     except ImportError:
@@ -213,5 +220,39 @@ def dynamodb_server() -> Iterator[Server]:
         "access_key_id": "testing",
         "secret_access_key": "testing",
     }
-    yield Server("dynamodb", executor, port, options)
-    executor.stop()
+    try:
+        yield Server("dynamodb", executor, port, options)
+    finally:
+        executor.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Server]:
+    with run_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[Server]:
+    with run_etcd() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dynamodb_server() -> Iterator[Server]:
+    with run_dynamodb() as server:
+        yield server
+
+
+SERVERS = {
+    "redis": run_redis,
+    "postgresql": run_postgres,
+    "etcd": run_etcd,
+    "dynamodb": run_dynamodb,
+}

@@ -312,3 +312,39 @@ def test_help_documents_exit_codes(cli: CliRunner) -> None:
     assert result.returncode == 0
     for code in ("64", "65", "66", "68", "69", "70", "71"):
         assert f"  {code}" in result.stdout
+
+
+def test_sqlite_cli_does_not_import_other_backends_or_the_bot(home: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import clean_env
+
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stormlock.cli", "current", "x"],
+        cwd=home,
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    for heavy in (
+        "redis",
+        "psycopg",
+        "boto3",
+        "botocore",
+        "urllib3",
+        "slack_sdk",
+        "slack_bolt",
+        "importlib_metadata",
+        "inspect",
+        "uuid",
+        "logging",
+    ):
+        assert heavy not in imported, heavy

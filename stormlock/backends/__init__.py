@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import Any
 
 from ..backend import Backend
@@ -21,9 +20,17 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _plugins() -> list[Any]:
+    # Imported here: scanning installed packages costs start-up time that a
+    # built-in backend never needs.
+    from importlib import metadata
+
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def available_backends() -> list[str]:
     names = set(BUILTIN)
-    names.update(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    names.update(ep.name for ep in _plugins())
     return sorted(names)
 
 
@@ -40,7 +47,7 @@ def find_backend(name: str) -> type[Backend]:
             ) from None
         cls: type[Backend] = getattr(module, class_name)
         return cls
-    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in _plugins():
         if entry_point.name == name:
             try:
                 loaded = entry_point.load()

@@ -107,10 +107,6 @@ class SQLite(LeaseBackend):
                 check_same_thread=False,
             )
             conn.row_factory = sqlite3.Row
-            with self._lock:
-                if not self._ready:
-                    self._create_schema(conn)
-                    self._ready = True
             conn.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.Error, OSError) as exc:
             raise BackendUnavailable(
@@ -141,10 +137,23 @@ class SQLite(LeaseBackend):
                     raise
                 time.sleep(0.01)
 
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if not self._ready:
+                self._create_schema(conn)
+                self._ready = True
+
     def _run(self, sql: str, params: dict[str, object]) -> list[sqlite3.Row]:
         conn = self._connect()
         try:
-            return conn.execute(sql, params).fetchall()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                # The schema is created on first use, not checked on every start.
+                if "no such table" not in str(exc):
+                    raise
+                self._ensure_schema(conn)
+                return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
             raise BackendUnavailable(
                 f"SQLite database {str(self.path)!r} failed: {exc}; "
@@ -152,7 +161,12 @@ class SQLite(LeaseBackend):
             ) from None
 
     def setup(self) -> list[str]:
-        self._connect()
+        try:
+            self._ensure_schema(self._connect())
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(
+                f"cannot set up {str(self.path)!r}: {exc}"
+            ) from None
         return [f"sqlite: database ready at {self.path}"]
 
     def acquire_lease(

@@ -193,6 +193,7 @@ def running_bot(
     tmp_path: Path,
     bot_section: str = "",
     name: str = "bot-home",
+    log_level: str = "DEBUG",
 ) -> Iterator[BotServer]:
     home = tmp_path / name
     home.mkdir(exist_ok=True)
@@ -208,7 +209,7 @@ def running_bot(
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_URL=slack.api_url,
         STORMLOCK_CONFIG=str(path),
-        LOG_LEVEL="DEBUG",
+        LOG_LEVEL=log_level,
     )
     log_path = home / "bot.log"
     command = [

@@ -1,0 +1,140 @@
+"""The bot's acknowledgement latency: signed slash commands to `serve`."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from stormlock.bot.localslack import LocalSlack
+from tests.backends import BackendConfig
+from tests.bot.conftest import ALICE, BOB, CAROL, DAVE, running_bot, sign
+from tests.servers import Server
+
+CONCURRENCY = (1, 16, 64)
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """Peak RSS (VmHWM) of a process and its children, in KiB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for each in pids:
+        status = Path(f"/proc/{each}/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def section(
+    running: dict[str, Server],
+    options_for: Callable[[str, dict[str, Server], str], dict[str, str] | None],
+    requests_per_level: int,
+) -> str:
+    from bench.run import ms, percentile, table
+
+    options = options_for("redis", running, "bot")
+    if options is None:
+        return "### Bot acknowledgement latency\n\nRedis is not installed: skipped."
+    slack = LocalSlack(users=[ALICE, BOB, CAROL, DAVE]).start()
+    users = [ALICE, BOB, CAROL, DAVE]
+    rows = []
+    peak = 0
+    with running_bot(
+        slack,
+        BackendConfig("redis", options),
+        Path(tempfile.mkdtemp()),
+        "warn_before = none",
+        log_level="WARNING",
+    ) as bot:
+        url = bot.url + "/slack/events"
+        counter = iter(range(10**9))
+        lock = threading.Lock()
+
+        def send(kind: str) -> tuple[float, bool]:
+            with lock:
+                n = next(counter)
+            user = users[n % len(users)]
+            text = {
+                "acquire": f"acquire r{n % 500} 1h",
+                "release": f"release r{n % 500}",
+                "list": "list",
+            }[kind]
+            form = {
+                "token": "x",
+                "team_id": "T0TEAM",
+                "channel_id": "C0OPS",
+                "channel_name": "ops",
+                "user_id": user.id,
+                "user_name": user.name,
+                "command": "/stormlock",
+                "text": text,
+                "response_url": slack.response_url(user.id, "C0OPS"),
+                "trigger_id": "t",
+            }
+            body = urllib.parse.urlencode(form)
+            headers = {
+                "Content-Type": "application/x-www-form-urlencoded",
+                **sign(body),
+            }
+            start = time.perf_counter()
+            try:
+                response = requests.post(url, data=body, headers=headers, timeout=10)
+                ok = response.status_code == 200
+            except requests.RequestException:
+                ok = False
+            return time.perf_counter() - start, ok
+
+        for concurrency in CONCURRENCY:
+            for kind in ("acquire", "release", "list"):
+                with ThreadPoolExecutor(concurrency) as pool:
+                    results = list(pool.map(send, [kind] * requests_per_level))
+                times = [t for t, _ in results]
+                errors = sum(1 for _, ok in results if not ok)
+                peak = max(peak, _peak_rss_kb(bot.process.pid))
+                p99 = percentile(times, 99)
+                verdict = ""
+                if concurrency == 16:
+                    verdict = "meets" if p99 < 0.050 else "misses"
+                if concurrency == 64:
+                    verdict = "meets" if errors == 0 else "misses"
+                rows.append(
+                    [
+                        str(concurrency),
+                        kind,
+                        ms(statistics.median(times)),
+                        ms(p99),
+                        ms(max(times)),
+                        str(errors),
+                        verdict,
+                    ]
+                )
+    slack.stop()
+    return (
+        f"### Bot acknowledgement latency ({requests_per_level} signed requests per row, Redis backend)\n\n"
+        + table(
+            [
+                "concurrency",
+                "command",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "errors",
+                "target",
+            ],
+            rows,
+        )
+        + f"\n\nTime to the HTTP response (the ack). Peak RSS of the bot (gunicorn master and worker): "
+        f"{peak / 1024:.0f} MiB. Targets: p99 < 50 ms at concurrency 16; no errors at 64."
+    )
