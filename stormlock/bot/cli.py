@@ -88,12 +88,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     def factory() -> WSGIApp:
         logs.configure(args.log_level, args.log_json)
-        app, bot = build_app(settings, LeaseService(settings))
+        service = LeaseService(settings)
+        app, bot = build_app(settings, service)
         assert bot.reminders is not None
         scheduler = Scheduler(bot.reminders)
         scheduler.start()
         atexit.register(scheduler.stop)
-        return wsgi_app(app)
+        return wsgi_app(app, service.ready)
 
     logs.configure(args.log_level, args.log_json)
     serve(factory, args.host, args.port, args.threads, args.log_level)

@@ -19,6 +19,7 @@ from ..errors import BackendUnavailable, StormlockError
 from . import blocks
 from .blocks import Message
 from .identity import Directory
+from .metrics import SLACK_ERRORS, count_request
 from .parsing import parse
 from .service import LeaseService, Person
 from .settings import BotSettings
@@ -55,6 +56,7 @@ class Bot:
             self.client.chat_postMessage(channel=channel, **message.kwargs())
         except SlackApiError as exc:
             error = str(exc.response.get("error"))
+            SLACK_ERRORS.labels("chat.postMessage", error).inc()
             log.warning("chat.postMessage to %s failed: %s", channel, error)
             return error
         return None
@@ -64,6 +66,7 @@ class Bot:
             opened = self.client.conversations_open(users=user_id)
         except SlackApiError as exc:
             error = str(exc.response.get("error"))
+            SLACK_ERRORS.labels("conversations.open", error).inc()
             log.warning("conversations.open for %s failed: %s", user_id, error)
             return error
         return self.post(opened["channel"]["id"], message)
@@ -101,7 +104,9 @@ class Bot:
         try:
             self.client.views_publish(user_id=user_id, view=view)
         except SlackApiError as exc:
-            log.warning("views.publish failed: %s", exc.response.get("error"))
+            error = str(exc.response.get("error"))
+            SLACK_ERRORS.labels("views.publish", error).inc()
+            log.warning("views.publish failed: %s", error)
 
     def _choices(self, lease: Lease) -> list[timedelta]:
         original = None
@@ -130,16 +135,22 @@ class Bot:
                 ).kwargs()
             )
             return
+        words = str(body.get("text", "")).split()
+        done = count_request(words[0].lower()[:20] if words else "help")
         try:
             command = parse(str(body.get("text", "")))
+            done = count_request(command.name)
             self._run(command, user_id, channel, respond)
+            done("ok")
         except LockHeldException as held:
+            done("held")
             respond(
                 **blocks.held(
                     held.lease, held.resource, self.directory.display
                 ).kwargs()
             )
         except BackendUnavailable as exc:
+            done("unavailable")
             respond(
                 **blocks.problem(
                     "The lease store is unreachable, so nothing changed. "
@@ -147,8 +158,10 @@ class Bot:
                 ).kwargs()
             )
         except StormlockError as exc:
+            done("rejected")
             respond(**blocks.problem(exc.message).kwargs())
         except Exception:
+            done("error")
             log.exception("command failed")
             respond(
                 **blocks.problem(

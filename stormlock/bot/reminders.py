@@ -28,6 +28,7 @@ from ..backend import Lease, utcnow
 from ..errors import StormlockError
 from . import blocks
 from .flows import Bot
+from .metrics import NOTIFICATIONS
 from .records import Records
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Reminders:
             try:
                 if self.once(key, self._dm_principal, lease.principal, message):
                     stats.warnings += 1
+                    NOTIFICATIONS.labels("warning").inc()
             except RuntimeError as exc:
                 stats.errors.append(str(exc))
 
@@ -164,6 +166,7 @@ class Reminders:
                 tell = self._tell_expired
                 if self.once(key, tell, resource, principal, expires, fence):
                     stats.expiries += 1
+                    NOTIFICATIONS.labels("expiry").inc()
             self.records.drop(record)
 
     def _tell_expired(
@@ -225,6 +228,7 @@ class Reminders:
             # Deleting the entry is the claim: only one replica succeeds.
             if self.records.drop(record):
                 self.bot.dm(user_id, blocks.free_now(resource))
+                NOTIFICATIONS.labels("waitlist").inc()
                 sent += 1
         return sent
 

@@ -10,12 +10,14 @@ import difflib
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from ..backend import Backend, Lease, LockExpiredException
 from ..config import Config
 from ..errors import EXIT_NOT_HELD, StormlockError
 from ..lock import StormLock, list_all
 from ..names import RECORD_PREFIX, validate_resource
+from .metrics import TimedBackend
 from .settings import BotSettings
 
 
@@ -70,7 +72,8 @@ class LeaseService:
         """One shared (thread-safe) backend object per backend name."""
         with self._lock:
             if name not in self._backends:
-                self._backends[name] = self.config.backend(name)
+                backend = self.config.backend(name)
+                self._backends[name] = cast(Backend, TimedBackend(name, backend))
             return self._backends[name]
 
     def close(self) -> None:
@@ -102,6 +105,14 @@ class LeaseService:
             settings.ttl,
             settings.max_ttl,
         )
+
+    def ready(self) -> bool:
+        """Whether the default backend answers (for /readyz)."""
+        try:
+            self.backend(self.config.default_backend).current(".stormlock/ready")
+        except StormlockError:
+            return False
+        return True
 
     def is_admin(self, person: Person) -> bool:
         return person.user_id in self.settings.admins

@@ -1,4 +1,5 @@
-"""HTTP mode: Bolt behind gunicorn (a production WSGI server), plus health."""
+"""HTTP mode: Bolt behind gunicorn (a production WSGI server), plus health,
+readiness and metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
@@ -13,19 +15,37 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 EVENTS_PATH = "/slack/events"
 
 
-def wsgi_app(app: App) -> WSGIApp:
-    """`/slack/events` for Slack, `GET /healthz` for liveness, 404 elsewhere."""
+def _plain(
+    start_response: Callable[..., Any],
+    status: str,
+    body: bytes,
+    kind: str = "text/plain",
+) -> list[bytes]:
+    headers = [("Content-Type", kind), ("Content-Length", str(len(body)))]
+    start_response(status, headers)
+    return [body]
+
+
+def wsgi_app(app: App, ready: Callable[[], bool]) -> WSGIApp:
+    """`/slack/events` for Slack; `/healthz` (alive), `/readyz` (the backend
+    answers) and `/metrics` (Prometheus) for operators; 404 elsewhere."""
     slack = SlackRequestHandler(app, path=EVENTS_PATH)
 
     def route(
         environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path == "/healthz" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-            start_response(
-                "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")]
-            )
-            return [b"ok\n"]
+        if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            if path == "/healthz":
+                return _plain(start_response, "200 OK", b"ok\n")
+            if path == "/readyz":
+                if ready():
+                    return _plain(start_response, "200 OK", b"ready\n")
+                unready = b"backend unreachable\n"
+                return _plain(start_response, "503 Service Unavailable", unready)
+            if path == "/metrics":
+                metrics = generate_latest()
+                return _plain(start_response, "200 OK", metrics, CONTENT_TYPE_LATEST)
         return slack(environ, start_response)
 
     return route

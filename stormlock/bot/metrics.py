@@ -1,0 +1,90 @@
+"""Prometheus metrics of the bot (served on /metrics in HTTP mode)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "stormlock_requests_total",
+    "Slash commands and button presses handled, by command and outcome.",
+    ["command", "outcome"],
+)
+BACKEND_LATENCY = Histogram(
+    "stormlock_backend_operation_seconds",
+    "Latency of lease backend operations.",
+    ["backend", "operation"],
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+    ),
+)
+SLACK_ERRORS = Counter(
+    "stormlock_slack_api_errors_total",
+    "Slack Web API calls that failed, by method and error.",
+    ["method", "error"],
+)
+NOTIFICATIONS = Counter(
+    "stormlock_notifications_sent_total",
+    "Messages the scheduler sent: warnings, expiry notices, wait-list DMs.",
+    ["kind"],
+)
+
+_TIMED = frozenset(
+    {
+        "acquire_lease",
+        "renew_lease",
+        "release_lease",
+        "current",
+        "is_current",
+        "list_leases",
+        "list_expiring",
+        "list_prefix",
+    }
+)
+
+
+class TimedBackend:
+    """A backend whose operations are timed into BACKEND_LATENCY."""
+
+    def __init__(self, name: str, backend: Any) -> None:
+        self._name = name
+        self._backend = backend
+
+    def __getattr__(self, attribute: str) -> Any:
+        value = getattr(self._backend, attribute)
+        if attribute not in _TIMED:
+            return value
+        histogram = BACKEND_LATENCY.labels(self._name, attribute)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                histogram.observe(time.perf_counter() - start)
+
+        return timed
+
+
+def count_request(command: str) -> Callable[[str], None]:
+    """Returns a function recording the outcome of one request."""
+
+    def done(outcome: str) -> None:
+        REQUESTS.labels(command, outcome).inc()
+
+    return done
