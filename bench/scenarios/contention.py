@@ -68,7 +68,9 @@ def section(
                 options = options_for(name, running, f"race{threads}{int(shared)}")
                 if options is None:
                     continue
-                build_backend(name, options).setup()
+                setup = build_backend(name, options)
+                setup.setup()
+                setup.close()
                 rate, done, wrong = _rounds(name, options, threads, rounds, shared)
                 rows.append(
                     [
