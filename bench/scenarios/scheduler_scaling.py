@@ -33,8 +33,10 @@ def _rows(count: int) -> list[tuple[str, str, str, float, float, int]]:
         due = i < DUE
         principal = ALICE.email if due else f"user{i}@example.com"
         expires = now + (1800 if due else 86400)
+        # Taken two hours ago: long enough for a 1-hour warning to apply.
+        created = now - 7200
         rows.append(
-            (f"svc-{i:06d}", str(uuid.uuid4()), principal or "", now, expires, 1)
+            (f"svc-{i:06d}", str(uuid.uuid4()), principal or "", created, expires, 1)
         )
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -36,11 +37,15 @@ def build_app(
     service: LeaseService,
     *,
     verify_requests: bool = True,
-    process_before_response: bool = False,
+    background: bool = True,
+    work_threads: int = 16,
 ) -> tuple[App, Bot]:
     """The Bolt app and the bot behind it.
 
-    `verify_requests=False` is only for the local shell, which has no Slack.
+    Listeners ack in the request's own thread (Bolt's process_before_response)
+    and hand the rest to the bot's work pool, so the HTTP response leaves at
+    once. `background=False` does the work inline (the shell shows it in
+    order); `verify_requests=False` is only for the shell, which has no Slack.
     """
     client = web_client(settings)
     app = App(
@@ -48,12 +53,13 @@ def build_app(
         signing_secret=settings.signing_secret or "",
         request_verification_enabled=verify_requests,
         token_verification_enabled=False,
-        process_before_response=process_before_response,
+        process_before_response=True,
         logger=logging.getLogger("stormlock.bot.bolt"),
         # Lease ids travel in slash command text; Bolt's own warnings must not echo it.
         raise_error_for_unhandled_request=False,
     )
-    bot = Bot(service, settings, client)
+    work = ThreadPoolExecutor(work_threads, "stormlock-work") if background else None
+    bot = Bot(service, settings, client, work=work)
     bot.reminders = Reminders(bot)
     register(app, bot)
     return app, bot

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +41,24 @@ class Bot:
         settings: BotSettings,
         client: WebClient,
         directory: Directory | None = None,
+        work: Executor | None = None,
     ) -> None:
         self.service = service
+        # Work after the ack runs here, not in the request's thread, so an ack
+        # never waits behind other requests' work.
+        self.work = work
         self.settings = settings
         self.client = client
         self.directory = directory or Directory(client)
         # Set by build_app: wait lists, boards, origin channels.
         self.reminders: Reminders | None = None
+
+    def later(self, task: Callable[..., None], *args: Any) -> None:
+        """Run `task(*args)` after the ack (inline when there is no executor)."""
+        if self.work is None:
+            task(*args)
+        else:
+            self.work.submit(task, *args)
 
     # -- delivery -------------------------------------------------------------
 

@@ -37,6 +37,7 @@ _SENT_TTL = timedelta(days=7)
 _WAIT_TTL = timedelta(days=30)
 _BOARD_TTL = timedelta(days=366)
 _WATCH_GRACE = timedelta(days=1)
+_NOTIFY_TURN = timedelta(seconds=30)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Reminders:
         self._unresolved_logged: set[str] = set()
         self._board_digest: str | None = None
         self._run_lock = threading.Lock()
+        self._notify_lock = threading.Lock()
 
     # -- exactly-once sending ----------------------------------------------------
 
@@ -223,14 +225,23 @@ class Reminders:
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
         if not entries or self.service.current(resource) is not None:
             return 0
-        sent = 0
-        for user_id, record in entries:  # sorted by the time they asked
-            # Deleting the entry is the claim: only one replica succeeds.
-            if self.records.drop(record):
-                self.bot.dm(user_id, blocks.free_now(resource))
-                NOTIFICATIONS.labels("waitlist").inc()
-                sent += 1
-        return sent
+        # One notifier per resource at a time, across threads and replicas,
+        # so the DMs go out in the order people asked.
+        with self._notify_lock:
+            turn = self.records.claim(f"notifying/{resource}", _NOTIFY_TURN)
+            if turn is None:
+                return 0  # another replica is telling them right now
+            try:
+                sent = 0
+                for user_id, record in entries:  # sorted by the time they asked
+                    # Deleting the entry is the claim: only one notifier succeeds.
+                    if self.records.drop(record):
+                        self.bot.dm(user_id, blocks.free_now(resource))
+                        NOTIFICATIONS.labels("waitlist").inc()
+                        sent += 1
+                return sent
+            finally:
+                self.records.drop(turn)
 
     # -- boards -----------------------------------------------------------------
 

@@ -51,7 +51,7 @@ class Shell:
         )
         self.service = LeaseService(settings)
         self.app, self.bot = build_app(
-            settings, self.service, verify_requests=False, process_before_response=True
+            settings, self.service, verify_requests=False, background=False
         )
         self.buttons: list[tuple[str, dict[str, Any], str]] = []
         self.show_home = False

@@ -16,4 +16,4 @@ def register(app: App, bot: Bot) -> None:
         ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
     ) -> None:
         ack()
-        bot.button(body, action, respond)
+        bot.later(bot.button, body, action, respond)

@@ -13,4 +13,4 @@ def register(app: App, bot: Bot) -> None:
     @app.command("/stormlock")
     def stormlock(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()  # within Slack's 3 seconds, whatever the backend does
-        bot.command(body, respond)
+        bot.later(bot.command, body, respond)

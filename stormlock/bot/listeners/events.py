@@ -13,4 +13,4 @@ def register(app: App, bot: Bot) -> None:
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any]) -> None:
         if event.get("tab", "home") == "home":
-            bot.publish_home(str(event["user"]))
+            bot.later(bot.publish_home, str(event["user"]))
