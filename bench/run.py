@@ -242,7 +242,7 @@ def section_cli(running: dict[str, Server], repeats: int) -> str:
         took = wall([stormlock, "current", "nonexistent"], extra)
         verdict = ""
         if name == "sqlite":
-            verdict = "meets" if took < 2 * floor + 0.001 else "misses"
+            verdict = "meets" if took < 2 * floor + 0.001 else "misses (see below)"
         rows.append(
             [
                 f"`stormlock current nonexistent` on {name}",
@@ -251,9 +251,26 @@ def section_cli(running: dict[str, Server], repeats: int) -> str:
                 verdict,
             ]
         )
-    return f"### CLI start-up (median of {repeats} whole-process runs)\n\n" + table(
-        ["command", "wall ms", "x floor", "target < 2x floor + 1 round trip"], rows
+    headers = ["command", "wall ms", "x floor", "target < 2x floor + 1 round trip"]
+    return (
+        f"### CLI start-up (median of {repeats} whole-process runs)\n\n"
+        + table(headers, rows)
+        + "\n\n"
+        + CLI_NOTE
     )
+
+
+CLI_NOTE = (
+    "The floor includes the virtual environment's own start-up (here, the import "
+    "hooks of editable installs). What the CLI adds is imports: argparse, "
+    "configparser, sqlite3, datetime, typing and Stormlock's modules (`python -X "
+    "importtime -m stormlock.cli current x` shows them), and under 1 ms of work. "
+    "Imports that only another backend or the bot needs are not paid: a test checks "
+    "that `redis`, `psycopg`, `boto3`, `urllib3` and `slack_*` stay unimported on "
+    "SQLite. Closing the rest of the gap would take fewer standard-library modules "
+    "at start-up (a hand-written argument and INI parser) or a compiled launcher. "
+    "On Redis, importing redis-py dominates."
+)
 
 
 # -- main -------------------------------------------------------------------------
@@ -282,20 +299,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{dt.date.today().isoformat()}. Servers run locally on loopback, "
         "started as in the tests. No timing is asserted; misses are marked.\n",
     ]
+    provenance = f"_Command: `{command}`; {machine()}; {dt.date.today().isoformat()}._"
+    sizes = [10, 100] if quick else [10, 1_000, 10_000, 100_000]
+    sections: list[tuple[str, Callable[[dict[str, Server]], str]]] = [
+        ("backends", lambda r: section_backends(r, 20 if quick else 1000)),
+        (
+            "contention",
+            lambda r: contention.section(r, options_for, 3 if quick else 100),
+        ),
+        ("bot", lambda r: bot_latency.section(r, options_for, 10 if quick else 300)),
+        ("scheduler", lambda r: scheduler_scaling.section(r, options_for, sizes)),
+        ("cli", lambda r: section_cli(r, 3 if quick else 30)),
+    ]
     with servers(["redis", "postgresql", "dynamodb", "etcd"]) as running:
-        if "backends" in only:
-            parts.append(section_backends(running, 20 if quick else 1000))
-        if "contention" in only:
-            parts.append(contention.section(running, options_for, 3 if quick else 100))
-        if "bot" in only:
-            parts.append(
-                bot_latency.section(running, options_for, 10 if quick else 300)
-            )
-        if "scheduler" in only:
-            sizes = [10, 100] if quick else [10, 1_000, 10_000, 100_000]
-            parts.append(scheduler_scaling.section(running, options_for, sizes))
-        if "cli" in only:
-            parts.append(section_cli(running, 3 if quick else 30))
+        for name, section in sections:
+            if name in only:
+                parts.append(section(running) + "\n\n" + provenance)
     report = "\n\n".join(parts) + "\n"
     print(report)
     if args.write:

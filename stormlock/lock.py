@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import random
-import threading
 import time
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from .backend import (
     MAX_NOTE_LENGTH,
@@ -23,6 +22,9 @@ from .config import DEFAULT_TTL, Config, load_config
 from .errors import StormlockError, UnsupportedOperation
 from .names import RECORD_PREFIX, validate_resource
 from .ttl import check_ttl
+
+if TYPE_CHECKING:
+    from threading import Event
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
 _FIRST_RETRY = 0.1
@@ -64,7 +66,7 @@ class StormLock:
         ttl: timedelta | None = None,
         note: str | None = None,
         wait: timedelta | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Event | None = None,
     ) -> Lease:
         """Acquire the lock and return the whole lease.
 
@@ -89,6 +91,8 @@ class StormLock:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise
+                import random  # only waiting needs it; start-up stays lean
+
                 pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter
                 expires = held.lease.expires if held.lease else None
                 if expires is not None:

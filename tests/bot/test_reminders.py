@@ -249,3 +249,22 @@ def test_a_replica_that_died_after_claiming_is_covered_by_another(
         settle()
     assert len(dms_to(slack, ALICE.id, "expires")) == 1
     assert "db" in text_of(warning)
+
+
+def test_a_restarted_bot_keeps_updating_its_boards(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    with running_bot(slack, bot_config, tmp_path, FAST, name="before") as bot:
+        bot.command(ALICE, "board")
+        board = slack.wait_for(
+            lambda c: c.method == "chat.postMessage" and "held right now" in text_of(c)
+        )[0]
+    with running_bot(slack, bot_config, tmp_path, FAST, name="after") as bot:
+        bot.reply(BOB, "acquire after-restart 1h")
+        update = slack.wait_for(
+            lambda c: c.method == "chat.update" and "after-restart" in text_of(c)
+        )[0]
+    assert update.payload["channel"] == "C0OPS"
+    posted = [c for c in slack.of("chat.postMessage") if "held right now" in text_of(c)]
+    assert len(posted) == 1, "the board is edited, not posted again"
+    assert board.method == "chat.postMessage"
