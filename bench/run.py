@@ -34,6 +34,7 @@ from tests.backends import BACKENDS
 from tests.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
+ALL_SECTIONS = "backends,contention,bot,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -284,15 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny N: smoke test")
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md")
-    parser.add_argument("--only", default="backends,contention,bot,scheduler,cli")
+    parser.add_argument("--only", default=ALL_SECTIONS)
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     quick = args.quick
-    command = (
-        "python -m bench.run"
-        + (" --quick" if quick else "")
-        + (f" --only {args.only}" if argv and "--only" in " ".join(argv) else "")
-    )
+    command = "python -m bench.run" + (" --quick" if quick else "")
+    if args.only != ALL_SECTIONS:
+        command += f" --only {args.only}"
     parts = [
         "# Benchmarks\n",
         f"Produced by `{command}` (`./scripts/bench`) on {machine()}, "
