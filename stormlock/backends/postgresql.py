@@ -238,6 +238,8 @@ class Postgresql(LeaseBackend):
                     if attempt or self._schema_ready:
                         raise
                     self.setup()
+                except PoolTimeout:
+                    raise  # no connection within the timeout: do not wait twice
                 except psycopg.OperationalError:
                     if attempt:
                         raise
