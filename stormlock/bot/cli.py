@@ -7,11 +7,15 @@ import atexit
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ..config import load_config
 from ..errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, StormlockError
 from .settings import BotSettings
+
+if TYPE_CHECKING:
+    from .flows import Bot
+    from .reminders import Scheduler
 
 PROG = "stormlock-bot"
 
@@ -65,35 +69,47 @@ def _require(value: str | None, name: str, why: str) -> str:
     return value
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from . import logs
-    from .app import build_app
-    from .reminders import Scheduler
-    from .service import LeaseService
-    from .web import WSGIApp, serve, wsgi_app
-
-    config = load_config(args.config)
-    settings = BotSettings.load(config)
+def _settings(args: argparse.Namespace) -> BotSettings:
+    """The bot's settings; the bot token is required in every Slack mode."""
+    settings = BotSettings.load(load_config(args.config))
     _require(
         settings.bot_token,
         "SLACK_BOT_TOKEN",
         "set it to the app's bot token (xoxb-...)",
     )
+    return settings
+
+
+def _start_scheduler(bot: Bot) -> Scheduler:
+    from .reminders import Scheduler
+
+    assert bot.reminders is not None
+    scheduler = Scheduler(bot.reminders)
+    scheduler.start()
+    return scheduler
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import logs
+    from .app import build_app
+    from .service import LeaseService
+    from .web import WSGIApp, serve, wsgi_app
+
+    settings = _settings(args)
     _require(
         settings.signing_secret,
         "SLACK_SIGNING_SECRET",
         "set it to the app's signing secret; serve always verifies requests",
     )
+    config = settings.config
     config.backend(config.default_backend).close()  # fail now on a bad backend config
 
     def factory() -> WSGIApp:
+        # Runs in gunicorn's worker, after the fork: pools and threads start here.
         logs.configure(args.log_level, args.log_json)
         service = LeaseService(settings)
         app, bot = build_app(settings, service)
-        assert bot.reminders is not None
-        scheduler = Scheduler(bot.reminders)
-        scheduler.start()
-        atexit.register(scheduler.stop)
+        atexit.register(_start_scheduler(bot).stop)
         return wsgi_app(app, service.ready)
 
     logs.configure(args.log_level, args.log_json)
@@ -106,16 +122,9 @@ def _socket(args: argparse.Namespace) -> int:
 
     from . import logs
     from .app import build_app
-    from .reminders import Scheduler
     from .service import LeaseService
 
-    config = load_config(args.config)
-    settings = BotSettings.load(config)
-    _require(
-        settings.bot_token,
-        "SLACK_BOT_TOKEN",
-        "set it to the app's bot token (xoxb-...)",
-    )
+    settings = _settings(args)
     app_token = _require(
         settings.app_token,
         "SLACK_APP_TOKEN",
@@ -123,9 +132,7 @@ def _socket(args: argparse.Namespace) -> int:
     )
     logs.configure(args.log_level, args.log_json)
     app, bot = build_app(settings, LeaseService(settings), verify_requests=False)
-    assert bot.reminders is not None
-    scheduler = Scheduler(bot.reminders)
-    scheduler.start()
+    scheduler = _start_scheduler(bot)
     try:
         SocketModeHandler(app, app_token).start()  # type: ignore[no-untyped-call]
     finally:
