@@ -88,6 +88,9 @@ class LocalSlack:
         users: list[User] | None = None,
     ) -> None:
         self.token = token
+        self.app_token = "xapp-local"  # noqa: S105 - a fake Slack's fake token
+        self.socket_url: str | None = None
+        """What apps.connections.open hands out (a Socket Mode websocket)."""
         self.users: dict[str, User] = {u.id: u for u in users or []}
         self.calls: list[Call] = []
         self.on_call: Callable[[Call], None] | None = None
@@ -210,6 +213,8 @@ class LocalSlack:
             return result
         if method == "views.publish":
             return {"ok": True, "view": {"id": "VHOME"}}
+        if method == "apps.connections.open" and self.socket_url:
+            return {"ok": True, "url": self.socket_url}
         return {"ok": False, "error": "unknown_method"}
 
     @staticmethod
@@ -306,7 +311,8 @@ class LocalSlack:
                     slack.record(Call(method, payload, {"failed": str(status)}))
                     self._send(status, body, headers)
                     return
-                if self.headers.get("Authorization") != f"Bearer {slack.token}":
+                tokens = {f"Bearer {slack.token}", f"Bearer {slack.app_token}"}
+                if self.headers.get("Authorization") not in tokens:
                     slack.record(Call(method, payload, {"failed": "invalid_auth"}))
                     self._send(200, {"ok": False, "error": "invalid_auth"})
                     return

@@ -104,11 +104,15 @@ def test_app_home_shows_everything_and_your_own_buttons(bot: BotServer) -> None:
         for e in b["elements"]
         if e["text"]["text"] == "Release"
     )
-    before = len(bot.slack.of("views.publish"))
     bot.press(
         ALICE, release["action_id"], release["value"], {"type": "view", "view_id": "V1"}
     )
-    bot.slack.wait_for(lambda c: c.method == "views.publish", count=before + 1)
+    # The redrawn Home: Alice holds nothing any more.
+    bot.slack.wait_for(
+        lambda c: c.method == "views.publish"
+        and c.payload["user_id"] == ALICE.id
+        and "You hold nothing" in text_of(c)
+    )
     assert bot.config.create().current("mine") is None
 
 

@@ -1,0 +1,88 @@
+"""`stormlock-bot socket`: Socket Mode against a local websocket that plays
+Slack's side (hello, an envelope, then the app's ack)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.server import ServerConnection, serve
+
+from stormlock.bot.localslack import LocalSlack
+from tests.bot.conftest import ALICE, text_of
+from tests.conftest import BIN, clean_env
+
+
+def test_socket_mode_acks_the_envelope_and_replies(
+    slack: LocalSlack, tmp_path: Path
+) -> None:
+    acks: queue.Queue[dict[str, Any]] = queue.Queue()
+    command = {
+        "token": "x",
+        "team_id": "T0TEAM",
+        "channel_id": "C0OPS",
+        "channel_name": "ops",
+        "user_id": ALICE.id,
+        "user_name": ALICE.name,
+        "command": "/stormlock",
+        "text": "acquire prod-db 1h over a websocket",
+        "api_app_id": "A0STORMLOCK",
+        "response_url": slack.response_url(ALICE.id, "C0OPS"),
+        "trigger_id": "t",
+    }
+
+    def slack_side(connection: ServerConnection) -> None:
+        connection.send(json.dumps({"type": "hello", "num_connections": 1}))
+        connection.send(
+            json.dumps(
+                {
+                    "envelope_id": "env-1",
+                    "type": "slash_commands",
+                    "accepts_response_payload": True,
+                    "payload": command,
+                }
+            )
+        )
+        for message in connection:
+            acks.put(json.loads(message))
+
+    with serve(slack_side, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        slack.socket_url = f"ws://127.0.0.1:{port}/link/?ticket=local"
+        config = tmp_path / "stormlock.cfg"
+        config.write_text(f"[backend.sqlite]\npath = {tmp_path / 'locks.db'}\n")
+        env = clean_env(tmp_path)
+        env.update(
+            SLACK_BOT_TOKEN=slack.token,
+            SLACK_APP_TOKEN=slack.app_token,
+            SLACK_API_URL=slack.api_url,
+            STORMLOCK_CONFIG=str(config),
+        )
+        bot = subprocess.Popen(
+            [str(BIN / "stormlock-bot"), "socket"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            ack = acks.get(timeout=30)
+            assert ack["envelope_id"] == "env-1"
+            reply = slack.wait_for(
+                lambda c: c.method == "response_url" and c.context["user"] == ALICE.id
+            )[0]
+            assert "You hold *prod-db*" in text_of(reply)
+            slack.wait_for(
+                lambda c: c.method == "chat.postMessage" and "took" in text_of(c)
+            )
+        finally:
+            bot.terminate()
+            _, stderr = bot.communicate(timeout=30)
+    assert "Traceback" not in stderr
+    assert urllib.parse.urlsplit(slack.socket_url).port == port
