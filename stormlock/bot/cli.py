@@ -53,7 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="HTTP mode: Slack posts to /slack/events")
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000))
-    serve.add_argument("--threads", type=int, default=32, help="concurrent requests")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY") or 1),
+        help="worker processes (default $WEB_CONCURRENCY or 1); with more than "
+        "one, each scrape of /metrics sees one worker's counts: prefer replicas",
+    )
+    serve.add_argument(
+        "--threads", type=int, default=16, help="concurrent requests per worker"
+    )
     sub.add_parser("socket", help="Socket Mode: no public URL needed")
     shell = sub.add_parser(
         "shell", help="try the bot in your terminal, no Slack needed"
@@ -107,13 +116,16 @@ def _serve(args: argparse.Namespace) -> int:
     def factory() -> WSGIApp:
         # Runs in gunicorn's worker, after the fork: pools and threads start here.
         logs.configure(args.log_level, args.log_json)
+        # Hand the GIL over more often: acks are short and must not wait for
+        # a background thread's 5 ms slice.
+        sys.setswitchinterval(0.001)
         service = LeaseService(settings)
         app, bot = build_app(settings, service)
         atexit.register(_start_scheduler(bot).stop)
         return wsgi_app(app, service.ready)
 
     logs.configure(args.log_level, args.log_json)
-    serve(factory, args.host, args.port, args.threads, args.log_level)
+    serve(factory, args.host, args.port, args.threads, args.log_level, args.workers)
     return 0
 
 

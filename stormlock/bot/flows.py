@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
@@ -52,6 +53,9 @@ class Bot:
         self.directory = directory or Directory(client)
         # Set by build_app: wait lists, boards, origin channels.
         self.reminders: Reminders | None = None
+        self._home_lock = threading.Lock()
+        self._home_drawing: set[str] = set()
+        self._home_stale: set[str] = set()
 
     def later(self, task: Callable[..., None], *args: Any) -> None:
         """Run `task(*args)` after the ack (inline when there is no executor)."""
@@ -105,6 +109,26 @@ class Bot:
             )
 
     def publish_home(self, user_id: str) -> None:
+        """Redraw a user's App Home. Bursts coalesce: while one redraw runs,
+        later requests for the same user only mark it stale, and it is drawn
+        once more at the end, from the newest state."""
+        with self._home_lock:
+            if user_id in self._home_drawing:
+                self._home_stale.add(user_id)
+                return
+            self._home_drawing.add(user_id)
+        try:
+            while True:
+                self._draw_home(user_id)
+                with self._home_lock:
+                    if user_id not in self._home_stale:
+                        return
+                    self._home_stale.discard(user_id)
+        finally:
+            with self._home_lock:
+                self._home_drawing.discard(user_id)
+
+    def _draw_home(self, user_id: str) -> None:
         try:
             person = self.directory.person(user_id)
             everyone = self.service.list_leases()

@@ -90,6 +90,8 @@ class LocalSlack:
         self.token = token
         self.app_token = "xapp-local"  # noqa: S105 - a fake Slack's fake token
         self.socket_url: str | None = None
+        self.any_response_url = False
+        """Accept response URLs it did not hand out (when run as a process)."""
         """What apps.connections.open hands out (a Socket Mode websocket)."""
         self.users: dict[str, User] = {u.id: u for u in users or []}
         self.calls: list[Call] = []
@@ -286,6 +288,8 @@ class LocalSlack:
                 payload = self._payload()
                 if path.startswith("/respond/"):
                     context = slack._response_urls.get(path.rsplit("/", 1)[1])
+                    if context is None and slack.any_response_url:
+                        context = {"user": "", "channel": ""}
                     if context is None:
                         self._send(404, "invalid_token")
                         return
@@ -331,3 +335,22 @@ class LocalSlack:
                 self._send(200, slack.answer(method, payload))
 
         return Handler
+
+
+def main() -> None:
+    """Serve LocalSlack in its own process: `python -m stormlock.bot.localslack
+    U01ALICE:alice:alice@example.com ...`; prints the API URL, then serves."""
+    import sys
+
+    users = []
+    for spec in sys.argv[1:]:
+        user_id, name, email = [*spec.split(":", 2), "", ""][:3]
+        users.append(User(user_id, name, email or None))
+    slack = LocalSlack(users=users)
+    slack.any_response_url = True
+    print(slack.api_url, flush=True)
+    slack.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

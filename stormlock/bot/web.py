@@ -68,13 +68,20 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
 
 def serve(
-    factory: Callable[[], WSGIApp], host: str, port: int, threads: int, log_level: str
+    factory: Callable[[], WSGIApp],
+    host: str,
+    port: int,
+    threads: int,
+    log_level: str,
+    workers: int = 1,
 ) -> None:
     GunicornServer(
         factory,
         {
             "bind": f"{host}:{port}",
-            "workers": 1,  # one process: one scheduler; threads for concurrency
+            # Each worker is a process with its own scheduler; their messages
+            # are claimed in the backend, so several never send twice.
+            "workers": workers,
             "worker_class": "gthread",
             "threads": threads,
             "timeout": 30,

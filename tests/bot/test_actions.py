@@ -109,9 +109,11 @@ def test_app_home_shows_everything_and_your_own_buttons(bot: BotServer) -> None:
     )
     # The redrawn Home: Alice holds nothing any more.
     bot.slack.wait_for(
-        lambda c: c.method == "views.publish"
-        and c.payload["user_id"] == ALICE.id
-        and "You hold nothing" in text_of(c)
+        lambda c: (
+            c.method == "views.publish"
+            and c.payload["user_id"] == ALICE.id
+            and "You hold nothing" in text_of(c)
+        )
     )
     assert bot.config.create().current("mine") is None
 

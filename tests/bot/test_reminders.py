@@ -176,9 +176,11 @@ def test_wait_list_notifies_in_order_then_clears(fast_bot: BotServer) -> None:
     acquire = button(bob_dm, "Acquire")
     fast_bot.press(BOB, acquire["action_id"], acquire["value"])
     fast_bot.slack.wait_for(
-        lambda c: c.method == "response_url"
-        and c.context["user"] == BOB.id
-        and "You hold" in text_of(c)
+        lambda c: (
+            c.method == "response_url"
+            and c.context["user"] == BOB.id
+            and "You hold" in text_of(c)
+        )
     )
     lease = fast_bot.config.create().current("db")
     assert lease is not None and lease.principal == BOB.email
