@@ -10,7 +10,16 @@ from datetime import timedelta
 import requests
 
 from stormlock.bot.localslack import Call
-from tests.bot.conftest import ALICE, BOB, CAROL, DAVE, BotServer, sign, text_of
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    SECRET,
+    BotServer,
+    sign,
+    text_of,
+)
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -285,5 +294,6 @@ def test_lease_ids_never_leave_the_acquirers_private_replies(bot: BotServer) -> 
     for lease_id in ids:
         assert lease_id not in logs
     assert bot.slack.token not in logs
+    assert SECRET not in logs, "the signing secret is never logged"
     assert "Traceback" not in logs
     assert json.dumps(sorted(ids)) != ""
