@@ -32,6 +32,10 @@ MAX_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
 MAX_TEXT = 3000
 
+# The Home tab is a glance, redrawn after every action: keep it short.
+HOME_OWN_LIMIT = 10
+HOME_HELD_LIMIT = 50
+
 ACTION_RENEW = "lease_renew"
 ACTION_RELEASE = "lease_release"
 ACTION_NOTIFY = "lease_notify"
@@ -217,14 +221,15 @@ def is_held(resource: str, active: bool) -> Message:
 
 
 def _lease_sections(
-    leases: Sequence[Lease], namer: Namer, max_blocks: int
+    leases: Sequence[Lease], namer: Namer, max_blocks: int, limit: int | None = None
 ) -> list[Block]:
-    """Leases as a few sections, each under Slack's text limit; the rest summarised."""
+    """Leases as a few sections, each under Slack's text limit; the rest (past
+    the block budget or `limit` leases) summarised."""
     blocks: list[Block] = []
     lines: list[str] = []
     size = 0
     shown = 0
-    for lease in leases:
+    for lease in leases[:limit]:
         line = _lease_line(lease, namer)[: MAX_TEXT - 10]
         if size + len(line) + 1 > MAX_TEXT:
             if len(blocks) + 2 >= max_blocks:
@@ -288,12 +293,16 @@ def home(
         blocks.append(
             _section("You hold nothing. `/stormlock acquire <resource>` takes a lease.")
         )
-    for lease in mine[:20]:
+    for lease in mine[:HOME_OWN_LIMIT]:
         blocks.append(_section(_lease_line(lease, namer)))
         blocks.append(lease_buttons(lease, renew_choices(lease)))
+    if len(mine) > HOME_OWN_LIMIT:
+        more = len(mine) - HOME_OWN_LIMIT
+        blocks.append(_section(f"…and {more} more of yours: `/stormlock list`."))
     blocks += [DividerBlock(), HeaderBlock(text="Held right now")]
     if everyone:
-        blocks += _lease_sections(everyone, namer, MAX_VIEW_BLOCKS - len(blocks))
+        budget = MAX_VIEW_BLOCKS - len(blocks)
+        blocks += _lease_sections(everyone, namer, budget, HOME_HELD_LIMIT)
     else:
         blocks.append(_section("Nothing is held right now."))
     return {"type": "home", "blocks": _render(blocks)}
