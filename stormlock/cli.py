@@ -13,7 +13,7 @@ from . import errors
 from .backend import Backend, LockHeldException
 from .config import Config, load_config
 from .errors import StormlockError
-from .lock import StormLock, list_all
+from .lock import StormLock, list_all, lock_from_config
 from .names import RULE, validate_resource
 from .render import (
     lease_cols,
@@ -174,20 +174,17 @@ def _backend(config: Config, name: str) -> Backend:
 
 def _lock(config: Config, resource: str) -> StormLock:
     validate_resource(resource)
-    settings = config.settings(resource)
-    backend = _backend(config, settings.backend)
-    return StormLock(
-        backend, resource, settings.principal, settings.ttl, settings.max_ttl
-    )
+    backend = _backend(config, config.settings(resource).backend)
+    return lock_from_config(config, resource, backend)
 
 
 def _err(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
 
-def _acquire(lock: StormLock, args: argparse.Namespace) -> int:
+def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> int:
     if args.note and not lock.backend.supports("notes"):
-        _err(f"warning: the {args.config_backend} backend cannot store notes; ignored")
+        _err(f"warning: the {backend_name} backend cannot store notes; ignored")
     lease = lock.acquire_lease(_ttl(args.ttl), args.note, _ttl(args.wait))
     print(lease.id)
     return 0
@@ -252,10 +249,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not command:
             raise _Usage("run needs a command: stormlock run RESOURCE -- COMMAND")
     lock = _lock(config, args.resource)
-    args.config_backend = config.settings(args.resource).backend
     try:
         if args.cmd == "acquire":
-            return _acquire(lock, args)
+            return _acquire(lock, args, config.settings(args.resource).backend)
         if args.cmd == "release":
             if lock.release(args.lease_id) is False:
                 _err(f"that lease is not active on {lock.resource!r}; nothing released")
@@ -282,8 +278,8 @@ class _Usage(StormlockError):
     exit_code = errors.EXIT_USAGE
 
 
-def _command_word(argv: list[str]) -> str | None:
-    """The subcommand `argv` names, if it is a known one."""
+def _command_index(argv: list[str]) -> int | None:
+    """Where the subcommand stands in `argv` (past global options), if any."""
     index = 0
     while index < len(argv):
         arg = argv[index]
@@ -292,26 +288,23 @@ def _command_word(argv: list[str]) -> str | None:
         elif arg.startswith("-"):
             index += 1
         else:
-            return arg if arg in COMMANDS else None
+            return index
     return None
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand `argv` names, if it is a known one."""
+    index = _command_index(argv)
+    return argv[index] if index is not None and argv[index] in COMMANDS else None
 
 
 def _split_run_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """For `run`, everything after the first `--` is the command, so that
     options may come after the resource: `run db --ttl 1h -- make deploy`."""
-    index = 0
-    while index < len(argv):
-        arg = argv[index]
-        if arg in ("-c", "--config"):
-            index += 2
-            continue
-        if arg.startswith("-"):
-            index += 1
-            continue
-        if arg == "run" and "--" in argv[index:]:
-            dashes = argv.index("--", index)
-            return argv[:dashes], argv[dashes + 1 :]
-        break
+    index = _command_index(argv)
+    if index is not None and argv[index] == "run" and "--" in argv[index:]:
+        dashes = argv.index("--", index)
+        return argv[:dashes], argv[dashes + 1 :]
     return argv, None
 
 

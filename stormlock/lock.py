@@ -149,15 +149,29 @@ def load_lock(
     """
     validate_resource(resource)
     config = load_config(conf_file)
-    settings = config.settings(resource)
-    backend = config.backend(settings.backend)
+    backend = config.backend(config.settings(resource).backend)
     try:
-        return StormLock(
-            backend, resource, settings.principal, settings.ttl, settings.max_ttl
-        )
+        return lock_from_config(config, resource, backend)
     except StormlockError:
         backend.close()
         raise
+
+
+def lock_from_config(
+    config: Config, resource: str, backend: Backend, principal: str | None = None
+) -> StormLock:
+    """A `StormLock` with the resource's settings, on an already built backend.
+
+    `principal` overrides the configured one (the bot's users, say).
+    """
+    settings = config.settings(resource)
+    return StormLock(
+        backend,
+        resource,
+        principal or settings.principal,
+        settings.ttl,
+        settings.max_ttl,
+    )
 
 
 def list_all(config: Config, backends: Mapping[str, Backend]) -> list[Lease]:

@@ -4,10 +4,9 @@ and (in tests/servers.py) real backend servers."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,16 +90,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         print(f"\nCI: {len(skipped)} test(s) skipped; every backend must run in CI")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)
-
-
-@pytest.fixture
-def no_traceback() -> Iterator[Callable[[subprocess.CompletedProcess[str]], None]]:
-    def check(result: subprocess.CompletedProcess[str]) -> None:
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) <= 1, result.stderr
-
-    yield check

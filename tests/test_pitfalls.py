@@ -3,7 +3,6 @@ and store-specific guarantees the shared conformance suite cannot see."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -18,14 +17,7 @@ from stormlock.config import build_backend
 from stormlock.errors import ConfigError
 from tests.backends import isolated_options
 from tests.servers import Server
-
-
-def wait_gone(backend: object, resource: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while backend.current(resource) is not None:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
+from tests.test_conformance import wait_for_expiry
 
 # -- DynamoDB ------------------------------------------------------------------
 
@@ -42,7 +34,7 @@ def test_dynamodb_expired_lease_can_be_acquired_without_deleting_the_item(
     # expired item blocked the resource forever.
     backend = build_backend("dynamodb", dynamodb_options)
     backend.acquire_lease("db", "alice", timedelta(milliseconds=200))
-    wait_gone(backend, "db")
+    wait_for_expiry(backend, "db")
     assert backend.acquire_lease("db", "bob", timedelta(minutes=1)).principal == "bob"
 
 
@@ -194,7 +186,7 @@ def test_redis_tiny_ttl_never_becomes_expire_zero(
     backend = build_backend("redis", redis_options)
     lease = backend.acquire_lease("db", "alice", timedelta(microseconds=10))
     assert lease.expires is not None and lease.expires > lease.created
-    wait_gone(backend, "db")
+    wait_for_expiry(backend, "db")
 
 
 # -- etcd ---------------------------------------------------------------------
@@ -219,7 +211,7 @@ def test_etcd_failed_acquire_revokes_its_grant(etcd_backend: Etcd) -> None:
 
 def test_etcd_release_of_expired_lease_is_idempotent(etcd_backend: Etcd) -> None:
     lease = etcd_backend.acquire_lease("db", "alice", timedelta(seconds=1))
-    wait_gone(etcd_backend, "db")
+    wait_for_expiry(etcd_backend, "db")
     assert etcd_backend.release_lease("db", lease.id) is False
     etcd_backend.unlock("db", lease.id)
 

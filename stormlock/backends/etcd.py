@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -385,14 +384,3 @@ class Etcd(LeaseBackend):
         """The etcd lease IDs that exist now (for leak checks)."""
         data = self._call("/v3/lease/leases", {})
         return [str(item["ID"]) for item in data.get("leases") or []]
-
-    def wait_ready(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.setup()
-                return
-            except BackendUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)

@@ -136,19 +136,13 @@ class Bot:
             view = {"type": "home", "blocks": blocks.problem(str(exc)).blocks}
         else:
             mine = [lease for lease in everyone if person.is_principal(lease.principal)]
-            view = blocks.home(everyone, mine, self.directory.display, self._choices)
+            view = blocks.home(everyone, mine, self.directory.display, self.renew_offer)
         try:
             self.client.views_publish(user_id=user_id, view=view)
         except SlackApiError as exc:
             error = str(exc.response.get("error"))
             SLACK_ERRORS.labels("views.publish", error).inc()
             log.warning("views.publish failed: %s", error)
-
-    def _choices(self, lease: Lease) -> list[timedelta]:
-        original = None
-        if lease.expires is not None:
-            original = self.service.config.settings(lease.resource).ttl
-        return self.settings.renew_choices(lease.resource, original)
 
     # -- slash command ----------------------------------------------------------
 
@@ -245,7 +239,9 @@ class Bot:
         person = self.directory.person(user_id)
         if name == "acquire":
             lease = self.service.acquire(person, resource, command.ttl, command.note)
-            respond(**blocks.acquired(lease, self._offer(lease, command.ttl)).kwargs())
+            respond(
+                **blocks.acquired(lease, self.renew_offer(lease, command.ttl)).kwargs()
+            )
             self.announce(
                 resource,
                 channel,
@@ -260,7 +256,9 @@ class Bot:
             return
         elif name == "renew":
             lease = self.service.renew(person, resource, command.ttl)
-            respond(**blocks.renewed(lease, self._offer(lease, command.ttl)).kwargs())
+            respond(
+                **blocks.renewed(lease, self.renew_offer(lease, command.ttl)).kwargs()
+            )
             self._changed()
         self.publish_home(user_id)
 
@@ -296,7 +294,11 @@ class Bot:
         except StormlockError as exc:
             log.warning("after-change update failed: %s", exc)
 
-    def _offer(self, lease: Lease, asked: timedelta | None) -> list[timedelta]:
+    def renew_offer(
+        self, lease: Lease, asked: timedelta | None = None
+    ) -> list[timedelta]:
+        """The TTLs its Renew buttons offer: the one asked for (or configured)
+        first, then the usual choices."""
         original = asked or self.service.config.settings(lease.resource).ttl
         return self.settings.renew_choices(lease.resource, original)
 
@@ -355,7 +357,7 @@ class Bot:
                 lease = self.service.renew(person, resource, ttl)
                 reply(
                     replace_original=True,
-                    **blocks.renewed(lease, self._offer(lease, ttl)).kwargs(),
+                    **blocks.renewed(lease, self.renew_offer(lease, ttl)).kwargs(),
                 )
                 self._changed()
                 self.publish_home(user_id)
@@ -371,7 +373,7 @@ class Bot:
                 self._wait(user_id, resource, False, reply)
             elif action_id == blocks.ACTION_ACQUIRE:
                 lease = self.service.acquire(person, resource)
-                offer = self._offer(lease, None)
+                offer = self.renew_offer(lease, None)
                 reply(replace_original=True, **blocks.acquired(lease, offer).kwargs())
                 target = self.settings.announce_channel(resource)
                 if target:

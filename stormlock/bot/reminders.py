@@ -129,7 +129,7 @@ class Reminders:
             expires_ms = int(lease.expires.timestamp() * 1000)
             seconds = int(offset.total_seconds())
             key = f"warn/{lease.fence}/{expires_ms}/{seconds}/{lease.resource}"
-            message = blocks.warning(lease, self.bot._offer(lease, None))
+            message = blocks.warning(lease, self.bot.renew_offer(lease))
             try:
                 if self.once(key, self._dm_principal, lease.principal, message):
                     stats.warnings += 1
@@ -197,30 +197,29 @@ class Reminders:
         key = f"wait/{utcnow().timestamp():020.6f}/{user_id}/{resource}"
         self.records.claim(key, _WAIT_TTL)
 
-    def cancel_wait(self, user_id: str, resource: str) -> int:
-        dropped = 0
-        for key, record in self.records.list("wait/"):
-            _stamp, user, name = key[len("wait/") :].split("/", 2)
-            if user == user_id and name == resource and self.records.drop(record):
-                dropped += 1
-        return dropped
-
-    def _free(self, stats: RunStats) -> None:
+    def _waiting(self) -> dict[str, list[tuple[str, Lease]]]:
+        """Wait lists by resource: (user id, entry) in the order they asked."""
         waiting: dict[str, list[tuple[str, Lease]]] = {}
         for key, record in self.records.list("wait/"):
             _stamp, user, resource = key[len("wait/") :].split("/", 2)
             waiting.setdefault(resource, []).append((user, record))
-        for resource, entries in waiting.items():
+        return waiting
+
+    def cancel_wait(self, user_id: str, resource: str) -> int:
+        entries = self._waiting().get(resource, [])
+        return sum(
+            1
+            for user, record in entries
+            if user == user_id and self.records.drop(record)
+        )
+
+    def _free(self, stats: RunStats) -> None:
+        for resource, entries in self._waiting().items():
             stats.waiters += self._notify_waiters(resource, entries)
 
     def notify_waiters(self, resource: str) -> int:
         """DM everyone waiting for `resource` if it is free; in order, once."""
-        entries = []
-        for key, record in self.records.list("wait/"):
-            _stamp, user, name = key[len("wait/") :].split("/", 2)
-            if name == resource:
-                entries.append((user, record))
-        return self._notify_waiters(resource, entries)
+        return self._notify_waiters(resource, self._waiting().get(resource, []))
 
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
         if not entries or self.service.current(resource) is not None:

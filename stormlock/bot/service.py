@@ -15,7 +15,7 @@ from typing import cast
 from ..backend import Backend, Lease, LockExpiredException
 from ..config import Config
 from ..errors import EXIT_NOT_HELD, StormlockError
-from ..lock import StormLock, list_all
+from ..lock import StormLock, list_all, lock_from_config
 from ..names import RECORD_PREFIX, validate_resource
 from .metrics import TimedBackend
 from .settings import BotSettings
@@ -97,14 +97,8 @@ class LeaseService:
 
     def lock(self, person: Person, resource: str) -> StormLock:
         self.check_resource(resource)
-        settings = self.config.settings(resource)
-        return StormLock(
-            self.backend(settings.backend),
-            resource,
-            person.principal,
-            settings.ttl,
-            settings.max_ttl,
-        )
+        backend = self.backend(self.config.settings(resource).backend)
+        return lock_from_config(self.config, resource, backend, person.principal)
 
     def ready(self) -> bool:
         """Whether the default backend answers (for /readyz)."""
@@ -197,11 +191,4 @@ class LeaseService:
             leases += self.backend(name).list_expiring(before)
         return [
             lease for lease in leases if not lease.resource.startswith(RECORD_PREFIX)
-        ]
-
-    def leases_of(self, person: Person) -> list[Lease]:
-        return [
-            lease
-            for lease in self.list_leases()
-            if person.is_principal(lease.principal)
         ]

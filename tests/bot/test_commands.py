@@ -30,12 +30,6 @@ def lease_id_in(call: Call) -> str:
     return found[0]
 
 
-def channel_posts(bot: BotServer, channel: str = "C0OPS") -> list[Call]:
-    return [
-        c for c in bot.slack.of("chat.postMessage") if c.payload["channel"] == channel
-    ]
-
-
 def test_acquire_gives_the_id_privately_and_tells_the_channel(bot: BotServer) -> None:
     reply = bot.reply(ALICE, "acquire prod-db 2h applying terraform")
     assert reply.payload.get("response_type", "ephemeral") == "ephemeral"
