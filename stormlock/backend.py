@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
-from .errors import EXIT_EXPIRED, EXIT_HELD, StormlockError, UnsupportedOperation
+from .errors import (
+    EXIT_EXPIRED,
+    EXIT_HELD,
+    ConfigError,
+    StormlockError,
+    UnsupportedOperation,
+)
 
 MAX_RESOURCE_LENGTH = 200
 MAX_NOTE_LENGTH = 1000
@@ -187,6 +196,9 @@ class Backend(ABC):
     clock: ClassVar[str] = "client"
     #: The shortest TTL the store can honour exactly.
     min_ttl: ClassVar[timedelta] = timedelta(0)
+    #: How late after a lease's reported expiry another client can take the
+    #: resource, at most (the holder's renew and is_current fail right at it).
+    expiry_precision: ClassVar[timedelta] = timedelta(0)
     #: Where the fencing token comes from.
     fence_source: ClassVar[str] = "the acquisition time in microseconds (fallback)"
     #: Round trips to the store per operation (bench/ measures them); {} if unknown.
@@ -308,22 +320,160 @@ class Backend(ABC):
         return getattr(cls, method) is not getattr(Backend, method)
 
 
+class _Deadline(threading.local):
+    at: float | None = None
+
+
+_deadline = _Deadline()
+
+
+def remaining_budget() -> float | None:
+    """Seconds left of the running operation's `timeout` (None outside one).
+
+    Backends size every wait on the store from it, so that connecting,
+    retrying and reading all fit inside one budget.
+    """
+    if _deadline.at is None:
+        return None
+    return _deadline.at - time.monotonic()
+
+
+@contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Run the block under a deadline of `seconds` (an outer budget rules)."""
+    if _deadline.at is not None:
+        yield
+        return
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+def check_timeout(timeout: float, where: str) -> float:
+    """`timeout` if it is a usable number of seconds, else a `ConfigError`."""
+    if not (isinstance(timeout, int | float) and 0 < timeout <= 3600):
+        raise ConfigError(
+            f"{where} timeout = {timeout!r} must be a number of seconds "
+            "above 0 and at most 3600; fix the value"
+        )
+    return float(timeout)
+
+
 class LeaseBackend(Backend):
-    """Base of the built-in backends: the five operations over the rich ones."""
+    """Base of the built-in backends: the shared work, done once.
+
+    The public operations canonicalise lease ids (a malformed id never reaches
+    a store), run under one `timeout` budget, map the store's errors to
+    `BackendUnavailable` (through `_errors`), and retry an acquire that lost a
+    race to a release. Subclasses write only their store's statements: the
+    `_acquire`, `_renew`, `_release`, `_current`, `_is_current` and
+    `_list_leases` hooks.
+    """
+
+    timeout: float = 5.0
+
+    # -- hooks: one store's statements ------------------------------------
 
     @abstractmethod
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
+        """Take the resource if free: (True, the new lease), else (False,
+        the holder, or None if the store could not say in the same call)."""
+
+    @abstractmethod
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
+        """Renew the canonical `lease_id`; None unless it is the active lease."""
+
+    @abstractmethod
+    def _release(self, resource: str, lease_id: str) -> bool:
+        """Release the canonical `lease_id`; whether it was the active lease."""
+
+    @abstractmethod
+    def _current(self, resource: str) -> Lease | None: ...
+
+    def _is_current(self, resource: str, lease_id: str) -> bool:
+        lease = self._current(resource)
+        return lease is not None and lease.id == lease_id
+
+    @abstractmethod
+    def _list_leases(self) -> list[Lease]: ...
+
+    def _list_prefix(self, prefix: str) -> list[Lease]:
+        leases = self._list_leases()
+        return [lease for lease in leases if lease.resource.startswith(prefix)]
+
+    def _list_expiring(self, before: datetime) -> list[Lease]:
+        return Backend.list_expiring(self, before)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn the store's client errors into `BackendUnavailable`."""
+        yield
+
+    @contextmanager
+    def _operation(self) -> Iterator[None]:
+        with budget(self.timeout), self._errors():
+            yield
+
+    # -- the contract, over the hooks -------------------------------------
+
     def acquire_lease(
         self, resource: str, principal: str, ttl: timedelta, note: str | None = None
-    ) -> Lease: ...
+    ) -> Lease:
+        with self._operation():
+            for _ in range(3):
+                acquired, lease = self._acquire(resource, principal, ttl, note)
+                if acquired and lease is not None:
+                    return lease
+                holder = lease or self._current(resource)
+                if holder is not None:
+                    raise LockHeldException(resource, holder)
+                # Released between the attempt and the lookup: try again.
+        raise LockHeldException(resource, None)
 
-    @abstractmethod
-    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease: ...
+    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
+        canonical = canonical_lease_id(lease_id)
+        lease = None
+        if canonical is not None:
+            with self._operation():
+                lease = self._renew(resource, canonical, ttl)
+        if lease is None:
+            raise LockExpiredException(resource)
+        return lease
 
-    @abstractmethod
-    def release_lease(self, resource: str, lease_id: str) -> bool: ...
+    def release_lease(self, resource: str, lease_id: str) -> bool:
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return False
+        with self._operation():
+            return self._release(resource, canonical)
 
-    @abstractmethod
-    def is_current(self, resource: str, lease_id: str) -> bool: ...
+    def current(self, resource: str) -> Lease | None:
+        with self._operation():
+            return self._current(resource)
+
+    def is_current(self, resource: str, lease_id: str) -> bool:
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return False
+        with self._operation():
+            return self._is_current(resource, canonical)
+
+    def list_leases(self) -> list[Lease]:
+        with self._operation():
+            return sorted(self._list_leases(), key=lambda lease: lease.resource)
+
+    def list_prefix(self, prefix: str) -> list[Lease]:
+        with self._operation():
+            found = self._list_prefix(prefix)
+        return sorted(found, key=lambda lease: lease.resource)
+
+    def list_expiring(self, before: datetime) -> list[Lease]:
+        with self._operation():
+            return self._list_expiring(before)
 
     def lock(self, resource: str, principal: str, ttl: timedelta) -> str:
         return self.acquire_lease(resource, principal, ttl).id

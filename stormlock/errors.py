@@ -65,3 +65,9 @@ class UnsupportedOperation(StormlockError):
     """The backend does not implement an optional capability."""
 
     exit_code = EXIT_UNSUPPORTED
+
+
+class InvalidInput(StormlockError, ValueError):
+    """A value (a note, a principal) that no store can hold."""
+
+    exit_code = EXIT_USAGE

@@ -34,10 +34,36 @@ def short_ttl(backend: Backend) -> timedelta:
 
 
 def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> None:
+    """Until the lease is over and, within the backend's stated precision,
+    the store lets another client take the resource."""
     deadline = time.monotonic() + timeout
     while backend.current(resource) is not None:
         assert time.monotonic() < deadline, "lease did not expire in time"
         time.sleep(0.05)
+    time.sleep(backend.expiry_precision.total_seconds())
+
+
+def test_after_the_reported_expiry_the_lease_is_over_and_free_soon(
+    make_backend: Callable[[], Backend], resource: str
+) -> None:
+    holder, other = make_backend(), make_backend()
+    lease = holder.acquire_lease(resource, "alice", short_ttl(holder))
+    assert lease.expires is not None
+    time.sleep(max(0.0, (lease.expires - utcnow()).total_seconds()))
+    # Right at the reported expiry the holder's lease is over...
+    assert not holder.is_current(resource, lease.id)
+    with pytest.raises(LockExpiredException):
+        holder.renew_lease(resource, lease.id, timedelta(minutes=5))
+    # ...and another client gets the resource within the stated precision.
+    limit = lease.expires + holder.expiry_precision + timedelta(milliseconds=500)
+    while True:
+        try:
+            taken = other.acquire_lease(resource, "bob", timedelta(minutes=5))
+            break
+        except LockHeldException:
+            assert utcnow() < limit, "not free within the stated precision"
+            time.sleep(0.02)
+    assert taken.fence > lease.fence
 
 
 def test_acquire_returns_the_whole_lease(backend: Backend, resource: str) -> None:

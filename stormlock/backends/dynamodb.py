@@ -36,10 +36,10 @@ from boto3.dynamodb.types import TypeDeserializer
 from ..backend import (
     Lease,
     LeaseBackend,
-    LockExpiredException,
-    LockHeldException,
-    canonical_lease_id,
+    check_timeout,
     new_lease_id,
+    one_line,
+    remaining_budget,
     trips,
 )
 from ..errors import BackendUnavailable, ConfigError
@@ -50,6 +50,12 @@ _PURGE_AFTER = 30 * 86400
 _T = TypeVar("_T")
 # Errors the operations handle themselves.
 _PASSED_THROUGH = ("ConditionalCheckFailedException", "ResourceNotFoundException")
+# A failure this fast is a broken connection, not a silent server.
+_QUICK_FAILURE = 0.25
+
+
+class _TimedOut(Exception):
+    pass
 
 
 def _now_ms() -> int:
@@ -114,10 +120,13 @@ class DynamoDB(LeaseBackend):
             raise ConfigError(
                 f"[backend.dynamodb] profile {profile!r} is not in your AWS config"
             ) from None
+        self.timeout = check_timeout(timeout, "[backend.dynamodb]")
+        # Connecting and reading share the budget, and botocore's own retries
+        # (with backoff of up to seconds) are off: `_call` retries within it.
         config = botocore.config.Config(
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=self.timeout / 2,
+            read_timeout=self.timeout / 2,
+            retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=32,
         )
         try:
@@ -128,7 +137,6 @@ class DynamoDB(LeaseBackend):
             raise ConfigError(f"[backend.dynamodb] {exc}; set region") from None
         self.table_name = table
         self.table = self.resource.Table(table)
-        self.timeout = timeout
         self._deserialize = TypeDeserializer().deserialize
 
     @contextmanager
@@ -140,9 +148,11 @@ class DynamoDB(LeaseBackend):
             botocore.exceptions.ConnectTimeoutError,
             botocore.exceptions.ReadTimeoutError,
             botocore.exceptions.ConnectionClosedError,
+            _TimedOut,
         ) as exc:
             raise BackendUnavailable(
-                f"DynamoDB is unreachable ({exc}); check [backend.dynamodb] "
+                f"DynamoDB is unreachable or did not answer within {self.timeout:g}s "
+                f"({one_line(str(exc)) or 'timed out'}); check [backend.dynamodb] "
                 "endpoint and region"
             ) from None
         except botocore.exceptions.NoCredentialsError:
@@ -156,22 +166,34 @@ class DynamoDB(LeaseBackend):
                 raise
             raise BackendUnavailable(
                 f"DynamoDB refused the request: {error.get('Code')}: "
-                f"{error.get('Message')}"
+                f"{one_line(str(error.get('Message')))}"
             ) from None
 
     def _call(self, fn: Callable[[], _T]) -> _T:
-        """Run `fn`; create the table once if it does not exist yet."""
-        for attempt in range(2):
+        """Run `fn` within the budget; create the table once if it is missing.
+
+        A connection that failed at once (a restart broke it) is retried once.
+        """
+        for attempt in range(3):
+            left = remaining_budget()
+            if left is not None and left <= 0:
+                raise _TimedOut(f"no answer within {self.timeout:g}s")
+            started = time.monotonic()
             try:
-                with self._errors():
-                    return fn()
+                return fn()
             except self.resource.meta.client.exceptions.ResourceNotFoundException:
                 if attempt:
                     raise BackendUnavailable(
                         f"DynamoDB table {self.table_name!r} is missing; "
                         "run: stormlock setup dynamodb"
                     ) from None
-            self.setup()
+                self.setup()
+            except (
+                botocore.exceptions.EndpointConnectionError,
+                botocore.exceptions.ConnectionClosedError,
+            ):
+                if attempt or time.monotonic() - started > _QUICK_FAILURE:
+                    raise
         raise AssertionError("unreachable")
 
     def setup(self) -> list[str]:
@@ -218,9 +240,9 @@ class DynamoDB(LeaseBackend):
                 done.append("dynamodb: enabled TTL on purge_at (idle items, 30 days)")
         return done
 
-    def acquire_lease(
-        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
-    ) -> Lease:
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
         now = _now_ms()
         expires = now + max(1, round(ttl.total_seconds() * 1000))
         update = (
@@ -262,10 +284,8 @@ class DynamoDB(LeaseBackend):
             holder = {k: self._deserialize(v) for k, v in raw.items()} if raw else None
             if holder is None:
                 holder = self._get(resource)
-            raise LockHeldException(
-                resource, _lease(holder) if _live(holder, now) and holder else None
-            ) from None
-        return _lease(result["Attributes"])
+            return False, _lease(holder) if holder and _live(holder, now) else None
+        return True, _lease(result["Attributes"])
 
     def _get(
         self, resource: str, projection: str | None = None
@@ -278,10 +298,7 @@ class DynamoDB(LeaseBackend):
         ).get("Item")
         return item
 
-    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            raise LockExpiredException(resource)
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         now = _now_ms()
         expires = now + max(1, round(ttl.total_seconds() * 1000))
         client = self.resource.meta.client
@@ -291,7 +308,7 @@ class DynamoDB(LeaseBackend):
                     Key={"resource": resource},
                     UpdateExpression="SET expires = :expires, purge_at = :purge",
                     ConditionExpression=(
-                        Attr("lease_id").eq(canonical) & Attr("expires").gt(now)
+                        Attr("lease_id").eq(lease_id) & Attr("expires").gt(now)
                     ),
                     ExpressionAttributeValues={
                         ":expires": expires,
@@ -301,13 +318,10 @@ class DynamoDB(LeaseBackend):
                 )
             )
         except client.exceptions.ConditionalCheckFailedException:
-            raise LockExpiredException(resource) from None
+            return None
         return _lease(result["Attributes"])
 
-    def release_lease(self, resource: str, lease_id: str) -> bool:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return False
+    def _release(self, resource: str, lease_id: str) -> bool:
         client = self.resource.meta.client
         try:
             self._call(
@@ -315,7 +329,7 @@ class DynamoDB(LeaseBackend):
                     Key={"resource": resource},
                     UpdateExpression="REMOVE lease_id, active",
                     ConditionExpression=(
-                        Attr("lease_id").eq(canonical) & Attr("expires").gt(_now_ms())
+                        Attr("lease_id").eq(lease_id) & Attr("expires").gt(_now_ms())
                     ),
                 )
             )
@@ -323,22 +337,17 @@ class DynamoDB(LeaseBackend):
             return False
         return True
 
-    def current(self, resource: str) -> Lease | None:
+    def _current(self, resource: str) -> Lease | None:
         item = self._get(resource)
         return _lease(item) if item and _live(item, _now_ms()) else None
 
-    def is_current(self, resource: str, lease_id: str) -> bool:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return False
+    def _is_current(self, resource: str, lease_id: str) -> bool:
         item = self._get(resource, "lease_id, expires")
         return (
-            item is not None
-            and _live(item, _now_ms())
-            and item["lease_id"] == canonical
+            item is not None and _live(item, _now_ms()) and item["lease_id"] == lease_id
         )
 
-    def list_leases(self) -> list[Lease]:
+    def _list_leases(self) -> list[Lease]:
         now = _now_ms()
         leases: list[Lease] = []
         kwargs: dict[str, Any] = {
@@ -351,7 +360,7 @@ class DynamoDB(LeaseBackend):
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        return sorted(leases, key=lambda lease: lease.resource)
+        return leases
 
     def close(self) -> None:
         self.resource.meta.client.close()

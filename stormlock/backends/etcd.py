@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,15 +34,16 @@ from urllib3.exceptions import HTTPError
 from ..backend import (
     Lease,
     LeaseBackend,
-    LockExpiredException,
-    LockHeldException,
-    canonical_lease_id,
+    check_timeout,
     new_lease_id,
+    remaining_budget,
     trips,
 )
 from ..errors import BackendUnavailable, ConfigError
 
 _NOT_FOUND = 5
+# A failure this fast is a refused or reset connection, not a silent server.
+_QUICK_FAILURE = 0.25
 _UNAUTHENTICATED = 16
 
 
@@ -65,6 +67,15 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _past(lease: Lease) -> bool:
+    """Whether the lease's reported expiry has passed.
+
+    etcd deletes a key some time after its lease runs out (its lessor checks
+    every 500 ms): until then the key is there, but the lease is over.
+    """
+    return lease.expires is not None and lease.expires <= datetime.now(UTC)
+
+
 class _Failure(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -81,6 +92,8 @@ class Etcd(LeaseBackend):
 
     clock = "server"
     min_ttl = timedelta(seconds=2)
+    # etcd deletes expired keys from a loop that runs every 500 ms.
+    expiry_precision = timedelta(seconds=1)
     fence_source = "the key's create revision (etcd revisions only grow)"
     round_trips = trips(acquire=2, renew=4, release=2, current=1, is_current=1, list=1)
 
@@ -102,10 +115,14 @@ class Etcd(LeaseBackend):
             )
         if bool(user) != bool(password):
             raise ConfigError("[backend.etcd] needs both user and password, or neither")
+        if not 0 < port < 65536:
+            raise ConfigError(
+                f"[backend.etcd] port = {port} is not a TCP port; use 1-65535"
+            )
+        self.timeout = check_timeout(timeout, "[backend.etcd]")
         tls = bool(ca_cert or cert_cert)
         self.base = f"{'https' if tls else 'http'}://{host}:{port}"
         self.prefix = prefix.encode()
-        self.timeout = timeout
         self._user = user
         self._password = password
         self._token: str | None = None
@@ -113,9 +130,9 @@ class Etcd(LeaseBackend):
         self.http = urllib3.PoolManager(
             num_pools=2,
             maxsize=32,
-            timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            # Only connection attempts are retried: the request was never sent.
-            retries=urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0),
+            timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+            # `_post` retries, within the budget; urllib3 would start afresh.
+            retries=False,
             ca_certs=ca_cert,
             cert_file=cert_cert,
             key_file=cert_key,
@@ -130,18 +147,27 @@ class Etcd(LeaseBackend):
         headers = {"Content-Type": "application/json"}
         if auth and self._user:
             headers["Authorization"] = self._authenticate()
-        try:
-            response = self.http.request(
-                "POST",
-                self.base + path,
-                body=json.dumps(body).encode(),
-                headers=headers,
-            )
-        except HTTPError as exc:
-            raise BackendUnavailable(
-                f"etcd at {self.base} is unreachable ({type(exc).__name__}); check "
-                "that it is up and [backend.etcd] host and port"
-            ) from None
+        for attempt in range(2):
+            extra: dict[str, Any] = {}
+            left = remaining_budget()
+            if left is not None:
+                if left <= 0:
+                    raise self._unreachable("no answer in time")
+                extra["timeout"] = urllib3.Timeout(total=left)
+            started = time.monotonic()
+            try:
+                response = self.http.request(
+                    "POST",
+                    self.base + path,
+                    body=json.dumps(body).encode(),
+                    headers=headers,
+                    **extra,
+                )
+                break
+            except HTTPError as exc:
+                # A refused or reset connection fails at once: try once more.
+                if attempt or time.monotonic() - started > _QUICK_FAILURE:
+                    raise self._unreachable(type(exc).__name__) from None
         try:
             data: dict[str, Any] = json.loads(response.data or b"{}")
         except ValueError:
@@ -158,6 +184,13 @@ class Etcd(LeaseBackend):
                 self._token = None
             raise _Failure(code, str(message))
         return data
+
+    def _unreachable(self, why: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"etcd at {self.base} is unreachable or did not answer within "
+            f"{self.timeout:g}s ({why}); check that it is up and [backend.etcd] "
+            "host and port"
+        )
 
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -243,9 +276,9 @@ class Etcd(LeaseBackend):
 
     # -- operations ---------------------------------------------------------
 
-    def acquire_lease(
-        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
-    ) -> Lease:
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
         etcd_lease, granted = self._grant(ttl)
         now = datetime.now(UTC)
         lease = Lease(
@@ -285,13 +318,13 @@ class Etcd(LeaseBackend):
             self._revoke_quietly(etcd_lease)
             raise
         if data.get("succeeded"):
-            return lease._replace(fence=int(data["header"]["revision"]))
+            return True, lease._replace(fence=int(data["header"]["revision"]))
         # Held: give back the etcd lease we granted, so none leaks.
         self._revoke_quietly(etcd_lease)
         kvs = (data.get("responses") or [{}])[0].get("response_range", {}).get(
             "kvs"
         ) or []
-        raise LockHeldException(resource, self._lease(kvs[0])[0] if kvs else None)
+        return False, self._lease(kvs[0])[0] if kvs else None
 
     def _revoke_quietly(self, etcd_lease: str) -> None:
         with contextlib.suppress(BackendUnavailable):  # it expires at its TTL anyway
@@ -300,21 +333,18 @@ class Etcd(LeaseBackend):
     def _owned(
         self, resource: str, lease_id: str
     ) -> tuple[dict[str, Any], Lease, str] | None:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return None
         kv = self._read(resource)
         if kv is None:
             return None
         lease, value = self._lease(kv)
-        if lease.id != canonical:
+        if lease.id != lease_id or _past(lease):
             return None
         return kv, lease, str(value["etcd_lease"])
 
-    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         owned = self._owned(resource, lease_id)
         if owned is None:
-            raise LockExpiredException(resource)
+            return None
         kv, lease, old_etcd_lease = owned
         etcd_lease, granted = self._grant(ttl)
         renewed = lease._replace(expires=datetime.now(UTC) + timedelta(seconds=granted))
@@ -343,11 +373,11 @@ class Etcd(LeaseBackend):
         )
         if not data.get("succeeded"):
             self._revoke_quietly(etcd_lease)
-            raise LockExpiredException(resource)
+            return None
         self._revoke_quietly(old_etcd_lease)
         return renewed
 
-    def release_lease(self, resource: str, lease_id: str) -> bool:
+    def _release(self, resource: str, lease_id: str) -> bool:
         owned = self._owned(resource, lease_id)
         if owned is None:
             return False
@@ -356,23 +386,25 @@ class Etcd(LeaseBackend):
         self._revoke(owned[2])
         return True
 
-    def current(self, resource: str) -> Lease | None:
+    def _current(self, resource: str) -> Lease | None:
         kv = self._read(resource)
-        return self._lease(kv)[0] if kv else None
+        lease = self._lease(kv)[0] if kv else None
+        return None if lease is None or _past(lease) else lease
 
-    def is_current(self, resource: str, lease_id: str) -> bool:
+    def _is_current(self, resource: str, lease_id: str) -> bool:
         return self._owned(resource, lease_id) is not None
 
-    def list_leases(self) -> list[Lease]:
+    def _list_leases(self) -> list[Lease]:
         start = self.prefix + b"lease/"
         data = self._call(
             "/v3/kv/range", {"key": _b64(start), "range_end": _b64(_range_end(start))}
         )
         leases = [self._lease(kv)[0] for kv in data.get("kvs") or []]
-        return sorted(leases, key=lambda lease: lease.resource)
+        return [lease for lease in leases if not _past(lease)]
 
     def setup(self) -> list[str]:
-        self._call("/v3/maintenance/status", {})
+        with self._operation():
+            self._call("/v3/maintenance/status", {})
         return [
             f"etcd: reachable at {self.base}; keys live under {self.prefix.decode()!r}"
         ]

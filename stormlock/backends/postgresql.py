@@ -12,6 +12,7 @@ The table is created on first use, or up front with `stormlock setup`.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -19,22 +20,26 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import PQGen
+from psycopg.connection import _WAIT_INTERVAL
+from psycopg.errors import _WaitTimeout
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import (
     Lease,
     LeaseBackend,
-    LockExpiredException,
-    LockHeldException,
-    canonical_lease_id,
+    check_timeout,
     new_lease_id,
+    remaining_budget,
     trips,
 )
-from ..errors import BackendUnavailable, ConfigError
+from ..errors import BackendUnavailable, ConfigError, InvalidInput
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
+# A failure this fast is a broken connection, not a silent server.
+_QUICK_FAILURE = 0.25
 
 _CREATE = (
     """CREATE TABLE IF NOT EXISTS {table} (
@@ -51,6 +56,9 @@ _CREATE = (
 )
 
 _COLUMNS = "resource, principal, created, lease_id, expires, note, fence"
+# The server clock in microseconds: a fence never falls below it, so a table
+# restored from an old backup still never hands out a fence it gave before.
+_CLOCK_FENCE = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 
 # One round trip: take the row if free, else return the holder. The holder
 # query sees the statement's snapshot, so a row inserted by a concurrent
@@ -60,14 +68,15 @@ WITH taken AS (
     INSERT INTO {table} AS l
         (resource, lease_id, principal, created, expires, note, fence)
     VALUES (%(resource)s, %(lease_id)s, %(principal)s, clock_timestamp(),
-            clock_timestamp() + make_interval(secs => %(ttl)s), %(note)s, 1)
+            clock_timestamp() + make_interval(secs => %(ttl)s), %(note)s,
+            {clock_fence})
     ON CONFLICT (resource) DO UPDATE SET
         lease_id = excluded.lease_id,
         principal = excluded.principal,
         created = excluded.created,
         expires = excluded.expires,
         note = excluded.note,
-        fence = l.fence + 1
+        fence = greatest(l.fence + 1, {clock_fence})
     WHERE l.lease_id IS NULL OR l.expires <= clock_timestamp()
     RETURNING {columns}
 )
@@ -135,17 +144,45 @@ def _lease(row: dict[str, Any]) -> Lease:
     )
 
 
+class _BoundedConnection(psycopg.Connection[Any]):
+    """A connection whose every wait on the server ends with the budget.
+
+    libpq has no read timeout: without this, a server that stops answering
+    mid-connection (a partition, a frozen host) blocks a query for ever.
+    """
+
+    def wait(
+        self,
+        gen: PQGen[_T],
+        interval: float = _WAIT_INTERVAL,
+        timeout: float | None = None,
+    ) -> _T:
+        left = remaining_budget()
+        if left is not None:
+            timeout = max(0.0, left) if timeout is None else min(timeout, left)
+        try:
+            return super().wait(gen, interval, timeout)
+        except _WaitTimeout:
+            self.close()  # a query is in flight: the connection is unusable
+            raise _TimedOut from None
+
+
+class _TimedOut(Exception):
+    pass
+
+
 class Postgresql(LeaseBackend):
     """Leases in a PostgreSQL table.
 
     Options: `connection` (a libpq connection string or URL), `table`
-    (default `stormlock_leases`), `timeout` (seconds to connect or wait for
-    a pooled connection, default 5), `pool_size` (default 10).
+    (default `stormlock_leases`), `timeout` (seconds that bound every
+    operation: the wait for a pooled connection and every read; default 5),
+    `pool_size` (default 10).
     """
 
     clock = "server"
     min_ttl = timedelta(microseconds=1)
-    fence_source = "per-row counter, rows kept on release"
+    fence_source = "per-row counter or the server clock (µs), whichever is larger"
     round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(
@@ -161,11 +198,12 @@ class Postgresql(LeaseBackend):
                 "use letters, digits and underscores"
             )
         self.table = table
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout, "[backend.postgresql]")
         names = {
             "table": sql.Identifier(table),
             "index": sql.Identifier(f"{table}_expires"),
             "columns": sql.SQL(_COLUMNS),
+            "clock_fence": sql.SQL(_CLOCK_FENCE),
         }
         self._sql: dict[str, sql.Composed] = {
             name: sql.SQL(text).format(**names)
@@ -189,15 +227,18 @@ class Postgresql(LeaseBackend):
             ) from None
         self.pool = ConnectionPool(
             connection,
+            connection_class=_BoundedConnection,
             min_size=1,
             max_size=max(1, pool_size),
-            timeout=timeout,
+            timeout=self.timeout,
             kwargs={
                 "autocommit": True,
-                "connect_timeout": max(1, round(timeout)),
+                # libpq rounds below 2 s up to 2 s; the pool connects in the
+                # background, so callers still wait at most `timeout`.
+                "connect_timeout": max(2, round(self.timeout)),
                 "row_factory": dict_row,
             },
-            reconnect_timeout=timeout,
+            reconnect_timeout=self.timeout,
             open=False,
             name="stormlock",
         )
@@ -208,9 +249,9 @@ class Postgresql(LeaseBackend):
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except PoolTimeout:
+        except (PoolTimeout, _TimedOut):
             raise BackendUnavailable(
-                f"PostgreSQL did not accept a connection within {self.timeout:g}s; "
+                f"PostgreSQL did not answer within {self.timeout:g}s; "
                 "check that it is up and [backend.postgresql] connection"
             ) from None
         except psycopg.OperationalError as exc:
@@ -219,32 +260,39 @@ class Postgresql(LeaseBackend):
                 f"PostgreSQL failed: {first}; check that it is up and "
                 "[backend.postgresql] connection"
             ) from None
+        except psycopg.DataError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise InvalidInput(f"PostgreSQL refused the value: {first}") from None
 
     def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """Run `fn` on a pooled connection; create the table if it is missing.
 
-        A connection broken by a server restart is dropped by the pool and
-        the operation retried once on a fresh one.
+        A connection that a server restart broke fails at once: it is dropped
+        and the operation retried once on a fresh one, within the budget.
         """
         if not self._opened:
             self.pool.open(wait=False)
             self._opened = True
         for attempt in range(3):
-            with self._errors():
-                try:
-                    with self.pool.connection() as conn:
-                        return fn(conn)
-                except psycopg.errors.UndefinedTable:
-                    if attempt or self._schema_ready:
-                        raise
-                    self.setup()
-                except PoolTimeout:
-                    raise  # no connection within the timeout: do not wait twice
-                except psycopg.OperationalError:
-                    if attempt:
-                        raise
-                    self.pool.check()
+            started = time.monotonic()
+            try:
+                with self.pool.connection(timeout=self._checkout_timeout()) as conn:
+                    return fn(conn)
+            except psycopg.errors.UndefinedTable:
+                if attempt or self._schema_ready:
+                    raise
+                self.setup()
+            except psycopg.OperationalError:
+                if attempt or time.monotonic() - started > _QUICK_FAILURE:
+                    raise
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _checkout_timeout() -> float:
+        left = remaining_budget()
+        if left is not None and left <= 0:
+            raise _TimedOut
+        return left if left is not None else 5.0
 
     def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         def query(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
@@ -265,14 +313,17 @@ class Postgresql(LeaseBackend):
         if not self._opened:
             self.pool.open(wait=False)
             self._opened = True
-        with self._errors(), self.pool.connection() as conn:
+        with (
+            self._operation(),
+            self.pool.connection(timeout=self._checkout_timeout()) as conn,
+        ):
             create(conn)
         self._schema_ready = True
         return [f"postgresql: table {self.table} and index {self.table}_expires ready"]
 
-    def acquire_lease(
-        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
-    ) -> Lease:
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
         params = {
             "resource": resource,
             "lease_id": new_lease_id(),
@@ -280,57 +331,40 @@ class Postgresql(LeaseBackend):
             "ttl": ttl.total_seconds(),
             "note": note,
         }
-        for _ in range(3):
-            rows = self._rows("acquire", params)
-            if rows and rows[0]["acquired"]:
-                return _lease(rows[0])
-            if rows:
-                raise LockHeldException(resource, _lease(rows[0]))
-            holder = self.current(resource)
-            if holder is not None:
-                raise LockHeldException(resource, holder)
-        raise LockHeldException(resource, None)
+        rows = self._rows("acquire", params)
+        if not rows:
+            return False, None
+        return bool(rows[0]["acquired"]), _lease(rows[0])
 
-    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            raise LockExpiredException(resource)
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         rows = self._rows(
             "renew",
-            {"resource": resource, "lease_id": canonical, "ttl": ttl.total_seconds()},
+            {"resource": resource, "lease_id": lease_id, "ttl": ttl.total_seconds()},
         )
-        if not rows:
-            raise LockExpiredException(resource)
-        return _lease(rows[0])
+        return _lease(rows[0]) if rows else None
 
-    def release_lease(self, resource: str, lease_id: str) -> bool:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return False
-        rows = self._rows("release", {"resource": resource, "lease_id": canonical})
+    def _release(self, resource: str, lease_id: str) -> bool:
+        rows = self._rows("release", {"resource": resource, "lease_id": lease_id})
         return bool(rows)
 
-    def current(self, resource: str) -> Lease | None:
+    def _current(self, resource: str) -> Lease | None:
         rows = self._rows("current", {"resource": resource})
         return _lease(rows[0]) if rows else None
 
-    def is_current(self, resource: str, lease_id: str) -> bool:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return False
+    def _is_current(self, resource: str, lease_id: str) -> bool:
         return bool(
-            self._rows("is_current", {"resource": resource, "lease_id": canonical})
+            self._rows("is_current", {"resource": resource, "lease_id": lease_id})
         )
 
-    def list_leases(self) -> list[Lease]:
+    def _list_leases(self) -> list[Lease]:
         return [_lease(row) for row in self._rows("list", {})]
 
-    def list_prefix(self, prefix: str) -> list[Lease]:
+    def _list_prefix(self, prefix: str) -> list[Lease]:
         params = {"start": prefix, "end": prefix + "\U0010ffff"}
         leases = [_lease(row) for row in self._rows("prefix", params)]
         return [lease for lease in leases if lease.resource.startswith(prefix)]
 
-    def list_expiring(self, before: datetime) -> list[Lease]:
+    def _list_expiring(self, before: datetime) -> list[Lease]:
         return [_lease(row) for row in self._rows("expiring", {"before": before})]
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Redis backend.
 
 Each lease is a hash at `{prefix}lease:{resource}` whose key expires with the
-lease (PEXPIRE: the server's clock decides). A counter at
+lease (PEXPIREAT: the server's clock decides; the key lives while the
+server's time in ms is below the reported expiry). A counter at
 `{prefix}fence:{resource}` survives release and expiry and gives the fence.
 A sorted set `{prefix}active` (score: expiry in ms) indexes live leases, so
 listing costs O(active leases), never a keyspace scan.
@@ -13,6 +14,7 @@ scripts (EVALSHA), current and is_current one command each.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,10 +27,10 @@ from redis.retry import Retry
 from ..backend import (
     Lease,
     LeaseBackend,
-    LockExpiredException,
-    LockHeldException,
-    canonical_lease_id,
+    check_timeout,
     new_lease_id,
+    one_line,
+    remaining_budget,
     trips,
 )
 from ..errors import BackendUnavailable, ConfigError
@@ -37,6 +39,18 @@ from ..names import RECORD_PREFIX
 _NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# The fence is the counter plus one, or the server clock in microseconds if
+# that is larger: a Redis that lost its data (a restart without persistence,
+# an eviction) still never hands out a fence below one it gave before.
+_NEXT_FENCE = """
+local fence = redis.call('INCR', KEYS[2])
+local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if fence < clock then
+    fence = clock
+    redis.call('SET', KEYS[2], string.format('%d', fence))
+end
 """
 
 _FIELDS = "'id', 'principal', 'created', 'expires', 'note', 'fence'"
@@ -48,14 +62,17 @@ _ACQUIRE = (
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return {{0, redis.call('HMGET', KEYS[1], {_FIELDS})}}
 end
-local fence = redis.call('INCR', KEYS[2])
+"""
+    + _NEXT_FENCE
+    + """
 local expires = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'principal', ARGV[2], 'created', now,
-           'expires', expires, 'note', ARGV[4], 'fence', fence)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+           'expires', expires, 'note', ARGV[4],
+           'fence', string.format('%d', fence))
+redis.call('PEXPIREAT', KEYS[1], expires - 1)
 redis.call('ZADD', KEYS[3], expires, ARGV[5])
-return {{1, {{ARGV[1], ARGV[2], tostring(now), tostring(expires), ARGV[4],
-            tostring(fence)}}}}
+return {1, {ARGV[1], ARGV[2], tostring(now), tostring(expires), ARGV[4],
+            string.format('%d', fence)}}
 """
 )
 
@@ -66,7 +83,7 @@ _RENEW = (
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return false end
 local expires = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'expires', expires)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], expires - 1)
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
 return redis.call('HMGET', KEYS[1], {_FIELDS})
 """
@@ -128,6 +145,31 @@ def _ttl_ms(ttl: timedelta) -> int:
     return max(1, math.ceil(ttl.total_seconds() * 1000))
 
 
+class _RetryBrokenConnection(Retry):
+    """Retry once a pooled connection that a server restart broke.
+
+    Only a connection error that came at once is retried, and only while
+    most of the budget is left: a silent server times out once, not twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+
+        def quick(_error: Exception) -> bool:
+            left = remaining_budget()
+            elapsed = time.monotonic() - started
+            return elapsed < _QUICK_FAILURE and (left is None or left > elapsed)
+
+        return super().call_with_retry(do, fail, quick)
+
+
+# A failure this fast is a reset or refused connection, not a silent server.
+_QUICK_FAILURE = 0.25
+
+
 class Redis(LeaseBackend):
     """Leases in Redis (standalone or behind a proxy; not Redis Cluster).
 
@@ -137,7 +179,7 @@ class Redis(LeaseBackend):
 
     clock = "server"
     min_ttl = timedelta(milliseconds=1)
-    fence_source = "INCR counter key, kept on release"
+    fence_source = "INCR counter key or the server clock (µs), whichever is larger"
     round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(
@@ -146,15 +188,13 @@ class Redis(LeaseBackend):
         prefix: str = "stormlock:",
         timeout: float = 5.0,
     ) -> None:
+        self.timeout = check_timeout(timeout, "[backend.redis]")
         try:
             self.client = redis.Redis.from_url(
                 url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # One quick retry re-dials a pooled connection that a server
-                # restart broke; more would only delay "unreachable".
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=30,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=_RetryBrokenConnection(),
             )
         except ValueError as exc:
             raise ConfigError(f"[backend.redis] url is invalid: {exc}") from None
@@ -164,10 +204,10 @@ class Redis(LeaseBackend):
         # The bot's records get an index of their own: they never slow
         # down listing leases, and listing them reads only them.
         self._records_index = f"{prefix}records"
-        self._acquire = self.client.register_script(_ACQUIRE)
-        self._renew = self.client.register_script(_RENEW)
-        self._release = self.client.register_script(_RELEASE)
-        self._list = self.client.register_script(_LIST)
+        self._acquire_script = self.client.register_script(_ACQUIRE)
+        self._renew_script = self.client.register_script(_RENEW)
+        self._release_script = self.client.register_script(_RELEASE)
+        self._list_script = self.client.register_script(_LIST)
 
     def _key(self, resource: str) -> str:
         return f"{self.prefix}lease:{resource}"
@@ -178,8 +218,8 @@ class Redis(LeaseBackend):
             yield
         except redis.RedisError as exc:
             raise BackendUnavailable(
-                f"Redis at {self._safe_url()} failed: {exc}; check that it is up "
-                "and [backend.redis] url"
+                f"Redis at {self._safe_url()} failed: {one_line(str(exc))}; check "
+                "that it is up and [backend.redis] url"
             ) from None
 
     def _safe_url(self) -> str:
@@ -187,91 +227,66 @@ class Redis(LeaseBackend):
         kwargs = self.client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
 
-    def acquire_lease(
-        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
-    ) -> Lease:
-        lease_id = new_lease_id()
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
         keys = [
             self._key(resource),
             f"{self.prefix}fence:{resource}",
             self._index_for(resource),
         ]
-        args: list[str | int] = [lease_id, principal, _ttl_ms(ttl), note or ""]
+        args: list[str | int] = [new_lease_id(), principal, _ttl_ms(ttl), note or ""]
         args.append(resource)
-        with self._errors():
-            acquired, fields = cast(list[Any], self._acquire(keys=keys, args=args))
-        lease = _lease(resource, fields)
-        if not acquired:
-            raise LockHeldException(resource, lease)
-        assert lease is not None
-        return lease
+        acquired, fields = cast(list[Any], self._acquire_script(keys=keys, args=args))
+        return bool(acquired), _lease(resource, fields)
 
-    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            raise LockExpiredException(resource)
-        with self._errors():
-            fields = self._renew(
-                keys=[self._key(resource), self._index_for(resource)],
-                args=[canonical, _ttl_ms(ttl), resource],
-            )
-        lease = _lease(resource, fields) if fields else None
-        if lease is None:
-            raise LockExpiredException(resource)
-        return lease
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
+        fields = self._renew_script(
+            keys=[self._key(resource), self._index_for(resource)],
+            args=[lease_id, _ttl_ms(ttl), resource],
+        )
+        return _lease(resource, fields) if fields else None
 
-    def release_lease(self, resource: str, lease_id: str) -> bool:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return False
-        with self._errors():
-            released = self._release(
-                keys=[self._key(resource), self._index_for(resource)],
-                args=[canonical, resource],
-            )
+    def _release(self, resource: str, lease_id: str) -> bool:
+        released = self._release_script(
+            keys=[self._key(resource), self._index_for(resource)],
+            args=[lease_id, resource],
+        )
         return bool(released)
 
-    def current(self, resource: str) -> Lease | None:
-        with self._errors():
-            fields = self.client.hmget(
-                self._key(resource),
-                ["id", "principal", "created", "expires", "note", "fence"],
-            )
+    def _current(self, resource: str) -> Lease | None:
+        fields = self.client.hmget(
+            self._key(resource),
+            ["id", "principal", "created", "expires", "note", "fence"],
+        )
         return _lease(resource, fields)
 
-    def is_current(self, resource: str, lease_id: str) -> bool:
-        canonical = canonical_lease_id(lease_id)
-        if canonical is None:
-            return False
-        with self._errors():
-            stored = self.client.hget(self._key(resource), "id")
-        return _text(stored) == canonical
+    def _is_current(self, resource: str, lease_id: str) -> bool:
+        stored = self.client.hget(self._key(resource), "id")
+        return _text(stored) == lease_id
 
-    def list_leases(self) -> list[Lease]:
-        leases = self._listed("+inf")
-        return sorted(leases, key=lambda lease: lease.resource)
+    def _list_leases(self) -> list[Lease]:
+        return self._listed("+inf")
 
     def _index_for(self, resource: str) -> str:
         if resource.startswith(RECORD_PREFIX):
             return self._records_index
         return self._index
 
-    def list_prefix(self, prefix: str) -> list[Lease]:
+    def _list_prefix(self, prefix: str) -> list[Lease]:
         if not prefix.startswith(RECORD_PREFIX):
-            return super().list_prefix(prefix)
+            return super()._list_prefix(prefix)
         leases = self._listed("+inf", self._records_index)
-        found = [lease for lease in leases if lease.resource.startswith(prefix)]
-        return sorted(found, key=lambda lease: lease.resource)
+        return [lease for lease in leases if lease.resource.startswith(prefix)]
 
-    def list_expiring(self, before: datetime) -> list[Lease]:
+    def _list_expiring(self, before: datetime) -> list[Lease]:
         # The index is sorted by expiry: this reads only the leases due.
         return self._listed(str(int(before.timestamp() * 1000)))
 
     def _listed(self, max_score: str, index: str | None = None) -> list[Lease]:
-        with self._errors():
-            flat = self._list(
-                keys=[index or self._index], args=[f"{self.prefix}lease:", max_score]
-            )
+        flat = self._list_script(
+            keys=[index or self._index], args=[f"{self.prefix}lease:", max_score]
+        )
         leases = []
         for resource, fields in zip(flat[::2], flat[1::2], strict=True):
             lease = _lease(_text(resource) or "", fields)
@@ -280,7 +295,7 @@ class Redis(LeaseBackend):
         return leases
 
     def setup(self) -> list[str]:
-        with self._errors():
+        with self._operation():
             self.client.ping()
         return [
             f"redis: reachable at {self._safe_url()}; keys live under {self.prefix!r}"

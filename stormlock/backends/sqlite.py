@@ -17,9 +17,7 @@ from pathlib import Path
 from ..backend import (
     Lease,
     LeaseBackend,
-    LockExpiredException,
-    LockHeldException,
-    canonical_lease_id,
+    check_timeout,
     new_lease_id,
     trips,
 )
@@ -39,19 +37,62 @@ _SCHEMA = (
         ON stormlock_leases (expires) WHERE lease_id IS NOT NULL""",
 )
 
+# The fence is the counter plus one, or the clock in microseconds if that is
+# larger: a database file restored from an old copy never hands out a fence
+# below one it gave before.
 _ACQUIRE = """
 INSERT INTO stormlock_leases
     (resource, lease_id, principal, created, expires, note, fence)
-VALUES (:resource, :lease_id, :principal, :now, :expires, :note, 1)
+VALUES (:resource, :lease_id, :principal, :now, :expires, :note, :clock_fence)
 ON CONFLICT (resource) DO UPDATE SET
     lease_id = excluded.lease_id,
     principal = excluded.principal,
     created = excluded.created,
     expires = excluded.expires,
     note = excluded.note,
-    fence = stormlock_leases.fence + 1
+    fence = max(stormlock_leases.fence + 1, :clock_fence)
 WHERE stormlock_leases.lease_id IS NULL OR stormlock_leases.expires <= :now
 RETURNING fence
+"""
+
+_RENEW = """
+UPDATE stormlock_leases SET expires = :expires
+WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
+RETURNING resource, principal, created, lease_id, expires, note, fence
+"""
+
+_RELEASE = """
+UPDATE stormlock_leases SET lease_id = NULL
+WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
+RETURNING fence
+"""
+
+_CURRENT = """
+SELECT resource, principal, created, lease_id, expires, note, fence
+FROM stormlock_leases
+WHERE resource = :resource AND lease_id IS NOT NULL AND expires > :now
+"""
+
+_IS_CURRENT = """
+SELECT 1 FROM stormlock_leases
+WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
+"""
+
+_LIST = """
+SELECT resource, principal, created, lease_id, expires, note, fence
+FROM stormlock_leases WHERE lease_id IS NOT NULL AND expires > :now
+"""
+
+_PREFIX = """
+SELECT resource, principal, created, lease_id, expires, note, fence
+FROM stormlock_leases WHERE resource >= :start AND resource < :end
+AND lease_id IS NOT NULL AND expires > :now
+"""
+
+_EXPIRING = """
+SELECT resource, principal, created, lease_id, expires, note, fence
+FROM stormlock_leases WHERE lease_id IS NOT NULL
+AND expires > :now AND expires <= :before ORDER BY expires
 """
 
 
@@ -88,7 +129,7 @@ class SQLite(LeaseBackend):
         self.path = (
             Path(path).expanduser() if path else default_state_dir() / "locks.db"
         )
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout, "[backend.sqlite]")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -169,112 +210,83 @@ class SQLite(LeaseBackend):
             ) from None
         return [f"sqlite: database ready at {self.path}"]
 
-    def acquire_lease(
-        self, resource: str, principal: str, ttl: timedelta, note: str | None = None
-    ) -> Lease:
-        for _ in range(3):
-            now = time.time()
-            lease_id = new_lease_id()
-            params: dict[str, object] = {
-                "resource": resource,
-                "lease_id": lease_id,
-                "principal": principal,
-                "now": now,
-                "expires": now + ttl.total_seconds(),
-                "note": note,
-            }
-            rows = self._run(_ACQUIRE, params)
-            if rows:
-                return Lease(
-                    principal,
-                    _moment(now),
-                    lease_id,
-                    resource,
-                    _moment(now + ttl.total_seconds()),
-                    note,
-                    rows[0]["fence"],
-                )
-            holder = self.current(resource)
-            if holder is not None:
-                raise LockHeldException(resource, holder)
-            # Released between the two statements: try again.
-        raise LockHeldException(resource, None)
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
+        now = time.time()
+        lease = Lease(
+            principal,
+            _moment(now),
+            new_lease_id(),
+            resource,
+            _moment(now + ttl.total_seconds()),
+            note,
+        )
+        params: dict[str, object] = {
+            "resource": resource,
+            "lease_id": lease.id,
+            "principal": principal,
+            "now": now,
+            "expires": now + ttl.total_seconds(),
+            "note": note,
+            "clock_fence": int(now * 1_000_000),
+        }
+        rows = self._run(_ACQUIRE, params)
+        if rows:
+            return True, lease._replace(fence=rows[0]["fence"])
+        return False, None
 
-    def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
-        lease_id_ = canonical_lease_id(lease_id)
-        if lease_id_ is None:
-            raise LockExpiredException(resource)
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         now = time.time()
         rows = self._run(
-            "UPDATE stormlock_leases SET expires = :expires "
-            "WHERE resource = :resource AND lease_id = :lease_id AND expires > :now "
-            "RETURNING resource, principal, created, lease_id, expires, note, fence",
+            _RENEW,
             {
                 "resource": resource,
-                "lease_id": lease_id_,
+                "lease_id": lease_id,
                 "now": now,
                 "expires": now + ttl.total_seconds(),
             },
         )
-        if not rows:
-            raise LockExpiredException(resource)
-        return _lease(rows[0])
+        return _lease(rows[0]) if rows else None
 
-    def release_lease(self, resource: str, lease_id: str) -> bool:
-        lease_id_ = canonical_lease_id(lease_id)
-        if lease_id_ is None:
-            return False
+    def _release(self, resource: str, lease_id: str) -> bool:
         rows = self._run(
-            "UPDATE stormlock_leases SET lease_id = NULL "
-            "WHERE resource = :resource AND lease_id = :lease_id AND expires > :now "
-            "RETURNING fence",
-            {"resource": resource, "lease_id": lease_id_, "now": time.time()},
+            _RELEASE,
+            {"resource": resource, "lease_id": lease_id, "now": time.time()},
         )
         return bool(rows)
 
-    def current(self, resource: str) -> Lease | None:
+    def _current(self, resource: str) -> Lease | None:
         rows = self._run(
-            "SELECT resource, principal, created, lease_id, expires, note, fence "
-            "FROM stormlock_leases WHERE resource = :resource "
-            "AND lease_id IS NOT NULL AND expires > :now",
+            _CURRENT,
             {"resource": resource, "now": time.time()},
         )
         return _lease(rows[0]) if rows else None
 
-    def is_current(self, resource: str, lease_id: str) -> bool:
-        lease_id_ = canonical_lease_id(lease_id)
-        if lease_id_ is None:
-            return False
+    def _is_current(self, resource: str, lease_id: str) -> bool:
         rows = self._run(
-            "SELECT 1 FROM stormlock_leases WHERE resource = :resource "
-            "AND lease_id = :lease_id AND expires > :now",
-            {"resource": resource, "lease_id": lease_id_, "now": time.time()},
+            _IS_CURRENT,
+            {"resource": resource, "lease_id": lease_id, "now": time.time()},
         )
         return bool(rows)
 
-    def list_leases(self) -> list[Lease]:
+    def _list_leases(self) -> list[Lease]:
         rows = self._run(
-            "SELECT resource, principal, created, lease_id, expires, note, fence "
-            "FROM stormlock_leases "
-            "WHERE lease_id IS NOT NULL AND expires > :now ORDER BY resource",
+            _LIST,
             {"now": time.time()},
         )
         return [_lease(row) for row in rows]
 
-    def list_prefix(self, prefix: str) -> list[Lease]:
+    def _list_prefix(self, prefix: str) -> list[Lease]:
         rows = self._run(
-            "SELECT resource, principal, created, lease_id, expires, note, fence "
-            "FROM stormlock_leases WHERE resource >= :start AND resource < :end "
-            "AND lease_id IS NOT NULL AND expires > :now ORDER BY resource",
+            _PREFIX,
             {"start": prefix, "end": prefix + "\U0010ffff", "now": time.time()},
         )
         return [_lease(row) for row in rows]
 
-    def list_expiring(self, before: datetime) -> list[Lease]:
+    def _list_expiring(self, before: datetime) -> list[Lease]:
         rows = self._run(
-            "SELECT resource, principal, created, lease_id, expires, note, fence "
-            "FROM stormlock_leases WHERE lease_id IS NOT NULL "
-            "AND expires > :now AND expires <= :before ORDER BY expires",
+            _EXPIRING,
             {"now": time.time(), "before": before.timestamp()},
         )
         return [_lease(row) for row in rows]
