@@ -1,0 +1,136 @@
+"""Servers that misbehave the way real ones do, on loopback.
+
+- `SilentServer` accepts TCP connections and never answers (a hung process,
+  a load balancer in front of nothing).
+- `PartitionProxy` forwards to a real server until `freeze()`: from then on
+  it holds every byte in both directions, and accepts new connections
+  without forwarding them, as a network partition looks to a client (no
+  reset, no error: just silence). `thaw()` heals it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+HOST = "127.0.0.1"
+
+
+class SilentServer:
+    def __init__(self) -> None:
+        self._listener = socket.create_server((HOST, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(conn)  # never read, never answered
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
+
+
+class PartitionProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server((HOST, 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()  # a partition forwards nothing, not even a connect
+        if self._closed.is_set():
+            return
+        try:
+            upstream = socket.create_connection((HOST, self.upstream_port))
+        except OSError:
+            client.close()
+            return
+        self._sockets.append(upstream)
+        for source, target in ((client, upstream), (upstream, client)):
+            threading.Thread(
+                target=self._pump, args=(source, target), daemon=True
+            ).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = source.recv(65536)
+                self._flowing.wait()  # held, not dropped, while partitioned
+                if not data or self._closed.is_set():
+                    break
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def partition_proxy(upstream_port: int) -> Iterator[PartitionProxy]:
+    proxy = PartitionProxy(upstream_port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def redirect(name: str, options: dict[str, str], port: int) -> dict[str, str]:
+    """`options` of backend `name`, pointed at `port` on loopback instead."""
+    moved = dict(options)
+    if name == "redis":
+        moved["url"] = f"redis://{HOST}:{port}/0"
+    elif name == "postgresql":
+        moved["connection"] = f"postgresql://postgres@{HOST}:{port}/postgres"
+    elif name == "dynamodb":
+        moved["endpoint"] = f"http://{HOST}:{port}"
+    elif name == "etcd":
+        moved["host"], moved["port"] = HOST, str(port)
+    else:
+        raise ValueError(f"{name} has no network address")
+    return moved

@@ -1,0 +1,119 @@
+"""Servers that go silent: every operation ends within `timeout`, on every
+backend, and the same backend object works again once the server answers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from stormlock import Backend
+from stormlock.errors import BackendUnavailable
+from tests.backends import SERVER_FIXTURES, BackendConfig, isolated_options
+from tests.conftest import CliRunner
+from tests.faults import partition_proxy, redirect, silent_server
+from tests.servers import Server
+from tests.test_cli import one_line_error
+
+SERVER_BACKENDS = sorted(SERVER_FIXTURES)
+TIMEOUT = 1.0
+# What a bounded wait may add to `timeout`: a broken connection failing at
+# once, then the retry's own wait is cut to what is left of the budget.
+SLACK = 0.75
+ID = str(uuid.uuid4())
+
+
+def operations(backend: Backend, lease_id: str) -> dict[str, Callable[[], object]]:
+    return {
+        "acquire": lambda: backend.acquire_lease("f-new", "bob", timedelta(minutes=5)),
+        "renew": lambda: backend.renew_lease("f-held", lease_id, timedelta(minutes=5)),
+        "release": lambda: backend.release_lease("f-held", lease_id),
+        "current": lambda: backend.current("f-held"),
+        "is_current": lambda: backend.is_current("f-held", lease_id),
+        "list": backend.list_leases,
+    }
+
+
+def assert_bounded(operation: Callable[[], object]) -> None:
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        operation()
+    elapsed = time.monotonic() - started
+    assert elapsed < TIMEOUT + SLACK, f"took {elapsed:.2f}s with timeout {TIMEOUT}s"
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", SERVER_BACKENDS)
+def test_a_silent_server_costs_one_timeout_per_operation(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    options = isolated_options(name, request, tmp_path)
+    with silent_server() as silent:
+        moved = redirect(name, options, silent.port)
+        moved["timeout"] = str(TIMEOUT)
+        backend = BackendConfig(name, moved).create()
+        try:
+            for operation in operations(backend, ID).values():
+                assert_bounded(operation)
+        finally:
+            backend.close()
+
+
+@pytest.mark.parametrize("name", SERVER_BACKENDS)
+def test_a_server_that_goes_silent_mid_connection_costs_one_timeout(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server: Server = request.getfixturevalue(SERVER_FIXTURES[name])
+    options = isolated_options(name, request, tmp_path)
+    with partition_proxy(server.port) as proxy:
+        moved = redirect(name, options, proxy.port)
+        moved["timeout"] = str(TIMEOUT)
+        backend = BackendConfig(name, moved).create()
+        try:
+            held = backend.acquire_lease("f-held", "alice", timedelta(minutes=5))
+            backend.current("f-held")  # pooled connections are established
+            proxy.freeze()
+            for operation in operations(backend, held.id).values():
+                assert_bounded(operation)
+            proxy.thaw()
+            # The same object recovers. (The held requests arrive late, as
+            # after a real partition: the release may land now.)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    after = backend.acquire_lease(
+                        f"f-{uuid.uuid4().hex}", "carol", timedelta(minutes=5)
+                    )
+                    break
+                except BackendUnavailable:
+                    assert time.monotonic() < deadline, "did not recover"
+            assert backend.is_current(after.resource, after.id)
+        finally:
+            backend.close()
+
+
+@pytest.mark.parametrize("name", SERVER_BACKENDS)
+def test_cli_against_a_silent_server_exits_70_within_the_timeout(
+    name: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    cli: CliRunner,
+    write_config: Callable[[str], Path],
+) -> None:
+    options = isolated_options(name, request, tmp_path)
+    with silent_server() as silent:
+        moved = redirect(name, options, silent.port)
+        moved["timeout"] = str(TIMEOUT)
+        path = write_config(BackendConfig(name, moved).ini())
+        for args in (["acquire", "x"], ["current", "x"], ["renew", "x", ID]):
+            started = time.monotonic()
+            result = cli("-c", str(path), *args)
+            elapsed = time.monotonic() - started
+            assert result.returncode == 70, (args, result.stderr)
+            one_line_error(result.stderr)
+            # The interpreter's start-up comes on top of the store's budget.
+            assert elapsed < TIMEOUT + SLACK + 2.0, f"{args}: {elapsed:.2f}s"
