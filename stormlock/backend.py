@@ -308,6 +308,12 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release connections. The backend may not be used afterwards."""
 
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @classmethod
     def supports(cls, capability: str) -> bool:
         """Whether the class implements an optional capability natively."""

@@ -19,16 +19,40 @@ from .backend import (
     utcnow,
 )
 from .config import DEFAULT_TTL, Config, load_config
-from .errors import StormlockError, UnsupportedOperation
+from .errors import InvalidInput, StormlockError, UnsupportedOperation
 from .names import RECORD_PREFIX, validate_resource
 from .ttl import check_ttl
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
     from threading import Event
+
+    from .hold import Hold
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
 _FIRST_RETRY = 0.1
 _MAX_RETRY = 5.0
+
+
+def check_note(note: str | None) -> str | None:
+    """The note as stored: stripped, at most MAX_NOTE_LENGTH, or None."""
+    if note is None:
+        return None
+    if "\x00" in note or not _encodable(note):
+        raise InvalidInput(
+            "the note is not valid UTF-8 text (or holds a NUL byte); "
+            "write it in plain text"
+        )
+    return note.strip()[:MAX_NOTE_LENGTH] or None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from argv (surrogates)
+        return False
+    return True
 
 
 class StormLock:
@@ -61,6 +85,16 @@ class StormLock:
         """
         return self.acquire_lease(ttl, note).id
 
+    def __enter__(self) -> StormLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the backend (as the original tool's `with` did)."""
+        self.backend.close()
+
     def acquire_lease(
         self,
         ttl: timedelta | None = None,
@@ -75,16 +109,28 @@ class StormLock:
         out; then raise the last `LockHeldException`. Setting `cancel` stops
         the wait early.
         """
+        return self.acquire_timed(ttl, note, wait, cancel)[0]
+
+    def acquire_timed(
+        self,
+        ttl: timedelta | None = None,
+        note: str | None = None,
+        wait: timedelta | None = None,
+        cancel: Event | None = None,
+    ) -> tuple[Lease, float]:
+        """`acquire_lease`, and the monotonic time the winning attempt began
+        (the lease cannot expire sooner than that plus its TTL)."""
         ttl = self._ttl(ttl)
-        if note is not None:
-            note = note.strip()[:MAX_NOTE_LENGTH] or None
+        note = check_note(note)
         deadline = time.monotonic() + wait.total_seconds() if wait else None
         delay = _FIRST_RETRY
         while True:
+            started = time.monotonic()
             try:
-                return self.backend.acquire_lease(
+                lease = self.backend.acquire_lease(
                     self.resource, self.principal, ttl, note
                 )
+                return lease, started
             except LockHeldException as held:
                 if deadline is None:
                     raise
@@ -107,6 +153,24 @@ class StormLock:
                 else:
                     time.sleep(pause)
                 delay = min(delay * 2, _MAX_RETRY)
+
+    def hold(
+        self,
+        ttl: timedelta | None = None,
+        note: str | None = None,
+        wait: timedelta | None = None,
+        on_lost: Callable[[Hold], None] | None = None,
+    ) -> AbstractContextManager[Hold]:
+        """Hold the lease while a `with` block runs, renewing it in the
+        background; release it at the end.
+
+        `hold.lost` is set (and `on_lost(hold)` called) as soon as the lease is
+        lost or can no longer be counted on, before it expires; pass
+        `hold.fence` to the resource you protect.
+        """
+        from .hold import hold
+
+        return hold(self, ttl, note, wait, on_lost)
 
     def release(self, lease_id: str) -> bool | None:
         """Release the lease. Idempotent: an inactive id changes nothing.
