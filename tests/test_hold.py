@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from unittest import mock
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -25,13 +26,13 @@ def test_with_load_lock_closes_the_backend(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(home))
-    closed: list[bool] = []
     with load_lock("with-db") as lock:
         lease = lock.acquire_lease()
-        original = lock.backend.close
-        lock.backend.close = lambda: (closed.append(True), original())  # type: ignore[method-assign]
+        close = mock.patch.object(lock.backend, "close", wraps=lock.backend.close)
+        spy = close.start()
         lock.release(lease.id)
-    assert closed == [True]
+    close.stop()
+    spy.assert_called_once_with()
 
 
 def test_a_backend_is_a_context_manager(backend: Backend, resource: str) -> None:
