@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from unittest import mock
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
