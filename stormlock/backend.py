@@ -54,6 +54,15 @@ class Lease(NamedTuple):
     """Fencing token: strictly increases with every acquisition of a resource."""
 
 
+class Finding(NamedTuple):
+    """One result of `Backend.doctor`: how safe a setting of the store is."""
+
+    level: str
+    """"ok", "warning" (worth knowing) or "unsafe" (two holders can happen)."""
+    text: str
+    """What was found and, unless ok, what to change."""
+
+
 class LockHeldException(StormlockError):
     """The resource is held by someone else.
 
@@ -304,6 +313,16 @@ class Backend(ABC):
         Returns one line per thing done or found.
         """
         return [f"{type(self).__name__}: nothing to set up"]
+
+    def doctor(self) -> list[Finding]:
+        """Inspect the store's safety settings (persistence, eviction, ...)."""
+        return [
+            Finding(
+                "warning",
+                f"{type(self).__name__}: this backend has no safety checks; see "
+                "its documentation for what the store must guarantee",
+            )
+        ]
 
     def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release connections. The backend may not be used afterwards."""

@@ -40,7 +40,8 @@ CURRENT_FORMATS = {
 EPILOG = f"""\
 exit codes:
   0   success
-  1   current: no active lease; is-held: the lease is not active
+  1   current: no active lease; is-held: the lease is not active;
+      doctor: a setting of the store is unsafe
   2   acquire: the resource is held by someone else (holder on stderr)
   3   renew: the lease is not the active lease (expired, released, wrong id)
   64  bad command line
@@ -65,7 +66,17 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
-COMMANDS = ("acquire", "release", "renew", "current", "is-held", "list", "run", "setup")
+COMMANDS = (
+    "acquire",
+    "release",
+    "renew",
+    "current",
+    "is-held",
+    "list",
+    "run",
+    "setup",
+    "doctor",
+)
 
 
 class _Skipped:
@@ -156,6 +167,13 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     setup.add_argument(
         "target", nargs="?", help="a backend name or a resource (default: [default])"
     )
+
+    doctor = command(
+        "doctor", "check the store's safety settings; exit 1 if one is unsafe"
+    )
+    doctor.add_argument(
+        "target", nargs="?", help="a backend name or a resource (default: [default])"
+    )
     return parser
 
 
@@ -218,7 +236,8 @@ def _list(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup(config: Config, target: str | None) -> int:
+def _target_backend(config: Config, target: str | None) -> Backend:
+    """The backend `setup` or `doctor` means: named, a resource's, or the default."""
     from .backends import available_backends
 
     if target is None:
@@ -227,13 +246,23 @@ def _setup(config: Config, target: str | None) -> int:
         name = target
     else:
         name = config.settings(validate_resource(target)).backend
-    backend = _backend(config, name)
-    try:
+    return _backend(config, name)
+
+
+def _setup(config: Config, target: str | None) -> int:
+    with _target_backend(config, target) as backend:
         for line in backend.setup():
             print(line)
-    finally:
-        backend.close()
     return 0
+
+
+def _doctor(config: Config, target: str | None) -> int:
+    with _target_backend(config, target) as backend:
+        findings = backend.doctor()
+    for finding in findings:
+        print(f"{finding.level}: {finding.text}")
+    unsafe = any(finding.level == "unsafe" for finding in findings)
+    return errors.EXIT_NOT_HELD if unsafe else 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -242,6 +271,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _list(config, args)
     if args.cmd == "setup":
         return _setup(config, args.target)
+    if args.cmd == "doctor":
+        return _doctor(config, args.target)
     if args.cmd == "run":
         command = args.command_after_dashes or list(args.command)
         if command[:1] == ["--"]:

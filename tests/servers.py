@@ -89,19 +89,25 @@ def _as_service_user(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def run_redis() -> Iterator[Server]:
+def run_redis(*settings: str) -> Iterator[Server]:
+    """A Redis without persistence, unless `settings` (e.g. "--appendonly",
+    "yes") say otherwise."""
     binary = find_binary("redis-server")
     port = free_port()
+    data = tempfile.mkdtemp(prefix="stormlock-redis-")
     command = [
         binary,
         "--port",
         str(port),
         "--bind",
         HOST,
+        "--dir",
+        data,
         "--save",
         "",
         "--appendonly",
         "no",
+        *settings,
     ]
     executor = TCPExecutor(command, host=HOST, port=port, timeout=30)
     executor.start()
@@ -109,6 +115,7 @@ def run_redis() -> Iterator[Server]:
         yield Server("redis", executor, port, {"url": f"redis://{HOST}:{port}/0"})
     finally:
         executor.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextlib.contextmanager

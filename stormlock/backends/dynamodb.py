@@ -34,6 +34,7 @@ from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeDeserializer
 
 from ..backend import (
+    Finding,
     Lease,
     LeaseBackend,
     check_timeout,
@@ -361,6 +362,60 @@ class DynamoDB(LeaseBackend):
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         return leases
+
+    def doctor(self) -> list[Finding]:
+        client = self.resource.meta.client
+        name = self.table_name
+        with self._operation():
+            try:
+                table = client.describe_table(TableName=name)["Table"]
+            except client.exceptions.ResourceNotFoundException:
+                return [
+                    Finding(
+                        "unsafe",
+                        f"dynamodb: table {name} is missing; run: stormlock setup "
+                        "dynamodb",
+                    )
+                ]
+            ttl = client.describe_time_to_live(TableName=name)
+        findings = [Finding("ok", f"dynamodb: table {name} is {table['TableStatus']}")]
+        indexes = {
+            index["IndexName"]: index.get("IndexStatus", "ACTIVE")
+            for index in table.get("GlobalSecondaryIndexes", [])
+        }
+        if indexes.get(_INDEX) == "ACTIVE":
+            findings.append(Finding("ok", f"dynamodb: index {_INDEX} is ACTIVE"))
+        else:
+            findings.append(
+                Finding(
+                    "unsafe",
+                    f"dynamodb: index {_INDEX} is {indexes.get(_INDEX, 'missing')}: "
+                    "list and reminders cannot see leases; run: stormlock setup "
+                    "dynamodb",
+                )
+            )
+        description = ttl.get("TimeToLiveDescription", {})
+        if (
+            description.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
+            and description.get("AttributeName") == "purge_at"
+        ):
+            findings.append(Finding("ok", "dynamodb: TTL purges idle items (purge_at)"))
+        else:
+            findings.append(
+                Finding(
+                    "warning",
+                    "dynamodb: TTL on purge_at is off: items of resources no longer "
+                    "used are kept for ever; run: stormlock setup dynamodb",
+                )
+            )
+        findings.append(
+            Finding(
+                "warning",
+                "dynamodb: expiry is decided by the clients' clocks; keep them "
+                "NTP-synchronised (skew well under 0.5 s)",
+            )
+        )
+        return findings
 
     def close(self) -> None:
         self.resource.meta.client.close()

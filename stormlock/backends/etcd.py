@@ -32,6 +32,7 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from ..backend import (
+    Finding,
     Lease,
     LeaseBackend,
     check_timeout,
@@ -408,6 +409,39 @@ class Etcd(LeaseBackend):
         return [
             f"etcd: reachable at {self.base}; keys live under {self.prefix.decode()!r}"
         ]
+
+    def doctor(self) -> list[Finding]:
+        with self._operation():
+            status = self._call("/v3/maintenance/status", {})
+            alarms = self._call("/v3/maintenance/alarm", {"action": "GET"})
+        findings = []
+        errors = status.get("errors") or []
+        if errors:
+            findings.append(
+                Finding("unsafe", f"etcd at {self.base}: reports {'; '.join(errors)}")
+            )
+        if status.get("leader") in (None, "0"):
+            findings.append(
+                Finding("unsafe", f"etcd at {self.base}: the cluster has no leader")
+            )
+        raised = [a.get("alarm", "?") for a in alarms.get("alarms") or []]
+        if raised:
+            findings.append(
+                Finding(
+                    "unsafe",
+                    f"etcd at {self.base}: alarms raised: {', '.join(raised)}; "
+                    "writes may fail (NOSPACE: compact and defragment)",
+                )
+            )
+        if not findings:
+            findings.append(
+                Finding(
+                    "ok",
+                    f"etcd at {self.base}: healthy, leader "
+                    f"{status.get('leader')}, version {status.get('version')}",
+                )
+            )
+        return findings
 
     def close(self) -> None:
         self.http.clear()

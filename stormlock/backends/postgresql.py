@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import (
+    Finding,
     Lease,
     LeaseBackend,
     check_timeout,
@@ -54,6 +55,13 @@ _CREATE = (
     "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires) "
     "WHERE lease_id IS NOT NULL",
 )
+
+# Settings that make a committed acquire durable, and how to fix each.
+_DURABILITY = {
+    "synchronous_commit": "set synchronous_commit = on",
+    "fsync": "set fsync = on",
+    "full_page_writes": "set full_page_writes = on",
+}
 
 _COLUMNS = "resource, principal, created, lease_id, expires, note, fence"
 # The server clock in microseconds: a fence never falls below it, so a table
@@ -366,6 +374,31 @@ class Postgresql(LeaseBackend):
 
     def _list_expiring(self, before: datetime) -> list[Lease]:
         return [_lease(row) for row in self._rows("expiring", {"before": before})]
+
+    def doctor(self) -> list[Finding]:
+        def settings(conn: psycopg.Connection[Any]) -> dict[str, str]:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('synchronous_commit', 'fsync', 'full_page_writes')"
+            ).fetchall()
+            return {row["name"]: row["setting"] for row in rows}
+
+        with self._operation():
+            found = self._run(settings)
+        findings = []
+        for name, fix in _DURABILITY.items():
+            value = found.get(name, "on")
+            if value == "off":
+                findings.append(
+                    Finding(
+                        "unsafe",
+                        f"postgresql: {name} = off: a crash can lose or corrupt "
+                        f"acquires that clients saw succeed; {fix}",
+                    )
+                )
+            else:
+                findings.append(Finding("ok", f"postgresql: {name} = {value}"))
+        return findings
 
     def close(self) -> None:
         if self._opened:

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..backend import (
+    Finding,
     Lease,
     LeaseBackend,
     check_timeout,
@@ -301,5 +302,67 @@ class Redis(LeaseBackend):
             f"redis: reachable at {self._safe_url()}; keys live under {self.prefix!r}"
         ]
 
+    def doctor(self) -> list[Finding]:
+        where = f"redis at {self._safe_url()}"
+        with self._operation():
+            try:
+                raw = self.client.config_get("*")
+            except redis.ResponseError:
+                return [
+                    Finding(
+                        "warning",
+                        f"{where}: CONFIG is disabled, so persistence and eviction "
+                        "cannot be checked; make sure your provider persists every "
+                        "write (AOF) and never evicts (maxmemory-policy noeviction)",
+                    )
+                ]
+        settings = {_text(k): _text(v) or "" for k, v in raw.items()}
+        return [
+            _persistence(where, settings),
+            _eviction(where, settings),
+        ]
+
     def close(self) -> None:
         self.client.close()
+
+
+def _persistence(where: str, settings: dict[str | None, str]) -> Finding:
+    if settings.get("appendonly") == "yes":
+        fsync = settings.get("appendfsync", "everysec")
+        if fsync == "always":
+            return Finding("ok", f"{where}: AOF with appendfsync always")
+        if fsync == "everysec":
+            return Finding(
+                "ok",
+                f"{where}: AOF with appendfsync everysec (a crash of the host can "
+                "lose the last second of acquires; appendfsync always loses none)",
+            )
+        return Finding(
+            "unsafe",
+            f"{where}: appendfsync {fsync} can lose many seconds of acquires in a "
+            "crash; set appendfsync everysec or always",
+        )
+    if settings.get("save"):
+        return Finding(
+            "unsafe",
+            f"{where}: only RDB snapshots: a restart forgets leases taken since "
+            "the last one and lets a second holder in; set appendonly yes",
+        )
+    return Finding(
+        "unsafe",
+        f"{where}: no persistence: a restart forgets every held lease and lets "
+        "a second holder in; set appendonly yes (fences still never go back)",
+    )
+
+
+def _eviction(where: str, settings: dict[str | None, str]) -> Finding:
+    policy = settings.get("maxmemory-policy", "noeviction")
+    if policy == "noeviction":
+        return Finding("ok", f"{where}: maxmemory-policy noeviction")
+    if settings.get("maxmemory", "0") == "0":
+        return Finding("ok", f"{where}: no maxmemory limit, so nothing is evicted")
+    return Finding(
+        "unsafe",
+        f"{where}: maxmemory-policy {policy} evicts keys under memory pressure, "
+        "live leases included; set maxmemory-policy noeviction",
+    )

@@ -11,10 +11,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..backend import (
+    Finding,
     Lease,
     LeaseBackend,
     check_timeout,
@@ -209,6 +212,37 @@ class SQLite(LeaseBackend):
                 f"cannot set up {str(self.path)!r}: {exc}"
             ) from None
         return [f"sqlite: database ready at {self.path}"]
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(
+                f"SQLite database {str(self.path)!r} failed: {exc}; "
+                "check the path and its permissions ([backend.sqlite] path)"
+            ) from None
+
+    def doctor(self) -> list[Finding]:
+        with self._operation():
+            conn = self._connect()
+            self._ensure_schema(conn)
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            return [
+                Finding(
+                    "warning",
+                    f"sqlite: {self.path} is in {mode} mode, not WAL; readers "
+                    "may wait on writers",
+                )
+            ]
+        return [
+            Finding(
+                "ok",
+                f"sqlite: {self.path} in WAL mode; a process crash loses nothing, a "
+                "power loss can undo the last acquires (one machine only)",
+            )
+        ]
 
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from ..backend import Backend, Lease, LockExpiredException
+from ..backend import Backend, Finding, Lease, LockExpiredException
 from ..config import Config
 from ..errors import EXIT_NOT_HELD, StormlockError
 from ..lock import StormLock, list_all, lock_from_config
@@ -35,6 +36,10 @@ class Person:
     def is_principal(self, principal: str) -> bool:
         names = {self.principal.lower(), *(a.lower() for a in self.aliases)}
         return principal.lower() in names
+
+
+# The store's settings rarely change: /readyz checks them once a minute.
+_DOCTOR_EVERY = 60.0
 
 
 class NotAllowed(StormlockError):
@@ -65,6 +70,8 @@ class LeaseService:
         self.config: Config = settings.config
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
+        self._doctor_at: float | None = None
+        self._doctor_notes: list[str] = []
 
     # -- plumbing -------------------------------------------------------------
 
@@ -100,13 +107,25 @@ class LeaseService:
         backend = self.backend(self.config.settings(resource).backend)
         return lock_from_config(self.config, resource, backend, person.principal)
 
-    def ready(self) -> bool:
-        """Whether the default backend answers (for /readyz)."""
+    def ready(self) -> tuple[bool, list[str]]:
+        """Whether the default backend answers, and what is unsafe about the
+        store (for /readyz: an unsafe store is still served, and said so)."""
+        backend = self.backend(self.config.default_backend)
         try:
-            self.backend(self.config.default_backend).current(".stormlock/ready")
+            backend.current(".stormlock/ready")
         except StormlockError:
-            return False
-        return True
+            return False, []
+        now = time.monotonic()
+        if self._doctor_at is None or now - self._doctor_at > _DOCTOR_EVERY:
+            try:
+                findings = backend.doctor()
+            except StormlockError as exc:
+                findings = [Finding("warning", f"safety check failed: {exc}")]
+            self._doctor_notes = [
+                f"{f.level}: {f.text}" for f in findings if f.level != "ok"
+            ]
+            self._doctor_at = now
+        return True, self._doctor_notes
 
     def is_admin(self, person: Person) -> bool:
         return person.user_id in self.settings.admins

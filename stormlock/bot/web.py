@@ -26,9 +26,10 @@ def _plain(
     return [body]
 
 
-def wsgi_app(app: App, ready: Callable[[], bool]) -> WSGIApp:
+def wsgi_app(app: App, ready: Callable[[], tuple[bool, list[str]]]) -> WSGIApp:
     """`/slack/events` for Slack; `/healthz` (alive), `/readyz` (the backend
-    answers) and `/metrics` (Prometheus) for operators; 404 elsewhere."""
+    answers; unsafe store settings are listed, but do not fail it) and
+    `/metrics` (Prometheus) for operators; 404 elsewhere."""
     slack = SlackRequestHandler(app, path=EVENTS_PATH)
 
     def route(
@@ -39,8 +40,10 @@ def wsgi_app(app: App, ready: Callable[[], bool]) -> WSGIApp:
             if path == "/healthz":
                 return _plain(start_response, "200 OK", b"ok\n")
             if path == "/readyz":
-                if ready():
-                    return _plain(start_response, "200 OK", b"ready\n")
+                answers, notes = ready()
+                if answers:
+                    body = "".join(f"{note}\n" for note in ["ready", *notes])
+                    return _plain(start_response, "200 OK", body.encode())
                 unready = b"backend unreachable\n"
                 return _plain(start_response, "503 Service Unavailable", unready)
             if path == "/metrics":
