@@ -72,6 +72,8 @@ class Server:
     port: int
     options: dict[str, Any] = field(default_factory=dict)
     """Backend options (the [backend.NAME] section) that reach this server."""
+    data_dir: Path | None = None
+    """Where the server keeps its data, if on disk."""
 
     def stop(self) -> None:
         self.executor.stop()
@@ -205,7 +207,7 @@ def run_etcd() -> Iterator[Server]:
     )
     executor.start()
     try:
-        yield Server("etcd", executor, port, {"host": HOST, "port": str(port)})
+        yield Server("etcd", executor, port, {"host": HOST, "port": str(port)}, data)
     finally:
         executor.stop()
     shutil.rmtree(data, ignore_errors=True)

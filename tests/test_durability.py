@@ -6,6 +6,7 @@ is never below the store's clock in microseconds (see docs/backends.md).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from stormlock import Backend
 from stormlock.config import build_backend
 from tests.backends import BackendConfig, isolated_options
 from tests.conftest import CliRunner
-from tests.servers import free_port, run_redis
+from tests.servers import free_port, run_etcd, run_redis
 
 
 def _forget_everything(name: str, backend: Backend, options: dict[str, str]) -> None:
@@ -78,6 +79,29 @@ def test_redis_restart_without_persistence_forgets_leases_but_not_fence_order(
             assert after.fence > before.fence
             unsafe = [f.text for f in backend.doctor() if f.level == "unsafe"]
     assert any("no persistence" in text for text in unsafe), unsafe
+
+
+def test_etcd_that_lost_its_data_still_never_hands_out_a_lower_fence() -> None:
+    with run_etcd() as server:
+        assert server.data_dir is not None
+        backend = build_backend("etcd", {**server.options, "timeout": "5"})
+        fences = []
+        for _ in range(3):
+            lease = backend.acquire_lease("db", "alice", timedelta(minutes=5))
+            fences.append(lease.fence)
+            backend.release_lease("db", lease.id)
+        server.stop()
+        shutil.rmtree(server.data_dir)  # a new, empty etcd: revisions restart
+        server.start()
+        fresh = build_backend("etcd", server.options)
+        fences.append(fresh.acquire_lease("other", "bob", timedelta(minutes=5)).fence)
+        # The object that knew the old epoch notices the new one.
+        fences.append(backend.acquire_lease("db", "carol", timedelta(minutes=5)).fence)
+        current = fresh.current("db")
+        assert current is not None and current.fence == fences[-1]
+        backend.close()
+        fresh.close()
+    assert fences == sorted(fences) and len(set(fences)) == len(fences), fences
 
 
 def test_redis_eviction_under_maxmemory_is_reported_and_fences_stay_ordered() -> None:

@@ -5,11 +5,16 @@ The gateway keeps Stormlock free of grpc and protobuf version fights.
 Each lease is a key `{prefix}lease/{resource}` attached to an etcd lease, so
 etcd's own clock expires it. The value holds our lease id (a random UUID: an
 etcd lease ID is predictable and is never shown), the principal, the note and
-the etcd lease ID. The fence is the key's create revision: etcd's revision
-only grows, through release and expiry.
+the etcd lease ID. The fence is the key's create revision (etcd's revision
+only grows, through release and expiry) plus the store's epoch: a key
+`{prefix}epoch` holding the clock in microseconds when it was created. An
+etcd that lost its data starts its revisions again from 1, but gets a new,
+larger epoch, so fences still never go back. Acquire checks the epoch in
+the same transaction.
 
 Round trips: acquire 2 (grant, then a create-if-absent transaction; a failed
-acquire revokes its grant, a third), release 2 (read, revoke), renew 4 (read,
+acquire revokes its grant, a third; the first acquire of a process reads the
+epoch, one more), release 2 (read, revoke), renew 4 (read,
 grant a lease with the new TTL, swap it in by transaction, revoke the old),
 current / is_current / list 1.
 
@@ -68,6 +73,10 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _clock_us() -> int:
+    return time.time_ns() // 1000
+
+
 def _past(lease: Lease) -> bool:
     """Whether the lease's reported expiry has passed.
 
@@ -95,7 +104,7 @@ class Etcd(LeaseBackend):
     min_ttl = timedelta(seconds=2)
     # etcd deletes expired keys from a loop that runs every 500 ms.
     expiry_precision = timedelta(seconds=1)
-    fence_source = "the key's create revision (etcd revisions only grow)"
+    fence_source = "the key's create revision plus the store's epoch (µs)"
     round_trips = trips(acquire=2, renew=4, release=2, current=1, is_current=1, list=1)
 
     def __init__(
@@ -127,6 +136,7 @@ class Etcd(LeaseBackend):
         self._user = user
         self._password = password
         self._token: str | None = None
+        self._epoch: int | None = None
         self._auth_lock = threading.Lock()
         self.http = urllib3.PoolManager(
             num_pools=2,
@@ -255,12 +265,12 @@ class Etcd(LeaseBackend):
             resource=resource,
             expires=datetime.fromtimestamp(value["expires"], UTC),
             note=value.get("note"),
-            fence=int(kv["create_revision"]),
+            fence=int(value.get("epoch", 0)) + int(kv["create_revision"]),
         )
         return lease, value
 
     @staticmethod
-    def _value(lease: Lease, etcd_lease: str) -> str:
+    def _value(lease: Lease, etcd_lease: str, epoch: int) -> str:
         assert lease.expires is not None
         return _b64(
             json.dumps(
@@ -271,15 +281,50 @@ class Etcd(LeaseBackend):
                     "expires": lease.expires.timestamp(),
                     "note": lease.note,
                     "etcd_lease": etcd_lease,
+                    "epoch": epoch,
                 }
             )
         )
+
+    # -- the epoch: what keeps fences going up after etcd loses its data ----
+
+    def _epoch_key(self) -> str:
+        return _b64(self.prefix + b"epoch")
+
+    def _load_epoch(self) -> int:
+        """The store's epoch, created (as the clock in µs) if it has none."""
+        key = self._epoch_key()
+        fresh = _clock_us()
+        data = self._call(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {
+                        "key": key,
+                        "result": "EQUAL",
+                        "target": "CREATE",
+                        "create_revision": "0",
+                    }
+                ],
+                "success": [
+                    {"request_put": {"key": key, "value": _b64(str(fresh))}}
+                ],
+                "failure": [{"request_range": {"key": key}}],
+            },
+        )
+        if data.get("succeeded"):
+            self._epoch = fresh
+        else:
+            kvs = data["responses"][0]["response_range"]["kvs"]
+            self._epoch = int(_unb64(kvs[0]["value"]))
+        return self._epoch
 
     # -- operations ---------------------------------------------------------
 
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None
     ) -> tuple[bool, Lease | None]:
+        epoch = self._epoch if self._epoch is not None else self._load_epoch()
         etcd_lease, granted = self._grant(ttl)
         now = datetime.now(UTC)
         lease = Lease(
@@ -301,31 +346,45 @@ class Etcd(LeaseBackend):
                             "result": "EQUAL",
                             "target": "CREATE",
                             "create_revision": "0",
-                        }
+                        },
+                        {
+                            "key": self._epoch_key(),
+                            "result": "EQUAL",
+                            "target": "VALUE",
+                            "value": _b64(str(epoch)),
+                        },
                     ],
                     "success": [
                         {
                             "request_put": {
                                 "key": key,
-                                "value": self._value(lease, etcd_lease),
+                                "value": self._value(lease, etcd_lease, epoch),
                                 "lease": etcd_lease,
                             }
                         }
                     ],
-                    "failure": [{"request_range": {"key": key}}],
+                    "failure": [
+                        {"request_range": {"key": key}},
+                        {"request_range": {"key": self._epoch_key()}},
+                    ],
                 },
             )
         except BaseException:
             self._revoke_quietly(etcd_lease)
             raise
         if data.get("succeeded"):
-            return True, lease._replace(fence=int(data["header"]["revision"]))
-        # Held: give back the etcd lease we granted, so none leaks.
+            fence = epoch + int(data["header"]["revision"])
+            return True, lease._replace(fence=fence)
+        # Held (or the epoch changed): give back the etcd lease we granted.
         self._revoke_quietly(etcd_lease)
-        kvs = (data.get("responses") or [{}])[0].get("response_range", {}).get(
-            "kvs"
-        ) or []
-        return False, self._lease(kvs[0])[0] if kvs else None
+        held, stored_epoch = (
+            r.get("response_range", {}).get("kvs") or [] for r in data["responses"]
+        )
+        if held:
+            return False, self._lease(held[0])[0]
+        if not stored_epoch or int(_unb64(stored_epoch[0]["value"])) != epoch:
+            self._epoch = None  # etcd lost its data (or was never used): reload
+        return False, None
 
     def _revoke_quietly(self, etcd_lease: str) -> None:
         with contextlib.suppress(BackendUnavailable):  # it expires at its TTL anyway
@@ -333,20 +392,21 @@ class Etcd(LeaseBackend):
 
     def _owned(
         self, resource: str, lease_id: str
-    ) -> tuple[dict[str, Any], Lease, str] | None:
+    ) -> tuple[dict[str, Any], Lease, dict[str, Any]] | None:
         kv = self._read(resource)
         if kv is None:
             return None
         lease, value = self._lease(kv)
         if lease.id != lease_id or _past(lease):
             return None
-        return kv, lease, str(value["etcd_lease"])
+        return kv, lease, value
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         owned = self._owned(resource, lease_id)
         if owned is None:
             return None
-        kv, lease, old_etcd_lease = owned
+        kv, lease, value = owned
+        old_etcd_lease = str(value["etcd_lease"])
         etcd_lease, granted = self._grant(ttl)
         renewed = lease._replace(expires=datetime.now(UTC) + timedelta(seconds=granted))
         key = _b64(self._key(resource))
@@ -365,7 +425,9 @@ class Etcd(LeaseBackend):
                     {
                         "request_put": {
                             "key": key,
-                            "value": self._value(renewed, etcd_lease),
+                            "value": self._value(
+                                renewed, etcd_lease, int(value.get("epoch", 0))
+                            ),
                             "lease": etcd_lease,
                         }
                     }
@@ -384,7 +446,7 @@ class Etcd(LeaseBackend):
             return False
         # Revoking the etcd lease deletes the key with it. If it expired in
         # between, etcd answers NOT_FOUND and nobody else's key is touched.
-        self._revoke(owned[2])
+        self._revoke(str(owned[2]["etcd_lease"]))
         return True
 
     def _current(self, resource: str) -> Lease | None:
