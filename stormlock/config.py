@@ -64,6 +64,11 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     chosen = explicit or os.environ.get("STORMLOCK_CONFIG")
     if chosen:
         path = Path(chosen).expanduser()
+        if path.is_dir():
+            raise ConfigError(
+                f"config file {str(path)!r} is a directory; "
+                "give the path of the file itself with -c/--config or STORMLOCK_CONFIG"
+            )
         if not path.is_file():
             raise ConfigError(
                 f"config file {str(path)!r} does not exist; "

@@ -6,11 +6,13 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from stormlock import Backend, StormLock
+from stormlock.errors import InvalidInput
 from tests.backends import BackendConfig
 from tests.conftest import CliRunner
 
@@ -216,6 +218,54 @@ def test_malformed_lease_id_is_not_the_active_lease(
     assert release.returncode == 0
     assert "Traceback" not in release.stderr
     assert cli("is-held", "m", real).returncode == 0
+
+
+def test_a_note_that_is_not_utf8_is_refused_before_acquiring(
+    cli: CliRunner, write_config: Callable[[str], Path], backend_config: BackendConfig
+) -> None:
+    # "x\udcff" reaches the CLI as the bytes x\xff: not UTF-8.
+    path = write_config(backend_config.ini())
+    result = cli("-c", str(path), "acquire", "noted", "-n", "x\udcff")
+    assert result.returncode == 64, result.stderr
+    assert "not valid UTF-8" in one_line_error(result.stderr)
+    assert cli("-c", str(path), "current", "noted").returncode == 1
+
+
+def test_a_note_with_a_nul_byte_is_refused_before_acquiring(
+    backend: Backend, resource: str
+) -> None:
+    # argv cannot carry NUL; the library and the bot can.
+    lock = StormLock(backend, resource, "alice", timedelta(minutes=5))
+    with pytest.raises(InvalidInput) as info:
+        lock.acquire_lease(note="nul\x00byte")
+    assert info.value.exit_code == 64
+    assert lock.current() is None
+
+
+@pytest.mark.parametrize(
+    ("section", "hint"),
+    [
+        ("[backend.sqlite]\ntimeout = nan\n", "timeout = nan"),
+        ("[backend.sqlite]\ntimeout = -1\n", "above 0"),
+        ("[backend.sqlite]\ntimeout = inf\n", "at most 3600"),
+        ("[backend.etcd]\nport = 99999\n", "1-65535"),
+        ("[backend.redis]\ntimeout = 0\n", "above 0"),
+    ],
+)
+def test_config_values_out_of_range_are_config_errors(
+    cli: CliRunner, write_config: Callable[[str], Path], section: str, hint: str
+) -> None:
+    backend = section.split(".")[1].split("]")[0]
+    path = write_config(f"[default]\nbackend = {backend}\n\n{section}")
+    result = cli("-c", str(path), "current", "x")
+    assert result.returncode == 68, result.stderr
+    assert hint in one_line_error(result.stderr)
+
+
+def test_config_path_that_is_a_directory(cli: CliRunner, home: Path) -> None:
+    result = cli("-c", str(home), "current", "x")
+    assert result.returncode == 68
+    assert "is a directory" in one_line_error(result.stderr)
 
 
 def test_invalid_config_file(
