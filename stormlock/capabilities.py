@@ -28,12 +28,19 @@ def _min_ttl(cls: type[Backend]) -> str:
     return format_duration(cls.min_ttl)
 
 
+def _precision(cls: type[Backend]) -> str:
+    if cls.expiry_precision <= timedelta(0):
+        return "at once"
+    return f"within {format_duration(cls.expiry_precision)}"
+
+
 def capability_table(names: list[str] | None = None) -> str:
     """A Markdown table: one row per backend, one column per guarantee."""
     header = [
         "backend",
         "expiry clock",
         "min TTL",
+        "free after expiry",
         "notes",
         "fencing token",
         "list",
@@ -48,6 +55,7 @@ def capability_table(names: list[str] | None = None) -> str:
                 f"`{name}`",
                 cls.clock,
                 _min_ttl(cls),
+                _precision(cls),
                 _yes(cls.supports("notes")),
                 cls.fence_source,
                 "O(active)" if cls.supports("list") else "config sections",

@@ -92,7 +92,7 @@ class DynamoDB(LeaseBackend):
 
     clock = "client"
     min_ttl = timedelta(milliseconds=1)
-    fence_source = "per-item counter; from the clock (µs) after a 30-day purge"
+    fence_source = "per-item counter, started from the clock (µs) for a new item"
     round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(

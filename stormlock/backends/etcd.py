@@ -306,9 +306,7 @@ class Etcd(LeaseBackend):
                         "create_revision": "0",
                     }
                 ],
-                "success": [
-                    {"request_put": {"key": key, "value": _b64(str(fresh))}}
-                ],
+                "success": [{"request_put": {"key": key, "value": _b64(str(fresh))}}],
                 "failure": [{"request_range": {"key": key}}],
             },
         )

@@ -123,7 +123,7 @@ class SQLite(LeaseBackend):
     """
 
     clock = "host"
-    fence_source = "per-row counter, rows kept on release"
+    fence_source = "per-row counter or the clock (µs), whichever is larger"
     round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
