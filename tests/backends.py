@@ -61,6 +61,25 @@ def isolated_options(
     return options
 
 
+# Backends reached over the network, for the fault tests: every server
+# backend, and a third-party plugin with only the five original methods.
+NETWORK_BACKENDS = [*sorted(SERVER_FIXTURES), "fivemethods"]
+
+
+def network_backend(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[BackendConfig, int]:
+    """An isolated config of backend `name`, and its server's port."""
+    if name == "fivemethods":
+        store = "redis"
+        options = {"store": store, **isolated_options(store, request, tmp_path)}
+    else:
+        store = name
+        options = isolated_options(name, request, tmp_path)
+    server = request.getfixturevalue(SERVER_FIXTURES[store])
+    return BackendConfig(name, options), server.port
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_config(request: pytest.FixtureRequest, tmp_path: Path) -> BackendConfig:
     name: str = request.param

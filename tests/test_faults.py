@@ -13,13 +13,11 @@ import pytest
 
 from stormlock import Backend
 from stormlock.errors import BackendUnavailable
-from tests.backends import SERVER_FIXTURES, BackendConfig, isolated_options
+from tests.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from tests.conftest import CliRunner
 from tests.faults import partition_proxy, redirect, silent_server
-from tests.servers import Server
 from tests.test_cli import one_line_error
 
-SERVER_BACKENDS = sorted(SERVER_FIXTURES)
 TIMEOUT = 1.0
 # What a bounded wait may add to `timeout`: a broken connection failing at
 # once, then the retry's own wait is cut to what is left of the budget.
@@ -47,11 +45,11 @@ def assert_bounded(operation: Callable[[], object]) -> None:
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", SERVER_BACKENDS)
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
 def test_a_silent_server_costs_one_timeout_per_operation(
     name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    options = isolated_options(name, request, tmp_path)
+    options = network_backend(name, request, tmp_path)[0].options
     with silent_server() as silent:
         moved = redirect(name, options, silent.port)
         moved["timeout"] = str(TIMEOUT)
@@ -63,13 +61,13 @@ def test_a_silent_server_costs_one_timeout_per_operation(
             backend.close()
 
 
-@pytest.mark.parametrize("name", SERVER_BACKENDS)
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
 def test_a_server_that_goes_silent_mid_connection_costs_one_timeout(
     name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    server: Server = request.getfixturevalue(SERVER_FIXTURES[name])
-    options = isolated_options(name, request, tmp_path)
-    with partition_proxy(server.port) as proxy:
+    config, port = network_backend(name, request, tmp_path)
+    options = config.options
+    with partition_proxy(port) as proxy:
         moved = redirect(name, options, proxy.port)
         moved["timeout"] = str(TIMEOUT)
         backend = BackendConfig(name, moved).create()
@@ -96,7 +94,7 @@ def test_a_server_that_goes_silent_mid_connection_costs_one_timeout(
             backend.close()
 
 
-@pytest.mark.parametrize("name", SERVER_BACKENDS)
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
 def test_cli_against_a_silent_server_exits_70_within_the_timeout(
     name: str,
     request: pytest.FixtureRequest,
@@ -104,7 +102,7 @@ def test_cli_against_a_silent_server_exits_70_within_the_timeout(
     cli: CliRunner,
     write_config: Callable[[str], Path],
 ) -> None:
-    options = isolated_options(name, request, tmp_path)
+    options = network_backend(name, request, tmp_path)[0].options
     with silent_server() as silent:
         moved = redirect(name, options, silent.port)
         moved["timeout"] = str(TIMEOUT)

@@ -15,10 +15,9 @@ import pytest
 
 from stormlock import Backend, LockHeldException, StormLock, load_lock
 from stormlock.hold import Hold
-from tests.backends import SERVER_FIXTURES, BackendConfig, isolated_options
+from tests.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from tests.conftest import STORMLOCK, clean_env
 from tests.faults import partition_proxy, redirect
-from tests.servers import Server
 from tests.test_cli import wait_until
 
 
@@ -109,14 +108,14 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-@pytest.mark.parametrize("name", sorted(SERVER_FIXTURES))
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
 def test_run_stops_the_command_before_another_client_can_acquire(
     name: str, request: pytest.FixtureRequest, tmp_path: Path, home: Path
 ) -> None:
-    server: Server = request.getfixturevalue(SERVER_FIXTURES[name])
-    options = isolated_options(name, request, tmp_path)
-    direct = BackendConfig(name, options).create()
-    with partition_proxy(server.port) as proxy:
+    config_, port = network_backend(name, request, tmp_path)
+    options = config_.options
+    direct = config_.create()
+    with partition_proxy(port) as proxy:
         via_proxy = redirect(name, options, proxy.port)
         via_proxy["timeout"] = "1"
         config = home / "stormlock.cfg"
