@@ -10,11 +10,10 @@ from datetime import timedelta
 from typing import NoReturn, cast
 
 from . import errors
-from .backend import Backend, LockHeldException
+from .backend import Backend
 from .config import Config, load_config
-from .errors import StormlockError
 from .lock import StormLock, list_all, lock_from_config
-from .names import RULE, validate_resource
+from .names import validate_resource
 from .render import (
     lease_cols,
     lease_dict,
@@ -37,28 +36,12 @@ CURRENT_FORMATS = {
     "cols": lease_cols,
 }
 
-EPILOG = f"""\
-exit codes:
-  0   success
-  1   current: no active lease; is-held: the lease is not active;
-      doctor: a setting of the store is unsafe
-  2   acquire: the resource is held by someone else (holder on stderr)
-  3   renew: the lease is not the active lease (expired, released, wrong id)
-  64  bad command line
-  65  invalid resource name ({RULE})
-  66  invalid TTL or duration
-  68  missing or invalid config file
-  69  unknown backend, or its packages are not installed
-  70  backend unreachable or timed out
-  71  run: the lease was lost while the command ran
-  72  the backend does not support the operation
-  73  unexpected error (a bug: please report it)
-  126/127  run: the command could not be executed / was not found
-  130 interrupted
-"""
-
-
 class _Parser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        if self.prog == PROG:  # built only for --help: it costs start-up time
+            self.epilog = errors.exit_code_epilog()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         # One line, and never exit 2: scripts read 2 as "held".
         self.exit(
@@ -95,7 +78,6 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog=PROG,
         description="Leases on named resources, so two operators never run the "
         "same risky operation at once.",
-        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -278,7 +260,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if command[:1] == ["--"]:
             command = command[1:]
         if not command:
-            raise _Usage("run needs a command: stormlock run RESOURCE -- COMMAND")
+            raise errors.UsageError(
+                "run needs a command: stormlock run RESOURCE -- COMMAND"
+            )
     lock = _lock(config, args.resource)
     try:
         if args.cmd == "acquire":
@@ -300,13 +284,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return run_command(
                 lock, command, _ttl(args.ttl), _ttl(args.wait), args.note
             )
-        raise _Usage(f"unknown command {args.cmd!r}")
+        raise errors.UsageError(f"unknown command {args.cmd!r}")
     finally:
         lock.backend.close()
-
-
-class _Usage(StormlockError):
-    exit_code = errors.EXIT_USAGE
 
 
 def _command_index(argv: list[str]) -> int | None:
@@ -347,28 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser(_command_word(arguments)).parse_args(arguments)
     if command is not None:
         args.command_after_dashes = command
-    try:
-        return _dispatch(args)
-    except LockHeldException as held:
-        _err(str(held))
-        return held.exit_code
-    except StormlockError as exc:
-        _err(exc.message)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return errors.EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
-    except Exception as exc:  # never a traceback; the message says what to report
-        if os.environ.get("STORMLOCK_DEBUG"):
-            raise
-        detail = " ".join(str(exc).split())[:300]
-        _err(
-            f"unexpected error: {type(exc).__name__}: {detail}; "
-            "rerun with STORMLOCK_DEBUG=1 and report it"
-        )
-        return errors.EXIT_INTERNAL
+    return errors.run_main(PROG, lambda: _dispatch(args))
 
 
 def run() -> None:

@@ -5,21 +5,106 @@ Every message is one line that says what went wrong and what to do.
 
 from __future__ import annotations
 
-# Exit codes are part of the CLI contract; the README documents each one.
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+class ExitCode(NamedTuple):
+    code: str
+    meaning: str
+
+
+# Exit codes are part of the CLI contract. This table is the one source: the
+# CLI's --help and the README's table are generated from it.
 EXIT_OK = 0
-EXIT_NOT_HELD = 1  # `current`: no lease; `is-held`: lease not active
-EXIT_HELD = 2  # `acquire`: someone else holds the resource
-EXIT_EXPIRED = 3  # `renew`: the lease is not the active lease
-EXIT_USAGE = 64  # bad command line
+EXIT_NOT_HELD = 1
+EXIT_HELD = 2
+EXIT_EXPIRED = 3
+EXIT_USAGE = 64
 EXIT_BAD_RESOURCE = 65
 EXIT_BAD_TTL = 66
 EXIT_CONFIG = 68
 EXIT_UNKNOWN_BACKEND = 69
-EXIT_UNAVAILABLE = 70  # backend unreachable or timed out
-EXIT_LEASE_LOST = 71  # `run`: the lease was lost while the command ran
-EXIT_UNSUPPORTED = 72  # the backend cannot do what was asked
-EXIT_INTERNAL = 73  # a bug: the message says what to report
+EXIT_UNAVAILABLE = 70
+EXIT_LEASE_LOST = 71
+EXIT_UNSUPPORTED = 72
+EXIT_INTERNAL = 73
+EXIT_NOT_ALLOWED = 77
 EXIT_INTERRUPTED = 130
+
+EXIT_CODES = (
+    ExitCode(str(EXIT_OK), "success"),
+    ExitCode(
+        str(EXIT_NOT_HELD),
+        "`current`: no active lease; `is-held`: the lease is not active; "
+        "`doctor`: a setting of the store is unsafe",
+    ),
+    ExitCode(
+        str(EXIT_HELD),
+        "`acquire`/`run`: the resource is held by someone else (the holder, "
+        "since, until and note on stderr; never their lease id)",
+    ),
+    ExitCode(
+        str(EXIT_EXPIRED),
+        "`renew`: the lease is not the active lease (expired, released, or a "
+        "wrong or malformed id)",
+    ),
+    ExitCode(
+        str(EXIT_USAGE),
+        "bad command line (unknown command, missing argument, a note that is "
+        "not UTF-8 text)",
+    ),
+    ExitCode(str(EXIT_BAD_RESOURCE), "invalid resource name"),
+    ExitCode(str(EXIT_BAD_TTL), "invalid TTL or duration"),
+    ExitCode(
+        str(EXIT_CONFIG),
+        "config file missing (when named with `-c` or `STORMLOCK_CONFIG`), "
+        "unreadable or invalid (a value out of range included, such as "
+        "`timeout = -1`)",
+    ),
+    ExitCode(
+        str(EXIT_UNKNOWN_BACKEND),
+        "unknown backend (the message lists the available ones), or its "
+        "packages are not installed",
+    ),
+    ExitCode(
+        str(EXIT_UNAVAILABLE),
+        "backend unreachable, or it did not answer within `timeout`",
+    ),
+    ExitCode(str(EXIT_LEASE_LOST), "`run`: the lease was lost while the command ran"),
+    ExitCode(str(EXIT_UNSUPPORTED), "the backend does not support the operation"),
+    ExitCode(
+        str(EXIT_INTERNAL),
+        "unexpected error: a bug; rerun with `STORMLOCK_DEBUG=1` and report it",
+    ),
+    ExitCode("126, 127", "`run`: the command could not be executed / was not found"),
+    ExitCode(str(EXIT_INTERRUPTED), "interrupted"),
+)
+"""What each exit code of `stormlock` means (the bot's shell adds 77: not
+allowed)."""
+
+EXIT_CODES_BEGIN = "<!-- exit-codes:begin -->"
+EXIT_CODES_END = "<!-- exit-codes:end -->"
+
+
+def exit_code_table() -> str:
+    """The README's table of exit codes (Markdown)."""
+    rows = ["| code | meaning |", "|---|---|"]
+    rows += [f"| {entry.code} | {entry.meaning} |" for entry in EXIT_CODES]
+    return "\n".join(rows)
+
+
+def exit_code_epilog() -> str:
+    """The same table for `--help`: plain text, wrapped."""
+    import textwrap
+
+    lines = ["exit codes:"]
+    for entry in EXIT_CODES:
+        text = entry.meaning.replace("`", "")
+        wrapped = textwrap.wrap(text, 66)
+        lines.append(f"  {entry.code:<9}{wrapped[0]}")
+        lines += [f"  {'':<9}{more}" for more in wrapped[1:]]
+    return "\n".join(lines) + "\n"
 
 
 class StormlockError(Exception):
@@ -33,6 +118,18 @@ class StormlockError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class UsageError(StormlockError):
+    """A bad command line (or chat command)."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotAllowed(StormlockError):
+    """The person may not do this (the bot's admin-only actions)."""
+
+    exit_code = EXIT_NOT_ALLOWED
 
 
 class ConfigError(StormlockError):
@@ -67,7 +164,33 @@ class UnsupportedOperation(StormlockError):
     exit_code = EXIT_UNSUPPORTED
 
 
-class InvalidInput(StormlockError, ValueError):
+class InvalidInput(UsageError, ValueError):
     """A value (a note, a principal) that no store can hold."""
 
-    exit_code = EXIT_USAGE
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command-line program's body: every error is one line on stderr
+    and its documented exit code, never a traceback. Shared by both CLIs."""
+    import os
+    import sys
+
+    try:
+        return body()
+    except StormlockError as exc:
+        print(f"{prog}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # never a traceback; the message says what to report
+        if os.environ.get("STORMLOCK_DEBUG"):
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        print(
+            f"{prog}: unexpected error: {type(exc).__name__}: {detail}; "
+            "rerun with STORMLOCK_DEBUG=1 and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

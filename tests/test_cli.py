@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from stormlock import Backend, StormLock
-from stormlock.errors import InvalidInput
+from stormlock.errors import (
+    EXIT_CODES,
+    EXIT_CODES_BEGIN,
+    EXIT_CODES_END,
+    InvalidInput,
+    exit_code_table,
+)
 from tests.backends import BackendConfig
 from tests.conftest import CliRunner
 
@@ -357,11 +363,23 @@ def test_setup_creates_the_database(cli: CliRunner, home: Path) -> None:
     assert cli("setup", "sqlite").returncode == 0
 
 
-def test_help_documents_exit_codes(cli: CliRunner) -> None:
+def test_help_documents_every_exit_code(cli: CliRunner) -> None:
     result = cli("--help")
     assert result.returncode == 0
-    for code in ("64", "65", "66", "68", "69", "70", "71"):
-        assert f"  {code}" in result.stdout
+    listed = result.stdout.split("exit codes:\n", 1)[1]
+    codes = [
+        line.split()[0].rstrip(",") for line in listed.splitlines() if line[2] != " "
+    ]
+    assert codes == [entry.code.split(",")[0] for entry in EXIT_CODES]
+
+
+def test_readme_exit_code_table_matches_the_catalogue() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index(EXIT_CODES_BEGIN) + len(EXIT_CODES_BEGIN)
+    end = readme.index(EXIT_CODES_END)
+    assert readme[start:end].strip() == exit_code_table(), (
+        "the README's exit codes differ from stormlock/errors.py"
+    )
 
 
 def test_sqlite_cli_does_not_import_other_backends_or_the_bot(home: Path) -> None:

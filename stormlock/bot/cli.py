@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from ..config import load_config
-from ..errors import EXIT_CONFIG, EXIT_USAGE, ConfigError, StormlockError
+from ..errors import (
+    EXIT_CONFIG,
+    EXIT_INTERNAL,
+    EXIT_UNAVAILABLE,
+    EXIT_UNKNOWN_BACKEND,
+    EXIT_USAGE,
+    ConfigError,
+    run_main,
+)
 from .settings import BotSettings
 
 if TYPE_CHECKING:
@@ -19,7 +27,7 @@ if TYPE_CHECKING:
 
 PROG = "stormlock-bot"
 
-EPILOG = """\
+EPILOG = f"""\
 environment:
   SLACK_BOT_TOKEN       bot token (xoxb-...), for serve and socket
   SLACK_SIGNING_SECRET  signing secret, for serve (requests are always verified)
@@ -28,8 +36,9 @@ environment:
   STORMLOCK_CONFIG      the config file (same as the CLI's; bot settings in [bot])
   PORT                  serve's port when --port is not given (default 3000)
 
-exit codes: 0 ok, 64 bad command line, 68 missing setting or bad config,
-  69 unknown backend, 70 backend unreachable, 73 unexpected error
+exit codes: 0 ok, {EXIT_USAGE} bad command line, {EXIT_CONFIG} missing setting
+  or bad config, {EXIT_UNKNOWN_BACKEND} unknown backend, {EXIT_UNAVAILABLE} backend
+  unreachable, {EXIT_INTERNAL} unexpected error
 """
 
 
@@ -154,22 +163,14 @@ def _socket(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "serve":
-            return _serve(args)
-        if args.cmd == "socket":
-            return _socket(args)
-        from .shell import run_shell
+    return run_main(PROG, lambda: _run(args))
 
-        return run_shell(load_config(args.config), args.user, args.channel)
-    except StormlockError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # never a traceback
-        if os.environ.get("STORMLOCK_DEBUG"):
-            raise
-        print(f"{PROG}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 73
-    return EXIT_CONFIG
+
+def _run(args: argparse.Namespace) -> int:
+    if args.cmd == "serve":
+        return _serve(args)
+    if args.cmd == "socket":
+        return _socket(args)
+    from .shell import run_shell
+
+    return run_shell(load_config(args.config), args.user, args.channel)

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ..errors import InvalidTTL, StormlockError
+from ..errors import InvalidTTL, UsageError
 from ..ttl import UNITS, parse_duration
 
 ALIASES = {
@@ -43,10 +43,6 @@ USAGE = {
     "board": "/stormlock board",
     "help": "/stormlock help",
 }
-
-
-class UsageError(StormlockError):
-    exit_code = 64
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import cast
 
 from ..backend import Backend, Finding, Lease, LockExpiredException
 from ..config import Config
-from ..errors import EXIT_NOT_HELD, StormlockError
+from ..errors import EXIT_BAD_RESOURCE, EXIT_NOT_HELD, NotAllowed, StormlockError
 from ..lock import StormLock, list_all, lock_from_config
 from ..names import RECORD_PREFIX, validate_resource
 from .metrics import TimedBackend
@@ -42,18 +42,12 @@ class Person:
 _DOCTOR_EVERY = 60.0
 
 
-class NotAllowed(StormlockError):
-    """The person may not do this."""
-
-    exit_code = 77
-
-
 class NoLease(StormlockError):
     exit_code = EXIT_NOT_HELD
 
 
 class UnknownResource(StormlockError):
-    exit_code = 65
+    exit_code = EXIT_BAD_RESOURCE
 
 
 @dataclass(frozen=True)
