@@ -150,7 +150,7 @@ def bench_backend(
     for i in range(10):
         backend.acquire_lease(f"listed-{i}", "bench", ttl)
     measure("list", [backend.list_leases for _ in range(n)])
-    declared = type(backend).round_trips
+    declared = type(backend).capabilities.round_trips
     rows = []
     for op in OPS:
         rt = trips[op]

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
@@ -52,6 +53,50 @@ class Lease(NamedTuple):
     """Why the holder took the lease."""
     fence: int = 0
     """Fencing token: strictly increases with every acquisition of a resource."""
+
+
+class Clock(StrEnum):
+    """Whose clock decides that a lease has expired."""
+
+    SERVER = "server"
+    """The store's own clock: clients' clocks do not matter."""
+    HOST = "host"
+    """The clock of the one machine that holds the store (SQLite)."""
+    CLIENT = "client"
+    """The clients' clocks (DynamoDB): keep them synchronised."""
+
+
+class Feature(StrEnum):
+    """Optional features a backend may implement natively."""
+
+    NOTES = "notes"
+    FENCING = "fencing"
+    LIST = "list"
+    SETUP = "setup"
+    DOCTOR = "doctor"
+
+
+_FEATURE_METHODS = {
+    Feature.NOTES: "acquire_lease",
+    Feature.FENCING: "acquire_lease",
+    Feature.LIST: "list_leases",
+    Feature.SETUP: "setup",
+    Feature.DOCTOR: "doctor",
+}
+
+
+class Capabilities(NamedTuple):
+    """What a backend's store guarantees, declared by the backend class."""
+
+    clock: Clock = Clock.CLIENT
+    min_ttl: timedelta = timedelta(0)
+    """The shortest TTL the store can honour exactly."""
+    expiry_precision: timedelta = timedelta(0)
+    """How late after a lease's reported expiry another client can take the
+    resource, at most (the holder's renew and is_current fail right at it)."""
+    fence_source: str = "the acquisition time in microseconds (fallback)"
+    round_trips: Mapping[str, int] = MappingProxyType({})
+    """Round trips to the store per operation (bench/ measures them)."""
 
 
 class Finding(NamedTuple):
@@ -177,6 +222,11 @@ def trips(**counts: int) -> Mapping[str, int]:
     return MappingProxyType(counts)
 
 
+#: One round trip for every operation: what each store's single atomic
+#: statement or script gives.
+ONE_ROUND_TRIP = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
+
+
 def complete(lease: Lease, resource: str) -> Lease:
     """Fill in what a plugin's `Lease` may lack: the resource and a fence."""
     return lease._replace(
@@ -201,17 +251,8 @@ class Backend(ABC):
     `setup`, `close`.
     """
 
-    #: Whose clock decides expiry: "server" or "client".
-    clock: ClassVar[str] = "client"
-    #: The shortest TTL the store can honour exactly.
-    min_ttl: ClassVar[timedelta] = timedelta(0)
-    #: How late after a lease's reported expiry another client can take the
-    #: resource, at most (the holder's renew and is_current fail right at it).
-    expiry_precision: ClassVar[timedelta] = timedelta(0)
-    #: Where the fencing token comes from.
-    fence_source: ClassVar[str] = "the acquisition time in microseconds (fallback)"
-    #: Round trips to the store per operation (bench/ measures them); {} if unknown.
-    round_trips: ClassVar[Mapping[str, int]] = {}
+    #: What the store guarantees (the capability table is generated from it).
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     # -- the five operations of the original contract --------------------
 
@@ -334,14 +375,10 @@ class Backend(ABC):
         self.close()
 
     @classmethod
-    def supports(cls, capability: str) -> bool:
-        """Whether the class implements an optional capability natively."""
-        method = {
-            "notes": "acquire_lease",
-            "fencing": "acquire_lease",
-            "list": "list_leases",
-            "setup": "setup",
-        }[capability]
+    def supports(cls, feature: Feature | str) -> bool:
+        """Whether the class implements an optional feature natively (else
+        the fallback serves it)."""
+        method = _FEATURE_METHODS[Feature(feature)]
         return getattr(cls, method) is not getattr(Backend, method)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 
-from .backend import Backend
+from .backend import Backend, Feature
 from .backends import BUILTIN, find_backend
 from .ttl import format_duration
 
@@ -23,15 +23,15 @@ def _yes(flag: bool) -> str:
 
 
 def _min_ttl(cls: type[Backend]) -> str:
-    if cls.min_ttl <= timedelta(milliseconds=1):
+    if cls.capabilities.min_ttl <= timedelta(milliseconds=1):
         return "1ms"
-    return format_duration(cls.min_ttl)
+    return format_duration(cls.capabilities.min_ttl)
 
 
 def _precision(cls: type[Backend]) -> str:
-    if cls.expiry_precision <= timedelta(0):
+    if cls.capabilities.expiry_precision <= timedelta(0):
         return "at once"
-    return f"within {format_duration(cls.expiry_precision)}"
+    return f"within {format_duration(cls.capabilities.expiry_precision)}"
 
 
 def capability_table(names: list[str] | None = None) -> str:
@@ -49,16 +49,17 @@ def capability_table(names: list[str] | None = None) -> str:
     rows = [header, ["---"] * len(header)]
     for name in names or list(BUILTIN):
         cls = find_backend(name)
-        trips = "/".join(str(cls.round_trips.get(op, "?")) for op in OPERATIONS)
+        declared = cls.capabilities.round_trips
+        trips = "/".join(str(declared.get(op, "?")) for op in OPERATIONS)
         rows.append(
             [
                 f"`{name}`",
-                cls.clock,
+                cls.capabilities.clock.value,
                 _min_ttl(cls),
                 _precision(cls),
-                _yes(cls.supports("notes")),
-                cls.fence_source,
-                "O(active)" if cls.supports("list") else "config sections",
+                _yes(cls.supports(Feature.NOTES)),
+                cls.capabilities.fence_source,
+                "O(active)" if cls.supports(Feature.LIST) else "config sections",
                 trips,
             ]
         )

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import NoReturn, cast
 
 from . import errors
-from .backend import Backend
+from .backend import Backend, Feature
 from .config import Config, load_config
 from .lock import StormLock, list_all, lock_from_config
 from .names import validate_resource
@@ -35,6 +35,7 @@ CURRENT_FORMATS = {
     "rows": lease_rows,
     "cols": lease_cols,
 }
+
 
 class _Parser(argparse.ArgumentParser):
     def format_help(self) -> str:
@@ -183,7 +184,7 @@ def _err(message: str) -> None:
 
 
 def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> int:
-    if args.note and not lock.backend.supports("notes"):
+    if args.note and not lock.backend.supports(Feature.NOTES):
         _err(f"warning: the {backend_name} backend cannot store notes; ignored")
     lease = lock.acquire_lease(_ttl(args.ttl), args.note, _ttl(args.wait))
     print(lease.id)

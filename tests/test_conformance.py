@@ -30,7 +30,7 @@ MALFORMED_IDS = [
 
 
 def short_ttl(backend: Backend) -> timedelta:
-    return max(timedelta(seconds=1), backend.min_ttl)
+    return max(timedelta(seconds=1), backend.capabilities.min_ttl)
 
 
 def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> None:
@@ -40,7 +40,7 @@ def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> Non
     while backend.current(resource) is not None:
         assert time.monotonic() < deadline, "lease did not expire in time"
         time.sleep(0.05)
-    time.sleep(backend.expiry_precision.total_seconds())
+    time.sleep(backend.capabilities.expiry_precision.total_seconds())
 
 
 def test_after_the_reported_expiry_the_lease_is_over_and_free_soon(
@@ -55,7 +55,11 @@ def test_after_the_reported_expiry_the_lease_is_over_and_free_soon(
     with pytest.raises(LockExpiredException):
         holder.renew_lease(resource, lease.id, timedelta(minutes=5))
     # ...and another client gets the resource within the stated precision.
-    limit = lease.expires + holder.expiry_precision + timedelta(milliseconds=500)
+    limit = (
+        lease.expires
+        + holder.capabilities.expiry_precision
+        + timedelta(milliseconds=500)
+    )
     while True:
         try:
             taken = other.acquire_lease(resource, "bob", timedelta(minutes=5))

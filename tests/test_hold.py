@@ -43,7 +43,7 @@ def test_a_backend_is_a_context_manager(backend: Backend, resource: str) -> None
 def test_hold_renews_while_the_block_runs_and_releases_after(
     make_backend: Callable[[], Backend], resource: str
 ) -> None:
-    ttl = max(timedelta(seconds=2), make_backend().min_ttl)
+    ttl = max(timedelta(seconds=2), make_backend().capabilities.min_ttl)
     lock = StormLock(make_backend(), resource, "alice", ttl)
     observer = make_backend()
     with lock.hold(note="long job") as held:
@@ -64,7 +64,7 @@ def test_hold_renews_while_the_block_runs_and_releases_after(
 def test_hold_tells_the_block_when_the_lease_is_lost(
     make_backend: Callable[[], Backend], resource: str
 ) -> None:
-    ttl = max(timedelta(seconds=3), make_backend().min_ttl)
+    ttl = max(timedelta(seconds=3), make_backend().capabilities.min_ttl)
     lock = StormLock(make_backend(), resource, "alice", ttl)
     called = threading.Event()
     reasons: list[str | None] = []

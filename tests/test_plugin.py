@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stormlock import get_backend
+from stormlock.backend import Feature
 from stormlock.backends import available_backends
 from tests.backends import BackendConfig
 from tests.conftest import CliRunner
@@ -28,8 +29,9 @@ def jsonfile_config(home: Path, extra: str = "") -> str:
 def test_plugins_are_discovered_by_entry_point() -> None:
     assert {"jsonfile", "fivemethods"} <= set(available_backends())
     backend = get_backend("jsonfile", path="/tmp/unused.json")
-    assert not backend.supports("list")
-    assert not backend.supports("notes")
+    assert not backend.supports(Feature.LIST)
+    assert not backend.supports(Feature.NOTES)
+    assert not backend.supports(Feature.DOCTOR)
 
 
 def test_seed_scenario_on_a_plugin(

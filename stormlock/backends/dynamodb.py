@@ -34,6 +34,9 @@ from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeDeserializer
 
 from ..backend import (
+    ONE_ROUND_TRIP,
+    Capabilities,
+    Clock,
     Finding,
     Lease,
     LeaseBackend,
@@ -41,7 +44,6 @@ from ..backend import (
     new_lease_id,
     one_line,
     remaining_budget,
-    trips,
 )
 from ..errors import BackendUnavailable, ConfigError
 
@@ -90,10 +92,12 @@ class DynamoDB(LeaseBackend):
     `access_key_id`, `secret_access_key`, `timeout` (seconds, default 5).
     """
 
-    clock = "client"
-    min_ttl = timedelta(milliseconds=1)
-    fence_source = "per-item counter, started from the clock (µs) for a new item"
-    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
+    capabilities = Capabilities(
+        clock=Clock.CLIENT,
+        min_ttl=timedelta(milliseconds=1),
+        fence_source="per-item counter, started from the clock (µs) for a new item",
+        round_trips=ONE_ROUND_TRIP,
+    )
 
     def __init__(
         self,

@@ -37,6 +37,8 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from ..backend import (
+    Capabilities,
+    Clock,
     Finding,
     Lease,
     LeaseBackend,
@@ -100,12 +102,16 @@ class Etcd(LeaseBackend):
     `password`, `timeout` (seconds, default 5).
     """
 
-    clock = "server"
-    min_ttl = timedelta(seconds=2)
-    # etcd deletes expired keys from a loop that runs every 500 ms.
-    expiry_precision = timedelta(seconds=1)
-    fence_source = "the key's create revision plus the store's epoch (µs)"
-    round_trips = trips(acquire=2, renew=4, release=2, current=1, is_current=1, list=1)
+    capabilities = Capabilities(
+        clock=Clock.SERVER,
+        min_ttl=timedelta(seconds=2),
+        # etcd deletes expired keys from a loop that runs every 500 ms.
+        expiry_precision=timedelta(seconds=1),
+        fence_source="the key's create revision plus the store's epoch (µs)",
+        round_trips=trips(
+            acquire=2, renew=4, release=2, current=1, is_current=1, list=1
+        ),
+    )
 
     def __init__(
         self,

@@ -27,13 +27,15 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import (
+    ONE_ROUND_TRIP,
+    Capabilities,
+    Clock,
     Finding,
     Lease,
     LeaseBackend,
     check_timeout,
     new_lease_id,
     remaining_budget,
-    trips,
 )
 from ..errors import BackendUnavailable, ConfigError, InvalidInput
 
@@ -188,10 +190,12 @@ class Postgresql(LeaseBackend):
     `pool_size` (default 10).
     """
 
-    clock = "server"
-    min_ttl = timedelta(microseconds=1)
-    fence_source = "per-row counter or the server clock (µs), whichever is larger"
-    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
+    capabilities = Capabilities(
+        clock=Clock.SERVER,
+        min_ttl=timedelta(microseconds=1),
+        fence_source="per-row counter or the server clock (µs), whichever is larger",
+        round_trips=ONE_ROUND_TRIP,
+    )
 
     def __init__(
         self,

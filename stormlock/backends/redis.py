@@ -25,6 +25,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..backend import (
+    ONE_ROUND_TRIP,
+    Capabilities,
+    Clock,
     Finding,
     Lease,
     LeaseBackend,
@@ -32,7 +35,6 @@ from ..backend import (
     new_lease_id,
     one_line,
     remaining_budget,
-    trips,
 )
 from ..errors import BackendUnavailable, ConfigError
 from ..names import RECORD_PREFIX
@@ -178,10 +180,12 @@ class Redis(LeaseBackend):
     every key, default `stormlock:`), `timeout` (seconds, default 5).
     """
 
-    clock = "server"
-    min_ttl = timedelta(milliseconds=1)
-    fence_source = "INCR counter key or the server clock (µs), whichever is larger"
-    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
+    capabilities = Capabilities(
+        clock=Clock.SERVER,
+        min_ttl=timedelta(milliseconds=1),
+        fence_source="INCR counter key or the server clock (µs), whichever is larger",
+        round_trips=ONE_ROUND_TRIP,
+    )
 
     def __init__(
         self,

@@ -17,12 +17,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..backend import (
+    ONE_ROUND_TRIP,
+    Capabilities,
+    Clock,
     Finding,
     Lease,
     LeaseBackend,
     check_timeout,
     new_lease_id,
-    trips,
 )
 from ..errors import BackendUnavailable
 
@@ -122,9 +124,11 @@ class SQLite(LeaseBackend):
     `timeout`, the seconds to wait for another process's write.
     """
 
-    clock = "host"
-    fence_source = "per-row counter or the clock (µs), whichever is larger"
-    round_trips = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
+    capabilities = Capabilities(
+        clock=Clock.HOST,
+        fence_source="per-row counter or the clock (µs), whichever is larger",
+        round_trips=ONE_ROUND_TRIP,
+    )
 
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
         from ..config import default_state_dir
