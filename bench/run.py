@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import counters
 from bench.scenarios import bot_latency, contention, scheduler_scaling
 from stormlock.backend import Backend, Lease
-from stormlock.config import build_backend
+from stormlock.backends import build_backend
 from tests.backends import BACKENDS
 from tests.servers import SERVERS, Server
 

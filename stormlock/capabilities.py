@@ -10,7 +10,7 @@ import sys
 from datetime import timedelta
 
 from .backend import Backend, Feature
-from .backends import BUILTIN, find_backend
+from .backends import builtin_backends, find_backend
 from .ttl import format_duration
 
 OPERATIONS = ("acquire", "renew", "release", "current", "is_current", "list")
@@ -47,7 +47,7 @@ def capability_table(names: list[str] | None = None) -> str:
         "round trips (" + ", ".join(OPERATIONS) + ")",
     ]
     rows = [header, ["---"] * len(header)]
-    for name in names or list(BUILTIN):
+    for name in names or builtin_backends():
         cls = find_backend(name)
         declared = cls.capabilities.round_trips
         trips = "/".join(str(declared.get(op, "?")) for op in OPERATIONS)

@@ -1,26 +1,23 @@
 """The INI configuration file: where it is, and what its sections mean.
 
 [default] holds defaults, a section named after a resource overrides them,
-[backend.NAME] configures a backend by its constructor's signature, and
-[bot] configures the Slack bot.
+[backend.NAME] configures a backend (stormlock.backends builds it from the
+section, by its constructor's signature), and [bot] configures the Slack bot.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import types
-import typing
-from collections.abc import Mapping
 from configparser import ConfigParser
 from configparser import Error as ConfigParserError
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from .backend import Backend
-from .backends import find_backend
 from .errors import ConfigError, InvalidTTL
+from .paths import search_paths
 from .ttl import parse_duration
 
 DEFAULT_BACKEND = "sqlite"
@@ -29,22 +26,6 @@ DEFAULT_SECTION = "default"
 BOT_SECTION = "bot"
 BACKEND_PREFIX = "backend."
 _NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION)
-
-
-def search_paths() -> list[Path]:
-    """Where a config file is looked for, in order (the original tool's order)."""
-    home = Path.home()
-    xdg = os.environ.get("XDG_CONFIG_HOME") or str(home / ".config")
-    return [
-        Path(".stormlock.cfg"),
-        Path(xdg) / "stormlock.cfg",
-        home / ".stormlock.cfg",
-    ]
-
-
-def default_state_dir() -> Path:
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "stormlock"
 
 
 def default_principal() -> str:
@@ -163,26 +144,15 @@ class Config:
 
     def backend(self, name: str) -> Backend:
         """Build backend `name` from its `[backend.NAME]` section."""
+        from .backends import build_backend
+
         return build_backend(name, self.backend_options(name), self)
 
-
-def build_backend(
-    name: str, options: Mapping[str, str], config: Config | None = None
-) -> Backend:
-    """Build backend `name` from INI-style string options."""
-    cls = find_backend(name)
-    where = f"[{BACKEND_PREFIX}{name}]"
-    if not options:
-        try:  # the zero-config path: no signature to inspect
-            return cls()
-        except TypeError:
-            pass  # a required option is missing: let the mapping say which
-    kwargs = options_for_signature(cls, options, where, config)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        source = f"{config.source}: " if config else ""
-        raise ConfigError(f"{source}{where}: {exc}") from None
+    def section(self, name: str) -> dict[str, str] | None:
+        """The keys of section `name`, or None if the file has no such section."""
+        if not self.parser.has_section(name):
+            return None
+        return dict(self.parser[name])
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -203,79 +173,3 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
                 f"config file {str(found)!r} is not valid INI: {first}"
             ) from None
     return Config(parser, found)
-
-
-_EMPTY = object()
-
-
-def _convert(kind: Any, raw: str, key: str, where: str) -> Any:
-    optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
-    if optional:
-        kinds = [k for k in typing.get_args(kind) if k is not type(None)]
-        kind = kinds[0] if len(kinds) == 1 else str
-    if kind in (str, Any) or kind is _EMPTY:
-        return raw
-    try:
-        if kind is bool:
-            lowered = raw.strip().lower()
-            if lowered in ("1", "yes", "true", "on"):
-                return True
-            if lowered in ("0", "no", "false", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{where} {key} = {raw!r} is not a valid {kind.__name__}; fix the value"
-        ) from None
-    return raw
-
-
-def options_for_signature(
-    cls: type, options: Mapping[str, str], where: str, config: Config | None = None
-) -> dict[str, Any]:
-    """Map INI options onto the keyword parameters of `cls.__init__`."""
-    import inspect  # only when there are options to map: it is slow to import
-
-    signature = inspect.signature(cls)
-    try:
-        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-    except Exception:  # unresolvable annotations in a plugin: treat as str
-        hints = {}
-    params = signature.parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    known = {
-        name: p
-        for name, p in params.items()
-        if p.kind
-        not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    }
-    source = f"{config.source}: " if config else ""
-    kwargs: dict[str, Any] = {}
-    for key, raw in options.items():
-        if key in known:
-            kind = hints.get(key, known[key].annotation)
-            if kind is inspect.Parameter.empty:
-                kind = _EMPTY
-            if kind in (dict, dict[str, str]) and config is not None:
-                continue
-            kwargs[key] = _convert(kind, raw, key, f"{source}{where}")
-        elif takes_any:
-            kwargs[key] = raw
-        else:
-            valid = ", ".join(sorted(known)) or "none"
-            raise ConfigError(
-                f"{source}{where} has unknown option {key!r}; valid options: {valid}"
-            )
-    for name, param in known.items():
-        kind = hints.get(name, param.annotation)
-        if kind in (dict, dict[str, str]) and config is not None:
-            sub = f"{where[1:-1]}.{name}"
-            if config.parser.has_section(sub):
-                kwargs[name] = dict(config.parser[sub])
-        if name not in kwargs and param.default is inspect.Parameter.empty:
-            raise ConfigError(f"{source}{where} needs option {name!r}; add it")
-    return kwargs

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stormlock import Backend
-from stormlock.config import build_backend
+from stormlock.backends import build_backend
 
 BACKENDS = ["sqlite", "redis", "postgresql", "dynamodb", "etcd"]
 SERVER_FIXTURES = {

@@ -7,7 +7,7 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from stormlock import LockHeldException
-from stormlock.config import build_backend
+from stormlock.backends import build_backend
 
 
 def race(

@@ -402,6 +402,13 @@ def test_sqlite_cli_does_not_import_other_backends_or_the_bot(home: Path) -> Non
         for line in result.stderr.splitlines()
         if line.startswith("import time:")
     }
+    modules = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    # Built-ins are found by module, not by reading entry points.
+    assert "importlib.metadata" not in modules
     for heavy in (
         "redis",
         "psycopg",

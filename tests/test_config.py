@@ -4,13 +4,9 @@ from pathlib import Path
 import pytest
 
 from stormlock import Backend, Lease, load_lock
+from stormlock.backends import options_for_signature
 from stormlock.backends.sqlite import SQLite
-from stormlock.config import (
-    DEFAULT_TTL,
-    find_config_file,
-    load_config,
-    options_for_signature,
-)
+from stormlock.config import DEFAULT_TTL, find_config_file, load_config
 from stormlock.errors import ConfigError, UnknownBackendError
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from stormlock import Backend
-from stormlock.config import build_backend
+from stormlock.backends import build_backend
 from tests.backends import BackendConfig, isolated_options
 from tests.conftest import CliRunner
 from tests.servers import free_port, run_etcd, run_redis

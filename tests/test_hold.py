@@ -3,6 +3,8 @@ stopping its command before the lease can be anyone else's."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -160,4 +162,8 @@ def test_run_stops_the_command_before_another_client_can_acquire(
             if run.poll() is None:
                 run.kill()
                 run.communicate()
+            if (home / "pid").exists() and not _gone(
+                pid := int((home / "pid").read_text())
+            ):
+                os.kill(pid, signal.SIGKILL)  # a failed run left it behind
             direct.close()

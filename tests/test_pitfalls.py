@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from stormlock import LockExpiredException, LockHeldException
+from stormlock.backends import build_backend
 from stormlock.backends.etcd import Etcd
-from stormlock.config import build_backend
 from stormlock.errors import ConfigError
 from tests.backends import isolated_options
 from tests.servers import Server

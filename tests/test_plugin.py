@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stormlock import get_backend
 from stormlock.backend import Feature
-from stormlock.backends import available_backends
+from stormlock.backends import available_backends, builtin_backends, find_backend
 from tests.backends import BackendConfig
 from tests.conftest import CliRunner
 from tests.test_cli import one_line_error, run_seed_scenario
@@ -24,6 +24,21 @@ def jsonfile_config(home: Path, extra: str = "") -> str:
         "[default]\nbackend = jsonfile\nprincipal = test_user\n"
         f"[backend.jsonfile]\npath = {home / 'leases.json'}\n{extra}"
     )
+
+
+def test_entry_points_are_the_registry_of_the_builtins_too() -> None:
+    from importlib import metadata
+
+    ours = {
+        ep.name: ep
+        for ep in metadata.entry_points(group="stormlock.backends")
+        if ep.value.startswith("stormlock.backends.")
+    }
+    assert sorted(ours) == builtin_backends()
+    assert {"sqlite", "redis", "postgresql", "dynamodb", "etcd"} == set(ours)
+    for name, entry_point in ours.items():
+        # The fast path (module stormlock.backends.NAME) finds the same class.
+        assert find_backend(name) is entry_point.load()
 
 
 def test_plugins_are_discovered_by_entry_point() -> None:

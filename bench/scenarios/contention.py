@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from stormlock import LockHeldException
-from stormlock.config import build_backend
+from stormlock.backends import build_backend
 from tests.backends import BACKENDS
 from tests.servers import Server
 

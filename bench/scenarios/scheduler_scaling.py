@@ -12,11 +12,12 @@ from pathlib import Path
 import psycopg
 import redis
 
+from stormlock.backends import build_backend
 from stormlock.bot.app import build_app
 from stormlock.bot.localslack import LocalSlack
 from stormlock.bot.service import LeaseService
 from stormlock.bot.settings import BotSettings
-from stormlock.config import build_backend, load_config
+from stormlock.config import load_config
 from tests.backends import BackendConfig
 from tests.bot.conftest import ALICE
 from tests.servers import Server

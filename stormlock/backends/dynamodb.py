@@ -423,3 +423,6 @@ class DynamoDB(LeaseBackend):
 
     def close(self) -> None:
         self.resource.meta.client.close()
+
+
+BACKEND = DynamoDB

@@ -516,3 +516,6 @@ class Etcd(LeaseBackend):
         """The etcd lease IDs that exist now (for leak checks)."""
         data = self._call("/v3/lease/leases", {})
         return [str(item["ID"]) for item in data.get("leases") or []]
+
+
+BACKEND = Etcd

@@ -408,3 +408,6 @@ class Postgresql(LeaseBackend):
         if self._opened:
             self.pool.close()
             self._opened = False
+
+
+BACKEND = Postgresql

@@ -370,3 +370,6 @@ def _eviction(where: str, settings: dict[str | None, str]) -> Finding:
         f"{where}: maxmemory-policy {policy} evicts keys under memory pressure, "
         "live leases included; set maxmemory-policy noeviction",
     )
+
+
+BACKEND = Redis

@@ -27,6 +27,7 @@ from ..backend import (
     new_lease_id,
 )
 from ..errors import BackendUnavailable
+from ..paths import default_state_dir
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS stormlock_leases (
@@ -131,8 +132,6 @@ class SQLite(LeaseBackend):
     )
 
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
-        from ..config import default_state_dir
-
         self.path = (
             Path(path).expanduser() if path else default_state_dir() / "locks.db"
         )
@@ -335,3 +334,6 @@ class SQLite(LeaseBackend):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+BACKEND = SQLite

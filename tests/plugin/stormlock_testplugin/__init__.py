@@ -88,7 +88,7 @@ class FiveMethodsBackend(Backend):
     real server."""
 
     def __init__(self, store: str, **options: str) -> None:
-        from stormlock.config import build_backend
+        from stormlock.backends import build_backend
 
         self.inner = build_backend(store, options)
 
