@@ -8,7 +8,6 @@ implements only them works with the CLI and the bot.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -165,14 +164,10 @@ def utcnow() -> datetime:
 
 
 def new_lease_id() -> str:
-    """A lease id: a random (version 4) UUID, 122 bits from the OS's CSPRNG.
+    """A lease id: a random (version 4) UUID, 122 bits from the OS's CSPRNG."""
+    import uuid  # only acquiring needs it
 
-    Formatted by hand: importing `uuid` costs the CLI measurable start-up time.
-    """
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return _hyphenate(raw.hex())
+    return str(uuid.uuid4())
 
 
 def _hyphenate(digits: str) -> str:

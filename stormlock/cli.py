@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import NoReturn, cast
+from typing import NoReturn
 
 from . import errors
 from .backend import Backend, Feature
@@ -50,31 +50,7 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
-COMMANDS = (
-    "acquire",
-    "release",
-    "renew",
-    "current",
-    "is-held",
-    "list",
-    "run",
-    "setup",
-    "doctor",
-)
-
-
-class _Skipped:
-    """Stands in for a subcommand's parser that this run will not use."""
-
-    def add_argument(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def set_defaults(self, **kwargs: object) -> None:
-        pass
-
-
-def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `only`, just that subcommand's (a faster start)."""
+def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Leases on named resources, so two operators never run the "
@@ -91,8 +67,6 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        if only is not None and name != only:
-            return cast(argparse.ArgumentParser, _Skipped())
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument(
             "-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -304,12 +278,6 @@ def _command_index(argv: list[str]) -> int | None:
     return None
 
 
-def _command_word(argv: list[str]) -> str | None:
-    """The subcommand `argv` names, if it is a known one."""
-    index = _command_index(argv)
-    return argv[index] if index is not None and argv[index] in COMMANDS else None
-
-
 def _split_run_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """For `run`, everything after the first `--` is the command, so that
     options may come after the resource: `run db --ttl 1h -- make deploy`."""
@@ -325,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments, command = _split_run_command(
         list(sys.argv[1:] if argv is None else argv)
     )
-    args = _build_parser(_command_word(arguments)).parse_args(arguments)
+    args = _build_parser().parse_args(arguments)
     if command is not None:
         args.command_after_dashes = command
     return errors.run_main(PROG, lambda: _dispatch(args))
