@@ -21,25 +21,11 @@ from stormlock.errors import (
 )
 from tests.backends import BackendConfig
 from tests.conftest import CliRunner
+from tests.support import one_line_error, run_seed_scenario
 
 UUID = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.05)
-
-
-def one_line_error(stderr: str) -> str:
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 # -- zero configuration ------------------------------------------------------
@@ -68,36 +54,6 @@ def test_seed_cli_scenario(
 ) -> None:
     env = {"STORMLOCK_CONFIG": str(write_config(backend_config.ini("test_user")))}
     run_seed_scenario(cli, env)
-
-
-def run_seed_scenario(cli: CliRunner, env: dict[str, str]) -> None:
-    """The original tool's own CLI test (tests/test_cli.sh), step by step."""
-    r1, r2 = "test1", "test2"
-    id1 = cli("acquire", r1, env=env).stdout.strip()
-    assert id1
-    assert cli("is-held", r1, id1, env=env).returncode == 0
-    principal, _created, lease_id = (
-        cli("current", r1, env=env).stdout.rstrip("\n").split("\t")
-    )
-    assert (principal, lease_id) == ("test_user", id1)
-    held = cli("acquire", r1, env=env)
-    assert held.returncode == 2
-    assert "test_user" in one_line_error(held.stderr)
-    assert id1 not in held.stderr, "the holder's lease id must stay secret"
-    res2 = cli("acquire", r2, env=env)
-    assert res2.returncode == 0
-    assert cli("release", r1, id1, env=env).returncode == 0
-    id2 = cli("acquire", r1, "-t", "4 seconds", env=env).stdout.strip()
-    assert id2 and id2 != id1
-    assert cli("is-held", r1, id1, env=env).returncode == 1
-    assert cli("renew", r1, id2, "-t", "4 seconds", env=env).returncode == 0
-    assert cli("acquire", r1, env=env).returncode == 2
-    wait_until(lambda: cli("is-held", r1, id2, env=env).returncode == 1)
-    renew = cli("renew", r1, id2, "-t", "4 seconds", env=env)
-    assert renew.returncode == 3
-    one_line_error(renew.stderr)
-    assert cli("release", r2, res2.stdout.strip(), env=env).returncode == 0
-    assert cli("current", r2, "--id-only", env=env).returncode == 1
 
 
 # -- output formats ---------------------------------------------------------------

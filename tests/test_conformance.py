@@ -16,6 +16,7 @@ from stormlock import Backend, LockExpiredException, LockHeldException
 from stormlock.backend import utcnow
 from tests.backends import BackendConfig
 from tests.race_worker import race
+from tests.support import short_ttl, wait_for_expiry
 
 MALFORMED_IDS = [
     "",
@@ -27,20 +28,6 @@ MALFORMED_IDS = [
     "\x00",
     "*",
 ]
-
-
-def short_ttl(backend: Backend) -> timedelta:
-    return max(timedelta(seconds=1), backend.capabilities.min_ttl)
-
-
-def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> None:
-    """Until the lease is over and, within the backend's stated precision,
-    the store lets another client take the resource."""
-    deadline = time.monotonic() + timeout
-    while backend.current(resource) is not None:
-        assert time.monotonic() < deadline, "lease did not expire in time"
-        time.sleep(0.05)
-    time.sleep(backend.capabilities.expiry_precision.total_seconds())
 
 
 def test_after_the_reported_expiry_the_lease_is_over_and_free_soon(

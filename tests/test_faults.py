@@ -16,7 +16,7 @@ from stormlock.errors import BackendUnavailable
 from tests.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from tests.conftest import CliRunner
 from tests.faults import partition_proxy, redirect, silent_server
-from tests.test_cli import one_line_error
+from tests.support import one_line_error
 
 TIMEOUT = 1.0
 # What a bounded wait may add to `timeout`: a broken connection failing at

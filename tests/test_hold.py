@@ -20,7 +20,7 @@ from stormlock.hold import Hold
 from tests.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from tests.conftest import STORMLOCK, clean_env
 from tests.faults import partition_proxy, redirect
-from tests.test_cli import wait_until
+from tests.support import wait_until
 
 
 def test_with_load_lock_closes_the_backend(

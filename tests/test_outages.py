@@ -14,7 +14,7 @@ from stormlock.errors import BackendUnavailable
 from tests.backends import SERVER_FIXTURES, BackendConfig, isolated_options
 from tests.conftest import CliRunner
 from tests.servers import Server, free_port
-from tests.test_cli import one_line_error
+from tests.support import one_line_error
 
 SERVER_BACKENDS = sorted(SERVER_FIXTURES)
 TIMEOUT = 2.0

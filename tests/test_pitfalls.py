@@ -17,7 +17,7 @@ from stormlock.backends.etcd import Etcd
 from stormlock.errors import ConfigError
 from tests.backends import isolated_options
 from tests.servers import Server
-from tests.test_conformance import wait_for_expiry
+from tests.support import wait_for_expiry
 
 # -- DynamoDB ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from stormlock.backend import Feature
 from stormlock.backends import available_backends, builtin_backends, find_backend
 from tests.backends import BackendConfig
 from tests.conftest import CliRunner
-from tests.test_cli import one_line_error, run_seed_scenario
+from tests.support import one_line_error, run_seed_scenario
 
 
 def jsonfile_config(home: Path, extra: str = "") -> str:

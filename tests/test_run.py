@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import STORMLOCK, CliRunner, clean_env
-from tests.test_cli import wait_until
+from tests.support import wait_until
 
 # A child that records its lease, then waits to be signalled.
 WAITER = (

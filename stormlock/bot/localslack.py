@@ -34,7 +34,8 @@ class Call:
     """A Web API method, or "response_url"."""
     payload: dict[str, Any]
     context: dict[str, str] = field(default_factory=dict)
-    """For response_url calls: the user and channel the URL was made for."""
+    """For response_url calls: the user and channel the URL was made for; for
+    posts: the `ts` Slack gave the message."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -321,18 +322,15 @@ class LocalSlack:
                     self._send(200, {"ok": False, "error": "invalid_auth"})
                     return
                 call = Call(method, payload, {}, slack.problems(method, payload))
+                answer = (
+                    {"ok": False, "error": "invalid_blocks", "errors": call.problems}
+                    if call.problems
+                    else slack.answer(method, payload)
+                )
+                if "ts" in answer:  # which message a post made, for later edits
+                    call.context["ts"] = str(answer["ts"])
                 slack.record(call)
-                if call.problems:
-                    self._send(
-                        200,
-                        {
-                            "ok": False,
-                            "error": "invalid_blocks",
-                            "errors": call.problems,
-                        },
-                    )
-                    return
-                self._send(200, slack.answer(method, payload))
+                self._send(200, answer)
 
         return Handler
 

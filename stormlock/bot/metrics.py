@@ -44,6 +44,11 @@ NOTIFICATIONS = Counter(
     ["kind"],
 )
 
+RECONCILE_RUNS = Counter(
+    "stormlock_reconcile_runs_total",
+    "Reconcile passes completed (warnings, expiry notices, wait lists, boards).",
+)
+
 _TIMED = frozenset(
     {
         "acquire_lease",

@@ -28,7 +28,7 @@ from ..backend import Lease, utcnow
 from ..errors import StormlockError
 from . import blocks
 from .flows import Bot
-from .metrics import NOTIFICATIONS
+from .metrics import NOTIFICATIONS, RECONCILE_RUNS
 from .records import Records
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Reminders:
                 except StormlockError as exc:
                     stats.errors.append(str(exc))
                     log.warning("reconcile step %s failed: %s", step.__name__, exc)
+            RECONCILE_RUNS.inc()
             return stats
 
     def _horizon(self) -> timedelta:

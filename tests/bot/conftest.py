@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import time
 import urllib.parse
@@ -62,6 +63,23 @@ class BotServer:
             headers=all_headers,
             timeout=10,
         )
+
+    def reconcile_runs(self) -> float:
+        """How many reconcile passes the bot has completed (from /metrics)."""
+        metrics = requests.get(self.url + "/metrics", timeout=10).text
+        for line in metrics.splitlines():
+            if line.startswith("stormlock_reconcile_runs_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    def settle(self, passes: int = 10) -> None:
+        """Until `passes` more reconcile passes have run: proving that nothing
+        more is sent means letting the job run, and this counts its runs."""
+        target = self.reconcile_runs() + passes
+        deadline = time.monotonic() + 60
+        while self.reconcile_runs() < target:
+            assert time.monotonic() < deadline, "the reconcile job stopped running"
+            time.sleep(0.05)
 
     def command(
         self, user: User, text: str, channel: str = "C0OPS"
@@ -255,3 +273,12 @@ def bot(
 def text_of(call: Call) -> str:
     """Everything a reader would see in a payload, as one string."""
     return json.dumps(call.payload)
+
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def lease_id_in(call: Call) -> str:
+    found: list[str] = UUID.findall(text_of(call))
+    assert len(found) == 1, text_of(call)
+    return found[0]

@@ -12,8 +12,15 @@ import pytest
 
 from stormlock.bot.localslack import LocalSlack
 from tests.backends import BackendConfig
-from tests.bot.conftest import ALICE, BOB, BotServer, start_bot, text_of
-from tests.bot.test_commands import UUID, lease_id_in
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    UUID,
+    BotServer,
+    lease_id_in,
+    start_bot,
+    text_of,
+)
 from tests.servers import free_port
 
 

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from datetime import timedelta
 
 import requests
 
-from stormlock.bot.localslack import Call
 from tests.bot.conftest import (
     ALICE,
     BOB,
     CAROL,
     DAVE,
     SECRET,
+    UUID,
     BotServer,
+    lease_id_in,
     sign,
     text_of,
 )
-
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def lease_id_in(call: Call) -> str:
-    found: list[str] = UUID.findall(text_of(call))
-    assert len(found) == 1, text_of(call)
-    return found[0]
 
 
 def test_acquire_gives_the_id_privately_and_tells_the_channel(bot: BotServer) -> None:
@@ -290,4 +281,3 @@ def test_lease_ids_never_leave_the_acquirers_private_replies(bot: BotServer) -> 
     assert bot.slack.token not in logs
     assert SECRET not in logs, "the signing secret is never logged"
     assert "Traceback" not in logs
-    assert json.dumps(sorted(ids)) != ""

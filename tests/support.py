@@ -1,0 +1,69 @@
+"""Helpers shared by the test modules (which never import one another)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from stormlock import Backend
+from tests.conftest import CliRunner
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        time.sleep(0.05)
+
+
+def one_line_error(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def run_seed_scenario(cli: CliRunner, env: dict[str, str]) -> None:
+    """The original tool's own CLI test (tests/test_cli.sh), step by step."""
+    r1, r2 = "test1", "test2"
+    id1 = cli("acquire", r1, env=env).stdout.strip()
+    assert id1
+    assert cli("is-held", r1, id1, env=env).returncode == 0
+    principal, _created, lease_id = (
+        cli("current", r1, env=env).stdout.rstrip("\n").split("\t")
+    )
+    assert (principal, lease_id) == ("test_user", id1)
+    held = cli("acquire", r1, env=env)
+    assert held.returncode == 2
+    assert "test_user" in one_line_error(held.stderr)
+    assert id1 not in held.stderr, "the holder's lease id must stay secret"
+    res2 = cli("acquire", r2, env=env)
+    assert res2.returncode == 0
+    assert cli("release", r1, id1, env=env).returncode == 0
+    id2 = cli("acquire", r1, "-t", "4 seconds", env=env).stdout.strip()
+    assert id2 and id2 != id1
+    assert cli("is-held", r1, id1, env=env).returncode == 1
+    assert cli("renew", r1, id2, "-t", "4 seconds", env=env).returncode == 0
+    assert cli("acquire", r1, env=env).returncode == 2
+    wait_until(lambda: cli("is-held", r1, id2, env=env).returncode == 1)
+    renew = cli("renew", r1, id2, "-t", "4 seconds", env=env)
+    assert renew.returncode == 3
+    one_line_error(renew.stderr)
+    assert cli("release", r2, res2.stdout.strip(), env=env).returncode == 0
+    assert cli("current", r2, "--id-only", env=env).returncode == 1
+
+
+def short_ttl(backend: Backend) -> timedelta:
+    return max(timedelta(seconds=1), backend.capabilities.min_ttl)
+
+
+def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> None:
+    """Until the lease is over and, within the backend's stated precision,
+    the store lets another client take the resource."""
+    deadline = time.monotonic() + timeout
+    while backend.current(resource) is not None:
+        assert time.monotonic() < deadline, "lease did not expire in time"
+        time.sleep(0.05)
+    time.sleep(backend.capabilities.expiry_precision.total_seconds())
