@@ -22,9 +22,11 @@ from typing import ClassVar, NamedTuple
 from .errors import (
     EXIT_EXPIRED,
     EXIT_HELD,
+    BackendUnavailable,
     ConfigError,
     StormlockError,
     UnsupportedOperation,
+    one_line,
 )
 
 MAX_RESOURCE_LENGTH = 200
@@ -90,12 +92,12 @@ class Capabilities(NamedTuple):
     clock: Clock = Clock.CLIENT
     min_ttl: timedelta = timedelta(0)
     """The shortest TTL the store can honour exactly."""
-    expiry_precision: timedelta = timedelta(0)
-    """How late after a lease's reported expiry another client can take the
-    resource, at most (the holder's renew and is_current fail right at it)."""
     fence_source: str = "the acquisition time in microseconds (fallback)"
     round_trips: Mapping[str, int] = MappingProxyType({})
     """Round trips to the store per operation (bench/ measures them)."""
+    expiry_precision: timedelta = timedelta(0)
+    """How late after a lease's reported expiry another client can take the
+    resource, at most (the holder's renew and is_current fail right at it)."""
 
 
 class Finding(NamedTuple):
@@ -153,10 +155,6 @@ def describe_holder(resource: str, lease: Lease | None) -> str:
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds: sortable and free of spaces."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def utcnow() -> datetime:
@@ -219,7 +217,7 @@ def trips(**counts: int) -> Mapping[str, int]:
 
 #: One round trip for every operation: what each store's single atomic
 #: statement or script gives.
-ONE_ROUND_TRIP = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
+ONE_TRIP = trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1)
 
 
 def complete(lease: Lease, resource: str) -> Lease:
@@ -431,6 +429,19 @@ class LeaseBackend(Backend):
 
     timeout: float = 5.0
 
+    # -- for subclasses -----------------------------------------------------
+
+    def _set_timeout(self, timeout: float) -> None:
+        """Check and keep the `timeout` option (seconds per operation)."""
+        self.timeout = check_timeout(
+            timeout, f"[backend.{type(self).__name__.lower()}]"
+        )
+
+    new_id = staticmethod(new_lease_id)
+    """A fresh lease id."""
+    time_left = staticmethod(remaining_budget)
+    """Seconds left of the running operation's budget (see `remaining_budget`)."""
+
     # -- hooks: one store's statements ------------------------------------
 
     @abstractmethod
@@ -465,10 +476,20 @@ class LeaseBackend(Backend):
     def _list_expiring(self, before: datetime) -> list[Lease]:
         return Backend.list_expiring(self, before)
 
+    #: The store client's exceptions that `_failure` turns into ours.
+    client_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def _failure(self, error: Exception) -> StormlockError:
+        """The error to raise for one of `client_errors`: one line that says
+        what failed and what to check."""
+        return BackendUnavailable(f"{type(self).__name__} failed: {error}")
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        """Turn the store's client errors into `BackendUnavailable`."""
-        yield
+        try:
+            yield
+        except self.client_errors as error:
+            raise self._failure(error) from None
 
     @contextmanager
     def _operation(self) -> Iterator[None]:

@@ -107,6 +107,10 @@ def exit_code_epilog() -> str:
     return "\n".join(lines) + "\n"
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 class StormlockError(Exception):
     """Base of every error Stormlock raises on purpose."""
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from .backend import Lease, iso, one_line
+from .backend import Lease, iso
+from .errors import one_line
 
 
 def short_time(moment: datetime | None) -> str:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -33,26 +32,13 @@ import botocore.exceptions
 from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeDeserializer
 
-from ..backend import (
-    ONE_ROUND_TRIP,
-    Capabilities,
-    Clock,
-    Finding,
-    Lease,
-    LeaseBackend,
-    check_timeout,
-    new_lease_id,
-    one_line,
-    remaining_budget,
-)
-from ..errors import BackendUnavailable, ConfigError
+from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
+from ..errors import BackendUnavailable, ConfigError, StormlockError, one_line
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _INDEX = "active-expires"
 _PURGE_AFTER = 30 * 86400
 _T = TypeVar("_T")
-# Errors the operations handle themselves.
-_PASSED_THROUGH = ("ConditionalCheckFailedException", "ResourceNotFoundException")
 # A failure this fast is a broken connection, not a silent server.
 _QUICK_FAILURE = 0.25
 
@@ -85,19 +71,16 @@ def _live(item: dict[str, Any] | None, now: int) -> bool:
     return item is not None and "lease_id" in item and int(item["expires"]) > now
 
 
+# Where fences come from, as the capability table says.
+_FENCES = "per-item counter, started from the clock (µs) for a new item"
+
+
 class DynamoDB(LeaseBackend):
     """Leases in a DynamoDB table (created on first use, or by `stormlock setup`).
 
     Options: `table` (default `stormlock`), `endpoint`, `region`, `profile`,
     `access_key_id`, `secret_access_key`, `timeout` (seconds, default 5).
     """
-
-    capabilities = Capabilities(
-        clock=Clock.CLIENT,
-        min_ttl=timedelta(milliseconds=1),
-        fence_source="per-item counter, started from the clock (µs) for a new item",
-        round_trips=ONE_ROUND_TRIP,
-    )
 
     def __init__(
         self,
@@ -125,7 +108,7 @@ class DynamoDB(LeaseBackend):
             raise ConfigError(
                 f"[backend.dynamodb] profile {profile!r} is not in your AWS config"
             ) from None
-        self.timeout = check_timeout(timeout, "[backend.dynamodb]")
+        self._set_timeout(timeout)
         # Connecting and reading share the budget, and botocore's own retries
         # (with backoff of up to seconds) are off: `_call` retries within it.
         config = botocore.config.Config(
@@ -144,35 +127,37 @@ class DynamoDB(LeaseBackend):
         self.table = self.resource.Table(table)
         self._deserialize = TypeDeserializer().deserialize
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.ReadTimeoutError,
-            botocore.exceptions.ConnectionClosedError,
-            _TimedOut,
-        ) as exc:
-            raise BackendUnavailable(
-                f"DynamoDB is unreachable or did not answer within {self.timeout:g}s "
-                f"({one_line(str(exc)) or 'timed out'}); check [backend.dynamodb] "
-                "endpoint and region"
-            ) from None
-        except botocore.exceptions.NoCredentialsError:
-            raise ConfigError(
+    capabilities = Capabilities(
+        Clock.CLIENT, timedelta(milliseconds=1), _FENCES, ONE_TRIP
+    )
+
+    client_errors = (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ConnectTimeoutError,
+        botocore.exceptions.ReadTimeoutError,
+        botocore.exceptions.ConnectionClosedError,
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.ClientError,
+        _TimedOut,
+    )
+
+    def _failure(self, error: Exception) -> StormlockError:
+        if isinstance(error, botocore.exceptions.NoCredentialsError):
+            return ConfigError(
                 "no AWS credentials for DynamoDB; set [backend.dynamodb] profile or "
                 "access_key_id/secret_access_key, or the AWS_* environment"
-            ) from None
-        except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            if error.get("Code") in _PASSED_THROUGH:
-                raise
-            raise BackendUnavailable(
-                f"DynamoDB refused the request: {error.get('Code')}: "
-                f"{one_line(str(error.get('Message')))}"
-            ) from None
+            )
+        if isinstance(error, botocore.exceptions.ClientError):
+            detail = error.response.get("Error", {})
+            return BackendUnavailable(
+                f"DynamoDB refused the request: {detail.get('Code')}: "
+                f"{one_line(str(detail.get('Message')))}"
+            )
+        return BackendUnavailable(
+            f"DynamoDB is unreachable or did not answer within {self.timeout:g}s "
+            f"({one_line(str(error)) or 'timed out'}); check [backend.dynamodb] "
+            "endpoint and region"
+        )
 
     def _call(self, fn: Callable[[], _T]) -> _T:
         """Run `fn` within the budget; create the table once if it is missing.
@@ -180,7 +165,7 @@ class DynamoDB(LeaseBackend):
         A connection that failed at once (a restart broke it) is retried once.
         """
         for attempt in range(3):
-            left = remaining_budget()
+            left = self.time_left()
             if left is not None and left <= 0:
                 raise _TimedOut(f"no answer within {self.timeout:g}s")
             started = time.monotonic()
@@ -256,7 +241,7 @@ class DynamoDB(LeaseBackend):
             "fence = if_not_exists(fence, :base) + :one"
         )
         values: dict[str, Any] = {
-            ":id": new_lease_id(),
+            ":id": self.new_id(),
             ":principal": principal,
             ":now": now,
             ":expires": expires,

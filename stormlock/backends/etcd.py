@@ -36,17 +36,7 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError
 
-from ..backend import (
-    Capabilities,
-    Clock,
-    Finding,
-    Lease,
-    LeaseBackend,
-    check_timeout,
-    new_lease_id,
-    remaining_budget,
-    trips,
-)
+from ..backend import Capabilities, Clock, Finding, Lease, LeaseBackend, trips
 from ..errors import BackendUnavailable, ConfigError
 
 _NOT_FOUND = 5
@@ -94,6 +84,13 @@ class _Failure(Exception):
         self.code = code
 
 
+# etcd deletes expired keys from a loop that runs every 500 ms.
+_PRECISION = timedelta(seconds=1)
+_ROUND_TRIPS = trips(acquire=2, renew=4, release=2, current=1, is_current=1, list=1)
+# Where fences come from, as the capability table says.
+_FENCES = "the key's create revision plus the store's epoch (µs)"
+
+
 class Etcd(LeaseBackend):
     """Leases in etcd v3.
 
@@ -101,17 +98,6 @@ class Etcd(LeaseBackend):
     (`stormlock/`), `ca_cert`, `cert_key`, `cert_cert` (TLS), `user`,
     `password`, `timeout` (seconds, default 5).
     """
-
-    capabilities = Capabilities(
-        clock=Clock.SERVER,
-        min_ttl=timedelta(seconds=2),
-        # etcd deletes expired keys from a loop that runs every 500 ms.
-        expiry_precision=timedelta(seconds=1),
-        fence_source="the key's create revision plus the store's epoch (µs)",
-        round_trips=trips(
-            acquire=2, renew=4, release=2, current=1, is_current=1, list=1
-        ),
-    )
 
     def __init__(
         self,
@@ -135,7 +121,7 @@ class Etcd(LeaseBackend):
             raise ConfigError(
                 f"[backend.etcd] port = {port} is not a TCP port; use 1-65535"
             )
-        self.timeout = check_timeout(timeout, "[backend.etcd]")
+        self._set_timeout(timeout)
         tls = bool(ca_cert or cert_cert)
         self.base = f"{'https' if tls else 'http'}://{host}:{port}"
         self.prefix = prefix.encode()
@@ -158,6 +144,10 @@ class Etcd(LeaseBackend):
 
     # -- transport ----------------------------------------------------------
 
+    capabilities = Capabilities(
+        Clock.SERVER, timedelta(seconds=2), _FENCES, _ROUND_TRIPS, _PRECISION
+    )
+
     def _post(
         self, path: str, body: dict[str, Any], auth: bool = True
     ) -> dict[str, Any]:
@@ -166,7 +156,7 @@ class Etcd(LeaseBackend):
             headers["Authorization"] = self._authenticate()
         for attempt in range(2):
             extra: dict[str, Any] = {}
-            left = remaining_budget()
+            left = self.time_left()
             if left is not None:
                 if left <= 0:
                     raise self._unreachable("no answer in time")
@@ -334,7 +324,7 @@ class Etcd(LeaseBackend):
         lease = Lease(
             principal,
             now,
-            new_lease_id(),
+            self.new_id(),
             resource,
             now + timedelta(seconds=granted),
             note,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -26,18 +25,8 @@ from psycopg.errors import _WaitTimeout
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..backend import (
-    ONE_ROUND_TRIP,
-    Capabilities,
-    Clock,
-    Finding,
-    Lease,
-    LeaseBackend,
-    check_timeout,
-    new_lease_id,
-    remaining_budget,
-)
-from ..errors import BackendUnavailable, ConfigError, InvalidInput
+from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
+from ..errors import BackendUnavailable, ConfigError, InvalidInput, StormlockError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
@@ -81,12 +70,10 @@ WITH taken AS (
             clock_timestamp() + make_interval(secs => %(ttl)s), %(note)s,
             {clock_fence})
     ON CONFLICT (resource) DO UPDATE SET
-        lease_id = excluded.lease_id,
-        principal = excluded.principal,
-        created = excluded.created,
-        expires = excluded.expires,
-        note = excluded.note,
-        fence = greatest(l.fence + 1, {clock_fence})
+        (lease_id, principal, created, expires, note, fence) = (
+            excluded.lease_id, excluded.principal, excluded.created,
+            excluded.expires, excluded.note, greatest(l.fence + 1, {clock_fence})
+        )
     WHERE l.lease_id IS NULL OR l.expires <= clock_timestamp()
     RETURNING {columns}
 )
@@ -154,6 +141,15 @@ def _lease(row: dict[str, Any]) -> Lease:
     )
 
 
+def _plain_identifier(table: str) -> str:
+    if not _IDENTIFIER.match(table):
+        raise ConfigError(
+            f"[backend.postgresql] table {table!r} is not a plain SQL identifier; "
+            "use letters, digits and underscores"
+        )
+    return table
+
+
 class _BoundedConnection(psycopg.Connection[Any]):
     """A connection whose every wait on the server ends with the budget.
 
@@ -167,7 +163,7 @@ class _BoundedConnection(psycopg.Connection[Any]):
         interval: float = _WAIT_INTERVAL,
         timeout: float | None = None,
     ) -> _T:
-        left = remaining_budget()
+        left = LeaseBackend.time_left()
         if left is not None:
             timeout = max(0.0, left) if timeout is None else min(timeout, left)
         try:
@@ -181,6 +177,10 @@ class _TimedOut(Exception):
     pass
 
 
+# Where fences come from, as the capability table says.
+_FENCES = "per-row counter or the server clock (µs), whichever is larger"
+
+
 class Postgresql(LeaseBackend):
     """Leases in a PostgreSQL table.
 
@@ -190,13 +190,6 @@ class Postgresql(LeaseBackend):
     `pool_size` (default 10).
     """
 
-    capabilities = Capabilities(
-        clock=Clock.SERVER,
-        min_ttl=timedelta(microseconds=1),
-        fence_source="per-row counter or the server clock (µs), whichever is larger",
-        round_trips=ONE_ROUND_TRIP,
-    )
-
     def __init__(
         self,
         connection: str = "",
@@ -204,13 +197,8 @@ class Postgresql(LeaseBackend):
         timeout: float = 5.0,
         pool_size: int = 10,
     ) -> None:
-        if not _IDENTIFIER.match(table):
-            raise ConfigError(
-                f"[backend.postgresql] table {table!r} is not a plain SQL identifier; "
-                "use letters, digits and underscores"
-            )
-        self.table = table
-        self.timeout = check_timeout(timeout, "[backend.postgresql]")
+        self.table = _plain_identifier(table)
+        self._set_timeout(timeout)
         names = {
             "table": sql.Identifier(table),
             "index": sql.Identifier(f"{table}_expires"),
@@ -257,24 +245,30 @@ class Postgresql(LeaseBackend):
         self._opened = False
         self._schema_ready = False
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (PoolTimeout, _TimedOut):
-            raise BackendUnavailable(
+    capabilities = Capabilities(
+        Clock.SERVER, timedelta(microseconds=1), _FENCES, ONE_TRIP
+    )
+
+    client_errors = (
+        PoolTimeout,
+        _TimedOut,
+        psycopg.OperationalError,
+        psycopg.DataError,
+    )
+
+    def _failure(self, error: Exception) -> StormlockError:
+        if isinstance(error, PoolTimeout | _TimedOut):
+            return BackendUnavailable(
                 f"PostgreSQL did not answer within {self.timeout:g}s; "
                 "check that it is up and [backend.postgresql] connection"
-            ) from None
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise BackendUnavailable(
-                f"PostgreSQL failed: {first}; check that it is up and "
-                "[backend.postgresql] connection"
-            ) from None
-        except psycopg.DataError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise InvalidInput(f"PostgreSQL refused the value: {first}") from None
+            )
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, psycopg.DataError):
+            return InvalidInput(f"PostgreSQL refused the value: {first}")
+        return BackendUnavailable(
+            f"PostgreSQL failed: {first}; check that it is up and "
+            "[backend.postgresql] connection"
+        )
 
     def _run(self, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """Run `fn` on a pooled connection; create the table if it is missing.
@@ -299,9 +293,8 @@ class Postgresql(LeaseBackend):
                     raise
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _checkout_timeout() -> float:
-        left = remaining_budget()
+    def _checkout_timeout(self) -> float:
+        left = self.time_left()
         if left is not None and left <= 0:
             raise _TimedOut
         return left if left is not None else 5.0
@@ -338,7 +331,7 @@ class Postgresql(LeaseBackend):
     ) -> tuple[bool, Lease | None]:
         params = {
             "resource": resource,
-            "lease_id": new_lease_id(),
+            "lease_id": self.new_id(),
             "principal": principal,
             "ttl": ttl.total_seconds(),
             "note": note,

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -24,19 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..backend import (
-    ONE_ROUND_TRIP,
-    Capabilities,
-    Clock,
-    Finding,
-    Lease,
-    LeaseBackend,
-    check_timeout,
-    new_lease_id,
-    one_line,
-    remaining_budget,
-)
-from ..errors import BackendUnavailable, ConfigError
+from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
+from ..errors import BackendUnavailable, ConfigError, StormlockError, one_line
 from ..names import RECORD_PREFIX
 
 _NOW_MS = """
@@ -162,7 +150,7 @@ class _RetryBrokenConnection(Retry):
         started = time.monotonic()
 
         def quick(_error: Exception) -> bool:
-            left = remaining_budget()
+            left = LeaseBackend.time_left()
             elapsed = time.monotonic() - started
             return elapsed < _QUICK_FAILURE and (left is None or left > elapsed)
 
@@ -173,6 +161,10 @@ class _RetryBrokenConnection(Retry):
 _QUICK_FAILURE = 0.25
 
 
+# Where fences come from, as the capability table says.
+_FENCES = "INCR counter key or the server clock (µs), whichever is larger"
+
+
 class Redis(LeaseBackend):
     """Leases in Redis (standalone or behind a proxy; not Redis Cluster).
 
@@ -180,20 +172,13 @@ class Redis(LeaseBackend):
     every key, default `stormlock:`), `timeout` (seconds, default 5).
     """
 
-    capabilities = Capabilities(
-        clock=Clock.SERVER,
-        min_ttl=timedelta(milliseconds=1),
-        fence_source="INCR counter key or the server clock (µs), whichever is larger",
-        round_trips=ONE_ROUND_TRIP,
-    )
-
     def __init__(
         self,
         url: str = "redis://localhost:6379/0",
         prefix: str = "stormlock:",
         timeout: float = 5.0,
     ) -> None:
-        self.timeout = check_timeout(timeout, "[backend.redis]")
+        self._set_timeout(timeout)
         try:
             self.client = redis.Redis.from_url(
                 url,
@@ -214,18 +199,20 @@ class Redis(LeaseBackend):
         self._release_script = self.client.register_script(_RELEASE)
         self._list_script = self.client.register_script(_LIST)
 
+    capabilities = Capabilities(
+        Clock.SERVER, timedelta(milliseconds=1), _FENCES, ONE_TRIP
+    )
+
     def _key(self, resource: str) -> str:
         return f"{self.prefix}lease:{resource}"
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            raise BackendUnavailable(
-                f"Redis at {self._safe_url()} failed: {one_line(str(exc))}; check "
-                "that it is up and [backend.redis] url"
-            ) from None
+    client_errors = (redis.RedisError,)
+
+    def _failure(self, error: Exception) -> StormlockError:
+        return BackendUnavailable(
+            f"Redis at {self._safe_url()} failed: {one_line(str(error))}; check "
+            "that it is up and [backend.redis] url"
+        )
 
     def _safe_url(self) -> str:
         # Never print a password.
@@ -240,7 +227,7 @@ class Redis(LeaseBackend):
             f"{self.prefix}fence:{resource}",
             self._index_for(resource),
         ]
-        args: list[str | int] = [new_lease_id(), principal, _ttl_ms(ttl), note or ""]
+        args: list[str | int] = [self.new_id(), principal, _ttl_ms(ttl), note or ""]
         args.append(resource)
         acquired, fields = cast(list[Any], self._acquire_script(keys=keys, args=args))
         return bool(acquired), _lease(resource, fields)

@@ -11,22 +11,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ..backend import (
-    ONE_ROUND_TRIP,
-    Capabilities,
-    Clock,
-    Finding,
-    Lease,
-    LeaseBackend,
-    check_timeout,
-    new_lease_id,
-)
-from ..errors import BackendUnavailable
+from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
+from ..errors import BackendUnavailable, StormlockError
 from ..paths import default_state_dir
 
 _SCHEMA = (
@@ -51,12 +40,10 @@ INSERT INTO stormlock_leases
     (resource, lease_id, principal, created, expires, note, fence)
 VALUES (:resource, :lease_id, :principal, :now, :expires, :note, :clock_fence)
 ON CONFLICT (resource) DO UPDATE SET
-    lease_id = excluded.lease_id,
-    principal = excluded.principal,
-    created = excluded.created,
-    expires = excluded.expires,
-    note = excluded.note,
-    fence = max(stormlock_leases.fence + 1, :clock_fence)
+    (lease_id, principal, created, expires, note, fence) = (
+        excluded.lease_id, excluded.principal, excluded.created, excluded.expires,
+        excluded.note, max(stormlock_leases.fence + 1, :clock_fence)
+    )
 WHERE stormlock_leases.lease_id IS NULL OR stormlock_leases.expires <= :now
 RETURNING fence
 """
@@ -118,6 +105,10 @@ def _lease(row: sqlite3.Row) -> Lease:
     )
 
 
+# Where fences come from, as the capability table says.
+_FENCES = "per-row counter or the clock (µs), whichever is larger"
+
+
 class SQLite(LeaseBackend):
     """Leases in a local SQLite file.
 
@@ -125,21 +116,17 @@ class SQLite(LeaseBackend):
     `timeout`, the seconds to wait for another process's write.
     """
 
-    capabilities = Capabilities(
-        clock=Clock.HOST,
-        fence_source="per-row counter or the clock (µs), whichever is larger",
-        round_trips=ONE_ROUND_TRIP,
-    )
-
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
         self.path = (
             Path(path).expanduser() if path else default_state_dir() / "locks.db"
         )
-        self.timeout = check_timeout(timeout, "[backend.sqlite]")
+        self._set_timeout(timeout)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._ready = False
+
+    capabilities = Capabilities(Clock.HOST, timedelta(0), _FENCES, ONE_TRIP)
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -216,15 +203,13 @@ class SQLite(LeaseBackend):
             ) from None
         return [f"sqlite: database ready at {self.path}"]
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise BackendUnavailable(
-                f"SQLite database {str(self.path)!r} failed: {exc}; "
-                "check the path and its permissions ([backend.sqlite] path)"
-            ) from None
+    client_errors = (sqlite3.Error,)
+
+    def _failure(self, error: Exception) -> StormlockError:
+        return BackendUnavailable(
+            f"SQLite database {str(self.path)!r} failed: {error}; "
+            "check the path and its permissions ([backend.sqlite] path)"
+        )
 
     def doctor(self) -> list[Finding]:
         with self._operation():
@@ -254,7 +239,7 @@ class SQLite(LeaseBackend):
         lease = Lease(
             principal,
             _moment(now),
-            new_lease_id(),
+            self.new_id(),
             resource,
             _moment(now + ttl.total_seconds()),
             note,
