@@ -13,9 +13,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.stamp 2>/dev/null)" != "$stamp" 
     echo "setting up .venv ..." >&2
     "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    # compat: a plain .pth (setuptools' default finder prints a notice on install)
-    .venv/bin/python -m pip install -q --config-settings editable_mode=compat \
-        -e '.[all,dev]' -e tests/plugin
+    .venv/bin/python -m pip install -q -e '.[all,dev]' -e tests/plugin
     echo "$stamp" > .venv/.stamp
 fi
 export PATH="$PWD/.venv/bin:$PATH"
