@@ -20,7 +20,7 @@ import psycopg
 import redis
 
 from stormlock.backend import Backend
-from tests.servers import Server
+from stormlock.testing.servers import Server
 
 METHOD = (
     "Round trips are counted at the server: Redis `INFO commandstats` "

@@ -30,8 +30,8 @@ from bench import counters
 from bench.scenarios import bot_latency, contention, scheduler_scaling
 from stormlock.backend import Backend, Lease
 from stormlock.backends import build_backend
-from tests.backends import BACKENDS
-from tests.servers import SERVERS, Server
+from stormlock.testing.backends import BACKENDS
+from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_SECTIONS = "backends,contention,bot,scheduler,cli"

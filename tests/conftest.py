@@ -1,40 +1,18 @@
 """Shared fixtures: an empty HOME, the installed `stormlock` as a subprocess,
-and (in tests/servers.py) real backend servers."""
+and (from stormlock.testing, the conformance kit) real backend servers."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.backends import (  # noqa: F401 - fixtures
-    backend,
-    backend_config,
-    make_backend,
-    resource,
-)
-from tests.servers import *  # noqa: F403 - server fixtures
-from tests.servers import IN_CI
+from stormlock.testing.env import STORMLOCK, CliRunner, clean_env
+from stormlock.testing.servers import IN_CI
 
-BIN = Path(sys.executable).parent
-STORMLOCK = str(BIN / "stormlock")
-
-CliRunner = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("STORMLOCK_", "XDG_", "SLACK_"))
-    }
-    env["HOME"] = str(home)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
+pytest_plugins = ["stormlock.testing.plugin"]
 
 
 @pytest.fixture

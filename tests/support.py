@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
-from stormlock import Backend
-from tests.conftest import CliRunner
+from stormlock.testing.env import CliRunner
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -53,17 +51,3 @@ def run_seed_scenario(cli: CliRunner, env: dict[str, str]) -> None:
     one_line_error(renew.stderr)
     assert cli("release", r2, res2.stdout.strip(), env=env).returncode == 0
     assert cli("current", r2, "--id-only", env=env).returncode == 1
-
-
-def short_ttl(backend: Backend) -> timedelta:
-    return max(timedelta(seconds=1), backend.capabilities.min_ttl)
-
-
-def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> None:
-    """Until the lease is over and, within the backend's stated precision,
-    the store lets another client take the resource."""
-    deadline = time.monotonic() + timeout
-    while backend.current(resource) is not None:
-        assert time.monotonic() < deadline, "lease did not expire in time"
-        time.sleep(0.05)
-    time.sleep(backend.capabilities.expiry_precision.total_seconds())

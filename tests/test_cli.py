@@ -19,8 +19,8 @@ from stormlock.errors import (
     InvalidInput,
     exit_code_table,
 )
-from tests.backends import BackendConfig
-from tests.conftest import CliRunner
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.env import CliRunner
 from tests.support import one_line_error, run_seed_scenario
 
 UUID = re.compile(
@@ -342,7 +342,7 @@ def test_sqlite_cli_does_not_import_other_backends_or_the_bot(home: Path) -> Non
     import subprocess
     import sys
 
-    from tests.conftest import clean_env
+    from stormlock.testing.env import clean_env
 
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "stormlock.cli", "current", "x"],

@@ -15,8 +15,8 @@ import requests
 import yaml
 from mirakuru import HTTPExecutor
 
-from tests.conftest import BIN, clean_env
-from tests.servers import Server, free_port
+from stormlock.testing.env import BIN, clean_env
+from stormlock.testing.servers import Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

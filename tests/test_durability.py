@@ -16,9 +16,9 @@ import redis
 
 from stormlock import Backend
 from stormlock.backends import build_backend
-from tests.backends import BackendConfig, isolated_options
-from tests.conftest import CliRunner
-from tests.servers import free_port, run_etcd, run_redis
+from stormlock.testing.backends import BackendConfig, isolated_options
+from stormlock.testing.env import CliRunner
+from stormlock.testing.servers import free_port, run_etcd, run_redis
 
 
 def _forget_everything(name: str, backend: Backend, options: dict[str, str]) -> None:

@@ -14,9 +14,9 @@ import pytest
 from stormlock import Backend
 from stormlock.backend import Feature
 from stormlock.errors import BackendUnavailable
-from tests.backends import NETWORK_BACKENDS, BackendConfig, network_backend
-from tests.conftest import CliRunner
-from tests.faults import partition_proxy, redirect, silent_server
+from stormlock.testing.backends import NETWORK_BACKENDS, BackendConfig, network_backend
+from stormlock.testing.env import CliRunner
+from stormlock.testing.faults import partition_proxy, redirect, silent_server
 from tests.support import one_line_error
 
 TIMEOUT = 1.0

@@ -17,9 +17,9 @@ import pytest
 
 from stormlock import Backend, LockHeldException, StormLock, load_lock
 from stormlock.hold import Hold
-from tests.backends import NETWORK_BACKENDS, BackendConfig, network_backend
-from tests.conftest import STORMLOCK, clean_env
-from tests.faults import partition_proxy, redirect
+from stormlock.testing.backends import NETWORK_BACKENDS, BackendConfig, network_backend
+from stormlock.testing.env import STORMLOCK, clean_env
+from stormlock.testing.faults import partition_proxy, redirect
 from tests.support import wait_until
 
 

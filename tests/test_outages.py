@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from stormlock.errors import BackendUnavailable
-from tests.backends import SERVER_FIXTURES, BackendConfig, isolated_options
-from tests.conftest import CliRunner
-from tests.servers import Server, free_port
+from stormlock.testing.backends import SERVER_FIXTURES, BackendConfig, isolated_options
+from stormlock.testing.env import CliRunner
+from stormlock.testing.servers import Server, free_port
 from tests.support import one_line_error
 
 SERVER_BACKENDS = sorted(SERVER_FIXTURES)

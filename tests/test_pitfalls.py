@@ -15,9 +15,8 @@ from stormlock import LockExpiredException, LockHeldException
 from stormlock.backends import build_backend
 from stormlock.backends.etcd import Etcd
 from stormlock.errors import ConfigError
-from tests.backends import isolated_options
-from tests.servers import Server
-from tests.support import wait_for_expiry
+from stormlock.testing.backends import isolated_options, wait_for_expiry
+from stormlock.testing.servers import Server
 
 # -- DynamoDB ------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from stormlock import get_backend
 from stormlock.backend import Feature
 from stormlock.backends import available_backends, builtin_backends, find_backend
-from tests.backends import BackendConfig
-from tests.conftest import CliRunner
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.env import CliRunner
 from tests.support import one_line_error, run_seed_scenario
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STORMLOCK, CliRunner, clean_env
+from stormlock.testing.env import STORMLOCK, CliRunner, clean_env
 from tests.support import wait_until
 
 # A child that records its lease, then waits to be signalled.

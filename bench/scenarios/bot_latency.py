@@ -18,9 +18,9 @@ from typing import cast
 import requests
 
 from stormlock.bot.localslack import LocalSlack
-from tests.backends import BackendConfig
-from tests.bot.conftest import ALICE, BOB, CAROL, DAVE, running_bot, sign
-from tests.servers import Server
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.servers import Server
+from stormlock.testing.slack import ALICE, BOB, CAROL, DAVE, running_bot, sign
 
 CONCURRENCY = (1, 16, 64)
 

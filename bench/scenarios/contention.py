@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from stormlock import LockHeldException
 from stormlock.backends import build_backend
-from tests.backends import BACKENDS
-from tests.servers import Server
+from stormlock.testing.backends import BACKENDS
+from stormlock.testing.servers import Server
 
 THREADS = (1, 4, 16)
 

@@ -18,9 +18,9 @@ from stormlock.bot.localslack import LocalSlack
 from stormlock.bot.service import LeaseService
 from stormlock.bot.settings import BotSettings
 from stormlock.config import load_config
-from tests.backends import BackendConfig
-from tests.bot.conftest import ALICE
-from tests.servers import Server
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.servers import Server
+from stormlock.testing.slack import ALICE
 
 DUE = 10
 SCALED = ("sqlite", "redis", "postgresql")

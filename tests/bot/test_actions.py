@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from stormlock.bot.localslack import LocalSlack
-from tests.backends import BackendConfig
-from tests.bot.conftest import (
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.servers import free_port
+from stormlock.testing.slack import (
     ALICE,
     BOB,
     UUID,
@@ -21,7 +22,6 @@ from tests.bot.conftest import (
     start_bot,
     text_of,
 )
-from tests.servers import free_port
 
 
 def buttons(call_payload: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import requests
 
-from tests.bot.conftest import (
+from stormlock.testing.slack import (
     ALICE,
     BOB,
     CAROL,

@@ -12,8 +12,8 @@ import pytest
 
 from stormlock.bot.localslack import Call, LocalSlack
 from stormlock.bot.records import Records
-from tests.backends import BackendConfig
-from tests.bot.conftest import (
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.slack import (
     ALICE,
     BOB,
     CAROL,

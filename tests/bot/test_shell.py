@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import BIN, CliRunner, clean_env
+from stormlock.testing.env import BIN, CliRunner, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

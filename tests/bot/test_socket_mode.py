@@ -13,8 +13,8 @@ from typing import Any
 from websockets.sync.server import ServerConnection, serve
 
 from stormlock.bot.localslack import LocalSlack
-from tests.bot.conftest import ALICE, text_of
-from tests.conftest import BIN, clean_env
+from stormlock.testing.env import BIN, clean_env
+from stormlock.testing.slack import ALICE, text_of
 
 
 def test_socket_mode_acks_the_envelope_and_replies(

@@ -6,9 +6,11 @@ and so runs unchanged against each store on a real server.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,17 @@ def backend(make_backend: Callable[[], Backend]) -> Backend:
 @pytest.fixture
 def resource() -> str:
     return f"res-{uuid.uuid4().hex[:8]}"
+
+
+def short_ttl(backend: Backend) -> timedelta:
+    return max(timedelta(seconds=1), backend.capabilities.min_ttl)
+
+
+def wait_for_expiry(backend: Backend, resource: str, timeout: float = 20) -> None:
+    """Until the lease is over and, within the backend's stated precision,
+    the store lets another client take the resource."""
+    deadline = time.monotonic() + timeout
+    while backend.current(resource) is not None:
+        assert time.monotonic() < deadline, "lease did not expire in time"
+        time.sleep(0.05)
+    time.sleep(backend.capabilities.expiry_precision.total_seconds())

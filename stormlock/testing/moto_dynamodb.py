@@ -5,7 +5,7 @@ its tables, so two conditional writes can both succeed, which real DynamoDB
 never allows. Serialising request handling (connections stay concurrent)
 restores DynamoDB's per-request atomicity, so races test our code, not moto's.
 
-Run: python -m tests.moto_dynamodb HOST PORT
+Run: python -m stormlock.testing.moto_dynamodb HOST PORT
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Real servers for the backend tests, started from the binaries on PATH.
+"""Real servers for backend tests, started from the binaries on PATH.
 
 Each fixture starts its server once per session with mirakuru, on a free
 loopback port, and gives the test a `Server` that can also be stopped and
@@ -27,7 +27,6 @@ from mirakuru.base import SimpleExecutor
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 HOST = "127.0.0.1"
-ROOT = str(Path(__file__).resolve().parent.parent)
 
 __all__ = [
     "IN_CI",
@@ -56,7 +55,7 @@ def find_binary(name: str, *extra_globs: str) -> str:
                 found = matches[-1]
                 break
     if not found:
-        message = f"{name} is not installed; .ci/run shows how to install it"
+        message = f"{name} is not installed; install it (stormlock's .ci/run shows how)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -220,8 +219,8 @@ def run_dynamodb() -> Iterator[Server]:
     except ImportError:
         find_binary("moto_server")
     port = free_port()
-    command = [sys.executable, "-m", "tests.moto_dynamodb", HOST, str(port)]
-    executor = TCPExecutor(command, host=HOST, port=port, timeout=60, cwd=ROOT)
+    command = [sys.executable, "-m", "stormlock.testing.moto_dynamodb", HOST, str(port)]
+    executor = TCPExecutor(command, host=HOST, port=port, timeout=60)
     executor.start()
     options = {
         "endpoint": f"http://{HOST}:{port}",

@@ -1,0 +1,385 @@
+"""The backend contract, run unchanged against every backend on a real server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from stormlock import Backend, LockExpiredException, LockHeldException
+from stormlock.backend import utcnow
+from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry
+from stormlock.testing.race_worker import race
+
+MALFORMED_IDS = [
+    "",
+    "garbage",
+    "not-a-uuid-at-all-0000000000000000",
+    "'; DROP TABLE stormlock_leases; --",
+    "00" * 100,
+    "é",
+    "\x00",
+    "*",
+]
+
+
+def test_after_the_reported_expiry_the_lease_is_over_and_free_soon(
+    make_backend: Callable[[], Backend], resource: str
+) -> None:
+    holder, other = make_backend(), make_backend()
+    lease = holder.acquire_lease(resource, "alice", short_ttl(holder))
+    assert lease.expires is not None
+    time.sleep(max(0.0, (lease.expires - utcnow()).total_seconds()))
+    # Right at the reported expiry the holder's lease is over...
+    assert not holder.is_current(resource, lease.id)
+    with pytest.raises(LockExpiredException):
+        holder.renew_lease(resource, lease.id, timedelta(minutes=5))
+    # ...and another client gets the resource within the stated precision.
+    limit = (
+        lease.expires
+        + holder.capabilities.expiry_precision
+        + timedelta(milliseconds=500)
+    )
+    while True:
+        try:
+            taken = other.acquire_lease(resource, "bob", timedelta(minutes=5))
+            break
+        except LockHeldException:
+            assert utcnow() < limit, "not free within the stated precision"
+            time.sleep(0.02)
+    assert taken.fence > lease.fence
+
+
+def test_acquire_returns_the_whole_lease(backend: Backend, resource: str) -> None:
+    before = utcnow()
+    lease = backend.acquire_lease(resource, "alice", timedelta(hours=1), "terraform")
+    assert lease.resource == resource
+    assert lease.principal == "alice"
+    assert lease.note == "terraform"
+    assert lease.fence >= 1
+    assert uuid.UUID(lease.id).version == 4
+    assert lease.expires is not None
+    span = lease.expires - lease.created
+    assert timedelta(minutes=59) < span <= timedelta(hours=1, seconds=1)
+    assert abs((lease.created - before).total_seconds()) < 30
+    current = backend.current(resource)
+    assert current is not None
+    assert (current.id, current.principal, current.note, current.fence) == (
+        lease.id,
+        "alice",
+        "terraform",
+        lease.fence,
+    )
+    assert backend.is_current(resource, lease.id)
+
+
+def test_lease_ids_are_unique_random_uuids(backend: Backend) -> None:
+    ids = {
+        backend.acquire_lease(f"u-{uuid.uuid4().hex}", "a", timedelta(minutes=5)).id
+        for _ in range(20)
+    }
+    assert len(ids) == 20
+    assert all(uuid.UUID(lease_id).version == 4 for lease_id in ids)
+
+
+def test_second_acquire_reports_the_holder(backend: Backend, resource: str) -> None:
+    first = backend.acquire_lease(resource, "alice", timedelta(hours=1), "db patch")
+    with pytest.raises(LockHeldException) as info:
+        backend.acquire_lease(resource, "bob", timedelta(hours=1))
+    held = info.value
+    assert held.resource == resource
+    assert held.lease is not None
+    assert held.principal == "alice"
+    assert held.lease.note == "db patch"
+    assert held.lease.expires == first.expires
+    assert abs((held.lease.created - first.created).total_seconds()) < 0.01
+    assert backend.is_current(resource, first.id)
+
+
+def test_seed_lock_returns_a_lease_id(backend: Backend, resource: str) -> None:
+    lease_id = backend.lock(resource, "alice", timedelta(minutes=5))
+    assert backend.is_current(resource, lease_id)
+    backend.renew(resource, lease_id, timedelta(minutes=5))
+    backend.unlock(resource, lease_id)
+    assert backend.current(resource) is None
+
+
+def test_expired_lease_can_be_acquired_again(backend: Backend, resource: str) -> None:
+    old = backend.acquire_lease(resource, "alice", short_ttl(backend))
+    wait_for_expiry(backend, resource)
+    assert not backend.is_current(resource, old.id)
+    new = backend.acquire_lease(resource, "bob", timedelta(minutes=5))
+    assert new.principal == "bob"
+    assert new.fence > old.fence
+
+
+def test_renew_extends_the_lease(backend: Backend, resource: str) -> None:
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    renewed = backend.renew_lease(resource, lease.id, timedelta(hours=2))
+    assert renewed.id == lease.id
+    assert renewed.fence == lease.fence
+    assert lease.expires is not None and renewed.expires is not None
+    assert renewed.expires - lease.expires > timedelta(minutes=100)
+    current = backend.current(resource)
+    assert current is not None and current.expires == renewed.expires
+
+
+def test_renew_keeps_a_short_lease_alive(backend: Backend, resource: str) -> None:
+    ttl = short_ttl(backend) * 2
+    lease = backend.acquire_lease(resource, "alice", ttl)
+    deadline = time.monotonic() + ttl.total_seconds() * 2
+    while time.monotonic() < deadline:
+        backend.renew_lease(resource, lease.id, ttl)
+        time.sleep(ttl.total_seconds() / 4)
+    assert backend.is_current(resource, lease.id)
+
+
+def test_renew_of_expired_lease_fails(backend: Backend, resource: str) -> None:
+    lease = backend.acquire_lease(resource, "alice", short_ttl(backend))
+    wait_for_expiry(backend, resource)
+    with pytest.raises(LockExpiredException):
+        backend.renew_lease(resource, lease.id, timedelta(minutes=5))
+    assert backend.current(resource) is None
+
+
+def test_renew_with_another_id_changes_nothing(backend: Backend, resource: str) -> None:
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    with pytest.raises(LockExpiredException):
+        backend.renew_lease(resource, str(uuid.uuid4()), timedelta(hours=5))
+    current = backend.current(resource)
+    assert current is not None and current.expires == lease.expires
+
+
+@pytest.mark.parametrize("bad_id", MALFORMED_IDS)
+def test_malformed_ids_match_no_lease(
+    backend: Backend, resource: str, bad_id: str
+) -> None:
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    assert not backend.is_current(resource, bad_id)
+    with pytest.raises(LockExpiredException):
+        backend.renew_lease(resource, bad_id, timedelta(hours=5))
+    assert backend.release_lease(resource, bad_id) in (False, None)
+    current = backend.current(resource)
+    assert current is not None
+    assert (current.id, current.expires) == (lease.id, lease.expires)
+
+
+def test_release_only_your_own_lease(backend: Backend, resource: str) -> None:
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    assert backend.release_lease(resource, str(uuid.uuid4())) is False
+    assert backend.is_current(resource, lease.id)
+    assert backend.release_lease(resource, lease.id) is True
+    assert backend.current(resource) is None
+    assert backend.release_lease(resource, lease.id) is False
+
+
+def test_release_of_expired_lease_is_not_an_error(
+    backend: Backend, resource: str
+) -> None:
+    lease = backend.acquire_lease(resource, "alice", short_ttl(backend))
+    wait_for_expiry(backend, resource)
+    assert backend.release_lease(resource, lease.id) is False
+    backend.unlock(resource, lease.id)
+
+
+def test_release_of_unknown_resource_is_not_an_error(backend: Backend) -> None:
+    assert backend.release_lease("never-used", str(uuid.uuid4())) is False
+
+
+def test_fence_increases_through_release_and_expiry(
+    backend: Backend, resource: str
+) -> None:
+    fences = []
+    for _ in range(3):
+        lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+        fences.append(lease.fence)
+        backend.release_lease(resource, lease.id)
+    expiring = backend.acquire_lease(resource, "alice", short_ttl(backend))
+    fences.append(expiring.fence)
+    wait_for_expiry(backend, resource)
+    fences.append(backend.acquire_lease(resource, "bob", timedelta(minutes=5)).fence)
+    assert fences == sorted(fences)
+    assert len(set(fences)) == len(fences)
+
+
+def test_list_shows_exactly_the_active_leases(backend: Backend) -> None:
+    assert backend.list_leases() == []
+    a = backend.acquire_lease("list-a", "alice", timedelta(minutes=5), "note a")
+    b = backend.acquire_lease("list-b", "bob", timedelta(minutes=5))
+    c = backend.acquire_lease("list-c", "carol", timedelta(minutes=5))
+    short = backend.acquire_lease("list-d", "dave", short_ttl(backend))
+    backend.release_lease("list-b", b.id)
+    wait_for_expiry(backend, "list-d")
+    listed = backend.list_leases()
+    assert [lease.resource for lease in listed] == ["list-a", "list-c"]
+    assert [lease.id for lease in listed] == [a.id, c.id]
+    assert listed[0].note == "note a"
+    assert listed[0].principal == "alice"
+    assert listed[0].expires == a.expires
+    assert short.id not in {lease.id for lease in listed}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "prod-db",
+        "eu-west-1/terraform",
+        "ÄÖÜ-数据库",
+        "a*b?[c]",
+        "x'; DROP TABLE t; --",
+        "%s%d{}",
+        "a" * 200,
+    ],
+)
+def test_any_valid_resource_name_works(backend: Backend, name: str) -> None:
+    lease = backend.acquire_lease(name, "alice", timedelta(minutes=5), "n")
+    assert backend.is_current(name, lease.id)
+    current = backend.current(name)
+    assert current is not None and current.resource == name
+    assert name in [lease.resource for lease in backend.list_leases()]
+    assert backend.release_lease(name, lease.id) is True
+
+
+def test_note_round_trips(backend: Backend, resource: str) -> None:
+    note = "applying terraform: ticket #123 — ünïcødé, 'quotes' and \"more\""
+    backend.acquire_lease(resource, "alice", timedelta(minutes=5), note)
+    current = backend.current(resource)
+    assert current is not None and current.note == note
+    other = "other-" + resource
+    backend.acquire_lease(other, "alice", timedelta(minutes=5))
+    current = backend.current(other)
+    assert current is not None and current.note is None
+
+
+def test_sub_second_ttl_is_safe(backend: Backend, resource: str) -> None:
+    lease = backend.acquire_lease(resource, "alice", timedelta(milliseconds=300))
+    assert lease.expires is not None and lease.expires > lease.created
+    wait_for_expiry(backend, resource)
+    backend.acquire_lease(resource, "bob", timedelta(milliseconds=1))
+
+
+def race_threads(backend: Backend, resource: str, racers: int) -> list[str]:
+    """`racers` threads try to acquire `resource` at once; returns the winners."""
+    barrier = threading.Barrier(racers)
+    winners: list[str] = []
+    errors: list[BaseException] = []
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        try:
+            winners.append(
+                backend.acquire_lease(resource, f"t{i}", timedelta(minutes=5)).id
+            )
+        except LockHeldException:
+            pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return winners
+
+
+def test_backend_is_thread_safe_and_exactly_one_thread_wins(
+    backend: Backend,
+) -> None:
+    for round_ in range(15):
+        resource = f"thread-race-{round_}"
+        winners = race_threads(backend, resource, 20)
+        assert len(winners) == 1, f"round {round_}: {len(winners)} winners"
+        assert backend.is_current(resource, winners[0])
+
+
+@pytest.mark.slow
+def test_exactly_one_process_wins_each_round(
+    backend_config: BackendConfig, backend: Backend
+) -> None:
+    """20 processes race for fresh resources, then for expired ones."""
+    racers = 20
+    fresh = [f"proc-fresh-{i}" for i in range(10)]
+    expired = [f"proc-expired-{i}" for i in range(10)]
+    for resource in expired:
+        backend.acquire_lease(resource, "previous", short_ttl(backend))
+    resources = fresh + expired
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(racers)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=race,
+            args=(
+                backend_config.name,
+                backend_config.options,
+                resources,
+                barrier,
+                results,
+                i,
+            ),
+        )
+        for i in range(racers)
+    ]
+    for resource in expired:
+        wait_for_expiry(backend, resource)
+    for proc in procs:
+        proc.start()
+    outcomes: dict[int, list[str]] = {i: [] for i in range(len(resources))}
+    fences: dict[int, int] = {}
+    for _ in range(racers * len(resources)):
+        try:
+            round_, _worker, lease_id, fence = results.get(timeout=120)
+        except queue.Empty:
+            pytest.fail("a racing process stopped reporting")
+        if lease_id is not None:
+            outcomes[round_].append(lease_id)
+            fences[round_] = fence
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    for round_, winners in outcomes.items():
+        assert len(winners) == 1, f"{resources[round_]}: {len(winners)} winners"
+        assert backend.is_current(resources[round_], winners[0])
+    assert len(backend.list_leases()) == len(resources)
+
+
+def test_closed_backend_can_be_reopened(
+    make_backend: Callable[[], Backend], resource: str
+) -> None:
+    first = make_backend()
+    lease = first.acquire_lease(resource, "alice", timedelta(minutes=5))
+    first.close()
+    second = make_backend()
+    assert second.is_current(resource, lease.id)
+
+
+def test_list_expiring_returns_only_what_is_due(backend: Backend) -> None:
+    soon = backend.acquire_lease("exp-soon", "a", timedelta(minutes=5))
+    later = backend.acquire_lease("exp-later", "b", timedelta(hours=5))
+    gone = backend.acquire_lease("exp-gone", "c", timedelta(minutes=5))
+    backend.release_lease("exp-gone", gone.id)
+    due = backend.list_expiring(utcnow() + timedelta(minutes=10))
+    assert [lease.id for lease in due] == [soon.id]
+    both = backend.list_expiring(utcnow() + timedelta(hours=6))
+    assert [lease.id for lease in both] == [soon.id, later.id], "soonest first"
+    assert backend.list_expiring(utcnow()) == []
+
+
+def test_list_prefix_returns_only_matching_leases(backend: Backend) -> None:
+    wanted = [
+        backend.acquire_lease(name, "a", timedelta(minutes=5))
+        for name in (".stormlock/wait/1", ".stormlock/wait/2", ".stormlock/wait/é")
+    ]
+    for name in (".stormlock/waiting", ".stormlock/sent/1", "wait/1", "plain"):
+        backend.acquire_lease(name, "b", timedelta(minutes=5))
+    found = backend.list_prefix(".stormlock/wait/")
+    assert [lease.id for lease in found] == [lease.id for lease in wanted]
+    assert backend.list_prefix(".stormlock/none/") == []

@@ -1,0 +1,20 @@
+"""The conformance kit's pytest plugin: `pytest_plugins = ["stormlock.testing.plugin"]`.
+
+Fixtures: `backend_config` (override it with your backend's; by default it
+runs every built-in backend), `make_backend`, `backend`, `resource`, and the
+real servers `redis_server`, `postgres_server`, `etcd_server`,
+`dynamodb_server`.
+"""
+
+from stormlock.testing.backends import (  # noqa: F401 - fixtures
+    backend,
+    backend_config,
+    make_backend,
+    resource,
+)
+from stormlock.testing.servers import (  # noqa: F401 - fixtures
+    dynamodb_server,
+    etcd_server,
+    postgres_server,
+    redis_server,
+)
