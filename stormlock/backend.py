@@ -289,23 +289,27 @@ class Backend(ABC):
         """Like `lock`, but stores `note` and returns the whole `Lease`.
 
         Fallback: `lock`, then `current` to fill in the details. The note is
-        dropped (see `supports`), and the fence comes from the clock.
+        dropped (see `supports`), and the fence comes from the clock. Without
+        an expiry from the store, it reports one TTL after `lock` returned:
+        never before the store's own.
         """
         lease_id = self.lock(resource, principal, ttl)
+        locked = utcnow()
         lease = self.current(resource)
         if lease is None or lease.id != lease_id:
-            now = utcnow()
-            lease = Lease(principal, now, lease_id, resource, now + ttl)
-        return complete(lease, resource)
+            lease = Lease(principal, locked, lease_id, resource)
+        return complete(lease._replace(expires=lease.expires or locked + ttl), resource)
 
     def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
         """Like `renew`, but returns the renewed lease."""
-        started = utcnow()
         self.renew(resource, lease_id, ttl)
+        renewed = utcnow()
         lease = self.current(resource)
         if lease is None or lease.id != lease_id:
             raise LockExpiredException(resource)
-        return lease._replace(expires=lease.expires or started + ttl)
+        return complete(
+            lease._replace(expires=lease.expires or renewed + ttl), resource
+        )
 
     def release_lease(self, resource: str, lease_id: str) -> bool | None:
         """Like `unlock`; returns whether a lease was released (None: unknown)."""

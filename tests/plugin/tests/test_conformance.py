@@ -1,0 +1,3 @@
+"""Stormlock's conformance suite, run against this plugin."""
+
+from stormlock.testing.conformance import *  # noqa: F403
