@@ -252,14 +252,15 @@ def section_cli(running: dict[str, Server], repeats: int) -> str:
                 verdict,
             ]
         )
-    if "redis" in configs:
+    redis_config = configs.get("redis")
+    if redis_config is not None:
         url = running["redis"].options["url"]
         redis_floor = wall(
             [python, "-c", f"import redis; redis.Redis.from_url({url!r}).get('x')"], {}
         )
         took = wall(
             [stormlock, "current", "nonexistent"],
-            {"STORMLOCK_CONFIG": configs["redis"]},
+            {"STORMLOCK_CONFIG": redis_config},
         )
         ratio = took / redis_floor
         rows.append(

@@ -8,6 +8,8 @@ exposes nothing beyond the five methods.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,3 +104,20 @@ def test_five_method_plugin_on_each_store(
     cli("acquire", "fenced", env=env)
     second = json.loads(cli("current", "fenced", "-f", "json", env=env).stdout)
     assert second["fence"] > first["fence"]
+
+
+def test_a_plugin_repository_runs_the_conformance_kit_with_one_fixture() -> None:
+    # As the plugin's own CI would: pytest in its repository, whose conftest
+    # only names the plugin's backend (tests/plugin/tests/conftest.py).
+    plugin_repo = Path(__file__).resolve().parent / "plugin"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=plugin_repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "failed" not in summary and "skipped" not in summary
