@@ -10,7 +10,6 @@ test checks that the entry points and the modules agree).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import types
 import typing
 from collections.abc import Mapping
@@ -43,14 +42,14 @@ def builtin_backends() -> list[str]:
 
 
 def _builtin(name: str) -> type[Backend] | None:
-    if (
-        not name.isidentifier()
-        or importlib.util.find_spec(f"{_PACKAGE}.{name}") is None
-    ):
+    if not name.isidentifier():
         return None
+    module_name = f"{_PACKAGE}.{name}"
     try:
-        module = importlib.import_module(f"{_PACKAGE}.{name}")
+        module = importlib.import_module(module_name)
     except ImportError as exc:
+        if exc.name == module_name:
+            return None  # no such built-in: maybe a plugin
         raise UnknownBackendError(
             f"backend {name!r} needs packages that are not installed ({exc.name}); "
             f"run: pip install 'stormlock[{name}]'"
