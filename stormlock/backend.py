@@ -172,7 +172,12 @@ def _hyphenate(digits: str) -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
-_UUID_DIGITS = re.compile(r"[0-9a-f]{32}")
+#: Every spelling of a lease id that `canonical_lease_id` accepts (any case,
+#: hyphens where a UUID has them, or none): the bot's log redaction uses it.
+LEASE_ID_FORMS = (
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
+_LEASE_ID = re.compile(r"\{?(" + LEASE_ID_FORMS + r")\}?")
 
 
 def canonical_lease_id(lease_id: str) -> str | None:
@@ -183,13 +188,10 @@ def canonical_lease_id(lease_id: str) -> str | None:
     """
     if not isinstance(lease_id, str) or len(lease_id) > 64:
         return None
-    text = lease_id.strip().lower()
-    if text.startswith("{") and text.endswith("}"):
-        text = text[1:-1]
-    digits = text.replace("-", "")
-    if not _UUID_DIGITS.fullmatch(digits) or text.count("-") not in (0, 4):
+    found = _LEASE_ID.fullmatch(lease_id.strip())
+    if found is None:
         return None
-    return _hyphenate(digits)
+    return _hyphenate(found.group(1).replace("-", "").lower())
 
 
 def plausible_lease_id(lease_id: str) -> bool:

@@ -98,7 +98,9 @@ def lease_buttons(
         ButtonElement(
             text=f"Renew {format_duration(ttl)}",
             action_id=f"{ACTION_RENEW}:{i}",
-            value=_value(resource=lease.resource, ttl=ttl.total_seconds()),
+            value=_value(
+                resource=lease.resource, ttl=ttl.total_seconds(), fence=lease.fence
+            ),
         )
         for i, ttl in enumerate(renew_choices)
     ]
@@ -106,7 +108,7 @@ def lease_buttons(
         ButtonElement(
             text="Release",
             action_id=ACTION_RELEASE,
-            value=_value(resource=lease.resource),
+            value=_value(resource=lease.resource, fence=lease.fence),
             style="danger",
         )
     )
@@ -170,15 +172,23 @@ def released(resource: str) -> Message:
 
 
 def announce_released(
-    lease: Lease, namer: Namer, forced_by: str | None = None
+    lease: Lease, namer: Namer, actor: str, forced: bool = False
 ) -> Message:
-    if forced_by:
+    """The channel hears who acted: the holder, someone with the holder's
+    lease id, or an admin who forced it."""
+    resource = escape(lease.resource)
+    if forced:
         text = (
-            f":warning: {namer(forced_by)} force-released"
-            f" *{escape(lease.resource)}* from {namer(lease.principal)}"
+            f":warning: {namer(actor)} force-released *{resource}*"
+            f" from {namer(lease.principal)}"
         )
+    elif actor.lower() == lease.principal.lower():
+        text = f":unlock: {namer(actor)} released *{resource}*"
     else:
-        text = f":unlock: {namer(lease.principal)} released *{escape(lease.resource)}*"
+        text = (
+            f":unlock: {namer(actor)} released *{resource}*"
+            f" (held by {namer(lease.principal)}, with its lease id)"
+        )
     return Message(f"{lease.resource} is free", _render([_section(text)]))
 
 

@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         service = LeaseService(settings)
         app, bot = build_app(settings, service)
         atexit.register(_start_scheduler(bot).stop)
-        return wsgi_app(app, service.ready)
+        return wsgi_app(app, service.ready, settings.signing_secret or "")
 
     logs.configure(args.log_level, args.log_json)
     serve(factory, args.host, args.port, args.threads, args.log_level, args.workers)

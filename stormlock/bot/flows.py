@@ -311,14 +311,19 @@ class Bot:
         lease_id: str | None = None,
         force: bool = False,
         replace: bool = False,
+        fence: int | None = None,
     ) -> None:
-        result = self.service.release(person, resource, lease_id, force)
+        result = self.service.release(person, resource, lease_id, force, fence)
         respond(replace_original=replace, **blocks.released(resource).kwargs())
-        forced_by = person.principal if result.forced else None
+        actor = person.principal
+        if person.is_principal(result.lease.principal):
+            actor = result.lease.principal  # the holder, however recorded
         self.announce(
             resource,
             channel,
-            blocks.announce_released(result.lease, self.directory.display, forced_by),
+            blocks.announce_released(
+                result.lease, self.directory.display, actor, result.forced
+            ),
             respond,
         )
         if result.forced:
@@ -345,6 +350,7 @@ class Bot:
         try:
             value = json.loads(action.get("value") or "{}")
             resource = str(value["resource"])
+            fence = int(value["fence"]) if "fence" in value else None
         except (ValueError, KeyError, TypeError):
             log.warning("button with an unreadable value")
             return
@@ -354,7 +360,7 @@ class Bot:
             person = self.directory.person(user_id)
             if action_id.startswith(blocks.ACTION_RENEW):
                 ttl = timedelta(seconds=float(value["ttl"]))
-                lease = self.service.renew(person, resource, ttl)
+                lease = self.service.renew(person, resource, ttl, fence)
                 reply(
                     replace_original=True,
                     **blocks.renewed(lease, self.renew_offer(lease, ttl)).kwargs(),
@@ -368,6 +374,7 @@ class Bot:
                     None if from_home else channel,
                     reply,
                     replace=True,
+                    fence=fence,
                 )
             elif action_id == blocks.ACTION_NOTIFY:
                 self._wait(user_id, resource, False, reply)

@@ -11,6 +11,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from ..errors import BackendUnavailable
 from .blocks import escape
 from .service import Person
 
@@ -19,8 +20,18 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _CACHE_SECONDS = 600.0
 
 
+# Answers that are final, and so are cached like a found user.
+_NOT_FOUND = frozenset({"user_not_found", "users_not_found"})
+
+
+class WhoUnknown(BackendUnavailable):
+    """Slack could not say who someone is right now (not that they are unknown)."""
+
+
 class Directory:
-    """Slack users by id and by email, cached for ten minutes (misses too)."""
+    """Slack users by id and by email, cached for ten minutes, "not found"
+    too. A failure (an HTTP 500, a time-out) is never cached: the next
+    request asks again."""
 
     def __init__(self, client: WebClient) -> None:
         self.client = client
@@ -37,10 +48,18 @@ class Directory:
         try:
             user: dict[str, Any] | None = self.client.users_info(user=user_id)["user"]
         except SlackApiError as exc:
-            log.warning(
-                "users.info failed for %s: %s", user_id, exc.response.get("error")
-            )
+            error = exc.response.get("error")
+            if error not in _NOT_FOUND:
+                log.warning("users.info failed for %s: %s", user_id, error)
+                raise WhoUnknown(
+                    "Slack could not tell me who you are just now; try again"
+                ) from None
             user = None
+        except OSError as exc:  # timed out or unreachable
+            log.warning("users.info failed for %s: %s", user_id, type(exc).__name__)
+            raise WhoUnknown(
+                "Slack could not tell me who you are just now; try again"
+            ) from None
         with self._lock:
             self._by_id[user_id] = (now, user)
         return user
@@ -71,8 +90,12 @@ class Directory:
             found: str | None = self.client.users_lookupByEmail(email=principal)[
                 "user"
             ]["id"]
-        except SlackApiError:
+        except SlackApiError as exc:
+            if exc.response.get("error") not in _NOT_FOUND:
+                return None  # shown as plain text this time, asked again next time
             found = None
+        except OSError:
+            return None
         with self._lock:
             self._by_email[key] = (now, found)
         return found

@@ -130,6 +130,10 @@ class LocalSlack:
         self._response_urls[token] = {"user": user_id, "channel": channel_id}
         return f"{self.base}/respond/{token}"
 
+    def clear_failures(self) -> None:
+        """Answer normally again."""
+        self._failures.clear()
+
     def fail_next(
         self,
         method: str,

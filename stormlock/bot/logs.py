@@ -7,15 +7,22 @@ import logging
 import re
 import sys
 
+from ..backend import LEASE_ID_FORMS
+
+# Lease ids in every form the id parser accepts, Slack tokens, and
+# response_urls (each lets its holder answer as the bot): as a form field,
+# a JSON field, or a bare Slack hooks URL.
 _SECRETS = re.compile(
-    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
-    r"|xox[a-z]-[A-Za-z0-9-]+"
-    r"|xapp-[A-Za-z0-9-]+"
+    LEASE_ID_FORMS
+    + r"|xox[a-z]-[A-Za-z0-9-]+"
+    + r"|xapp-[A-Za-z0-9-]+"
+    + r"|response_url(?:=|\\?[\"']\s*:\s*\\?[\"'])[^&\s\"'\\]+"
+    + r"|https?(?::|%3A)(?://|%2F%2F)hooks\.slack\.com[^\s\"'&]*"
 )
 
 
 def redact(text: str) -> str:
-    """Lease ids (UUIDs) and Slack tokens replaced by a marker."""
+    """Lease ids, Slack tokens and response_urls replaced by a marker."""
     return _SECRETS.sub("[redacted]", text)
 
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from ..backend import Backend, Finding, Lease, LockExpiredException
+from ..backend import (
+    Backend,
+    Finding,
+    Lease,
+    LockExpiredException,
+    canonical_lease_id,
+)
 from ..config import Config
 from ..errors import EXIT_BAD_RESOURCE, EXIT_NOT_HELD, NotAllowed, StormlockError
 from ..lock import StormLock, list_all, lock_from_config
@@ -36,6 +42,23 @@ class Person:
     def is_principal(self, principal: str) -> bool:
         names = {self.principal.lower(), *(a.lower() for a in self.aliases)}
         return principal.lower() in names
+
+
+def same_lease_id(given: str, active: str) -> bool:
+    """Whether `given` names the `active` lease, in any form the id parser
+    accepts (upper case, braces, no hyphens), as `is-held` does."""
+    return (canonical_lease_id(given) or given) == (
+        canonical_lease_id(active) or active
+    )
+
+
+def check_fence(lease: Lease, fence: int | None) -> None:
+    """A button acts only on the lease it was shown for, never a newer one."""
+    if fence is not None and lease.fence != fence:
+        raise NoLease(
+            f"that lease on {lease.resource!r} has ended (this button was for it); "
+            "look again with /stormlock current"
+        )
 
 
 # The store's settings rarely change: /readyz checks them once a minute.
@@ -142,14 +165,17 @@ class LeaseService:
         resource: str,
         lease_id: str | None = None,
         force: bool = False,
+        fence: int | None = None,
     ) -> Released:
-        """Release by lease id, as the holder, or (admins, with force) anyone's."""
+        """Release by lease id, as the holder, or (admins, with force) anyone's;
+        with `fence`, only the lease that fence names (a button's)."""
         lock = self.lock(person, resource)
         lease = lock.current()
         if lease is None:
             raise NoLease(f"{resource!r} is not held by anyone")
+        check_fence(lease, fence)
         if lease_id is not None:
-            if lease_id != lease.id:
+            if not same_lease_id(lease_id, lease.id):
                 raise NoLease(f"that lease id is not the active lease of {resource!r}")
         elif not person.is_principal(lease.principal):
             if not force:
@@ -165,13 +191,19 @@ class LeaseService:
         return Released(lease, forced)
 
     def renew(
-        self, person: Person, resource: str, ttl: timedelta | None = None
+        self,
+        person: Person,
+        resource: str,
+        ttl: timedelta | None = None,
+        fence: int | None = None,
     ) -> Lease:
-        """Renew your own lease on `resource` (no lease id needed)."""
+        """Renew your own lease on `resource` (no lease id needed); with
+        `fence`, only the lease that fence names (a button's)."""
         lock = self.lock(person, resource)
         lease = lock.current()
         if lease is None:
             raise NoLease(f"{resource!r} is not held; acquire it instead")
+        check_fence(lease, fence)
         if not person.is_principal(lease.principal):
             raise NotAllowed(
                 f"{resource!r} is held by someone else; only they can renew"

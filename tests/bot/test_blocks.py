@@ -40,7 +40,7 @@ def shown(message: blocks.Message) -> str:
 ANNOUNCEMENTS = {
     "announce_acquired": blocks.announce_acquired(LEASE, namer),
     "held": blocks.held(LEASE, "prod-db", namer),
-    "announce_released": blocks.announce_released(LEASE, namer, "alice@example.com"),
+    "announce_released": blocks.announce_released(LEASE, namer, "bob@example.com"),
     "force_released_notice": blocks.force_released_notice(LEASE, namer, "U03CAROL"),
     "current": blocks.current("prod-db", LEASE, namer),
     "lease_list": blocks.lease_list([LEASE], namer),
@@ -92,3 +92,13 @@ def test_app_home_is_a_valid_view_and_bounded() -> None:
     view = blocks.home(everyone, mine, namer, lambda _lease: CHOICES)
     assert view["type"] == "home"
     assert block_problems(view["blocks"], MAX_VIEW_BLOCKS) == []
+
+
+def test_the_channel_hears_who_released() -> None:
+    def said(actor: str, forced: bool = False) -> str:
+        return shown(blocks.announce_released(LEASE, namer, actor, forced))
+
+    assert "@alice released" in said("alice@example.com")
+    by_bob = said("bob@example.com")
+    assert "@bob released" in by_bob and "held by @alice" in by_bob
+    assert "@carol force-released" in said("carol@example.com", forced=True)

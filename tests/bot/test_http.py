@@ -1,0 +1,149 @@
+"""The HTTP endpoint itself, as Slack and as an attacker reach it: bodies
+that mention "payload", oversized bodies, malformed headers and bodies."""
+
+from __future__ import annotations
+
+import http.client
+import urllib.parse
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from stormlock.testing.backends import BackendConfig, isolated_options
+from stormlock.testing.slack import ALICE, BOB, BotServer, lease_id_in, sign, text_of
+
+
+@pytest.fixture
+def bot_config(request: pytest.FixtureRequest, tmp_path: Path) -> BackendConfig:
+    # The HTTP layer is the same whatever the store: one backend is enough.
+    return BackendConfig("sqlite", isolated_options("sqlite", request, tmp_path))
+
+
+def test_commands_that_mention_payload_are_answered(bot: BotServer) -> None:
+    # Bolt's own parser takes any form containing "payload" for a button press.
+    reply = bot.reply(ALICE, "acquire payload-api 1h reworking the payload schema")
+    assert "You hold *payload-api*" in text_of(reply)
+    in_channel = bot.reply(ALICE, "who payload-api", channel="PAYLOAD-TEAM")
+    assert "payload-api" in text_of(in_channel) and "held" in text_of(in_channel)
+
+
+def test_a_body_larger_than_slack_sends_is_refused_before_it_is_read(
+    bot: BotServer,
+) -> None:
+    url = urllib.parse.urlsplit(bot.url)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    conn.putrequest("POST", "/slack/events")
+    conn.putheader("Content-Type", "application/x-www-form-urlencoded")
+    conn.putheader("Content-Length", str(50 * 1024 * 1024))
+    for name, value in sign("text=x").items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    conn.send(b"text=" + b"x" * 4096)  # the rest never comes: nothing waits for it
+    response = conn.getresponse()
+    assert response.status == 413
+    conn.close()
+    refusals = [line for line in bot.logs().splitlines() if "refused" in line]
+    assert refusals and all(len(line) < 300 for line in refusals)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"X-Slack-Request-Timestamp": "abc"}, 400),
+        ({"X-Slack-Request-Timestamp": "1e10"}, 400),
+        ({"X-Slack-Signature": "v0=" + "é" * 64}, 401),
+        ({"X-Slack-Signature": "v0=" + "0" * 64}, 401),
+        ({"X-Slack-Signature": ""}, 401),
+    ],
+)
+def test_malformed_or_forged_headers_are_refused_in_one_line(
+    bot: BotServer, headers: dict[str, str], status: int
+) -> None:
+    body = "command=%2Fstormlock&text=list"
+    all_headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
+    all_headers.update(headers)
+    response = requests.post(
+        bot.url + "/slack/events",
+        data=body.encode(),
+        headers=all_headers,
+        timeout=10,
+    )
+    assert response.status_code == status
+    assert "Traceback" not in bot.logs()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("{not json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ("payload=%5B%5D", "application/x-www-form-urlencoded"),
+        ("payload=%7Bbroken", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_signed_but_malformed_bodies_get_400(
+    bot: BotServer, body: str, content_type: str
+) -> None:
+    response = bot.post(body, content_type)
+    assert response.status_code == 400
+    logs = bot.logs()
+    assert "Traceback" not in logs
+    assert body not in logs, "a refused body is never logged"
+
+
+def test_unknown_paths_are_404(bot: BotServer) -> None:
+    response = requests.post(bot.url + "/elsewhere", data=b"x", timeout=10)
+    assert response.status_code == 404
+
+
+def test_a_failed_users_info_is_not_remembered(bot: BotServer) -> None:
+    # One HTTP 500 (more than the client's own retries) from users.info.
+    for _ in range(5):
+        bot.slack.fail_next(
+            "users.info", 500, {}, {"ok": False, "error": "fatal_error"}
+        )
+    first = text_of(bot.reply(ALICE, "acquire db 1h"))
+    assert "try again" in first and "You hold" not in first
+    assert bot.config.create().current("db") is None, "nothing taken as someone else"
+    bot.slack.clear_failures()
+    second = text_of(bot.reply(ALICE, "acquire db 1h"))
+    assert "You hold *db*" in second
+    lease = bot.config.create().current("db")
+    assert lease is not None and lease.principal == ALICE.email
+
+
+def test_release_by_id_takes_any_id_form_and_names_who_acted(bot: BotServer) -> None:
+    lease_id = lease_id_in(bot.reply(ALICE, "acquire db 1h"))
+    reply = bot.reply(BOB, f"release db {lease_id.upper()}")
+    assert "You released" in text_of(reply)
+    said = bot.slack.wait_for(
+        lambda c: c.method == "chat.postMessage" and "released" in text_of(c)
+    )[0]
+    assert f"<@{BOB.id}> released" in text_of(said)
+    assert f"held by <@{ALICE.id}>" in text_of(said)
+    assert lease_id not in text_of(said) and lease_id.upper() not in text_of(said)
+
+
+def test_an_old_button_never_acts_on_a_newer_lease(bot: BotServer) -> None:
+    first = bot.reply(ALICE, "acquire db 1h")
+    [release] = [
+        element
+        for block in first.payload["blocks"]
+        for element in block.get("elements", [])
+        if element.get("action_id") == "lease_release"
+    ]
+    bot.reply(ALICE, "release db")
+    newer = bot.config.create().acquire_lease(
+        "db", ALICE.email or "", timedelta(hours=1)
+    )
+    before = len(bot.replies_to(ALICE))
+    bot.press(ALICE, release["action_id"], release["value"])
+    answer = bot.slack.wait_for(
+        lambda c: c.method == "response_url" and c.context["user"] == ALICE.id,
+        count=before + 1,
+    )[before]
+    assert "has ended" in text_of(answer)
+    current = bot.config.create().current("db")
+    assert current is not None and current.id == newer.id, "the newer lease stands"
