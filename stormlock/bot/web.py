@@ -58,6 +58,8 @@ def _read_signed(
         raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{length} bytes")
     timestamp = headers.get("x-slack-request-timestamp", "")
     signature = headers.get("x-slack-signature", "")
+    if not timestamp or not signature:
+        raise _Refused(HTTPStatus.UNAUTHORIZED, "unsigned")
     if not _TIMESTAMP.fullmatch(timestamp):
         raise _Refused(HTTPStatus.BAD_REQUEST, "malformed X-Slack-Request-Timestamp")
     if not _SIGNATURE.fullmatch(signature):
