@@ -19,7 +19,7 @@ from stormlock.testing.env import CliRunner
 from stormlock.testing.faults import partition_proxy, redirect, silent_server
 from tests.support import one_line_error
 
-TIMEOUT = 1.0
+TIMEOUT = 0.75
 # What a bounded wait may add to `timeout`: a broken connection failing at
 # once, then the retry's own wait is cut to what is left of the budget.
 SLACK = 0.75

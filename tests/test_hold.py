@@ -129,7 +129,7 @@ def test_run_stops_the_command_before_another_client_can_acquire(
                 str(config),
                 "run",
                 "-t",
-                "6s",
+                "4s",
                 "part",
                 "--",
                 "sh",
