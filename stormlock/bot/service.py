@@ -96,9 +96,22 @@ class LeaseService:
         """One shared (thread-safe) backend object per backend name."""
         with self._lock:
             if name not in self._backends:
-                backend = self.config.backend(name)
+                backend = self._build(name)
                 self._backends[name] = cast(Backend, TimedBackend(name, backend))
             return self._backends[name]
+
+    def _build(self, name: str) -> Backend:
+        """The backend, its `timeout` capped by `[bot] backend_timeout`."""
+        import inspect
+
+        from ..backends import build_backend, find_backend
+
+        options = self.config.backend_options(name)
+        if "timeout" in inspect.signature(find_backend(name)).parameters:
+            cap = self.settings.backend_timeout.total_seconds()
+            configured = float(options.get("timeout") or cap)
+            options["timeout"] = str(min(configured, cap))
+        return build_backend(name, options, self.config)
 
     def close(self) -> None:
         with self._lock:

@@ -78,6 +78,13 @@ class BotSettings:
         return raw or timedelta(seconds=30)
 
     @property
+    def backend_timeout(self) -> timedelta:
+        """The bot's bound on each store operation: an answer within 3 s even
+        when the store is silent (the backend's own `timeout`, if lower, wins)."""
+        raw = self.config.duration(None, "backend_timeout", BOT_SECTION)
+        return raw or timedelta(seconds=2.5)
+
+    @property
     def claim_ttl(self) -> timedelta:
         """How long a replica's claim on a message holds before others retry it."""
         raw = self.config.duration(None, "claim_ttl", BOT_SECTION)

@@ -4,6 +4,7 @@ that mention "payload", oversized bodies, malformed headers and bodies."""
 from __future__ import annotations
 
 import http.client
+import time
 import urllib.parse
 from datetime import timedelta
 from pathlib import Path
@@ -11,8 +12,20 @@ from pathlib import Path
 import pytest
 import requests
 
+from stormlock.bot.localslack import LocalSlack
 from stormlock.testing.backends import BackendConfig, isolated_options
-from stormlock.testing.slack import ALICE, BOB, BotServer, lease_id_in, sign, text_of
+from stormlock.testing.faults import silent_server
+from stormlock.testing.slack import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    BotServer,
+    lease_id_in,
+    running_bot,
+    sign,
+    text_of,
+)
 
 
 @pytest.fixture
@@ -147,3 +160,23 @@ def test_an_old_button_never_acts_on_a_newer_lease(bot: BotServer) -> None:
     assert "has ended" in text_of(answer)
     current = bot.config.create().current("db")
     assert current is not None and current.id == newer.id, "the newer lease stands"
+
+
+def test_a_silent_store_still_gets_everyone_an_answer_within_3s(
+    slack: LocalSlack, tmp_path: Path
+) -> None:
+    with silent_server() as silent:
+        config = BackendConfig("redis", {"url": f"redis://127.0.0.1:{silent.port}/0"})
+        with running_bot(slack, config, tmp_path) as bot:
+            people = [ALICE, BOB, CAROL, DAVE] * 3
+            started = time.monotonic()
+            for person in people:
+                bot.command(person, "acquire db")
+            replies = slack.wait_for(
+                lambda c: c.method == "response_url", count=len(people), timeout=30
+            )
+            waited = time.monotonic() - started
+    assert all("check that it is up" in text_of(reply) for reply in replies)
+    # Twelve people at once, each store call held for its whole budget: no
+    # one queues behind another's silent call.
+    assert waited < 3.0 + 0.5, f"the last answer came after {waited:.1f}s"
