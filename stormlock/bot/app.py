@@ -38,7 +38,7 @@ def build_app(
     *,
     verify_requests: bool = True,
     background: bool = True,
-    work_threads: int = 16,
+    work_threads: int = 4,
 ) -> tuple[App, Bot]:
     """The Bolt app and the bot behind it.
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from ..errors import BackendUnavailable
+
 REQUESTS = Counter(
     "stormlock_requests_total",
     "Slash commands and button presses handled, by command and outcome.",
@@ -63,12 +65,20 @@ _TIMED = frozenset(
 )
 
 
+# After the store fails to answer, the bot fails at once for this long
+# instead of making every person wait out the whole timeout in turn.
+COOL_DOWN = 2.0
+
+
 class TimedBackend:
-    """A backend whose operations are timed into BACKEND_LATENCY."""
+    """A backend whose operations are timed into BACKEND_LATENCY, and that
+    fails fast for `COOL_DOWN` seconds after the store failed to answer."""
 
     def __init__(self, name: str, backend: Any) -> None:
         self._name = name
         self._backend = backend
+        self._failing_until = 0.0
+        self._failure: BackendUnavailable | None = None
 
     def __getattr__(self, attribute: str) -> Any:
         value = getattr(self._backend, attribute)
@@ -77,9 +87,16 @@ class TimedBackend:
         histogram = BACKEND_LATENCY.labels(self._name, attribute)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            failure = self._failure
+            if failure is not None and time.monotonic() < self._failing_until:
+                raise BackendUnavailable(failure.message)
             start = time.perf_counter()
             try:
                 return value(*args, **kwargs)
+            except BackendUnavailable as exc:
+                self._failure = exc
+                self._failing_until = time.monotonic() + COOL_DOWN
+                raise
             finally:
                 histogram.observe(time.perf_counter() - start)
 

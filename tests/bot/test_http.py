@@ -177,6 +177,6 @@ def test_a_silent_store_still_gets_everyone_an_answer_within_3s(
             )
             waited = time.monotonic() - started
     assert all("check that it is up" in text_of(reply) for reply in replies)
-    # Twelve people at once, each store call held for its whole budget: no
-    # one queues behind another's silent call.
+    # Twelve people at once: the first calls wait out the bot's store budget
+    # (2.5 s), then everyone behind them fails fast instead of in turn.
     assert waited < 3.0 + 0.5, f"the last answer came after {waited:.1f}s"
