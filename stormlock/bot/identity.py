@@ -74,8 +74,10 @@ class Directory:
             return Person(user_id, email, frozenset({user_id}))
         return Person(user_id, user_id)
 
-    def user_id_for(self, principal: str) -> str | None:
-        """The Slack user a principal names, if any."""
+    def user_id_for(self, principal: str, strict: bool = False) -> str | None:
+        """The Slack user a principal names, if any. If Slack cannot say just
+        now: None, or with `strict` a `WhoUnknown` (so a message is retried,
+        not dropped)."""
         if _USER_ID.match(principal):
             return principal
         if "@" not in principal:
@@ -92,13 +94,19 @@ class Directory:
             ]["id"]
         except SlackApiError as exc:
             if exc.response.get("error") not in _NOT_FOUND:
-                return None  # shown as plain text this time, asked again next time
+                return self._unknown(principal, strict)
             found = None
         except OSError:
-            return None
+            return self._unknown(principal, strict)
         with self._lock:
             self._by_email[key] = (now, found)
         return found
+
+    @staticmethod
+    def _unknown(principal: str, strict: bool) -> None:
+        if strict:
+            raise WhoUnknown(f"Slack could not say who {principal} is just now")
+        return None  # shown as plain text this time, asked again next time
 
     def display(self, principal: str) -> str:
         """A mention when the principal is a Slack user, else plain text."""

@@ -37,6 +37,9 @@ _SENT_TTL = timedelta(days=7)
 _WAIT_TTL = timedelta(days=30)
 _BOARD_TTL = timedelta(days=366)
 _WATCH_GRACE = timedelta(days=1)
+# A watched lease gone from the store this close to its expiry (by the bot's
+# clock) has expired: the store's clock may run ahead of the bot's.
+_SKEW = timedelta(seconds=10)
 _NOTIFY_TURN = timedelta(seconds=30)
 
 
@@ -79,7 +82,7 @@ class Reminders:
         return True
 
     def _dm_principal(self, principal: str, message: blocks.Message) -> bool:
-        user_id = self.bot.directory.user_id_for(principal)
+        user_id = self.bot.directory.user_id_for(principal, strict=True)
         if user_id is None:
             if principal not in self._unresolved_logged:
                 self._unresolved_logged.add(principal)
@@ -118,25 +121,29 @@ class Reminders:
         due_soon = self.service.expiring(now + self._horizon())
         stats.due = len(due_soon)
         for lease in due_soon:
-            assert lease.expires is not None
-            self._watch(lease)
-            offsets = self.settings.warn_before(lease.resource)
-            length = lease.expires - lease.created
-            due = [o for o in offsets if o < length and now >= lease.expires - o]
-            if not due or now >= lease.expires:
-                continue
-            offset = min(due)
-            # Keyed by expiry: a renewal plans the warnings afresh.
-            expires_ms = int(lease.expires.timestamp() * 1000)
-            seconds = int(offset.total_seconds())
-            key = f"warn/{lease.fence}/{expires_ms}/{seconds}/{lease.resource}"
-            message = blocks.warning(lease, self.bot.renew_offer(lease))
             try:
-                if self.once(key, self._dm_principal, lease.principal, message):
-                    stats.warnings += 1
-                    NOTIFICATIONS.labels("warning").inc()
-            except RuntimeError as exc:
+                self._warn_one(lease, now, stats)
+            except Exception as exc:  # one lease's trouble never stops the pass
                 stats.errors.append(str(exc))
+                log.warning("warning %s failed: %s", lease.resource, exc)
+
+    def _warn_one(self, lease: Lease, now: datetime, stats: RunStats) -> None:
+        assert lease.expires is not None
+        self._watch(lease)
+        offsets = self.settings.warn_before(lease.resource)
+        length = lease.expires - lease.created
+        due = [o for o in offsets if o < length and now >= lease.expires - o]
+        if not due or now >= lease.expires:
+            return
+        offset = min(due)
+        # Keyed by expiry: a renewal plans the warnings afresh.
+        expires_ms = int(lease.expires.timestamp() * 1000)
+        seconds = int(offset.total_seconds())
+        key = f"warn/{lease.fence}/{expires_ms}/{seconds}/{lease.resource}"
+        message = blocks.warning(lease, self.bot.renew_offer(lease))
+        if self.once(key, self._dm_principal, lease.principal, message):
+            stats.warnings += 1
+            NOTIFICATIONS.labels("warning").inc()
 
     def _watch(self, lease: Lease) -> None:
         """Remember a lease close to expiry, so its expiry can be told later."""
@@ -154,23 +161,32 @@ class Reminders:
     def _expire(self, stats: RunStats) -> None:
         now = utcnow()
         for key, record in self.records.list("watch/"):
-            fence_text, resource = key[len("watch/") :].split("/", 1)
-            info = json.loads(record.note or "{}")
-            expires = datetime.fromtimestamp(float(info.get("expires", 0)), UTC)
-            lease = self.service.current(resource)
-            if lease is not None and lease.fence == int(fence_text):
-                if lease.expires != expires:
-                    self._watch(lease)  # renewed: remember the new expiry
-                continue
-            if now >= expires - timedelta(seconds=1):
-                principal = str(info.get("principal", ""))
-                key = f"expired/{fence_text}/{resource}"
-                fence = int(fence_text)
-                tell = self._tell_expired
-                if self.once(key, tell, resource, principal, expires, fence):
-                    stats.expiries += 1
-                    NOTIFICATIONS.labels("expiry").inc()
-            self.records.drop(record)
+            try:
+                self._expire_one(key, record, now, stats)
+            except Exception as exc:  # retried next pass; the others go on
+                stats.errors.append(str(exc))
+                log.warning("expiry notice failed: %s", exc)
+
+    def _expire_one(
+        self, key: str, record: Lease, now: datetime, stats: RunStats
+    ) -> None:
+        fence_text, resource = key[len("watch/") :].split("/", 1)
+        info = json.loads(record.note or "{}")
+        expires = datetime.fromtimestamp(float(info.get("expires", 0)), UTC)
+        lease = self.service.lease_of(resource)
+        if lease is not None and lease.fence == int(fence_text):
+            if lease.expires != expires:
+                self._watch(lease)  # renewed: remember the new expiry
+            return
+        if now >= expires - _SKEW:
+            principal = str(info.get("principal", ""))
+            key = f"expired/{fence_text}/{resource}"
+            fence = int(fence_text)
+            tell = self._tell_expired
+            if self.once(key, tell, resource, principal, expires, fence):
+                stats.expiries += 1
+                NOTIFICATIONS.labels("expiry").inc()
+        self.records.drop(record)
 
     def _tell_expired(
         self, resource: str, principal: str, expires: datetime, fence: int

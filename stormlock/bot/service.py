@@ -230,6 +230,11 @@ class LeaseService:
 
     def current(self, resource: str) -> Lease | None:
         self.check_resource(resource)
+        return self.lease_of(resource)
+
+    def lease_of(self, resource: str) -> Lease | None:
+        """The active lease on any resource, allowed in the bot or not (the
+        scheduler follows leases taken with the CLI too)."""
         backend = self.backend(self.config.settings(resource).backend)
         return StormLock(backend, resource, "").current()
 

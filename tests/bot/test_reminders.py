@@ -266,3 +266,38 @@ def test_a_restarted_bot_keeps_updating_its_boards(
     posted = [c for c in slack.of("chat.postMessage") if "held right now" in text_of(c)]
     assert len(posted) == 1, "the board is edited, not posted again"
     assert update.payload["ts"] == board.context["ts"]
+
+
+def test_a_lease_outside_the_allowlist_never_blocks_other_notices(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    # A CLI lease on a resource the bot does not offer used to fail the whole
+    # expiry step, on every run: nobody else heard of their expiry.
+    section = FAST + "\nresources = db"
+    with running_bot(slack, bot_config, tmp_path, section):
+        backend = bot_config.create()
+        backend.acquire_lease("not-offered", BOB.email or "", timedelta(seconds=3))
+        backend.acquire_lease("db", ALICE.email or "", timedelta(seconds=3))
+        wait_dm(slack, ALICE.id, "expired")
+        wait_dm(slack, BOB.id, "expired")
+
+
+def test_one_failing_dm_never_stops_the_others(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    with running_bot(slack, bot_config, tmp_path, FAST) as bot:
+        # The first DMs of the pass fail (Slack answers 500, past its retries).
+        for _ in range(6):
+            slack.fail_next("conversations.open", 500, {}, {"ok": False, "error": "x"})
+        backend = bot_config.create()
+        backend.acquire_lease("db", ALICE.email or "", timedelta(seconds=4))
+        backend.acquire_lease("cache", BOB.email or "", timedelta(seconds=4))
+        # Both are warned before expiry (a failed one on a later pass)...
+        wait_dm(slack, ALICE.id, "expires")
+        wait_dm(slack, BOB.id, "expires")
+        wait_dm(slack, ALICE.id, "expired")
+        wait_dm(slack, BOB.id, "expired")
+        bot.settle()
+    # ...and exactly once each.
+    for user in (ALICE, BOB):
+        assert len(dms_to(slack, user.id, "expires")) == 1
