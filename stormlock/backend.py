@@ -412,6 +412,21 @@ def budget(seconds: float) -> Iterator[None]:
         _deadline.at = None
 
 
+class OutOfTime(Exception):
+    """The running operation's `timeout` is spent (backends map it to
+    `BackendUnavailable`)."""
+
+
+# A failure this fast is a refused or reset connection (a restart broke it),
+# not a silent server: worth one more try within the budget.
+QUICK_FAILURE = 0.25
+
+
+def failed_fast(started: float) -> bool:
+    """Whether an attempt begun at `started` (monotonic) failed that fast."""
+    return time.monotonic() - started < QUICK_FAILURE
+
+
 def check_timeout(timeout: float, where: str) -> float:
     """`timeout` if it is a usable number of seconds, else a `ConfigError`."""
     if not (isinstance(timeout, int | float) and 0 < timeout <= 3600):
@@ -447,6 +462,9 @@ class LeaseBackend(Backend):
     """A fresh lease id."""
     time_left = staticmethod(remaining_budget)
     """Seconds left of the running operation's budget (see `remaining_budget`)."""
+    failed_fast = staticmethod(failed_fast)
+    """Whether an attempt failed too fast to be a silent server (retry once)."""
+    OutOfTime = OutOfTime
 
     # -- hooks: one store's statements ------------------------------------
 

@@ -39,12 +39,6 @@ _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _INDEX = "active-expires"
 _PURGE_AFTER = 30 * 86400
 _T = TypeVar("_T")
-# A failure this fast is a broken connection, not a silent server.
-_QUICK_FAILURE = 0.25
-
-
-class _TimedOut(Exception):
-    pass
 
 
 def _now_ms() -> int:
@@ -138,7 +132,7 @@ class DynamoDB(LeaseBackend):
         botocore.exceptions.ConnectionClosedError,
         botocore.exceptions.NoCredentialsError,
         botocore.exceptions.ClientError,
-        _TimedOut,
+        LeaseBackend.OutOfTime,
     )
 
     def _failure(self, error: Exception) -> StormlockError:
@@ -167,7 +161,7 @@ class DynamoDB(LeaseBackend):
         for attempt in range(3):
             left = self.time_left()
             if left is not None and left <= 0:
-                raise _TimedOut(f"no answer within {self.timeout:g}s")
+                raise LeaseBackend.OutOfTime(f"no answer within {self.timeout:g}s")
             started = time.monotonic()
             try:
                 return fn()
@@ -182,7 +176,7 @@ class DynamoDB(LeaseBackend):
                 botocore.exceptions.EndpointConnectionError,
                 botocore.exceptions.ConnectionClosedError,
             ):
-                if attempt or time.monotonic() - started > _QUICK_FAILURE:
+                if attempt or not self.failed_fast(started):
                     raise
         raise AssertionError("unreachable")
 

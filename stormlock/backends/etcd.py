@@ -40,8 +40,6 @@ from ..backend import Capabilities, Clock, Finding, Lease, LeaseBackend, trips
 from ..errors import BackendUnavailable, ConfigError
 
 _NOT_FOUND = 5
-# A failure this fast is a refused or reset connection, not a silent server.
-_QUICK_FAILURE = 0.25
 _UNAUTHENTICATED = 16
 
 
@@ -173,7 +171,7 @@ class Etcd(LeaseBackend):
                 break
             except HTTPError as exc:
                 # A refused or reset connection fails at once: try once more.
-                if attempt or time.monotonic() - started > _QUICK_FAILURE:
+                if attempt or not self.failed_fast(started):
                     raise self._unreachable(type(exc).__name__) from None
         try:
             data: dict[str, Any] = json.loads(response.data or b"{}")

@@ -30,8 +30,6 @@ from ..errors import BackendUnavailable, ConfigError, InvalidInput, StormlockErr
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
-# A failure this fast is a broken connection, not a silent server.
-_QUICK_FAILURE = 0.25
 
 _CREATE = (
     """CREATE TABLE IF NOT EXISTS {table} (
@@ -170,11 +168,7 @@ class _BoundedConnection(psycopg.Connection[Any]):
             return super().wait(gen, interval, timeout)
         except _WaitTimeout:
             self.close()  # a query is in flight: the connection is unusable
-            raise _TimedOut from None
-
-
-class _TimedOut(Exception):
-    pass
+            raise LeaseBackend.OutOfTime from None
 
 
 # Where fences come from, as the capability table says.
@@ -251,13 +245,13 @@ class Postgresql(LeaseBackend):
 
     client_errors = (
         PoolTimeout,
-        _TimedOut,
+        LeaseBackend.OutOfTime,
         psycopg.OperationalError,
         psycopg.DataError,
     )
 
     def _failure(self, error: Exception) -> StormlockError:
-        if isinstance(error, PoolTimeout | _TimedOut):
+        if isinstance(error, PoolTimeout | LeaseBackend.OutOfTime):
             return BackendUnavailable(
                 f"PostgreSQL did not answer within {self.timeout:g}s; "
                 "check that it is up and [backend.postgresql] connection"
@@ -289,14 +283,14 @@ class Postgresql(LeaseBackend):
                     raise
                 self.setup()
             except psycopg.OperationalError:
-                if attempt or time.monotonic() - started > _QUICK_FAILURE:
+                if attempt or not self.failed_fast(started):
                     raise
         raise AssertionError("unreachable")
 
     def _checkout_timeout(self) -> float:
         left = self.time_left()
         if left is not None and left <= 0:
-            raise _TimedOut
+            raise LeaseBackend.OutOfTime
         return left if left is not None else 5.0
 
     def _rows(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:

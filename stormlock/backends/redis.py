@@ -152,13 +152,11 @@ class _RetryBrokenConnection(Retry):
         def quick(_error: Exception) -> bool:
             left = LeaseBackend.time_left()
             elapsed = time.monotonic() - started
-            return elapsed < _QUICK_FAILURE and (left is None or left > elapsed)
+            return LeaseBackend.failed_fast(started) and (
+                left is None or left > elapsed
+            )
 
         return super().call_with_retry(do, fail, quick)
-
-
-# A failure this fast is a reset or refused connection, not a silent server.
-_QUICK_FAILURE = 0.25
 
 
 # Where fences come from, as the capability table says.
