@@ -109,8 +109,12 @@ class LeaseService:
         options = self.config.backend_options(name)
         if "timeout" in inspect.signature(find_backend(name)).parameters:
             cap = self.settings.backend_timeout.total_seconds()
-            configured = float(options.get("timeout") or cap)
-            options["timeout"] = str(min(configured, cap))
+            try:
+                configured = float(options.get("timeout") or cap)
+            except ValueError:
+                configured = None  # building reports the bad value, in one line
+            if configured is not None:
+                options["timeout"] = str(min(configured, cap))
         return build_backend(name, options, self.config)
 
     def close(self) -> None:
