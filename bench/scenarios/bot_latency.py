@@ -17,8 +17,8 @@ from typing import cast
 
 import requests
 
-from stormlock.bot.localslack import LocalSlack
 from stormlock.testing.backends import BackendConfig
+from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.servers import Server
 from stormlock.testing.slack import ALICE, BOB, CAROL, DAVE, running_bot, sign
 
@@ -70,7 +70,7 @@ def section(
     # the load generator would add its work to every measured latency.
     specs = [f"{u.id}:{u.name}:{u.email or ''}" for u in users]
     fake = subprocess.Popen(
-        [sys.executable, "-m", "stormlock.bot.localslack", *specs],
+        [sys.executable, "-m", "stormlock.testing.localslack", *specs],
         stdout=subprocess.PIPE,
         text=True,
     )

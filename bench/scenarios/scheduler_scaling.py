@@ -14,11 +14,11 @@ import redis
 
 from stormlock.backends import build_backend
 from stormlock.bot.app import build_app
-from stormlock.bot.localslack import LocalSlack
 from stormlock.bot.service import LeaseService
 from stormlock.bot.settings import BotSettings
 from stormlock.config import load_config
 from stormlock.testing.backends import BackendConfig
+from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.servers import Server
 from stormlock.testing.slack import ALICE
 
@@ -108,14 +108,14 @@ def _reconcile_times(
         {"SLACK_BOT_TOKEN": slack.token, "SLACK_API_URL": slack.api_url},
     )
     service = LeaseService(settings)
-    _app, bot = build_app(settings, service, verify_requests=False)
-    assert bot.reminders is not None
+    bot = build_app(settings, service, verify_requests=False)
     start = time.perf_counter()
     stats = bot.reminders.run()
     first = time.perf_counter() - start
     start = time.perf_counter()
     bot.reminders.run()
     second = time.perf_counter() - start
+    bot.close()
     service.close()
     return first, second, stats.warnings
 

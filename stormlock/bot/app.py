@@ -1,35 +1,34 @@
-"""Build the Bolt app: Web API client, service, listeners."""
+"""Build the Bolt app and the pipeline behind it."""
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from slack_bolt import App
-from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-)
 
-from .flows import Bot
+from .core import Core
+from .identity import Directory
 from .listeners import register
+from .outbox import SLACK_TIMEOUT, Outbox, web_client
+from .pipeline import Pipeline
+from .records import Records
 from .reminders import Reminders
 from .service import LeaseService
 from .settings import BotSettings
+from .state import BotState
 
 
-def web_client(settings: BotSettings) -> WebClient:
-    return WebClient(
-        token=settings.bot_token,
-        base_url=settings.api_url,
-        timeout=10,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=1),
-            # Slack's 429 with Retry-After: wait as told, then retry.
-            RateLimitErrorRetryHandler(max_retry_count=3),
-        ],
-    )
+@dataclass
+class Bot:
+    """The parts of a running bot."""
+
+    app: App
+    pipeline: Pipeline
+    reminders: Reminders
+
+    def close(self) -> None:
+        self.pipeline.close()
 
 
 def build_app(
@@ -37,17 +36,16 @@ def build_app(
     service: LeaseService,
     *,
     verify_requests: bool = True,
-    background: bool = True,
-    work_threads: int = 4,
-) -> tuple[App, Bot]:
-    """The Bolt app and the bot behind it.
+    answer_threads: int = 4,
+) -> Bot:
+    """The Bolt app and what it hands requests to.
 
     Listeners ack in the request's own thread (Bolt's process_before_response)
-    and hand the rest to the bot's work pool, so the HTTP response leaves at
-    once. `background=False` does the work inline (the shell shows it in
-    order); `verify_requests=False` is only for the shell, which has no Slack.
+    and hand the payload to the pipeline, so the HTTP response leaves at once.
+    `verify_requests=False` is only for Socket Mode, whose requests come over
+    the app's own authenticated websocket.
     """
-    client = web_client(settings)
+    client = web_client(settings.bot_token, settings.api_url)
     app = App(
         client=client,
         signing_secret=settings.signing_secret or "",
@@ -58,8 +56,17 @@ def build_app(
         # Lease ids travel in slash command text; Bolt's own warnings must not echo it.
         raise_error_for_unhandled_request=False,
     )
-    work = ThreadPoolExecutor(work_threads, "stormlock-work") if background else None
-    bot = Bot(service, settings, client, work=work)
-    bot.reminders = Reminders(bot)
-    register(app, bot)
-    return app, bot
+    directory = Directory(client)
+    state = BotState(Records(service.backend(service.config.default_backend)))
+    core = Core(service, settings, directory, state)
+    # Reminders send from the scheduler's thread under a claim of claim_ttl:
+    # their client gives up well before the claim could lapse, and does not
+    # retry (the next pass does, and the other reminders go on meanwhile).
+    bound = min(SLACK_TIMEOUT, settings.claim_ttl.total_seconds() / 10)
+    reminder_client = web_client(
+        settings.bot_token, settings.api_url, timeout=bound, max_wait=bound, retries=0
+    )
+    reminders = Reminders(core, directory, Outbox(reminder_client, threads=0))
+    pipeline = Pipeline(core, directory, Outbox(client), reminders, answer_threads)
+    register(app, pipeline)
+    return Bot(app, pipeline, reminders)

@@ -25,7 +25,8 @@ from slack_sdk.models.blocks import (
 
 from ..backend import Lease, iso
 from ..ttl import format_duration
-from .parsing import USAGE
+from . import core
+from .parsing import USAGE, Command
 
 # Slack's limits: 50 blocks a message (100 in a view), 3000 characters a text.
 MAX_BLOCKS = 50
@@ -79,6 +80,30 @@ def _render(blocks: Sequence[Block]) -> list[dict[str, Any]]:
 
 def _value(**data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))
+
+
+_BUTTONS = (
+    (ACTION_RENEW, "renew"),
+    (ACTION_RELEASE, "release"),
+    (ACTION_NOTIFY, "notify"),
+    (ACTION_ACQUIRE, "acquire"),
+)
+
+
+def read_button(action_id: str, value: str) -> tuple[Command, int | None] | None:
+    """The command a button of ours stands for, and the fence of the lease it
+    was shown for; None for a button that is not ours or not readable."""
+    name = next((n for prefix, n in _BUTTONS if action_id.startswith(prefix)), None)
+    try:
+        data = json.loads(value or "{}")
+        resource = str(data["resource"])
+        fence = int(data["fence"]) if "fence" in data else None
+        ttl = timedelta(seconds=float(data["ttl"])) if "ttl" in data else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if name is None:
+        return None
+    return Command(name, resource=resource, ttl=ttl), fence
 
 
 def _lease_line(lease: Lease, namer: Namer) -> str:
@@ -376,3 +401,42 @@ def board(leases: Sequence[Lease], namer: Namer) -> Message:
         elements=[MarkdownTextObject(text=f"Updated {when(datetime.now(UTC))}")]
     )
     return Message(f"{len(leases)} leases held", _render([header, *body, updated]))
+
+
+# -- outcomes of the core ----------------------------------------------------------
+
+
+def answer(said: core.Answer, namer: Namer) -> Message:
+    """The asker's answer."""
+    match said:
+        case core.Acquired(lease, offer):
+            return acquired(lease, offer)
+        case core.Renewed(lease, offer):
+            return renewed(lease, offer)
+        case core.Released(resource):
+            return released(resource)
+        case core.Held(resource, lease):
+            return held(lease, resource, namer)
+        case core.Current(resource, lease):
+            return current(resource, lease, namer)
+        case core.IsHeld(resource, active):
+            return is_held(resource, active)
+        case core.Listing(leases):
+            return lease_list(leases, namer)
+        case core.Help(unknown):
+            return help_message(unknown)
+        case core.Waiting(resource, cancelled):
+            return waiting(resource, cancelled)
+        case core.Problem(text):
+            return problem(text)
+
+
+def notice(told: core.Notice, namer: Namer) -> Message:
+    """What a channel or a holder is told."""
+    match told:
+        case core.TookLease(_channel, lease):
+            return announce_acquired(lease, namer)
+        case core.GaveUpLease(_channel, lease, actor, forced):
+            return announce_released(lease, namer, actor, forced)
+        case core.ForcedOff(_holder, lease, by):
+            return force_released_notice(lease, namer, by)

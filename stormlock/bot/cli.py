@@ -22,7 +22,7 @@ from ..errors import (
 from .settings import BotSettings
 
 if TYPE_CHECKING:
-    from .flows import Bot
+    from .app import Bot
     from .reminders import Scheduler
 
 PROG = "stormlock-bot"
@@ -101,7 +101,6 @@ def _settings(args: argparse.Namespace) -> BotSettings:
 def _start_scheduler(bot: Bot) -> Scheduler:
     from .reminders import Scheduler
 
-    assert bot.reminders is not None
     scheduler = Scheduler(bot.reminders)
     scheduler.start()
     return scheduler
@@ -129,9 +128,9 @@ def _serve(args: argparse.Namespace) -> int:
         # a background thread's 5 ms slice.
         sys.setswitchinterval(0.001)
         service = LeaseService(settings)
-        app, bot = build_app(settings, service)
+        bot = build_app(settings, service)
         atexit.register(_start_scheduler(bot).stop)
-        return wsgi_app(app, service.ready, settings.signing_secret or "")
+        return wsgi_app(bot.app, service.ready, settings.signing_secret or "")
 
     logs.configure(args.log_level, args.log_json)
     serve(factory, args.host, args.port, args.threads, args.log_level, args.workers)
@@ -152,10 +151,10 @@ def _socket(args: argparse.Namespace) -> int:
         "set it to an app-level token (xapp-...) with connections:write",
     )
     logs.configure(args.log_level, args.log_json)
-    app, bot = build_app(settings, LeaseService(settings), verify_requests=False)
+    bot = build_app(settings, LeaseService(settings), verify_requests=False)
     scheduler = _start_scheduler(bot)
     try:
-        SocketModeHandler(app, app_token).start()  # type: ignore[no-untyped-call]
+        SocketModeHandler(bot.app, app_token).start()  # type: ignore[no-untyped-call]
     finally:
         scheduler.stop()
     return 0

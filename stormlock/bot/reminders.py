@@ -26,15 +26,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ..backend import Lease, utcnow
 from ..errors import StormlockError
+from ..names import RECORD_PREFIX
 from . import blocks
-from .flows import Bot
+from .core import Core
+from .identity import Directory
 from .metrics import NOTIFICATIONS, RECONCILE_RUNS
-from .records import Records
+from .outbox import Outbox
+from .state import BotState
 
 log = logging.getLogger(__name__)
 
 _SENT_TTL = timedelta(days=7)
-_WAIT_TTL = timedelta(days=30)
 _BOARD_TTL = timedelta(days=366)
 _WATCH_GRACE = timedelta(days=1)
 # A watched lease gone from the store this close to its expiry (by the bot's
@@ -53,14 +55,22 @@ class RunStats:
 
 
 class Reminders:
-    """The reconcile job and the wait-list and board operations."""
+    """The reconcile job and the wait-list and board operations.
 
-    def __init__(self, bot: Bot) -> None:
-        self.bot = bot
-        self.service = bot.service
-        self.settings = bot.settings
-        config = self.service.config
-        self.records = Records(self.service.backend(config.default_backend))
+    `outbox` sends in the caller's thread (its `*_now` methods); its client
+    must give up well within `claim_ttl` (see `reminder_client`), or a
+    claim could lapse mid-send and another replica send the message too.
+    """
+
+    def __init__(self, core: Core, directory: Directory, outbox: Outbox) -> None:
+        self.core = core
+        self.service = core.service
+        self.settings = core.settings
+        self.directory = directory
+        self.outbox = outbox
+        assert core.state is not None
+        self.state: BotState = core.state
+        self.records = self.state.records
         self._unresolved_logged: set[str] = set()
         self._board_digest: str | None = None
         self._run_lock = threading.Lock()
@@ -81,8 +91,19 @@ class Reminders:
         self.records.keep(claim, _SENT_TTL)
         return True
 
+    def _sent(self, key: str) -> bool:
+        """Whether `key`'s message went out (not merely claimed by a sender
+        that may yet fail)."""
+        marker = self.records.get("sent/" + key)
+        horizon = utcnow() + self.settings.claim_ttl
+        return (
+            marker is not None
+            and marker.expires is not None
+            and marker.expires > horizon
+        )
+
     def _dm_principal(self, principal: str, message: blocks.Message) -> bool:
-        user_id = self.bot.directory.user_id_for(principal, strict=True)
+        user_id = self.directory.user_id_for(principal, strict=True)
         if user_id is None:
             if principal not in self._unresolved_logged:
                 self._unresolved_logged.add(principal)
@@ -90,10 +111,13 @@ class Reminders:
                     "no Slack user for principal %r; not messaging them", principal
                 )
             return False
-        error = self.bot.dm(user_id, message)
+        self._dm(user_id, message)
+        return True
+
+    def _dm(self, user_id: str, message: blocks.Message) -> None:
+        error = self.outbox.dm_now(user_id, message)
         if error:
             raise RuntimeError(f"DM failed: {error}")
-        return True
 
     # -- the reconcile job -----------------------------------------------------
 
@@ -140,10 +164,16 @@ class Reminders:
         expires_ms = int(lease.expires.timestamp() * 1000)
         seconds = int(offset.total_seconds())
         key = f"warn/{lease.fence}/{expires_ms}/{seconds}/{lease.resource}"
-        message = blocks.warning(lease, self.bot.renew_offer(lease))
-        if self.once(key, self._dm_principal, lease.principal, message):
+        message = blocks.warning(lease, self.core.renew_offer(lease))
+        if self.once(key, self._warn_unless_over, lease, message):
             stats.warnings += 1
             NOTIFICATIONS.labels("warning").inc()
+
+    def _warn_unless_over(self, lease: Lease, message: blocks.Message) -> None:
+        """A warning never arrives after its lease's end (and its notice)."""
+        assert lease.expires is not None
+        if utcnow() < lease.expires:
+            self._dm_principal(lease.principal, message)
 
     def _watch(self, lease: Lease) -> None:
         """Remember a lease close to expiry, so its expiry can be told later."""
@@ -178,65 +208,53 @@ class Reminders:
             if lease.expires != expires:
                 self._watch(lease)  # renewed: remember the new expiry
             return
-        if now >= expires - _SKEW:
-            principal = str(info.get("principal", ""))
-            key = f"expired/{fence_text}/{resource}"
-            fence = int(fence_text)
-            tell = self._tell_expired
-            if self.once(key, tell, resource, principal, expires, fence):
-                stats.expiries += 1
-                NOTIFICATIONS.labels("expiry").inc()
-        self.records.drop(record)
-
-    def _tell_expired(
-        self, resource: str, principal: str, expires: datetime, fence: int
-    ) -> None:
-        try:
-            self._dm_principal(principal, blocks.expired_notice(resource, expires))
-        except RuntimeError as exc:
-            log.warning("expiry DM failed: %s", exc)
-        origin = self.records.get(f"origin/{fence}/{resource}")
-        channel = self.settings.announce_channel(resource) or (
-            origin.note if origin else None
+        if now < expires - _SKEW:
+            return
+        fence = int(fence_text)
+        if self._warning_in_flight(fence, resource):
+            return  # the expiry is told after it, next pass
+        principal = str(info.get("principal", ""))
+        notice = blocks.expired_notice(resource, expires)
+        # Each part is sent once and retried on its own until it goes out;
+        # the watch is dropped only when both have.
+        if self.once(
+            f"expired/{fence}/{resource}", self._dm_principal, principal, notice
+        ):
+            stats.expiries += 1
+            NOTIFICATIONS.labels("expiry").inc()
+        channel = self.settings.announce_channel(resource) or self.state.origin(
+            fence, resource
         )
         if channel:
-            self.bot.post(
-                channel,
-                blocks.announce_expired(
-                    resource, principal, self.bot.directory.display
-                ),
-            )
+            told = blocks.announce_expired(resource, principal, self.directory.display)
+            self.once(f"expired-post/{fence}/{resource}", self._post, channel, told)
+        self.records.drop(record)
+
+    def _warning_in_flight(self, fence: int, resource: str) -> bool:
+        """Whether a warning for this lease is being sent right now (claimed,
+        not yet recorded as sent)."""
+        soon = utcnow() + self.settings.claim_ttl
+        return any(
+            key.endswith("/" + resource)
+            and claim.expires is not None
+            and claim.expires <= soon
+            for key, claim in self.records.list(f"sent/warn/{fence}/")
+        )
+
+    def _post(self, channel: str, message: blocks.Message) -> None:
+        error = self.outbox.post_now(channel, message)
+        if error:
+            raise RuntimeError(f"post to the channel failed: {error}")
 
     # -- wait lists -------------------------------------------------------------
 
-    def wait(self, user_id: str, resource: str) -> None:
-        self.service.check_resource(resource)
-        key = f"wait/{utcnow().timestamp():020.6f}/{user_id}/{resource}"
-        self.records.claim(key, _WAIT_TTL)
-
-    def _waiting(self) -> dict[str, list[tuple[str, Lease]]]:
-        """Wait lists by resource: (user id, entry) in the order they asked."""
-        waiting: dict[str, list[tuple[str, Lease]]] = {}
-        for key, record in self.records.list("wait/"):
-            _stamp, user, resource = key[len("wait/") :].split("/", 2)
-            waiting.setdefault(resource, []).append((user, record))
-        return waiting
-
-    def cancel_wait(self, user_id: str, resource: str) -> int:
-        entries = self._waiting().get(resource, [])
-        return sum(
-            1
-            for user, record in entries
-            if user == user_id and self.records.drop(record)
-        )
-
     def _free(self, stats: RunStats) -> None:
-        for resource, entries in self._waiting().items():
+        for resource, entries in self.state.waiting().items():
             stats.waiters += self._notify_waiters(resource, entries)
 
     def notify_waiters(self, resource: str) -> int:
         """DM everyone waiting for `resource` if it is free; in order, once."""
-        return self._notify_waiters(resource, self._waiting().get(resource, []))
+        return self._notify_waiters(resource, self.state.waiting().get(resource, []))
 
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
         if not entries or self.service.current(resource) is not None:
@@ -249,12 +267,19 @@ class Reminders:
                 return 0  # another replica is telling them right now
             try:
                 sent = 0
-                for user_id, record in entries:  # sorted by the time they asked
-                    # Deleting the entry is the claim: only one notifier succeeds.
-                    if self.records.drop(record):
-                        self.bot.dm(user_id, blocks.free_now(resource))
+                message = blocks.free_now(resource)
+                for user_id, entry in entries:  # sorted by the time they asked
+                    key = entry.resource[len(RECORD_PREFIX) :]
+                    try:
+                        told = self.once(key, self._dm, user_id, message)
+                    except Exception as exc:  # the entry stays: next pass
+                        log.warning("wait-list DM failed: %s", exc)
+                        continue
+                    if told:
                         NOTIFICATIONS.labels("waitlist").inc()
                         sent += 1
+                    if told or self._sent(key):  # off the list once told
+                        self.records.drop(entry)
                 return sent
             finally:
                 self.records.drop(turn)
@@ -263,9 +288,9 @@ class Reminders:
 
     def post_board(self, channel: str) -> str | None:
         leases = self.service.list_leases()
-        message = blocks.board(leases, self.bot.directory.display)
+        message = blocks.board(leases, self.directory.display)
         try:
-            posted = self.bot.client.chat_postMessage(
+            posted = self.outbox.client.chat_postMessage(
                 channel=channel, **message.kwargs()
             )
         except Exception as exc:  # the reply tells the user
@@ -284,11 +309,11 @@ class Reminders:
         if stats is not None and digest == self._board_digest:
             return  # nothing changed since this replica last drew them
         self._board_digest = digest
-        message = blocks.board(leases, self.bot.directory.display)
+        message = blocks.board(leases, self.directory.display)
         for key, record in boards:
             channel = key[len("board/") :]
             try:
-                self.bot.client.chat_update(
+                self.outbox.client.chat_update(
                     channel=channel, ts=record.note or "", **message.kwargs()
                 )
             except Exception as exc:

@@ -1,27 +1,26 @@
 """`stormlock-bot shell`: the bot in a terminal, with no Slack at all.
 
-It runs the very same Bolt app, listeners and Block Kit rendering as in Slack.
-Slack itself is played by `LocalSlack` on loopback; what the bot sends is
-printed, marked by who would see it: only you, the channel, or a DM.
+It runs the same core and the same renderers as in Slack; the outcome is
+printed instead of sent, marked by who would see it: only you, the channel,
+or a DM. Buttons are numbered; `/press N` presses one.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import re
 import socket
 import sys
-import urllib.parse
 from datetime import datetime
 from typing import IO, Any
 
-from slack_bolt import BoltRequest
-
 from ..config import Config
-from .app import build_app
-from .localslack import Call, LocalSlack, User
-from .service import LeaseService
+from ..errors import StormlockError
+from . import blocks
+from .blocks import Message
+from .core import Ask, Core, ForcedOff, Outcome, Via
+from .parsing import parse
+from .service import LeaseService, Person
 from .settings import BotSettings
 
 INTRO = """\
@@ -33,47 +32,56 @@ Shell commands: /user NAME (become someone else), /channel NAME, /home,
 """
 
 _DATE = re.compile(r"<!date\^(\d+)\^[^|>]*\|([^>]*)>")
-_MENTION = re.compile(r"<@([A-Z0-9]+)>")
 
 
 def _user_id(name: str) -> str:
     return "U" + (re.sub(r"[^A-Za-z0-9]", "", name).upper() or "X")
 
 
+class LocalPeople:
+    """Terminal users: the principal is NAME@host, as the CLI's default."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.host = socket.gethostname()
+
+    def add(self, name: str) -> str:
+        user_id = _user_id(name)
+        self.names[user_id] = name
+        return user_id
+
+    def person(self, user_id: str) -> Person:
+        name = self.names.get(user_id, user_id)
+        return Person(user_id, f"{name}@{self.host}", frozenset({user_id}))
+
+    def display(self, principal: str) -> str:
+        name, _, host = principal.partition("@")
+        return f"@{name}" if host == self.host or principal in self.names else principal
+
+    def name(self, user_id: str) -> str:
+        return self.names.get(user_id, user_id)
+
+
 class Shell:
     def __init__(self, config: Config, user: str, channel: str, out: IO[str]) -> None:
         self.out = out
-        self.slack = LocalSlack().start()
-        self.slack.on_call = self._show
-        settings = BotSettings.load(
-            config,
-            {"SLACK_BOT_TOKEN": self.slack.token, "SLACK_API_URL": self.slack.api_url},
-        )
+        settings = BotSettings.load(config, {})
         self.service = LeaseService(settings)
-        self.app, self.bot = build_app(
-            settings, self.service, verify_requests=False, background=False
-        )
-        self.buttons: list[tuple[str, dict[str, Any], str]] = []
-        self.show_home = False
+        self.people = LocalPeople()
+        # No wait lists or boards here: they live in Slack.
+        self.core = Core(self.service, settings, self.people, None)
+        self.buttons: list[tuple[Via, dict[str, Any]]] = []
         self.channel = channel
         self.user = self.become(user)
 
     def become(self, name: str) -> str:
-        """Switch user; the email matches the CLI's default principal (user@host)."""
-        user_id = _user_id(name)
-        self.slack.add_user(User(user_id, name, f"{name}@{socket.gethostname()}"))
-        self.user = user_id
-        return user_id
+        self.user = self.people.add(name)
+        return self.user
 
     def close(self) -> None:
         self.service.close()
-        self.slack.stop()
 
     # -- output -----------------------------------------------------------------
-
-    def _name(self, user_id: str) -> str:
-        user = self.slack.users.get(user_id)
-        return user.name if user else user_id
 
     def _plain(self, text: str) -> str:
         text = _DATE.sub(
@@ -82,134 +90,99 @@ class Shell:
             ),
             text,
         )
-        text = _MENTION.sub(lambda m: "@" + self._name(m.group(1)), text)
         return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
-    def _render(self, payload: dict[str, Any], origin: str) -> list[str]:
-        blocks = payload.get("blocks")
-        if isinstance(blocks, str):
-            blocks = json.loads(blocks)
-        if not blocks:
-            return [self._plain(str(payload.get("text", "")))]
-        lines: list[str] = []
-        for block in blocks:
+    def show(self, mark: str, rendered: list[dict[str, Any]], via: Via) -> None:
+        """Print Block Kit as text; number its buttons."""
+        print(f"[{mark}]", file=self.out)
+        for block in rendered:
             kind = block.get("type")
+            lines: list[str] = []
             if kind in ("section", "header"):
                 lines.append(self._plain(block["text"]["text"]))
             elif kind == "context":
-                lines += [
-                    self._plain(e.get("text", "")) for e in block.get("elements", [])
-                ]
+                lines += [self._plain(e.get("text", "")) for e in block["elements"]]
             elif kind == "divider":
                 lines.append("-" * 40)
             elif kind == "actions":
                 labels = []
                 for element in block.get("elements", []):
-                    self.buttons.append((origin, element, block.get("block_id", "")))
+                    self.buttons.append((via, element))
                     labels.append(f"[{len(self.buttons)}: {element['text']['text']}]")
                 lines.append(" ".join(labels))
-        return lines
+            for line in lines:
+                for part in line.splitlines():
+                    print(f"    {part}", file=self.out)
 
-    def _show(self, call: Call) -> None:
-        if call.method == "response_url":
-            who = self._name(call.context.get("user", ""))
-            mark, origin = f"only {who} sees", "message"
-        elif call.method == "chat.postMessage":
-            channel = str(call.payload.get("channel", ""))
-            if channel.startswith("D"):
-                mark, origin = f"DM to {self._name(channel[1:])}", "message"
+    def _message(self, mark: str, message: Message, via: Via = Via.BUTTON) -> None:
+        self.show(mark, message.blocks or [blocks.problem(message.text).blocks[0]], via)
+
+    # -- the pipeline, printed ----------------------------------------------------
+
+    def run(self, ask: Ask) -> Outcome:
+        outcome = self.core.handle(ask)
+        display = self.people.display
+        if ask.via is not Via.HOME:
+            self._message(
+                f"only {self.people.name(ask.user_id)} sees",
+                blocks.answer(outcome.answer, display),
+            )
+        for told in outcome.notices:
+            message = blocks.notice(told, display)
+            if isinstance(told, ForcedOff):
+                self._message(f"DM to {display(told.holder)}", message)
             else:
-                mark, origin = f"#{channel}", "message"
-        elif call.method == "views.publish" and self.show_home:
-            view = call.payload.get("view") or {}
-            mark, origin = (
-                f"App Home of {self._name(str(call.payload.get('user_id')))}",
-                "view",
+                self._message(f"#{told.channel}", message)
+        if ask.via is Via.HOME:
+            self.home()
+        return outcome
+
+    def home(self) -> None:
+        self.buttons.clear()
+        person = self.people.person(self.user)
+        try:
+            everyone = self.service.list_leases()
+        except StormlockError as exc:
+            self._message(
+                f"App Home of {self.people.name(self.user)}", blocks.problem(str(exc))
             )
-            call = Call(
-                call.method, view if isinstance(view, dict) else json.loads(view)
-            )
-        else:
             return
-        if call.problems:
-            print(
-                f"  (Slack would reject this: {'; '.join(call.problems)})",
-                file=self.out,
-            )
-        lines = self._render(call.payload, origin)
-        print(f"[{mark}]", file=self.out)
-        for line in lines:
-            for part in line.splitlines():
-                print(f"    {part}", file=self.out)
+        mine = [lease for lease in everyone if person.is_principal(lease.principal)]
+        view = blocks.home(everyone, mine, self.people.display, self.core.renew_offer)
+        self.show(
+            f"App Home of {self.people.name(self.user)}", view["blocks"], Via.HOME
+        )
 
     # -- input ------------------------------------------------------------------
 
-    def _dispatch(self, body: str) -> None:
-        request = BoltRequest(
-            body=body, headers={"content-type": ["application/x-www-form-urlencoded"]}
-        )
-        response = self.app.dispatch(request)
-        if response.status != 200:
-            print(f"  (the bot answered HTTP {response.status})", file=self.out)
-
     def command(self, text: str) -> None:
         self.buttons.clear()
-        body = {
-            "token": "local",
-            "team_id": "TLOCAL",
-            "channel_id": self.channel,
-            "channel_name": self.channel,
-            "user_id": self.user,
-            "user_name": self._name(self.user),
-            "command": "/stormlock",
-            "text": text,
-            "response_url": self.slack.response_url(self.user, self.channel),
-            "trigger_id": "local",
-        }
-        self._dispatch(urllib.parse.urlencode(body))
+        try:
+            command = parse(text)
+        except StormlockError as exc:
+            self._message(
+                f"only {self.people.name(self.user)} sees", blocks.problem(exc.message)
+            )
+            return
+        if command.name == "board":
+            message = blocks.problem("Boards live in Slack channels, not in the shell.")
+            self._message(f"only {self.people.name(self.user)} sees", message)
+            return
+        self.run(Ask(self.user, command, channel=self.channel))
 
     def press(self, number: int) -> None:
         if not 1 <= number <= len(self.buttons):
             print(f"  no button {number}; there are {len(self.buttons)}", file=self.out)
             return
-        origin, element, block_id = self.buttons[number - 1]
+        via, element = self.buttons[number - 1]
         self.buttons.clear()
-        container: dict[str, Any] = (
-            {"type": "view", "view_id": "VHOME"}
-            if origin == "view"
-            else {"type": "message", "channel_id": self.channel, "is_ephemeral": True}
-        )
-        payload = {
-            "type": "block_actions",
-            "user": {"id": self.user, "name": self._name(self.user)},
-            "team": {"id": "TLOCAL"},
-            "container": container,
-            "channel": {"id": self.channel, "name": self.channel},
-            "response_url": self.slack.response_url(self.user, self.channel),
-            "trigger_id": "local",
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": element["action_id"],
-                    "block_id": block_id,
-                    "value": element.get("value", ""),
-                    "text": element["text"],
-                }
-            ],
-        }
-        self.show_home = origin == "view"  # a Home button redraws the Home tab
-        try:
-            self._dispatch(urllib.parse.urlencode({"payload": json.dumps(payload)}))
-        finally:
-            self.show_home = False
-
-    def home(self) -> None:
-        self.buttons.clear()
-        self.show_home = True
-        try:
-            self.bot.publish_home(self.user)
-        finally:
-            self.show_home = False
+        button = blocks.read_button(element["action_id"], element.get("value", ""))
+        if button is None:
+            print("  that button does nothing here", file=self.out)
+            return
+        command, fence = button
+        channel = None if via is Via.HOME else self.channel
+        self.run(Ask(self.user, command, channel=channel, via=via, fence=fence))
 
     def handle(self, line: str) -> bool:
         """Run one line; False when the user wants to leave."""
@@ -252,11 +225,14 @@ def run_shell(
     out = out or sys.stdout
     shell = Shell(config, user or getpass.getuser(), channel.lstrip("#"), out)
     interactive = stdin.isatty()
-    print(INTRO.format(user=shell._name(shell.user), channel=shell.channel), file=out)
+    print(
+        INTRO.format(user=shell.people.name(shell.user), channel=shell.channel),
+        file=out,
+    )
     try:
         while True:
             if interactive:
-                out.write(f"{shell._name(shell.user)}@#{shell.channel}> ")
+                out.write(f"{shell.people.name(shell.user)}@#{shell.channel}> ")
                 out.flush()
             line = stdin.readline()
             if not line or not shell.handle(line):

@@ -20,9 +20,9 @@ from typing import Any
 import requests
 from mirakuru import HTTPExecutor
 
-from stormlock.bot.localslack import Call, LocalSlack, User
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.env import BIN, clean_env
+from stormlock.testing.localslack import Call, LocalSlack, User
 from stormlock.testing.servers import free_port
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"

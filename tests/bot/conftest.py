@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stormlock.bot.localslack import LocalSlack
 from stormlock.testing.backends import BackendConfig, isolated_options
+from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.slack import (
     ALICE,
     BOB,

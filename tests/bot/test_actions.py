@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from stormlock.bot.localslack import LocalSlack
 from stormlock.testing.backends import BackendConfig
+from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.servers import free_port
 from stormlock.testing.slack import (
     ALICE,

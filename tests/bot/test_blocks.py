@@ -10,7 +10,7 @@ import pytest
 
 from stormlock.backend import Lease
 from stormlock.bot import blocks
-from stormlock.bot.localslack import (
+from stormlock.testing.localslack import (
     MAX_MESSAGE_BLOCKS,
     MAX_VIEW_BLOCKS,
     block_problems,

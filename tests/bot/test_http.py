@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from stormlock.bot.localslack import LocalSlack
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.faults import silent_server
+from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.slack import (
     ALICE,
     BOB,

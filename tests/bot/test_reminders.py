@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from stormlock.bot.localslack import Call, LocalSlack
 from stormlock.bot.records import Records
 from stormlock.testing.backends import BackendConfig
+from stormlock.testing.localslack import Call, LocalSlack
 from stormlock.testing.slack import (
     ALICE,
     BOB,
@@ -22,6 +22,7 @@ from stormlock.testing.slack import (
     start_bot,
     text_of,
 )
+from tests.support import wait_until
 
 FAST = "warn_before = 2s\nreconcile_interval = 200ms"
 INTERVAL = 0.2
@@ -165,7 +166,8 @@ def test_wait_list_notifies_in_order_then_clears(fast_bot: BotServer) -> None:
     calls = fast_bot.slack.calls
     assert calls.index(bob_dm) < calls.index(carol_dm), "in the order they asked"
     records = Records(fast_bot.config.create())
-    assert records.list("wait/") == []
+    # Each entry goes once its DM went out.
+    wait_until(lambda: records.list("wait/") == [])
     acquire = button(bob_dm, "Acquire")
     fast_bot.press(BOB, acquire["action_id"], acquire["value"])
     fast_bot.slack.wait_for(

@@ -12,8 +12,8 @@ from typing import Any
 
 from websockets.sync.server import ServerConnection, serve
 
-from stormlock.bot.localslack import LocalSlack
 from stormlock.testing.env import BIN, clean_env
+from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.slack import ALICE, text_of
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from slack_bolt import App
 
-from ..flows import Bot
+from ..pipeline import Pipeline
 from . import actions, commands, events
 
 
-def register(app: App, bot: Bot) -> None:
-    commands.register(app, bot)
-    actions.register(app, bot)
-    events.register(app, bot)
+def register(app: App, pipeline: Pipeline) -> None:
+    commands.register(app, pipeline)
+    actions.register(app, pipeline)
+    events.register(app, pipeline)

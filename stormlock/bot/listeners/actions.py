@@ -1,19 +1,17 @@
-"""Buttons: Renew, Release, Notify me when free."""
+"""Buttons: Renew, Release, Notify me when free, Acquire."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App
 
-from ..flows import Bot
+from ..pipeline import Pipeline
 
 
-def register(app: App, bot: Bot) -> None:
+def register(app: App, pipeline: Pipeline) -> None:
     @app.action(re.compile(r"^lease_(renew|release|notify|acquire)"))
-    def lease_button(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
-    ) -> None:
+    def lease_button(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
-        bot.later(bot.button, body, action, respond)
+        pipeline.button(body, action)

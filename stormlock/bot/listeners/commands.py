@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App
 
-from ..flows import Bot
+from ..pipeline import Pipeline
 
 
-def register(app: App, bot: Bot) -> None:
+def register(app: App, pipeline: Pipeline) -> None:
     @app.command("/stormlock")
-    def stormlock(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+    def stormlock(ack: Ack, body: dict[str, Any]) -> None:
         ack()  # within Slack's 3 seconds, whatever the backend does
-        bot.later(bot.command, body, respond)
+        pipeline.command(body)

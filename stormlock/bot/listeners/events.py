@@ -6,11 +6,11 @@ from typing import Any
 
 from slack_bolt import App
 
-from ..flows import Bot
+from ..pipeline import Pipeline
 
 
-def register(app: App, bot: Bot) -> None:
+def register(app: App, pipeline: Pipeline) -> None:
     @app.event("app_home_opened")
     def home_opened(event: dict[str, Any]) -> None:
         if event.get("tab", "home") == "home":
-            bot.later(bot.publish_home, str(event["user"]))
+            pipeline.home_opened(str(event["user"]))

@@ -89,7 +89,7 @@ class LocalSlack:
         users: list[User] | None = None,
     ) -> None:
         self.token = token
-        self.app_token = "xapp-local"  # noqa: S105 - a fake Slack's fake token
+        self.app_token = "xapp-local"
         self.socket_url: str | None = None
         self.any_response_url = False
         """Accept response URLs it did not hand out (when run as a process)."""
@@ -340,7 +340,7 @@ class LocalSlack:
 
 
 def main() -> None:
-    """Serve LocalSlack in its own process: `python -m stormlock.bot.localslack
+    """Serve LocalSlack in its own process: `python -m stormlock.testing.localslack
     U01ALICE:alice:alice@example.com ...`; prints the API URL, then serves."""
     import sys
 

@@ -1,0 +1,280 @@
+"""The chat-free core: a parsed request in, an outcome out.
+
+The core knows leases, people and the bot's rules (who may release what,
+wait lists, where a change is announced). It knows nothing of Slack or of a
+terminal: an `Outcome` says what happened and who must be told, renderers
+turn it into messages and a delivery (the outbox in Slack, print in the
+shell) sends them. Commands and buttons take the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from ..backend import Lease, LockHeldException
+from ..errors import BackendUnavailable, StormlockError
+from .parsing import Command
+from .service import LeaseService, Person
+from .settings import BotSettings
+from .state import BotState
+
+log = logging.getLogger(__name__)
+
+
+class Via(StrEnum):
+    """Where a request came from: it decides where the answer goes."""
+
+    COMMAND = "command"
+    BUTTON = "button"  # a button in a message: the answer replaces it
+    HOME = "home"  # a button in the App Home: the Home is redrawn instead
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One parsed request."""
+
+    user_id: str
+    command: Command
+    channel: str | None = None
+    """The channel it was asked in; None from the App Home or a DM."""
+    via: Via = Via.COMMAND
+    fence: int | None = None
+    """A button's: act only on the lease it was shown for."""
+
+
+class People(Protocol):
+    def person(self, user_id: str) -> Person: ...
+
+
+# -- answers: what the asker is told ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acquired:
+    lease: Lease
+    offer: Sequence[timedelta]
+
+
+@dataclass(frozen=True)
+class Renewed:
+    lease: Lease
+    offer: Sequence[timedelta]
+
+
+@dataclass(frozen=True)
+class Released:
+    resource: str
+
+
+@dataclass(frozen=True)
+class Held:
+    resource: str
+    lease: Lease | None
+
+
+@dataclass(frozen=True)
+class Current:
+    resource: str
+    lease: Lease | None
+
+
+@dataclass(frozen=True)
+class IsHeld:
+    resource: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class Listing:
+    leases: Sequence[Lease]
+
+
+@dataclass(frozen=True)
+class Help:
+    unknown: str | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    text: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    resource: str
+    cancelled: bool = False
+
+
+Answer = (
+    Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem
+) | Waiting
+
+
+# -- notices: who else is told ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TookLease:
+    """For a channel: someone took a lease."""
+
+    channel: str
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class GaveUpLease:
+    """For a channel: a lease was released, by its holder or forced."""
+
+    channel: str
+    lease: Lease
+    actor: str
+    forced: bool
+
+
+@dataclass(frozen=True)
+class ForcedOff:
+    """For the holder, in private: an admin released their lease."""
+
+    holder: str
+    lease: Lease
+    by: str
+
+
+Notice = TookLease | GaveUpLease | ForcedOff
+
+
+@dataclass
+class Outcome:
+    answer: Answer
+    status: str = "ok"
+    """For metrics: ok, held, rejected, unavailable, error."""
+    notices: list[Notice] = field(default_factory=list)
+    origin: tuple[Lease, str] | None = None
+    """A lease taken in a channel: remembered there for its expiry notice."""
+    freed: str | None = None
+    """A resource that may be free now: its wait list is told."""
+    changed: bool = False
+    """Leases changed: boards are redrawn."""
+
+
+UNREACHABLE = (
+    "The lease store is unreachable, so nothing changed. Try again in a moment."
+)
+OUR_FAULT = (
+    "Something went wrong on our side; nothing was changed. "
+    "Try again, or tell your Stormlock admins."
+)
+
+
+class Core:
+    def __init__(
+        self,
+        service: LeaseService,
+        settings: BotSettings,
+        people: People,
+        state: BotState | None,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.people = people
+        self.state = state
+
+    def handle(self, ask: Ask) -> Outcome:
+        """Every request ends in an outcome with an answer; never raises."""
+        try:
+            return self._handle(ask)
+        except LockHeldException as held:
+            return Outcome(Held(held.resource, held.lease), "held")
+        except BackendUnavailable as exc:
+            return Outcome(Problem(f"{UNREACHABLE} ({exc})"), "unavailable")
+        except StormlockError as exc:
+            return Outcome(Problem(exc.message), "rejected")
+        except Exception:
+            log.exception("%s failed", ask.command.name)
+            return Outcome(Problem(OUR_FAULT), "error")
+
+    def renew_offer(
+        self, lease: Lease, asked: timedelta | None = None
+    ) -> list[timedelta]:
+        """The TTLs its Renew buttons offer: the one asked for (or configured)
+        first, then the usual choices."""
+        original = asked or self.service.config.settings(lease.resource).ttl
+        return self.settings.renew_choices(lease.resource, original)
+
+    def _handle(self, ask: Ask) -> Outcome:
+        command = ask.command
+        name = command.name
+        if name == "help":
+            return Outcome(Help(command.unknown))
+        if name == "list":
+            return Outcome(Listing(self.service.list_leases()))
+        resource = command.resource or ""
+        if name == "current":
+            return Outcome(Current(resource, self.service.current(resource)))
+        if name == "is-held":
+            active = self.service.is_held(resource, command.lease_id or "")
+            return Outcome(IsHeld(resource, active))
+        if name == "notify":
+            return self._wait(ask.user_id, resource, command.cancel)
+        person = self.people.person(ask.user_id)
+        if name == "acquire":
+            return self._acquire(person, ask, resource)
+        if name == "renew":
+            lease = self.service.renew(person, resource, command.ttl, ask.fence)
+            offer = self.renew_offer(lease, command.ttl)
+            return Outcome(Renewed(lease, offer), changed=True)
+        if name == "release":
+            return self._release(person, ask, resource)
+        return Outcome(Help(name))
+
+    def _announce_in(self, resource: str, ask: Ask) -> str | None:
+        """The resource's own channel, else the one it was asked in."""
+        return self.settings.announce_channel(resource) or ask.channel
+
+    def _acquire(self, person: Person, ask: Ask, resource: str) -> Outcome:
+        command = ask.command
+        lease = self.service.acquire(person, resource, command.ttl, command.note)
+        outcome = Outcome(
+            Acquired(lease, self.renew_offer(lease, command.ttl)), changed=True
+        )
+        channel = self._announce_in(resource, ask)
+        if channel:
+            outcome.notices.append(TookLease(channel, lease))
+        if ask.channel:
+            outcome.origin = (lease, ask.channel)
+        return outcome
+
+    def _release(self, person: Person, ask: Ask, resource: str) -> Outcome:
+        command = ask.command
+        result = self.service.release(
+            person, resource, command.lease_id, command.force, ask.fence
+        )
+        outcome = Outcome(Released(resource), freed=resource, changed=True)
+        actor = person.principal
+        if person.is_principal(result.lease.principal):
+            actor = result.lease.principal  # the holder, however recorded
+        channel = self._announce_in(resource, ask)
+        if channel:
+            outcome.notices.append(
+                GaveUpLease(channel, result.lease, actor, result.forced)
+            )
+        if result.forced:
+            outcome.notices.append(
+                ForcedOff(result.lease.principal, result.lease, person.principal)
+            )
+        return outcome
+
+    def _wait(self, user_id: str, resource: str, cancel: bool) -> Outcome:
+        if self.state is None:
+            return Outcome(Problem("Wait lists are off on this bot."), "rejected")
+        self.service.check_resource(resource)
+        if cancel:
+            self.state.cancel_wait(user_id, resource)
+            return Outcome(Waiting(resource, cancelled=True))
+        self.state.wait(user_id, resource)
+        return Outcome(Waiting(resource), freed=resource)  # it may be free already

@@ -1,0 +1,298 @@
+"""Everything the bot sends to Slack, in order of who is waiting for it.
+
+The person's answer goes first: `respond` runs in the thread that produced
+it and queues behind nothing. Then, through a priority queue worked by its
+own threads: channel announcements and DMs, then App Home and board redraws,
+which coalesce (a redraw already queued is not queued twice; it reads the
+newest state when it runs). A send that failed for a passing reason (Slack's
+5xx, a time-out, a refused connection, a rate limit) is queued again with
+backoff, a few times; one Slack refused for good (not_in_channel) is not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
+from slack_sdk.webhook import WebhookClient
+
+from .blocks import Message
+from .metrics import SLACK_ERRORS
+
+log = logging.getLogger(__name__)
+
+# Waits between attempts of a queued send; after the last, it is given up
+# (and counted in stormlock_slack_errors_total).
+BACKOFF = (0.5, 2.0, 8.0)
+SLACK_TIMEOUT = 5
+# A 429 asking to wait longer than this is not waited for in a thread:
+# the send is queued again (or, for a reminder, left to the next pass).
+MAX_RETRY_AFTER = 5.0
+
+_PASSING = frozenset(
+    {
+        "ratelimited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "http_error",
+        "timeout",
+    }
+)
+
+
+class Priority(IntEnum):
+    ANSWER = 0
+    NOTICE = 1
+    REFRESH = 2
+
+
+class ShortRateLimitRetry(RateLimitErrorRetryHandler):
+    """slack_sdk's 429 handler, but only for a Retry-After a thread can
+    afford to sleep through; a longer one fails the call at once."""
+
+    def __init__(self, max_retry_count: int, max_wait: float) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        for name, values in response.headers.items():
+            if name.lower() == "retry-after" and values:
+                try:
+                    # slack_sdk sleeps Retry-After plus up to a second.
+                    return float(values[0]) + 1 <= self.max_wait
+                except ValueError:
+                    return False
+        return self.max_wait >= 2
+
+
+def retry_handlers(
+    max_wait: float = MAX_RETRY_AFTER, retries: int = 1
+) -> list[RetryHandler]:
+    return [
+        ConnectionErrorRetryHandler(max_retry_count=retries),
+        ServerErrorRetryHandler(max_retry_count=retries),
+        ShortRateLimitRetry(max_retry_count=2 * retries, max_wait=max_wait),
+    ]
+
+
+def web_client(
+    token: str | None,
+    base_url: str,
+    timeout: float = SLACK_TIMEOUT,
+    max_wait: float = MAX_RETRY_AFTER,
+    retries: int = 1,
+) -> WebClient:
+    """A Web API client whose every wait is bounded: `timeout` a request,
+    `max_wait` a rate limit's Retry-After (longer ones fail at once)."""
+    return WebClient(
+        token=token,
+        base_url=base_url,
+        timeout=max(1, round(timeout)),
+        retry_handlers=retry_handlers(max_wait, retries),
+    )
+
+
+def error_of(exc: BaseException) -> str:
+    if isinstance(exc, SlackApiError):
+        return str(exc.response.get("error") or f"http_{exc.response.status_code}")
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+class Outbox:
+    def __init__(self, client: WebClient, threads: int = 2) -> None:
+        self.client = client
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+        self._timers: set[threading.Timer] = set()
+        self._closed = False
+        self._threads = [
+            threading.Thread(
+                target=self._work, name=f"stormlock-outbox-{n}", daemon=True
+            )
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # -- the queue ----------------------------------------------------------------
+
+    def submit(
+        self,
+        priority: Priority,
+        task: Callable[[], None],
+        key: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Run `task` in the outbox's threads, after `delay` seconds; with
+        `key`, not if a task with that key is already waiting (that one will
+        see the newest state), so a burst of changes makes one redraw."""
+        if key is not None:
+            with self._lock:
+                if key in self._queued:
+                    return
+                self._queued.add(key)
+            inner = task
+
+            def task() -> None:
+                with self._lock:
+                    self._queued.discard(key)
+                inner()
+
+        if delay > 0:
+            self._later(delay, priority, task)
+        else:
+            self._queue.put((priority, next(self._order), task))
+
+    def _work(self) -> None:
+        while True:
+            _priority, _order, task = self._queue.get()
+            try:
+                task()
+            except Exception:
+                log.exception("outbox task failed")
+            finally:
+                self._queue.task_done()
+
+    def drain(self) -> None:
+        """Until every queued task has run (tests and shutdown)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for timer in self._timers:
+                timer.cancel()
+
+    def _later(
+        self, delay: float, priority: Priority, task: Callable[[], None]
+    ) -> None:
+        def fire() -> None:
+            with self._lock:
+                self._timers.discard(timer)
+            self._queue.put((priority, next(self._order), task))
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        with self._lock:
+            if self._closed:
+                return
+            self._timers.add(timer)
+        timer.start()
+
+    def _retrying(
+        self,
+        name: str,
+        send: Callable[[], str | None],
+        on_failure: Callable[[str], None] | None,
+        attempt: int = 0,
+    ) -> Callable[[], None]:
+        def task() -> None:
+            error = send()
+            if error is None:
+                return
+            if error in _PASSING and attempt < len(BACKOFF):
+                log.info("%s failed (%s); trying again", name, error)
+                again = self._retrying(name, send, on_failure, attempt + 1)
+                self._later(BACKOFF[attempt], Priority.NOTICE, again)
+            elif on_failure is not None:
+                on_failure(error)
+
+        return task
+
+    # -- sending now (the caller's thread) ----------------------------------------
+
+    def respond(
+        self, response_url: str, message: Message, replace: bool = False
+    ) -> str | None:
+        """The person's answer, through the request's response_url."""
+        body: dict[str, Any] = {**message.kwargs(), "response_type": "ephemeral"}
+        if replace:
+            body["replace_original"] = True
+        webhook = WebhookClient(
+            response_url, timeout=SLACK_TIMEOUT, retry_handlers=retry_handlers()
+        )
+        try:
+            response = webhook.send_dict(body)
+        except OSError as exc:
+            return self._failed("response_url", error_of(exc))
+        if response.status_code != 200:
+            return self._failed("response_url", f"http_{response.status_code}")
+        return None
+
+    def post_now(self, channel: str, message: Message) -> str | None:
+        """Post to a channel; Slack's error code, if any."""
+        try:
+            self.client.chat_postMessage(channel=channel, **message.kwargs())
+        except (SlackApiError, OSError) as exc:
+            return self._failed("chat.postMessage", error_of(exc))
+        return None
+
+    def dm_now(self, user_id: str, message: Message) -> str | None:
+        try:
+            opened = self.client.conversations_open(users=user_id)
+        except (SlackApiError, OSError) as exc:
+            return self._failed("conversations.open", error_of(exc))
+        return self.post_now(opened["channel"]["id"], message)
+
+    def publish_now(self, user_id: str, view: dict[str, Any]) -> str | None:
+        try:
+            self.client.views_publish(user_id=user_id, view=view)
+        except (SlackApiError, OSError) as exc:
+            return self._failed("views.publish", error_of(exc))
+        return None
+
+    @staticmethod
+    def _failed(method: str, error: str) -> str:
+        SLACK_ERRORS.labels(method, error).inc()
+        log.warning("%s failed: %s", method, error)
+        return error
+
+    # -- sending later (queued, retried) --------------------------------------------
+
+    def post(
+        self,
+        channel: str,
+        message: Message,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        send = self._retrying(
+            "chat.postMessage", lambda: self.post_now(channel, message), on_failure
+        )
+        self.submit(Priority.NOTICE, send)
+
+    def dm(self, user_id: str, message: Message) -> None:
+        send = self._retrying("DM", lambda: self.dm_now(user_id, message), None)
+        self.submit(Priority.NOTICE, send)

@@ -1,0 +1,264 @@
+"""The bot as a one-way pipeline (docs/pipeline.md):
+
+    Slack payload -> Ask -> Core -> Outcome -> renderers -> answer, then outbox
+
+The listeners ack and hand the payload here. A pool of answer threads turns
+it into an `Ask`, runs the chat-free core and sends the person's answer at
+once; everything else the outcome asks for (channel, DMs, wait lists, the
+expiry's channel, boards, App Home) goes to the outbox, in that order.
+Nothing here is called back by what it calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import StormlockError
+from . import blocks
+from .blocks import Message
+from .core import (
+    Acquired,
+    Answer,
+    Ask,
+    Core,
+    ForcedOff,
+    GaveUpLease,
+    Outcome,
+    Released,
+    Renewed,
+    TookLease,
+    Via,
+)
+from .identity import Directory
+from .metrics import count_request
+from .outbox import Outbox, Priority
+from .parsing import parse
+from .reminders import Reminders
+from .service import LeaseService
+from .settings import BotSettings
+
+log = logging.getLogger(__name__)
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+# Changes within this long redraw the boards once.
+BOARD_BATCH = 1.0
+
+Reply = Callable[[Message, Answer | None], None]
+"""Sends the asker a message; told which answer it renders, if any."""
+# A button's answer replaces its message when it is the button's result;
+# a refusal comes as a new message and leaves the buttons for another try.
+_REPLACES = (Acquired, Renewed, Released)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        core: Core,
+        directory: Directory,
+        outbox: Outbox,
+        reminders: Reminders,
+        answer_threads: int = 4,
+    ) -> None:
+        self.core = core
+        self.service: LeaseService = core.service
+        self.settings: BotSettings = core.settings
+        self.directory = directory
+        self.outbox = outbox
+        self.reminders = reminders
+        # Answers wait only for other answers: their own threads.
+        self.answers = ThreadPoolExecutor(answer_threads, "stormlock-answer")
+
+    def close(self) -> None:
+        self.answers.shutdown(wait=True)
+        self.outbox.drain()
+        self.outbox.close()
+
+    # -- from Slack -----------------------------------------------------------
+
+    def command(self, body: dict[str, Any]) -> None:
+        """`/stormlock ...`, after the ack."""
+        self.answers.submit(self._command, body)
+
+    def button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        self.answers.submit(self._button, body, action)
+
+    def home_opened(self, user_id: str) -> None:
+        self._redraw_home(user_id)
+
+    # -- to Ask ----------------------------------------------------------------
+
+    def _command(self, body: dict[str, Any]) -> None:
+        response_url = str(body.get("response_url", ""))
+
+        def reply(message: Message, _answer: Answer | None = None) -> None:
+            self.outbox.respond(response_url, message)
+
+        text = str(body.get("text", ""))
+        words = text.split()
+        done = count_request(words[0].lower()[:20] if words else "help")
+        refusal = self._channel_refusal(body)
+        if refusal is not None:
+            done("rejected")
+            reply(blocks.problem(refusal), None)
+            return
+        try:
+            command = parse(text)
+        except StormlockError as exc:
+            done("rejected")
+            reply(blocks.problem(exc.message), None)
+            return
+        done = count_request(command.name)
+        channel = body.get("channel_id")
+        if command.name == "board":
+            self._board(str(channel or body.get("user_id", "")), reply)
+            done("ok")
+            return
+        ask = Ask(
+            str(body.get("user_id", "")),
+            command,
+            channel=None if _is_dm(channel) else channel,
+        )
+        self.run(ask, reply, done)
+
+    def _channel_refusal(self, body: dict[str, Any]) -> str | None:
+        allowed = self.settings.channels
+        if not allowed or {body.get("channel_id"), body.get("channel_name")} & set(
+            allowed
+        ):
+            return None
+        names = ", ".join(
+            f"<#{c}>" if _CHANNEL_ID.match(c) else f"#{c}" for c in sorted(allowed)
+        )
+        return f"Stormlock is not enabled in this channel; use {names}."
+
+    def _button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        user_id = str(body.get("user", {}).get("id", ""))
+        container = body.get("container", {})
+        via = Via.HOME if container.get("type") == "view" else Via.BUTTON
+        channel = container.get("channel_id") or body.get("channel", {}).get("id")
+        action_id = str(action.get("action_id", ""))
+        button = blocks.read_button(action_id, str(action.get("value") or ""))
+        if button is None:
+            log.warning("a button that is not ours or not readable: %s", action_id[:40])
+            return
+        command, fence = button
+        response_url = str(body.get("response_url", ""))
+
+        def reply(message: Message, answer: Answer | None = None) -> None:
+            if via is not Via.HOME:  # the Home is redrawn instead
+                replace = isinstance(answer, _REPLACES)
+                self.outbox.respond(response_url, message, replace=replace)
+
+        ask = Ask(
+            user_id,
+            command,
+            channel=None if via is Via.HOME or _is_dm(channel) else channel,
+            via=via,
+            fence=fence,
+        )
+        self.run(ask, reply, count_request(command.name))
+
+    # -- the pipeline ------------------------------------------------------------
+
+    def run(self, ask: Ask, reply: Reply, done: Callable[[str], None]) -> Outcome:
+        outcome = self.core.handle(ask)
+        done(outcome.status)
+        reply(blocks.answer(outcome.answer, self.directory.display), outcome.answer)
+        self._follow_up(ask, outcome, reply)
+        return outcome
+
+    def _follow_up(self, ask: Ask, outcome: Outcome, reply: Reply) -> None:
+        outbox = self.outbox
+        display = self.directory.display
+        for told in outcome.notices:
+            message = blocks.notice(told, display)
+            if isinstance(told, TookLease | GaveUpLease):
+                outbox.post(told.channel, message, self._announce_failed(reply))
+            elif isinstance(told, ForcedOff):
+                outbox.submit(Priority.NOTICE, self._dm_task(told.holder, message))
+        if outcome.origin is not None:
+            lease, channel = outcome.origin
+            state = self.reminders.state
+            outbox.submit(
+                Priority.NOTICE, lambda: state.remember_origin(lease, channel)
+            )
+        if outcome.freed is not None:
+            freed = outcome.freed
+            outbox.submit(Priority.NOTICE, lambda: self._tell_waiters(freed))
+        if outcome.changed:
+            outbox.submit(
+                Priority.REFRESH,
+                self._refresh_boards,
+                key="boards",
+                delay=BOARD_BATCH,
+            )
+        if ask.via is Via.HOME:
+            self._redraw_home(ask.user_id)
+
+    def _announce_failed(self, reply: Reply) -> Callable[[str], None]:
+        def tell(error: str) -> None:
+            hint = (
+                " Invite the app to the channel." if error == "not_in_channel" else ""
+            )
+            text = f"I could not announce this in the channel ({error}).{hint}"
+            reply(blocks.problem(text), None)
+
+        return tell
+
+    def _dm_task(self, principal: str, message: Message) -> Callable[[], None]:
+        def dm() -> None:
+            user_id = self.directory.user_id_for(principal)
+            if user_id:
+                self.outbox.dm(user_id, message)
+
+        return dm
+
+    def _tell_waiters(self, resource: str) -> None:
+        try:
+            self.reminders.notify_waiters(resource)
+        except StormlockError as exc:  # the reconcile job tries again
+            log.warning("wait list of a freed resource: %s", exc)
+
+    def _refresh_boards(self) -> None:
+        try:
+            self.reminders.refresh_boards()
+        except StormlockError as exc:  # the reconcile job tries again
+            log.warning("board refresh failed: %s", exc)
+
+    def _board(self, channel: str, reply: Reply) -> None:
+        try:
+            error = self.reminders.post_board(channel)
+        except StormlockError as exc:
+            error = str(exc)
+        if error:
+            reply(blocks.problem(f"I could not post the board here ({error})."), None)
+
+    # -- App Home ------------------------------------------------------------------
+
+    def _redraw_home(self, user_id: str) -> None:
+        """Drawn when opened or after its own buttons, never after other
+        actions: a glance at everything costs O(leases), so it is kept off
+        the answer's path and coalesced per person."""
+        self.outbox.submit(
+            Priority.REFRESH, lambda: self._draw_home(user_id), key=f"home/{user_id}"
+        )
+
+    def _draw_home(self, user_id: str) -> None:
+        try:
+            person = self.directory.person(user_id)
+            everyone = self.service.list_leases()
+        except StormlockError as exc:
+            view = {"type": "home", "blocks": blocks.problem(str(exc)).blocks}
+        else:
+            mine = [lease for lease in everyone if person.is_principal(lease.principal)]
+            view = blocks.home(
+                everyone, mine, self.directory.display, self.core.renew_offer
+            )
+        self.outbox.publish_now(user_id, view)
+
+
+def _is_dm(channel: object) -> bool:
+    return isinstance(channel, str) and channel.startswith("D")
