@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench import counters
-from bench.scenarios import bot_latency, contention, scheduler_scaling
+from bench.scenarios import bot_latency, bot_reply, contention, scheduler_scaling
 from stormlock.backend import Backend, Lease
 from stormlock.backends import build_backend
 from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,contention,bot,scheduler,cli"
+ALL_SECTIONS = "backends,contention,bot,reply,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -334,6 +334,16 @@ def main(argv: list[str] | None = None) -> int:
             lambda r: contention.section(r, options_for, 3 if quick else 100),
         ),
         ("bot", lambda r: bot_latency.section(r, options_for, 10 if quick else 300)),
+        (
+            "reply",
+            lambda r: bot_reply.section(
+                r,
+                options_for,
+                0.5 if quick else 4.0,
+                (0, 100) if quick else (0, 1_000, 10_000),
+                (1, 4) if quick else (1, 16, 64),
+            ),
+        ),
         ("scheduler", lambda r: scheduler_scaling.section(r, options_for, sizes)),
         ("cli", lambda r: section_cli(r, 3 if quick else 30)),
     ]

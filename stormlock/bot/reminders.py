@@ -73,6 +73,7 @@ class Reminders:
         self.records = self.state.records
         self._unresolved_logged: set[str] = set()
         self._board_digest: str | None = None
+        self._boards: list[tuple[str, Lease]] | None = None
         self._run_lock = threading.Lock()
         self._notify_lock = threading.Lock()
 
@@ -253,8 +254,13 @@ class Reminders:
             stats.waiters += self._notify_waiters(resource, entries)
 
     def notify_waiters(self, resource: str) -> int:
-        """DM everyone waiting for `resource` if it is free; in order, once."""
-        return self._notify_waiters(resource, self.state.waiting().get(resource, []))
+        """DM everyone waiting for `resource` if it is free; in order, once.
+        One read when nobody waits (the common case after a release)."""
+        if not self.state.anyone_waiting(resource):
+            return 0
+        sent = self._notify_waiters(resource, self.state.waiting().get(resource, []))
+        self.state.nobody_waiting(resource)
+        return sent
 
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
         if not entries or self.service.current(resource) is not None:
@@ -296,10 +302,16 @@ class Reminders:
         except Exception as exc:  # the reply tells the user
             return str(getattr(exc, "response", {}).get("error", exc))
         self.records.put(f"board/{channel}", str(posted["ts"]), _BOARD_TTL)
+        self._boards = None  # read afresh on the next redraw
         return None
 
     def refresh_boards(self, stats: RunStats | None = None) -> None:
-        boards = self.records.list("board/")
+        """Redraw every board. The reconcile pass (`stats` given) reads which
+        boards exist; a change uses what the last pass read, so it costs no
+        listing of the bot's records."""
+        if stats is not None or self._boards is None:
+            self._boards = self.records.list("board/")
+        boards = self._boards
         if not boards:
             return
         leases = self.service.list_leases()

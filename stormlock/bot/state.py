@@ -22,6 +22,23 @@ class BotState:
     def wait(self, user_id: str, resource: str) -> None:
         key = f"wait/{utcnow().timestamp():020.6f}/{user_id}/{resource}"
         self.records.claim(key, _WAIT_TTL)
+        # A marker per resource, so a release learns whether anyone waits in
+        # one read instead of listing every wait entry.
+        marker = f"waiting/{resource}"
+        if self.records.claim(marker, _WAIT_TTL) is None:
+            existing = self.records.get(marker)
+            if existing is not None:
+                self.records.keep(existing, _WAIT_TTL)
+
+    def anyone_waiting(self, resource: str) -> bool:
+        return self.records.get(f"waiting/{resource}") is not None
+
+    def nobody_waiting(self, resource: str) -> None:
+        """Drop the marker once its list is empty (an entry added meanwhile
+        is still found by the reconcile pass)."""
+        marker = self.records.get(f"waiting/{resource}")
+        if marker is not None and not self.waiting().get(resource):
+            self.records.drop(marker)
 
     def waiting(self) -> dict[str, list[tuple[str, Lease]]]:
         """Wait lists by resource: (user id, entry) in the order they asked."""

@@ -1,0 +1,320 @@
+"""Time to the person's answer, Stormlock's bot against a naive baseline.
+
+Closed loop: each simulated person sends a signed `/stormlock acquire` or
+`release` for their own resource and waits for the answer before sending the
+next. Stormlock's answer is the ephemeral reply posted to `response_url`
+(served here, so its arrival is timed); the baseline's is its ack body. The
+same store holds 0, 1,000 or 10,000 other active leases; both bots run in
+the same run, one after the other at each level, on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import requests
+from mirakuru import TCPExecutor
+
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.env import clean_env
+from stormlock.testing.localslack import LocalSlack
+from stormlock.testing.servers import Server, free_port
+from stormlock.testing.slack import SECRET, running_bot, sign
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TARGET_P99 = 0.100
+
+
+class Answers:
+    """The response_url endpoint: when each answer arrived."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[threading.Event, list[str]]] = {}
+        answers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode()
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                answers.arrived(self.path.rsplit("/", 1)[1], body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/respond"
+
+    def expect(self, token: str) -> tuple[threading.Event, list[str]]:
+        waiting = (threading.Event(), cast(list[str], []))
+        with self._lock:
+            self._waiting[token] = waiting
+        return waiting
+
+    def arrived(self, token: str, body: str) -> None:
+        with self._lock:
+            waiting = self._waiting.pop(token, None)
+        if waiting is not None:
+            waiting[1].append(body)
+            waiting[0].set()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a gunicorn master and its workers."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for each in pids:
+        status = Path(f"/proc/{each}/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+class Loop:
+    """People in a closed loop against one bot."""
+
+    def __init__(self, url: str, answers: Answers | None) -> None:
+        self.url = url + "/slack/events"
+        self.answers = answers  # None: the answer is the ack body
+        self._count = iter(range(10**9))
+        self._lock = threading.Lock()
+
+    def ask(self, session: requests.Session, person: int, text: str) -> float | None:
+        """One command; seconds until its answer, None if it failed."""
+        with self._lock:
+            n = next(self._count)
+        token = f"r{n}"
+        form = {
+            "token": "x",
+            "team_id": "T0TEAM",
+            "channel_id": "C0OPS",
+            "channel_name": "ops",
+            "user_id": f"U{person:05d}",
+            "user_name": f"person{person}",
+            "command": "/stormlock",
+            "text": text,
+            "response_url": f"{self.answers.base if self.answers else 'http://x'}/{token}",
+            "trigger_id": "t",
+        }
+        body = urllib.parse.urlencode(form)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
+        waiting = self.answers.expect(token) if self.answers else None
+        start = time.perf_counter()
+        try:
+            response = session.post(self.url, data=body, headers=headers, timeout=10)
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        if waiting is None:
+            answer = response.text
+        else:
+            if not waiting[0].wait(10):
+                return None
+            answer = waiting[1][0]
+        elapsed = time.perf_counter() - start
+        return elapsed if ("You hold" in answer or "You released" in answer) else None
+
+    def run(self, people: int, seconds: float) -> tuple[list[float], int, float]:
+        """Answer times, failures and answers per second."""
+        times: list[float] = []
+        failures = [0]
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def person(number: int) -> None:
+            session = requests.Session()
+            resource = f"bench-p{number}"
+            while time.monotonic() < stop:
+                for text in (f"acquire {resource} 1h", f"release {resource}"):
+                    took = self.ask(session, number, text)
+                    with lock:
+                        if took is None:
+                            failures[0] += 1
+                        else:
+                            times.append(took)
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=person, args=(n,)) for n in range(people)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - start
+        return times, failures[0], len(times) / wall
+
+
+def _baseline(
+    config: BackendConfig, home: Path, slack: LocalSlack
+) -> tuple[TCPExecutor, str]:
+    path = home / "baseline.cfg"
+    path.write_text(config.ini("unused"))
+    port = free_port()
+    env = clean_env(home)
+    env.update(
+        STORMLOCK_CONFIG=str(path),
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_BOT_TOKEN=slack.token,
+        SLACK_API_URL=slack.api_url,
+    )
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    executor = TCPExecutor(
+        [sys.executable, "-m", "bench.baseline_bot", str(port)],
+        host="127.0.0.1",
+        port=port,
+        timeout=60,
+        envvars=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    executor.start()
+    return executor, f"http://127.0.0.1:{port}"
+
+
+def _seed(config: BackendConfig, upto: int, have: int) -> None:
+    backend = config.create()
+    try:
+        for n in range(have, upto):
+            backend.acquire_lease(
+                f"held-{n}", "someone@example.com", timedelta(hours=2)
+            )
+    finally:
+        backend.close()
+
+
+def section(
+    running: dict[str, Server],
+    options_for: Callable[[str, dict[str, Server], str], dict[str, str] | None],
+    seconds: float,
+    sizes: tuple[int, ...] = (0, 1_000, 10_000),
+    levels: tuple[int, ...] = (1, 16, 64),
+) -> str:
+    from bench.run import ms, percentile, table
+
+    rows: list[list[str]] = []
+    memory: list[str] = []
+    verdicts: list[str] = []
+    for name in ("redis", "postgresql"):
+        options = options_for(name, running, "reply")
+        if options is None:
+            rows.append([name, "-", "-", "not installed: skipped", "", "", "", ""])
+            continue
+        config = BackendConfig(name, options)
+        home = Path(tempfile.mkdtemp(prefix="bench-reply-"))
+        people = max(levels)
+        specs = [f"U{n:05d}:person{n}:person{n}@example.com" for n in range(people)]
+        fake = subprocess.Popen(
+            [sys.executable, "-m", "stormlock.testing.localslack", *specs],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert fake.stdout is not None
+        api_url = fake.stdout.readline().strip()
+        slack = cast(LocalSlack, SimpleNamespace(token="xoxb-local", api_url=api_url))  # noqa: S106
+        answers = Answers()
+        baseline, baseline_url = _baseline(config, home, slack)
+        have = 0
+        try:
+            with running_bot(slack, config, home, "", log_level="WARNING") as bot:
+                ours = Loop(bot.url, answers)
+                naive = Loop(baseline_url, None)
+                ours.run(2, min(seconds, 1.0))  # warm both up: connections, caches
+                naive.run(2, min(seconds, 1.0))
+                first_rss = _rss_mib(bot.process.pid)
+                for size in sizes:
+                    _seed(config, size, have)
+                    have = max(have, size)
+                    for level in levels:
+                        result = {}
+                        for label, loop in (("stormlock", ours), ("baseline", naive)):
+                            result[label] = loop.run(level, seconds)
+                        ours_times, _failed, ours_rate = result["stormlock"]
+                        base_rate = result["baseline"][2]
+                        for label, (times, failed, rate) in result.items():
+                            rows.append(
+                                [
+                                    name,
+                                    f"{size:,}",
+                                    str(level),
+                                    label,
+                                    ms(statistics.median(times)) if times else "-",
+                                    ms(percentile(times, 99)) if times else "-",
+                                    f"{rate:.0f}",
+                                    str(failed),
+                                ]
+                            )
+                        if name == "redis" and level == 16 and size == max(sizes):
+                            p99 = percentile(ours_times, 99) if ours_times else 1e9
+                            verdicts.append(
+                                f"answer p99 at 16 people and {size:,} leases on Redis:"
+                                f" {ms(p99)} ms (target ≤ {TARGET_P99 * 1000:.0f} ms:"
+                                f" {'met' if p99 <= TARGET_P99 else 'MISSED'});"
+                                f" answers/s {ours_rate:.0f} against the baseline's"
+                                f" {base_rate:.0f} (target ≥:"
+                                f" {'met' if ours_rate >= base_rate else 'MISSED'})"
+                            )
+                memory.append(
+                    f"{name}: Stormlock's bot {first_rss:.0f} MiB after warm-up,"
+                    f" {_rss_mib(bot.process.pid):.0f} MiB at the end"
+                )
+        finally:
+            baseline.stop()
+            answers.close()
+            fake.terminate()
+            fake.wait(timeout=10)
+    return (
+        f"### Time to the answer: Stormlock's bot and a naive baseline ({seconds:g} s per row)\n\n"
+        + table(
+            [
+                "backend",
+                "other leases",
+                "people",
+                "bot",
+                "answer p50 ms",
+                "answer p99 ms",
+                "answers/s",
+                "failed",
+            ],
+            rows,
+        )
+        + "\n\nClosed loop: each person sends acquire, waits for the answer, then"
+        " release, and so on. Stormlock's answer is the ephemeral reply through"
+        " `response_url` (it also announces each change in the channel, through a"
+        " fake Slack Web API in its own process); the baseline's is its ack body"
+        " (bench/baseline_bot.py: Bolt, the library called before the ack, no"
+        " announcement). Everything shares this machine's cores.\n\n"
+        + "\n".join(f"- {line}" for line in verdicts + memory)
+    )
