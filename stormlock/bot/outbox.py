@@ -11,13 +11,14 @@ backoff, a few times; one Slack refused for good (not_in_channel) is not.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
 import threading
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -119,12 +120,35 @@ def web_client(
     )
 
 
-def error_of(exc: BaseException) -> str:
+class Failure(NamedTuple):
+    """A send that did not go through."""
+
+    error: str
+    """Slack's error code (not_in_channel), http_NNN, or timeout."""
+    passing: bool
+    """Worth trying again: Slack's 5xx or 429, a time-out, a lost connection."""
+    wait: float = 0.0
+    """The Retry-After Slack asked for, in seconds."""
+
+    def __str__(self) -> str:
+        return self.error
+
+
+def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, SlackApiError):
-        return str(exc.response.get("error") or f"http_{exc.response.status_code}")
+        status = exc.response.status_code
+        error = str(exc.response.get("error") or f"http_{status}")
+        wait = 0.0
+        for name, value in exc.response.headers.items():
+            if status == 429 and name.lower() == "retry-after":
+                with contextlib.suppress(ValueError, IndexError, TypeError):
+                    wait = max(
+                        0.0, float(value[0] if isinstance(value, list) else value)
+                    )
+        return Failure(error, status >= 500 or status == 429 or error in _PASSING, wait)
     if isinstance(exc, TimeoutError):
-        return "timeout"
-    return type(exc).__name__
+        return Failure("timeout", True)
+    return Failure(type(exc).__name__, True)  # connection refused, reset, ...
 
 
 class Outbox:
@@ -215,20 +239,23 @@ class Outbox:
     def _retrying(
         self,
         name: str,
-        send: Callable[[], str | None],
+        send: Callable[[], Failure | None],
         on_failure: Callable[[str], None] | None,
         attempt: int = 0,
+        priority: Priority = Priority.NOTICE,
     ) -> Callable[[], None]:
         def task() -> None:
-            error = send()
-            if error is None:
+            failed = send()
+            if failed is None:
                 return
-            if error in _PASSING and attempt < len(BACKOFF):
-                log.info("%s failed (%s); trying again", name, error)
-                again = self._retrying(name, send, on_failure, attempt + 1)
-                self._later(BACKOFF[attempt], Priority.NOTICE, again)
+            if failed.passing and attempt < len(BACKOFF):
+                # As long as Slack asked, if it asked longer than our backoff.
+                delay = max(BACKOFF[attempt], failed.wait)
+                log.info("%s failed (%s); again in %.1f s", name, failed, delay)
+                again = self._retrying(name, send, on_failure, attempt + 1, priority)
+                self._later(delay, priority, again)
             elif on_failure is not None:
-                on_failure(error)
+                on_failure(failed.error)
 
         return task
 
@@ -236,8 +263,23 @@ class Outbox:
 
     def respond(
         self, response_url: str, message: Message, replace: bool = False
-    ) -> str | None:
-        """The person's answer, through the request's response_url."""
+    ) -> None:
+        """The person's answer, through the request's response_url: at once,
+        in this thread; if Slack failed for a passing reason, again from the
+        outbox, ahead of everything else queued."""
+        failed = self.respond_now(response_url, message, replace)
+        if failed is not None and failed.passing:
+            again = self._retrying(
+                "response_url",
+                lambda: self.respond_now(response_url, message, replace),
+                None,
+                priority=Priority.ANSWER,
+            )
+            self._later(max(BACKOFF[0], failed.wait), Priority.ANSWER, again)
+
+    def respond_now(
+        self, response_url: str, message: Message, replace: bool = False
+    ) -> Failure | None:
         body: dict[str, Any] = {**message.kwargs(), "response_type": "ephemeral"}
         if replace:
             body["replace_original"] = True
@@ -247,38 +289,42 @@ class Outbox:
         try:
             response = webhook.send_dict(body)
         except OSError as exc:
-            return self._failed("response_url", error_of(exc))
+            return self._failed("response_url", exc)
         if response.status_code != 200:
-            return self._failed("response_url", f"http_{response.status_code}")
+            status = response.status_code
+            failed = Failure(f"http_{status}", status >= 500 or status == 429)
+            return self._failed("response_url", failed)
         return None
 
-    def post_now(self, channel: str, message: Message) -> str | None:
+    def post_now(self, channel: str, message: Message) -> Failure | None:
         """Post to a channel; Slack's error code, if any."""
         try:
             self.client.chat_postMessage(channel=channel, **message.kwargs())
         except (SlackApiError, OSError) as exc:
-            return self._failed("chat.postMessage", error_of(exc))
+            return self._failed("chat.postMessage", exc)
         return None
 
-    def dm_now(self, user_id: str, message: Message) -> str | None:
+    def dm_now(self, user_id: str, message: Message) -> Failure | None:
         try:
             opened = self.client.conversations_open(users=user_id)
         except (SlackApiError, OSError) as exc:
-            return self._failed("conversations.open", error_of(exc))
+            return self._failed("conversations.open", exc)
         return self.post_now(opened["channel"]["id"], message)
 
-    def publish_now(self, user_id: str, view: dict[str, Any]) -> str | None:
+    def publish_now(self, user_id: str, view: dict[str, Any]) -> Failure | None:
         try:
             self.client.views_publish(user_id=user_id, view=view)
         except (SlackApiError, OSError) as exc:
-            return self._failed("views.publish", error_of(exc))
+            return self._failed("views.publish", exc)
         return None
 
     @staticmethod
-    def _failed(method: str, error: str) -> str:
-        SLACK_ERRORS.labels(method, error).inc()
-        log.warning("%s failed: %s", method, error)
-        return error
+    def _failed(method: str, failure: BaseException | Failure) -> Failure:
+        if isinstance(failure, BaseException):
+            failure = failure_of(failure)
+        SLACK_ERRORS.labels(method, failure.error).inc()
+        log.warning("%s failed: %s", method, failure.error)
+        return failure
 
     # -- sending later (queued, retried) --------------------------------------------
 

@@ -101,6 +101,8 @@ class LocalSlack:
         self._ts = itertools.count(1)
         self._response_urls: dict[str, dict[str, str]] = {}
         self._failures: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = {}
+        self._held: set[str] = set()
+        self._release_held = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -133,6 +135,16 @@ class LocalSlack:
     def clear_failures(self) -> None:
         """Answer normally again."""
         self._failures.clear()
+        self._held.clear()
+        self._release_held.set()
+
+    def hold(self, method: str) -> threading.Event:
+        """Hold every call of `method` unanswered (a Slack that does not
+        answer) until the returned event is set; the call is recorded only
+        when it is answered."""
+        self._release_held = threading.Event()
+        self._held.add(method)
+        return self._release_held
 
     def fail_next(
         self,
@@ -298,6 +310,13 @@ class LocalSlack:
                     if context is None:
                         self._send(404, "invalid_token")
                         return
+                    failures = slack._failures.get("response_url")
+                    if failures:
+                        status, headers, _body = failures.pop(0)
+                        failed = {**context, "failed": str(status)}
+                        slack.record(Call("response_url", payload, failed))
+                        self._send(status, "server_error", headers)
+                        return
                     call = Call(
                         "response_url",
                         payload,
@@ -314,6 +333,8 @@ class LocalSlack:
                     self._send(404, "not found")
                     return
                 method = path[len("/api/") :]
+                if method in slack._held:
+                    slack._release_held.wait(30)
                 failures = slack._failures.get(method)
                 if failures:
                     status, headers, body = failures.pop(0)
