@@ -28,6 +28,7 @@ from .errors import (
     UnsupportedOperation,
     one_line,
 )
+from .history import DEFAULT_RETENTION, Event, Story, story, with_expiries
 
 MAX_RESOURCE_LENGTH = 200
 MAX_NOTE_LENGTH = 1000
@@ -75,6 +76,7 @@ class Feature(StrEnum):
     LIST = "list"
     SETUP = "setup"
     DOCTOR = "doctor"
+    HISTORY = "history"
 
 
 _FEATURE_METHODS = {
@@ -83,6 +85,7 @@ _FEATURE_METHODS = {
     Feature.LIST: "list_leases",
     Feature.SETUP: "setup",
     Feature.DOCTOR: "doctor",
+    Feature.HISTORY: "history",
 }
 
 
@@ -249,6 +252,9 @@ class Backend(ABC):
     #: What the store guarantees (the capability table is generated from it).
     capabilities: ClassVar[Capabilities] = Capabilities()
 
+    #: How long events are kept (`history` in [default]); None: no history.
+    history_retention: timedelta | None = DEFAULT_RETENTION
+
     # -- the five operations of the original contract --------------------
 
     @abstractmethod
@@ -346,6 +352,21 @@ class Backend(ABC):
             if lease.expires is not None and lease.expires <= before
         ]
         return sorted(leases, key=lambda lease: lease.expires or before)
+
+    def history(
+        self,
+        resource: str | None = None,
+        since: datetime | None = None,
+        principal: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The last `limit` changes of `resource` (of every resource if None)
+        at or after `since`, about `principal` if given, oldest first; with
+        the expiries derived (see stormlock.history). Reading the last N
+        events of a resource costs O(N)."""
+        raise UnsupportedOperation(
+            f"the {type(self).__name__} backend keeps no history"
+        )
 
     def setup(self) -> list[str]:
         """Create what the store needs (tables, indexes); idempotent.
@@ -500,6 +521,21 @@ class LeaseBackend(Backend):
     def _list_expiring(self, before: datetime) -> list[Lease]:
         return Backend.list_expiring(self, before)
 
+    def _story(self, resource: str) -> Story | None:
+        """What to record with a change of `resource`; None: record nothing
+        (history is off, or the resource is one of the bot's own records)."""
+        if resource.startswith(".stormlock/"):  # names.RECORD_PREFIX
+            return None
+        return story(self.history_retention)
+
+    def _history(
+        self, resource: str | None, since: datetime | None, limit: int | None
+    ) -> list[Event]:
+        """Stored events, newest first: at most `limit`, none before `since`."""
+        raise UnsupportedOperation(
+            f"the {type(self).__name__} backend keeps no history"
+        )
+
     #: The store client's exceptions that `_failure` turns into ours.
     client_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
@@ -576,6 +612,27 @@ class LeaseBackend(Backend):
     def list_expiring(self, before: datetime) -> list[Lease]:
         with self._operation():
             return self._list_expiring(before)
+
+    def history(
+        self,
+        resource: str | None = None,
+        since: datetime | None = None,
+        principal: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        from .history import filtered
+
+        # A derived expiry needs the event before it: read one more. With a
+        # principal, the last N about them may lie further back: read all.
+        want = None if limit is None or principal else limit + 1
+        if self.history_retention is not None:
+            # Older events are gone (or about to be): never shown.
+            oldest = utcnow() - self.history_retention
+            since = max(since, oldest) if since else oldest
+        with self._operation():
+            stored = self._history(resource, since, want)
+        events = with_expiries(reversed(stored), utcnow())
+        return filtered(events, since, principal, limit)
 
     def lock(self, resource: str, principal: str, ttl: timedelta) -> str:
         return self.acquire_lease(resource, principal, ttl).id

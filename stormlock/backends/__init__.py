@@ -91,6 +91,16 @@ def build_backend(
     name: str, options: Mapping[str, str], config: Config | None = None
 ) -> Backend:
     """Build backend `name` from INI-style string options."""
+    backend = _construct(name, options, config)
+    if config is not None:
+        from ..history import parse_retention
+
+        raw = config.value(None, "history")
+        backend.history_retention = parse_retention(raw, f"{config.source}: [default]")
+    return backend
+
+
+def _construct(name: str, options: Mapping[str, str], config: Config | None) -> Backend:
     cls = find_backend(name)
     where = f"[backend.{name}]"
     if not options:

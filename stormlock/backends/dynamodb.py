@@ -19,7 +19,9 @@ items, so listing costs O(active leases).
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,13 +34,16 @@ import botocore.exceptions
 from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeDeserializer
 
-from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
+from ..backend import Capabilities, Clock, Finding, Lease, LeaseBackend, trips
 from ..errors import BackendUnavailable, ConfigError, StormlockError, one_line
+from ..history import ACQUIRED, RENEWED, Event, Story
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _INDEX = "active-expires"
+_HISTORY_INDEX = "all-at"
 _PURGE_AFTER = 30 * 86400
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 def _now_ms() -> int:
@@ -119,10 +124,15 @@ class DynamoDB(LeaseBackend):
             raise ConfigError(f"[backend.dynamodb] {exc}; set region") from None
         self.table_name = table
         self.table = self.resource.Table(table)
+        self.history_table = self.resource.Table(f"{table}-history")
         self._deserialize = TypeDeserializer().deserialize
 
     capabilities = Capabilities(
-        Clock.CLIENT, timedelta(milliseconds=1), _FENCES, ONE_TRIP
+        Clock.CLIENT,
+        timedelta(milliseconds=1),
+        _FENCES,
+        # A change and then its history event (history on by default).
+        trips(acquire=2, renew=2, release=2, current=1, is_current=1, list=1),
     )
 
     client_errors = (
@@ -180,9 +190,120 @@ class DynamoDB(LeaseBackend):
                     raise
         raise AssertionError("unreachable")
 
+    # -- history ----------------------------------------------------------
+    # Events live in the table `{table}-history` (key: resource, at), with an
+    # index of all events by time and DynamoDB TTL (purge_at) for retention.
+    # An event is a second write after the change it records (documented):
+    # a client that dies between the two loses that one event, and a failed
+    # event write never fails the change itself.
+
+    def _log(
+        self, told: Story | None, event: str, item: dict[str, Any], until: Any
+    ) -> None:
+        if told is None:
+            return
+        now_us = int(time.time() * 1_000_000)
+        record: dict[str, Any] = {
+            "resource": item["resource"],
+            "at": now_us * 1000 + secrets.randbelow(1000),
+            "all": "1",
+            "event": event,
+            "principal": item.get("principal", ""),
+            "actor": told.actor_for(str(item.get("principal", ""))),
+            "fence": item.get("fence", 0),
+            "source": told.source,
+            "purge_at": now_us // 1_000_000 + int(told.retention.total_seconds()),
+        }
+        if item.get("note"):
+            record["note"] = item["note"]
+        if until is not None:
+            record["until"] = until
+        try:
+            self._call(lambda: self.history_table.put_item(Item=record))
+        except (StormlockError, *self.client_errors) as exc:
+            log.warning("DynamoDB history event not written: %s", one_line(str(exc)))
+
+    def _history(
+        self, resource: str | None, since: datetime | None, limit: int | None
+    ) -> list[Event]:
+        low = int(since.timestamp() * 1e9) if since else 0
+        kwargs: dict[str, Any] = {"ScanIndexForward": False}
+        if resource is None:
+            kwargs["IndexName"] = _HISTORY_INDEX
+            kwargs["KeyConditionExpression"] = Key("all").eq("1") & Key("at").gte(low)
+        else:
+            kwargs["KeyConditionExpression"] = Key("resource").eq(resource) & Key(
+                "at"
+            ).gte(low)
+        if limit:
+            kwargs["Limit"] = limit
+        events: list[Event] = []
+        while True:
+            page = self._call(lambda: self.history_table.query(**kwargs))
+            for found in page["Items"]:
+                item: dict[str, Any] = dict(found)
+                until = item.get("until")
+                events.append(
+                    Event(
+                        datetime.fromtimestamp(int(item["at"]) / 1e9, UTC),
+                        str(item["resource"]),
+                        str(item["event"]),
+                        str(item.get("principal", "")),
+                        str(item.get("actor", "")),
+                        item.get("note"),
+                        int(item.get("fence", 0)),
+                        str(item.get("source", "")),
+                        _moment(until) if until is not None else None,
+                    )
+                )
+            if (limit and len(events) >= limit) or "LastEvaluatedKey" not in page:
+                return events[:limit] if limit else events
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _setup_history(self, client: Any, done: list[str]) -> None:
+        name = self.history_table.name
+        try:
+            client.create_table(
+                TableName=name,
+                AttributeDefinitions=[
+                    {"AttributeName": "resource", "AttributeType": "S"},
+                    {"AttributeName": "at", "AttributeType": "N"},
+                    {"AttributeName": "all", "AttributeType": "S"},
+                ],
+                KeySchema=[
+                    {"AttributeName": "resource", "KeyType": "HASH"},
+                    {"AttributeName": "at", "KeyType": "RANGE"},
+                ],
+                GlobalSecondaryIndexes=[
+                    {
+                        "IndexName": _HISTORY_INDEX,
+                        "KeySchema": [
+                            {"AttributeName": "all", "KeyType": "HASH"},
+                            {"AttributeName": "at", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            done.append(f"dynamodb: created table {name}")
+        except client.exceptions.ResourceInUseException:
+            done.append(f"dynamodb: table {name} exists")
+        client.get_waiter("table_exists").wait(
+            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+        )
+        ttl = client.describe_time_to_live(TableName=name)
+        status = ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus")
+        if status not in ("ENABLED", "ENABLING"):
+            client.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"},
+            )
+            done.append(f"dynamodb: enabled TTL on {name} (history retention)")
+
     def setup(self) -> list[str]:
         client = self.resource.meta.client
-        done = []
+        done: list[str] = []
         with self._errors():
             try:
                 client.create_table(
@@ -222,6 +343,7 @@ class DynamoDB(LeaseBackend):
                     },
                 )
                 done.append("dynamodb: enabled TTL on purge_at (idle items, 30 days)")
+            self._setup_history(client, done)
         return done
 
     def _acquire(
@@ -269,7 +391,9 @@ class DynamoDB(LeaseBackend):
             if holder is None:
                 holder = self._get(resource)
             return False, _lease(holder) if holder and _live(holder, now) else None
-        return True, _lease(result["Attributes"])
+        item = result["Attributes"]
+        self._log(self._story(resource), ACQUIRED, item, item["expires"])
+        return True, _lease(item)
 
     def _get(
         self, resource: str, projection: str | None = None
@@ -303,22 +427,28 @@ class DynamoDB(LeaseBackend):
             )
         except client.exceptions.ConditionalCheckFailedException:
             return None
-        return _lease(result["Attributes"])
+        item = result["Attributes"]
+        self._log(self._story(resource), RENEWED, item, item["expires"])
+        return _lease(item)
 
     def _release(self, resource: str, lease_id: str) -> bool:
         client = self.resource.meta.client
         try:
-            self._call(
+            result = self._call(
                 lambda: self.table.update_item(
                     Key={"resource": resource},
                     UpdateExpression="REMOVE lease_id, active",
                     ConditionExpression=(
                         Attr("lease_id").eq(lease_id) & Attr("expires").gt(_now_ms())
                     ),
+                    ReturnValues="ALL_OLD",
                 )
             )
         except client.exceptions.ConditionalCheckFailedException:
             return False
+        told = self._story(resource)
+        if told is not None:
+            self._log(told, told.released_as(), result["Attributes"], None)
         return True
 
     def _current(self, resource: str) -> Lease | None:

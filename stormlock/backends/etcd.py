@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import math
+import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ from urllib3.exceptions import HTTPError
 
 from ..backend import Capabilities, Clock, Finding, Lease, LeaseBackend, trips
 from ..errors import BackendUnavailable, ConfigError
+from ..history import ACQUIRED, RENEWED, Event, Story
 
 _NOT_FOUND = 5
 _UNAUTHENTICATED = 16
@@ -84,7 +86,8 @@ class _Failure(Exception):
 
 # etcd deletes expired keys from a loop that runs every 500 ms.
 _PRECISION = timedelta(seconds=1)
-_ROUND_TRIPS = trips(acquire=2, renew=4, release=2, current=1, is_current=1, list=1)
+# Release: read, delete with its history event, revoke (2 with history off).
+_ROUND_TRIPS = trips(acquire=2, renew=4, release=3, current=1, is_current=1, list=1)
 # Where fences come from, as the capability table says.
 _FENCES = "the key's create revision plus the store's epoch (µs)"
 
@@ -282,6 +285,101 @@ class Etcd(LeaseBackend):
 
     # -- the epoch: what keeps fences going up after etcd loses its data ----
 
+    # -- history ----------------------------------------------------------
+    # Events are keys `history/{resource}\0{stamp}` and `history-all/{stamp}`
+    # (stamp: the client's clock in µs, then random digits), put in the
+    # transaction of the change; the same transaction deletes the resource's
+    # and everyone's events older than the retention.
+
+    def _history_prefix(self, resource: str | None) -> bytes:
+        if resource is None:
+            return self.prefix + b"history-all/"
+        return self.prefix + b"history/" + resource.encode() + b"\0"
+
+    def _log_ops(
+        self,
+        told: Story | None,
+        event: str,
+        lease: Lease,
+        epoch: int | None,
+        until: datetime | None,
+    ) -> list[dict[str, Any]]:
+        """The txn operations that record `event` (none with history off).
+        With `epoch`, the fence is the epoch plus the event's own create
+        revision: the revision of the transaction, as the lease's."""
+        if told is None:
+            return []
+        now = _clock_us()
+        stamp = f"{now:017d}{secrets.randbelow(10**6):06d}".encode()
+        cutoff = f"{now - int(told.retention.total_seconds() * 1e6):017d}".encode()
+        value = _b64(
+            json.dumps(
+                {
+                    "at": now / 1e6,
+                    "event": event,
+                    "principal": lease.principal,
+                    "actor": told.actor_for(lease.principal),
+                    "note": lease.note,
+                    "fence": None if epoch is not None else lease.fence,
+                    "epoch": epoch,
+                    "source": told.source,
+                    "until": until.timestamp() if until else None,
+                    "resource": lease.resource,
+                }
+            )
+        )
+        ops: list[dict[str, Any]] = []
+        prefixes = (self._history_prefix(lease.resource), self._history_prefix(None))
+        for prefix in prefixes:
+            ops.append({"request_put": {"key": _b64(prefix + stamp), "value": value}})
+            ops.append(
+                {
+                    "request_delete_range": {
+                        "key": _b64(prefix),
+                        "range_end": _b64(prefix + cutoff),
+                    }
+                }
+            )
+        return ops
+
+    def _history(
+        self, resource: str | None, since: datetime | None, limit: int | None
+    ) -> list[Event]:
+        prefix = self._history_prefix(resource)
+        start = prefix
+        if since is not None:
+            start += f"{int(since.timestamp() * 1e6):017d}".encode()
+        body: dict[str, Any] = {
+            "key": _b64(start),
+            "range_end": _b64(_range_end(prefix)),
+            "sort_order": "DESCEND",
+            "sort_target": "KEY",
+        }
+        if limit:
+            body["limit"] = str(limit)
+        data = self._call("/v3/kv/range", body)
+        events = []
+        for kv in data.get("kvs") or []:
+            value = json.loads(_unb64(kv["value"]))
+            fence = value.get("fence")
+            if fence is None:
+                fence = int(value.get("epoch") or 0) + int(kv["create_revision"])
+            until = value.get("until")
+            events.append(
+                Event(
+                    datetime.fromtimestamp(value["at"], UTC),
+                    value.get("resource", resource or ""),
+                    value["event"],
+                    value.get("principal") or "",
+                    value.get("actor") or "",
+                    value.get("note"),
+                    int(fence),
+                    value.get("source") or "",
+                    datetime.fromtimestamp(until, UTC) if until else None,
+                )
+            )
+        return events
+
     def _epoch_key(self) -> str:
         return _b64(self.prefix + b"epoch")
 
@@ -353,7 +451,10 @@ class Etcd(LeaseBackend):
                                 "value": self._value(lease, etcd_lease, epoch),
                                 "lease": etcd_lease,
                             }
-                        }
+                        },
+                        *self._log_ops(
+                            self._story(resource), ACQUIRED, lease, epoch, lease.expires
+                        ),
                     ],
                     "failure": [
                         {"request_range": {"key": key}},
@@ -422,7 +523,10 @@ class Etcd(LeaseBackend):
                             ),
                             "lease": etcd_lease,
                         }
-                    }
+                    },
+                    *self._log_ops(
+                        self._story(resource), RENEWED, renewed, None, renewed.expires
+                    ),
                 ],
             },
         )
@@ -436,10 +540,35 @@ class Etcd(LeaseBackend):
         owned = self._owned(resource, lease_id)
         if owned is None:
             return False
-        # Revoking the etcd lease deletes the key with it. If it expired in
-        # between, etcd answers NOT_FOUND and nobody else's key is touched.
-        self._revoke(str(owned[2]["etcd_lease"]))
-        return True
+        kv, lease, value = owned
+        told = self._story(resource)
+        if told is None:
+            # Revoking the etcd lease deletes the key with it. If it expired in
+            # between, etcd answers NOT_FOUND and nobody else's key is touched.
+            self._revoke(str(value["etcd_lease"]))
+            return True
+        # With history: delete the key and record the event in one
+        # transaction, then give back the etcd lease.
+        key = _b64(self._key(resource))
+        data = self._call(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {
+                        "key": key,
+                        "result": "EQUAL",
+                        "target": "MOD",
+                        "mod_revision": kv["mod_revision"],
+                    }
+                ],
+                "success": [
+                    {"request_delete_range": {"key": key}},
+                    *self._log_ops(told, told.released_as(), lease, None, None),
+                ],
+            },
+        )
+        self._revoke_quietly(str(value["etcd_lease"]))
+        return bool(data.get("succeeded"))
 
     def _current(self, resource: str) -> Lease | None:
         kv = self._read(resource)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, ConfigError, InvalidInput, StormlockError
+from ..history import ACQUIRED, RENEWED, Event
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
@@ -43,6 +44,20 @@ _CREATE = (
     )""",
     "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires) "
     "WHERE lease_id IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS {history} (
+        id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at        timestamptz NOT NULL,
+        resource  text COLLATE "C" NOT NULL,
+        event     text NOT NULL,
+        principal text,
+        actor     text,
+        note      text,
+        fence     bigint,
+        source    text,
+        until     timestamptz
+    )""",
+    "CREATE INDEX IF NOT EXISTS {history_resource} ON {history} (resource, at)",
+    "CREATE INDEX IF NOT EXISTS {history_at} ON {history} (at)",
 )
 
 # Settings that make a committed acquire durable, and how to fix each.
@@ -80,6 +95,66 @@ UNION ALL
 SELECT false, {columns} FROM {table}
 WHERE resource = %(resource)s AND NOT EXISTS (SELECT 1 FROM taken)
 """
+
+# With history on, each change writes its event in the same statement (a
+# data-modifying CTE): no extra round trip, and no event without the change.
+_LOG = """
+INSERT INTO {history} (at, resource, event, principal, actor, note, fence, source,
+                       until)
+SELECT clock_timestamp(), resource, %(event)s, principal,
+       coalesce(%(actor)s, principal), note, fence, %(source)s, {until}
+FROM {changed}
+"""
+
+# Old events go a hundred at a time, with the acquires that come along.
+_TRIM = """
+DELETE FROM {history} WHERE id IN (
+    SELECT id FROM {history}
+    WHERE at < clock_timestamp() - make_interval(secs => %(keep)s) LIMIT 100
+)
+"""
+
+_ACQUIRE_LOGGED = _ACQUIRE.replace(
+    "\nSELECT true", ",\nlogged AS (__LOG__),\ntrimmed AS (__TRIM__)\nSELECT true", 1
+)
+
+_RENEW_LOGGED = """
+WITH renewed AS (
+    UPDATE {table} SET expires = clock_timestamp() + make_interval(secs => %(ttl)s)
+    WHERE resource = %(resource)s AND lease_id = %(lease_id)s
+      AND expires > clock_timestamp()
+    RETURNING {columns}
+),
+logged AS (__LOG__)
+SELECT {columns} FROM renewed
+"""
+
+_RELEASE_LOGGED = """
+WITH released AS (
+    UPDATE {table} SET lease_id = NULL
+    WHERE resource = %(resource)s AND lease_id = %(lease_id)s
+      AND expires > clock_timestamp()
+    RETURNING resource, principal, note, fence
+),
+logged AS (__LOG__)
+SELECT fence FROM released
+"""
+
+_HISTORY_OF = """
+SELECT at, resource, event, principal, actor, note, fence, source, until
+FROM {history} WHERE resource = %(resource)s AND at >= %(since)s
+ORDER BY at DESC, id DESC LIMIT %(limit)s
+"""
+_HISTORY_ALL = """
+SELECT at, resource, event, principal, actor, note, fence, source, until
+FROM {history} WHERE at >= %(since)s ORDER BY at DESC, id DESC LIMIT %(limit)s
+"""
+
+
+def _logged(statement: str, changed: str, until: str) -> str:
+    log = _LOG.replace("{changed}", changed).replace("{until}", until)
+    return statement.replace("__LOG__", log).replace("__TRIM__", _TRIM)
+
 
 _RENEW = """
 UPDATE {table} SET expires = clock_timestamp() + make_interval(secs => %(ttl)s)
@@ -125,6 +200,20 @@ SELECT {columns} FROM {table}
 WHERE lease_id IS NOT NULL AND expires > clock_timestamp()
 ORDER BY resource
 """
+
+
+def _event(row: dict[str, Any]) -> Event:
+    return Event(
+        row["at"],
+        row["resource"],
+        row["event"],
+        row["principal"] or "",
+        row["actor"] or "",
+        row["note"],
+        row["fence"] or 0,
+        row["source"] or "",
+        row["until"],
+    )
 
 
 def _lease(row: dict[str, Any]) -> Lease:
@@ -196,6 +285,9 @@ class Postgresql(LeaseBackend):
         names = {
             "table": sql.Identifier(table),
             "index": sql.Identifier(f"{table}_expires"),
+            "history": sql.Identifier(f"{table}_history"),
+            "history_resource": sql.Identifier(f"{table}_history_resource"),
+            "history_at": sql.Identifier(f"{table}_history_at"),
             "columns": sql.SQL(_COLUMNS),
             "clock_fence": sql.SQL(_CLOCK_FENCE),
         }
@@ -210,6 +302,11 @@ class Postgresql(LeaseBackend):
                 ("list", _LIST),
                 ("expiring", _EXPIRING),
                 ("prefix", _PREFIX),
+                ("acquire_logged", _logged(_ACQUIRE_LOGGED, "taken", "expires")),
+                ("renew_logged", _logged(_RENEW_LOGGED, "renewed", "expires")),
+                ("release_logged", _logged(_RELEASE_LOGGED, "released", "NULL")),
+                ("history_of", _HISTORY_OF),
+                ("history_all", _HISTORY_ALL),
             )
         }
         self._create = [sql.SQL(text).format(**names) for text in _CREATE]
@@ -318,7 +415,10 @@ class Postgresql(LeaseBackend):
         ):
             create(conn)
         self._schema_ready = True
-        return [f"postgresql: table {self.table} and index {self.table}_expires ready"]
+        return [
+            f"postgresql: tables {self.table} and {self.table}_history and their "
+            "indexes ready"
+        ]
 
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None
@@ -330,21 +430,46 @@ class Postgresql(LeaseBackend):
             "ttl": ttl.total_seconds(),
             "note": note,
         }
-        rows = self._rows("acquire", params)
+        rows = self._rows(*self._with_story("acquire", resource, params, ACQUIRED))
         if not rows:
             return False, None
         return bool(rows[0]["acquired"]), _lease(rows[0])
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
-        rows = self._rows(
-            "renew",
-            {"resource": resource, "lease_id": lease_id, "ttl": ttl.total_seconds()},
-        )
+        seconds = ttl.total_seconds()
+        params = {"resource": resource, "lease_id": lease_id, "ttl": seconds}
+        rows = self._rows(*self._with_story("renew", resource, params, RENEWED))
         return _lease(rows[0]) if rows else None
 
     def _release(self, resource: str, lease_id: str) -> bool:
-        rows = self._rows("release", {"resource": resource, "lease_id": lease_id})
-        return bool(rows)
+        params = {"resource": resource, "lease_id": lease_id}
+        return bool(self._rows(*self._with_story("release", resource, params, None)))
+
+    def _with_story(
+        self, name: str, resource: str, params: dict[str, Any], event: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        """The statement to run: with history on, the one that also logs."""
+        told = self._story(resource)
+        if told is None:
+            return name, params
+        return f"{name}_logged", {
+            **params,
+            "event": event or told.released_as(),
+            "actor": told.actor,
+            "source": told.source,
+            "keep": told.retention.total_seconds(),
+        }
+
+    def _history(
+        self, resource: str | None, since: datetime | None, limit: int | None
+    ) -> list[Event]:
+        params = {
+            "resource": resource,
+            "since": since or datetime(1970, 1, 1, tzinfo=UTC),
+            "limit": limit,
+        }
+        name = "history_of" if resource is not None else "history_all"
+        return [_event(row) for row in self._rows(name, params)]
 
     def _current(self, resource: str) -> Lease | None:
         rows = self._rows("current", {"resource": resource})

@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, ConfigError, StormlockError, one_line
+from ..history import Event
 from ..names import RECORD_PREFIX
 
 _NOW_MS = """
@@ -46,9 +47,30 @@ end
 
 _FIELDS = "'id', 'principal', 'created', 'expires', 'note', 'fence'"
 
-# KEYS: lease, fence, index. ARGV: id, principal, ttl_ms, note, resource.
+# History: an entry in the resource's stream and in the stream of all, in
+# the script of the change (no extra round trip); entries older than the
+# retention are trimmed by the same XADD (MINID). Off when keep is ''.
+_LOG = """
+local function log(hist, all, keep, actor, source, event, resource, principal,
+                   note, fence, until_)
+    if keep == '' then return end
+    local minid = string.format('%d', now - tonumber(keep))
+    if actor == '' then actor = principal end
+    local fields = {'resource', resource, 'event', event, 'principal', principal,
+                    'actor', actor, 'note', note or '', 'fence', fence,
+                    'source', source, 'until', until_}
+    redis.call('XADD', hist, 'MINID', '~', minid, '*', unpack(fields))
+    redis.call('XADD', all, 'MINID', '~', minid, '*', unpack(fields))
+    -- A resource that stops changing: its stream goes after the retention.
+    redis.call('PEXPIRE', hist, keep)
+end
+"""
+
+# KEYS: lease, fence, index, history, all history.
+# ARGV: id, principal, ttl_ms, note, resource, keep_ms, actor, source.
 _ACQUIRE = (
     _NOW_MS
+    + _LOG
     + f"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return {{0, redis.call('HMGET', KEYS[1], {_FIELDS})}}
@@ -62,31 +84,46 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'principal', ARGV[2], 'created', now,
            'fence', string.format('%d', fence))
 redis.call('PEXPIREAT', KEYS[1], expires - 1)
 redis.call('ZADD', KEYS[3], expires, ARGV[5])
+log(KEYS[4], KEYS[5], ARGV[6], ARGV[7], ARGV[8], 'acquired', ARGV[5], ARGV[2],
+    ARGV[4], string.format('%d', fence), tostring(expires))
 return {1, {ARGV[1], ARGV[2], tostring(now), tostring(expires), ARGV[4],
             string.format('%d', fence)}}
 """
 )
 
-# KEYS: lease, index. ARGV: id, ttl_ms, resource.
+# KEYS: lease, index, history, all history.
+# ARGV: id, ttl_ms, resource, keep_ms, actor, source.
 _RENEW = (
     _NOW_MS
+    + _LOG
     + f"""
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return false end
 local expires = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'expires', expires)
 redis.call('PEXPIREAT', KEYS[1], expires - 1)
 redis.call('ZADD', KEYS[2], expires, ARGV[3])
-return redis.call('HMGET', KEYS[1], {_FIELDS})
+local lease = redis.call('HMGET', KEYS[1], {_FIELDS})
+log(KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6], 'renewed', ARGV[3], lease[2],
+    lease[5], lease[6], tostring(expires))
+return lease
 """
 )
 
-# KEYS: lease, index. ARGV: id, resource.
-_RELEASE = """
+# KEYS: lease, index, history, all history.
+# ARGV: id, resource, keep_ms, actor, source, event (released or forced).
+_RELEASE = (
+    _NOW_MS
+    + _LOG
+    + """
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+local lease = redis.call('HMGET', KEYS[1], 'principal', 'note', 'fence')
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
+log(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[2], lease[1],
+    lease[2], lease[3], '')
 return 1
 """
+)
 
 # KEYS: index. ARGV: lease key prefix. Drops expired entries, returns the rest.
 _LIST = (
@@ -128,6 +165,22 @@ def _lease(resource: str, fields: Sequence[bytes | str | None]) -> Lease | None:
         expires=_moment(expires),
         note=note or None,
         fence=int(fence),
+    )
+
+
+def _event(entry_id: bytes | str, raw: dict[Any, Any]) -> Event:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    until = fields.get("until")
+    return Event(
+        _moment((_text(entry_id) or "0").split("-")[0]),
+        fields.get("resource") or "",
+        fields.get("event") or "",
+        fields.get("principal") or "",
+        fields.get("actor") or "",
+        fields.get("note") or None,
+        int(fields.get("fence") or 0),
+        fields.get("source") or "",
+        _moment(until) if until else None,
     )
 
 
@@ -217,6 +270,17 @@ class Redis(LeaseBackend):
         kwargs = self.client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
 
+    def _history_keys(self, resource: str) -> list[str]:
+        return [f"{self.prefix}history:{resource}", f"{self.prefix}history"]
+
+    def _story_args(self, resource: str) -> list[str | int]:
+        """keep_ms, actor, source ('' keep: no history)."""
+        told = self._story(resource)
+        if told is None:
+            return ["", "", ""]
+        keep = max(1, int(told.retention.total_seconds() * 1000))
+        return [keep, told.actor or "", told.source]
+
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None
     ) -> tuple[bool, Lease | None]:
@@ -224,25 +288,48 @@ class Redis(LeaseBackend):
             self._key(resource),
             f"{self.prefix}fence:{resource}",
             self._index_for(resource),
+            *self._history_keys(resource),
         ]
         args: list[str | int] = [self.new_id(), principal, _ttl_ms(ttl), note or ""]
-        args.append(resource)
+        args += [resource, *self._story_args(resource)]
         acquired, fields = cast(list[Any], self._acquire_script(keys=keys, args=args))
         return bool(acquired), _lease(resource, fields)
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         fields = self._renew_script(
-            keys=[self._key(resource), self._index_for(resource)],
-            args=[lease_id, _ttl_ms(ttl), resource],
+            keys=[
+                self._key(resource),
+                self._index_for(resource),
+                *self._history_keys(resource),
+            ],
+            args=[lease_id, _ttl_ms(ttl), resource, *self._story_args(resource)],
         )
         return _lease(resource, fields) if fields else None
 
     def _release(self, resource: str, lease_id: str) -> bool:
+        told = self._story(resource)
         released = self._release_script(
-            keys=[self._key(resource), self._index_for(resource)],
-            args=[lease_id, resource],
+            keys=[
+                self._key(resource),
+                self._index_for(resource),
+                *self._history_keys(resource),
+            ],
+            args=[
+                lease_id,
+                resource,
+                *self._story_args(resource),
+                told.released_as() if told else "",
+            ],
         )
         return bool(released)
+
+    def _history(
+        self, resource: str | None, since: datetime | None, limit: int | None
+    ) -> list[Event]:
+        key = self._history_keys(resource or "")[0 if resource is not None else 1]
+        low = str(int(since.timestamp() * 1000)) if since else "-"
+        entries: list[Any] = self.client.xrevrange(key, "+", low, count=limit) or []
+        return [_event(entry_id, fields) for entry_id, fields in entries]
 
     def _current(self, resource: str) -> Lease | None:
         fields = self.client.hmget(

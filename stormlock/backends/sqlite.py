@@ -11,11 +11,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, StormlockError
+from ..history import ACQUIRED, RENEWED, Event, Story
 from ..paths import default_state_dir
 
 _SCHEMA = (
@@ -30,6 +32,20 @@ _SCHEMA = (
     )""",
     """CREATE INDEX IF NOT EXISTS stormlock_leases_expires
         ON stormlock_leases (expires) WHERE lease_id IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS stormlock_history (
+        at        REAL NOT NULL,
+        resource  TEXT NOT NULL,
+        event     TEXT NOT NULL,
+        principal TEXT,
+        actor     TEXT,
+        note      TEXT,
+        fence     INTEGER,
+        source    TEXT,
+        until     REAL
+    )""",
+    """CREATE INDEX IF NOT EXISTS stormlock_history_resource
+        ON stormlock_history (resource, at)""",
+    """CREATE INDEX IF NOT EXISTS stormlock_history_at ON stormlock_history (at)""",
 )
 
 # The fence is the counter plus one, or the clock in microseconds if that is
@@ -57,7 +73,26 @@ RETURNING resource, principal, created, lease_id, expires, note, fence
 _RELEASE = """
 UPDATE stormlock_leases SET lease_id = NULL
 WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
-RETURNING fence
+RETURNING resource, principal, note, fence
+"""
+
+# History: written in the transaction of the change it records.
+_LOG = """
+INSERT INTO stormlock_history
+    (at, resource, event, principal, actor, note, fence, source, until)
+VALUES (:at, :resource, :event, :principal, :actor, :note, :fence, :source, :until)
+"""
+
+_TRIM = "DELETE FROM stormlock_history WHERE at < :cutoff"
+
+_HISTORY_OF = """
+SELECT at, resource, event, principal, actor, note, fence, source, until
+FROM stormlock_history WHERE resource = :resource AND at >= :since
+ORDER BY at DESC, rowid DESC LIMIT :limit
+"""
+_HISTORY_ALL = """
+SELECT at, resource, event, principal, actor, note, fence, source, until
+FROM stormlock_history WHERE at >= :since ORDER BY at DESC, rowid DESC LIMIT :limit
 """
 
 _CURRENT = """
@@ -91,6 +126,20 @@ AND expires > :now AND expires <= :before ORDER BY expires
 
 def _moment(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(
+        _moment(row["at"]),
+        row["resource"],
+        row["event"],
+        row["principal"] or "",
+        row["actor"] or "",
+        row["note"],
+        row["fence"] or 0,
+        row["source"] or "",
+        _moment(row["until"]) if row["until"] is not None else None,
+    )
 
 
 def _lease(row: sqlite3.Row) -> Lease:
@@ -194,6 +243,45 @@ class SQLite(LeaseBackend):
                 "retry, or raise [backend.sqlite] timeout"
             ) from None
 
+    def _change(
+        self,
+        sql: str,
+        params: dict[str, object],
+        told: Story | None,
+        event: Callable[[sqlite3.Row], dict[str, object]],
+        trim: bool = False,
+    ) -> list[sqlite3.Row]:
+        """Run a changing statement; with `told`, in one transaction with the
+        event `event(row)` describes (nothing is recorded if nothing changed)."""
+        if told is None:
+            return self._run(sql, params)
+        conn = self._connect()
+        for attempt in range(2):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = conn.execute(sql, params).fetchall()
+                    if rows:
+                        record = event(rows[0])
+                        record.setdefault("until", None)
+                        conn.execute(_LOG, {"source": told.source, **record})
+                        if trim:
+                            cutoff = time.time() - told.retention.total_seconds()
+                            conn.execute(_TRIM, {"cutoff": cutoff})
+                    conn.execute("COMMIT")
+                    return rows
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if attempt or "no such table" not in str(exc):
+                    raise BackendUnavailable(
+                        f"SQLite database {str(self.path)!r} failed: {exc}; "
+                        "retry, or raise [backend.sqlite] timeout"
+                    ) from None
+                self._ensure_schema(conn)
+        raise AssertionError("unreachable")
+
     def setup(self) -> list[str]:
         try:
             self._ensure_schema(self._connect())
@@ -253,30 +341,85 @@ class SQLite(LeaseBackend):
             "note": note,
             "clock_fence": int(now * 1_000_000),
         }
-        rows = self._run(_ACQUIRE, params)
+        told = self._story(resource)
+
+        def event(row: sqlite3.Row) -> dict[str, object]:
+            assert told is not None
+            return {
+                "at": now,
+                "resource": resource,
+                "event": ACQUIRED,
+                "principal": principal,
+                "actor": told.actor_for(principal),
+                "note": note,
+                "fence": row["fence"],
+                "until": params["expires"],
+            }
+
+        rows = self._change(_ACQUIRE, params, told, event, trim=True)
         if rows:
             return True, lease._replace(fence=rows[0]["fence"])
         return False, None
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         now = time.time()
-        rows = self._run(
-            _RENEW,
-            {
+        told = self._story(resource)
+
+        def event(row: sqlite3.Row) -> dict[str, object]:
+            assert told is not None
+            return {
+                "at": now,
                 "resource": resource,
-                "lease_id": lease_id,
-                "now": now,
-                "expires": now + ttl.total_seconds(),
-            },
-        )
+                "event": RENEWED,
+                "principal": row["principal"],
+                "actor": told.actor_for(row["principal"]),
+                "note": row["note"],
+                "fence": row["fence"],
+                "until": row["expires"],
+            }
+
+        params: dict[str, object] = {
+            "resource": resource,
+            "lease_id": lease_id,
+            "now": now,
+            "expires": now + ttl.total_seconds(),
+        }
+        rows = self._change(_RENEW, params, told, event)
         return _lease(rows[0]) if rows else None
 
     def _release(self, resource: str, lease_id: str) -> bool:
-        rows = self._run(
-            _RELEASE,
-            {"resource": resource, "lease_id": lease_id, "now": time.time()},
-        )
-        return bool(rows)
+        now = time.time()
+        told = self._story(resource)
+
+        def event(row: sqlite3.Row) -> dict[str, object]:
+            assert told is not None
+            return {
+                "at": now,
+                "resource": resource,
+                "event": told.released_as(),
+                "principal": row["principal"],
+                "actor": told.actor_for(row["principal"]),
+                "note": row["note"],
+                "fence": row["fence"],
+            }
+
+        params: dict[str, object] = {
+            "resource": resource,
+            "lease_id": lease_id,
+            "now": now,
+        }
+        return bool(self._change(_RELEASE, params, told, event))
+
+    def _history(
+        self, resource: str | None, since: datetime | None, limit: int | None
+    ) -> list[Event]:
+        params: dict[str, object] = {
+            "resource": resource,
+            "since": since.timestamp() if since else 0,
+            "limit": -1 if limit is None else limit,
+        }
+        rows = self._run(_HISTORY_OF if resource is not None else _HISTORY_ALL, params)
+        return [_event(row) for row in rows]
 
     def _current(self, resource: str) -> Lease | None:
         rows = self._run(

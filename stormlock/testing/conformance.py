@@ -423,3 +423,161 @@ def test_list_prefix_returns_only_matching_leases(backend: Backend) -> None:
     found = backend.list_prefix(".stormlock/wait/")
     assert [lease.id for lease in found] == [lease.id for lease in wanted]
     assert backend.list_prefix(".stormlock/none/") == []
+
+
+# -- history ---------------------------------------------------------------------
+
+
+def keeps_no_history(backend: Backend) -> bool:
+    """True, having checked the documented fallback, if `backend` keeps no
+    history (a plugin without it keeps working; only history() refuses)."""
+    if backend.supports(Feature.HISTORY):
+        return False
+    with pytest.raises(UnsupportedOperation):
+        backend.history()
+    return True
+
+
+def test_history_records_each_change_with_what_it_was(
+    backend: Backend, resource: str
+) -> None:
+    if keeps_no_history(backend):
+        return
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5), "deploy")
+    renewed = backend.renew_lease(resource, lease.id, timedelta(minutes=10))
+    assert backend.release_lease(resource, lease.id)
+    events = backend.history(resource)
+    assert [e.event for e in events] == ["acquired", "renewed", "released"]
+    for event in events:
+        assert (event.resource, event.principal, event.actor) == (
+            resource,
+            "alice",
+            "alice",
+        )
+        assert (event.note, event.fence, event.source) == (
+            "deploy",
+            lease.fence,
+            "library",
+        )
+        assert lease.id not in repr(event) and lease.id not in str(event.as_dict())
+    assert [e.time for e in events] == sorted(e.time for e in events)
+    assert abs(events[0].time - lease.created) < timedelta(seconds=2)
+    assert events[0].until is not None and lease.expires is not None
+    assert abs(events[0].until - lease.expires) < timedelta(seconds=2)
+    assert events[1].until is not None and renewed.expires is not None
+    assert abs(events[1].until - renewed.expires) < timedelta(seconds=2)
+
+
+def test_history_names_who_forced_a_release_and_from_where(
+    backend: Backend, resource: str
+) -> None:
+    if keeps_no_history(backend):
+        return
+    from stormlock.history import acting
+
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    with acting(actor="carol", source="slack", forced=True):
+        backend.release_lease(resource, lease.id)
+    [_, forced] = backend.history(resource)
+    assert (forced.event, forced.principal, forced.actor, forced.source) == (
+        "forced",
+        "alice",
+        "carol",
+        "slack",
+    )
+
+
+def test_history_has_nothing_for_changes_that_failed(
+    backend: Backend, resource: str
+) -> None:
+    if keeps_no_history(backend):
+        return
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    with pytest.raises(LockHeldException):
+        backend.acquire_lease(resource, "bob", timedelta(minutes=5))
+    other = str(uuid.uuid4())
+    with pytest.raises(LockExpiredException):
+        backend.renew_lease(resource, other, timedelta(minutes=5))
+    assert released(backend.release_lease(resource, other), False)
+    assert [e.event for e in backend.history(resource)] == ["acquired"]
+    assert backend.history(resource)[0].fence == lease.fence
+
+
+def test_history_derives_an_expiry_at_read_time(
+    backend: Backend, resource: str
+) -> None:
+    if keeps_no_history(backend):
+        return
+    lease = backend.acquire_lease(resource, "alice", short_ttl(backend))
+    wait_for_expiry(backend, resource)
+    acquired, expired = backend.history(resource)
+    assert (acquired.event, expired.event, expired.derived) == (
+        "acquired",
+        "expired",
+        True,
+    )
+    assert expired.time == acquired.until and expired.fence == lease.fence
+
+
+def test_history_reads_the_newest_events_and_filters(
+    backend: Backend, resource: str
+) -> None:
+    if keeps_no_history(backend):
+        return
+    for n in range(12):
+        lease = backend.acquire_lease(resource, f"p{n % 3}", timedelta(minutes=5))
+        backend.release_lease(resource, lease.id)
+    last = backend.history(resource, limit=5)
+    everything = backend.history(resource)
+    assert len(everything) == 24 and last == everything[-5:]
+    mine = backend.history(resource, principal="P1")
+    assert len(mine) == 8 and {e.principal for e in mine} == {"p1"}
+    assert backend.history(resource, since=utcnow() + timedelta(minutes=1)) == []
+
+
+def test_history_of_concurrent_changes_has_one_event_each(backend: Backend) -> None:
+    if keeps_no_history(backend):
+        return
+    tag = uuid.uuid4().hex[:6]
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for _ in range(2):
+                lease = backend.acquire_lease(
+                    f"c{tag}-{n}", f"p{n}", timedelta(minutes=5)
+                )
+                backend.release_lease(f"c{tag}-{n}", lease.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    everyone = [e for e in backend.history() if e.resource.startswith(f"c{tag}-")]
+    assert len(everyone) == 32
+    for n in range(8):
+        events = backend.history(f"c{tag}-{n}")
+        assert [e.event for e in events] == ["acquired", "released"] * 2
+        assert {e.principal for e in events} == {f"p{n}"}
+
+
+def test_history_retention_hides_old_events_and_none_turns_it_off(
+    backend: Backend, resource: str
+) -> None:
+    if keeps_no_history(backend):
+        return
+    backend.history_retention = timedelta(seconds=1)
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    backend.release_lease(resource, lease.id)
+    time.sleep(1.2)  # the retention is a span of time: let it pass
+    lease = backend.acquire_lease(resource, "bob", timedelta(minutes=5))
+    backend.release_lease(resource, lease.id)
+    assert [e.principal for e in backend.history(resource)] == ["bob", "bob"]
+    backend.history_retention = None
+    lease = backend.acquire_lease(resource, "carol", timedelta(minutes=5))
+    backend.release_lease(resource, lease.id)
+    assert all(e.principal != "carol" for e in backend.history(resource))
