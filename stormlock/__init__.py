@@ -9,7 +9,7 @@
 from .backend import Backend, Lease, LockExpiredException, LockHeldException
 from .backends import get_backend
 from .errors import StormlockError
-from .lock import StormLock, load_lock
+from .lock import StormLock, lease_history, load_lock
 
 __all__ = [
     "Backend",
@@ -19,5 +19,6 @@ __all__ = [
     "StormLock",
     "StormlockError",
     "get_backend",
+    "lease_history",
     "load_lock",
 ]

@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from . import errors
 from .backend import Backend, Feature
 from .config import Config, load_config
+from .history import set_default_source
 from .lock import StormLock, list_all, lock_from_config
 from .names import validate_resource
 from .render import (
@@ -120,6 +121,25 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs="*", help="-- COMMAND [ARGS...]")
     run.set_defaults(command_after_dashes=None)
 
+    history = command(
+        "history", "who held what, when and why (the last events, oldest first)"
+    )
+    history.add_argument("resource", nargs="?", help="one resource (default: all)")
+    history.add_argument(
+        "--since", metavar="WHEN", help="a duration ago (7d, 2h) or an ISO time"
+    )
+    history.add_argument("--principal", help="only events of this holder or actor")
+    history.add_argument(
+        "-n",
+        "--limit",
+        type=int,
+        default=100,
+        help="at most this many, the newest (default 100; 0: all)",
+    )
+    history.add_argument(
+        "-f", "--format", choices=["table", "json", "csv"], default="table"
+    )
+
     setup = command("setup", "create the tables a backend needs (idempotent)")
     setup.add_argument(
         "target", nargs="?", help="a backend name or a resource (default: [default])"
@@ -222,10 +242,52 @@ def _doctor(config: Config, target: str | None) -> int:
     return errors.EXIT_NOT_HELD if unsafe else 0
 
 
+def _since(text: str | None) -> datetime | None:
+    """`--since`: a duration ago, or an ISO 8601 time (UTC if no zone)."""
+    if text is None:
+        return None
+    from .backend import utcnow
+
+    try:
+        return utcnow() - parse_duration(text)
+    except errors.InvalidTTL:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.UsageError(
+            f"--since {text!r} is neither a duration (7d, 2h) nor an ISO time "
+            "(2026-11-28T09:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _history(config: Config, args: argparse.Namespace) -> int:
+    from .lock import lease_history
+    from .render import history_csv, history_json, history_table
+
+    if args.limit < 0:
+        raise errors.UsageError("--limit must be 0 (all) or more")
+    since = _since(args.since)
+    if args.resource is not None:
+        validate_resource(args.resource)
+    events = lease_history(
+        args.resource, since, args.principal, args.limit or None, config
+    )
+    if not events:
+        _err("no history" + (f" for {args.resource!r}" if args.resource else ""))
+        return 0
+    render = {"json": history_json, "csv": history_csv, "table": history_table}
+    print(render[args.format](events))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.cmd == "list":
         return _list(config, args)
+    if args.cmd == "history":
+        return _history(config, args)
     if args.cmd == "setup":
         return _setup(config, args.target)
     if args.cmd == "doctor":
@@ -294,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         list(sys.argv[1:] if argv is None else argv)
     )
     args = _build_parser().parse_args(arguments)
+    set_default_source("cli")
     if command is not None:
         args.command_after_dashes = command
     return errors.run_main(PROG, lambda: _dispatch(args))

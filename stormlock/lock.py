@@ -26,8 +26,10 @@ from .ttl import check_ttl
 if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AbstractContextManager
+    from datetime import datetime
     from threading import Event
 
+    from .history import Event as HistoryEvent
     from .hold import Hold
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
@@ -202,6 +204,16 @@ class StormLock:
             return False
         return self.backend.is_current(self.resource, lease_id)
 
+    def history(
+        self,
+        since: datetime | None = None,
+        principal: str | None = None,
+        limit: int | None = None,
+    ) -> list[HistoryEvent]:
+        """The resource's last `limit` events (oldest first): who held it,
+        when and why, and who forced it. See `stormlock.history`."""
+        return self.backend.history(self.resource, since, principal, limit)
+
 
 def load_lock(
     resource: str, conf_file: str | os.PathLike[str] | None = None
@@ -255,3 +267,27 @@ def list_all(config: Config, backends: Mapping[str, Backend]) -> list[Lease]:
                         leases.append(complete(lease, resource))
     leases = [lease for lease in leases if not lease.resource.startswith(RECORD_PREFIX)]
     return sorted(leases, key=lambda lease: lease.resource)
+
+
+def lease_history(
+    resource: str | None = None,
+    since: datetime | None = None,
+    principal: str | None = None,
+    limit: int | None = None,
+    config: Config | None = None,
+) -> list[HistoryEvent]:
+    """Lease history from the config file's backends: of `resource`, or of
+    every resource (merged, oldest first), the last `limit` events at or after
+    `since`, about `principal` (as holder or actor) if given."""
+    config = config or load_config()
+    if resource is not None:
+        validate_resource(resource)
+        names = [config.settings(resource).backend]
+    else:
+        names = config.backend_names()
+    events: list[HistoryEvent] = []
+    for name in names:
+        with config.backend(name) as backend:
+            events += backend.history(resource, since, principal, limit)
+    events.sort(key=lambda event: event.time)
+    return events[-limit:] if limit else events

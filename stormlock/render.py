@@ -8,6 +8,7 @@ from typing import Any
 
 from .backend import Lease, iso
 from .errors import one_line
+from .history import FIELDS, Event
 
 
 def short_time(moment: datetime | None) -> str:
@@ -87,3 +88,52 @@ def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
         ).rstrip()
         for row in rows
     )
+
+
+def history_table(events: Sequence[Event]) -> str:
+    """Events as a table; a derived expiry is marked (nobody acted)."""
+    headers = ["TIME", "EVENT", "RESOURCE", "PRINCIPAL", "ACTOR", "FENCE", "SOURCE"]
+    rows = [[*headers, "NOTE"]]
+    for event in events:
+        rows.append(
+            [
+                short_time(event.time),
+                event.event + ("*" if event.derived else ""),
+                event.resource,
+                event.principal,
+                "-" if event.derived else event.actor,
+                str(event.fence),
+                "-" if event.derived else event.source,
+                one_line(event.note or "-"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    table = "\n".join(
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    )
+    if any(event.derived for event in events):
+        table += "\n* derived: the lease ended at its expiry, with no release"
+    return table
+
+
+def history_json(events: Sequence[Event]) -> str:
+    """One JSON object per line, per event."""
+    import json
+
+    return "\n".join(json.dumps(event.as_dict()) for event in events)
+
+
+def history_csv(events: Sequence[Event]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(FIELDS)
+    for event in events:
+        record = event.as_dict()
+        writer.writerow(["" if record[f] is None else record[f] for f in FIELDS])
+    return out.getvalue().rstrip("\n")
