@@ -101,6 +101,8 @@ class Capabilities(NamedTuple):
     expiry_precision: timedelta = timedelta(0)
     """How late after a lease's reported expiry another client can take the
     resource, at most (the holder's renew and is_current fail right at it)."""
+    history: str = ""
+    """How a change's history event is written ("same script", ...)."""
 
 
 class Finding(NamedTuple):

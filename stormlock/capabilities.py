@@ -34,6 +34,12 @@ def _precision(cls: type[Backend]) -> str:
     return f"within {format_duration(cls.capabilities.expiry_precision)}"
 
 
+def _history(cls: type[Backend]) -> str:
+    if not cls.supports(Feature.HISTORY):
+        return "no"
+    return f"yes ({cls.capabilities.history})" if cls.capabilities.history else "yes"
+
+
 def capability_table(names: list[str] | None = None) -> str:
     """A Markdown table: one row per backend, one column per guarantee."""
     header = [
@@ -44,6 +50,7 @@ def capability_table(names: list[str] | None = None) -> str:
         "notes",
         "fencing token",
         "list",
+        "history",
         "round trips (" + ", ".join(OPERATIONS) + ")",
     ]
     rows = [header, ["---"] * len(header)]
@@ -60,6 +67,7 @@ def capability_table(names: list[str] | None = None) -> str:
                 _yes(cls.supports(Feature.NOTES)),
                 cls.capabilities.fence_source,
                 "O(active)" if cls.supports(Feature.LIST) else "config sections",
+                _history(cls),
                 trips,
             ]
         )

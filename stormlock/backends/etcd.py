@@ -146,7 +146,12 @@ class Etcd(LeaseBackend):
     # -- transport ----------------------------------------------------------
 
     capabilities = Capabilities(
-        Clock.SERVER, timedelta(seconds=2), _FENCES, _ROUND_TRIPS, _PRECISION
+        Clock.SERVER,
+        timedelta(seconds=2),
+        _FENCES,
+        _ROUND_TRIPS,
+        _PRECISION,
+        history="same transaction",
     )
 
     def _post(

@@ -337,7 +337,11 @@ class Postgresql(LeaseBackend):
         self._schema_ready = False
 
     capabilities = Capabilities(
-        Clock.SERVER, timedelta(microseconds=1), _FENCES, ONE_TRIP
+        Clock.SERVER,
+        timedelta(microseconds=1),
+        _FENCES,
+        ONE_TRIP,
+        history="same statement",
     )
 
     client_errors = (

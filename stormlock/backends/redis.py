@@ -251,7 +251,11 @@ class Redis(LeaseBackend):
         self._list_script = self.client.register_script(_LIST)
 
     capabilities = Capabilities(
-        Clock.SERVER, timedelta(milliseconds=1), _FENCES, ONE_TRIP
+        Clock.SERVER,
+        timedelta(milliseconds=1),
+        _FENCES,
+        ONE_TRIP,
+        history="same script",
     )
 
     def _key(self, resource: str) -> str:

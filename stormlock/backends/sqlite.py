@@ -175,7 +175,9 @@ class SQLite(LeaseBackend):
         self._connections: list[sqlite3.Connection] = []
         self._ready = False
 
-    capabilities = Capabilities(Clock.HOST, timedelta(0), _FENCES, ONE_TRIP)
+    capabilities = Capabilities(
+        Clock.HOST, timedelta(0), _FENCES, ONE_TRIP, history="same transaction"
+    )
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -24,6 +24,8 @@ from slack_sdk.models.blocks import (
 )
 
 from ..backend import Lease, iso
+from ..errors import one_line
+from ..history import Event
 from ..ttl import format_duration
 from . import core
 from .parsing import USAGE, Command
@@ -316,13 +318,72 @@ def problem(message: str) -> Message:
     return Message(message, _render([_section(text)]))
 
 
+_EVENT_ICONS = {
+    "acquired": ":lock:",
+    "renewed": ":repeat:",
+    "released": ":unlock:",
+    "forced": ":warning:",
+    "expired": ":alarm_clock:",
+}
+
+
+def event_line(event: Event, namer: Namer, with_resource: bool = False) -> str:
+    """One event, for people: when (in the reader's time zone), who, why."""
+    holder = namer(event.principal)
+    what = {
+        "acquired": f"{holder} took it until {when(event.until)}",
+        "renewed": f"{holder} renewed it until {when(event.until)}",
+        "released": f"{holder} released it",
+        "forced": f"{namer(event.actor)} force-released it from {holder}",
+        "expired": f"{holder}'s lease expired",
+    }.get(event.event, f"{event.event} ({holder})")
+    if event.event == "released" and event.actor.lower() != event.principal.lower():
+        what = f"{namer(event.actor)} released {holder}'s lease (with its id)"
+    line = f"{_EVENT_ICONS.get(event.event, '•')} {when(event.time)}: "
+    if with_resource:
+        line += f"*{escape(event.resource)}*: "
+    line += what
+    if event.note and event.event in ("acquired", "renewed"):
+        line += f" — _{escape(one_line(event.note))}_"
+    return line
+
+
+def _text_sections(lines: Sequence[str]) -> list[Block]:
+    """Lines as sections, each under Slack's text limit."""
+    blocks: list[Block] = []
+    chunk: list[str] = []
+    size = 0
+    for line in lines:
+        line = line[: MAX_TEXT - 10]
+        if chunk and size + len(line) + 1 > MAX_TEXT:
+            blocks.append(_section("\n".join(chunk)))
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        blocks.append(_section("\n".join(chunk)))
+    return blocks
+
+
+def history(resource: str, events: Sequence[Event], namer: Namer) -> Message:
+    """The last events of a resource, newest last."""
+    if not events:
+        text = f"No history for *{escape(resource)}* yet."
+        return Message(f"No history for {resource}", _render([_section(text)]))
+    header = HeaderBlock(text=f"History of {resource}"[:150])
+    lines = [event_line(event, namer) for event in events]
+    return Message(f"History of {resource}", _render([header, *_text_sections(lines)]))
+
+
 def home(
     everyone: Sequence[Lease],
     mine: Sequence[Lease],
     namer: Namer,
     renew_choices: Callable[[Lease], Sequence[timedelta]],
+    recent: Sequence[Event] = (),
 ) -> dict[str, Any]:
-    """The App Home tab: your leases with buttons, then everything held."""
+    """The App Home tab: your leases with buttons, your recent ones, then
+    everything held."""
     blocks: list[Block] = [HeaderBlock(text="Your leases")]
     if not mine:
         blocks.append(
@@ -334,6 +395,10 @@ def home(
     if len(mine) > HOME_OWN_LIMIT:
         more = len(mine) - HOME_OWN_LIMIT
         blocks.append(_section(f"…and {more} more of yours: `/stormlock list`."))
+    if recent:
+        blocks.append(HeaderBlock(text="Your recent leases"))
+        lines = [event_line(event, namer, with_resource=True) for event in recent]
+        blocks += _text_sections(lines)
     blocks += [DividerBlock(), HeaderBlock(text="Held right now")]
     if everyone:
         budget = MAX_VIEW_BLOCKS - len(blocks)
@@ -427,6 +492,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return help_message(unknown)
         case core.Waiting(resource, cancelled):
             return waiting(resource, cancelled)
+        case core.History(resource, events):
+            return history(resource, events, namer)
         case core.Problem(text):
             return problem(text)
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from ..backend import Lease, LockHeldException
 from ..errors import BackendUnavailable, StormlockError
+from ..history import Event
 from .parsing import Command
 from .service import LeaseService, Person
 from .settings import BotSettings
@@ -95,6 +96,12 @@ class Listing:
 
 
 @dataclass(frozen=True)
+class History:
+    resource: str
+    events: Sequence[Event]
+
+
+@dataclass(frozen=True)
 class Help:
     unknown: str | None = None
 
@@ -112,7 +119,7 @@ class Waiting:
 
 Answer = (
     Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem
-) | Waiting
+) | (Waiting | History)
 
 
 # -- notices: who else is told ---------------------------------------------------
@@ -161,6 +168,9 @@ class Outcome:
     changed: bool = False
     """Leases changed: boards are redrawn."""
 
+
+# `/stormlock history` shows this many of the resource's last events.
+HISTORY_SHOWN = 20
 
 UNREACHABLE = (
     "The lease store is unreachable, so nothing changed. Try again in a moment."
@@ -221,6 +231,9 @@ class Core:
             return Outcome(IsHeld(resource, active))
         if name == "notify":
             return self._wait(ask.user_id, resource, command.cancel)
+        if name == "history":
+            events = self.service.history(resource, HISTORY_SHOWN)
+            return Outcome(History(resource, events))
         person = self.people.person(ask.user_id)
         if name == "acquire":
             return self._acquire(person, ask, resource)

@@ -61,6 +61,7 @@ _TIMED = frozenset(
         "list_leases",
         "list_expiring",
         "list_prefix",
+        "history",
     }
 )
 

@@ -29,6 +29,8 @@ ALIASES = {
     "help": "help",
     "notify": "notify",
     "board": "board",
+    "history": "history",
+    "log": "history",
 }
 
 USAGE = {
@@ -41,6 +43,7 @@ USAGE = {
     "list": "/stormlock list",
     "notify": "/stormlock notify <resource> [--cancel]",
     "board": "/stormlock board",
+    "history": "/stormlock history <resource>",
     "help": "/stormlock help",
 }
 

@@ -15,6 +15,7 @@ from typing import cast
 
 from ..backend import (
     Backend,
+    Feature,
     Finding,
     Lease,
     LockExpiredException,
@@ -22,6 +23,7 @@ from ..backend import (
 )
 from ..config import Config
 from ..errors import EXIT_BAD_RESOURCE, EXIT_NOT_HELD, NotAllowed, StormlockError
+from ..history import Event, acting
 from ..lock import StormLock, list_all, lock_from_config
 from ..names import RECORD_PREFIX, validate_resource
 from .metrics import TimedBackend
@@ -60,6 +62,9 @@ def check_fence(lease: Lease, fence: int | None) -> None:
             "look again with /stormlock current"
         )
 
+
+# What the bot records as the source of its changes in the lease history.
+SOURCE = "slack"
 
 # The store's settings rarely change: /readyz checks them once a minute.
 _DOCTOR_EVERY = 60.0
@@ -174,7 +179,8 @@ class LeaseService:
         note: str | None = None,
     ) -> Lease:
         """Raises `LockHeldException` naming the holder if someone has it."""
-        return self.lock(person, resource).acquire_lease(ttl, note)
+        with acting(person.principal, SOURCE):
+            return self.lock(person, resource).acquire_lease(ttl, note)
 
     def release(
         self,
@@ -202,9 +208,14 @@ class LeaseService:
                 )
             if not self.is_admin(person):
                 raise NotAllowed("only admins can force-release; ask one of them")
-        if not lock.release(lease.id) and lock.current() is not None:
-            raise NoLease(f"{resource!r} changed hands meanwhile; look again")
         forced = lease_id is None and not person.is_principal(lease.principal)
+        # History names who acted: the holder, whoever had the lease id, or
+        # the admin who forced it.
+        actor = lease.principal if person.is_principal(lease.principal) else None
+        with acting(actor or person.principal, SOURCE, forced):
+            done = lock.release(lease.id)
+        if not done and lock.current() is not None:
+            raise NoLease(f"{resource!r} changed hands meanwhile; look again")
         return Released(lease, forced)
 
     def renew(
@@ -226,7 +237,8 @@ class LeaseService:
                 f"{resource!r} is held by someone else; only they can renew"
             )
         try:
-            return lock.renew(lease.id, ttl)
+            with acting(lease.principal, SOURCE):
+                return lock.renew(lease.id, ttl)
         except LockExpiredException:
             raise NoLease(
                 f"your lease on {resource!r} just ended; acquire it again"
@@ -246,6 +258,29 @@ class LeaseService:
         self.check_resource(resource)
         backend = self.backend(self.config.settings(resource).backend)
         return StormLock(backend, resource, "").is_current(lease_id)
+
+    def history(self, resource: str, limit: int) -> list[Event]:
+        """The last `limit` events of an allowed resource."""
+        self.check_resource(resource)
+        backend = self.backend(self.config.settings(resource).backend)
+        return backend.history(resource, limit=limit)
+
+    def recent_of(self, person: Person, scan: int, limit: int) -> list[Event]:
+        """`person`'s events among the last `scan` of every backend: bounded,
+        for the App Home (a person's whole history is `stormlock history
+        --principal`)."""
+        events: list[Event] = []
+        for name in self.config.backend_names():
+            backend = self.backend(name)
+            if backend.supports(Feature.HISTORY):
+                events += backend.history(limit=scan)
+        mine = [
+            e
+            for e in events
+            if person.is_principal(e.principal) or person.is_principal(e.actor)
+        ]
+        mine.sort(key=lambda e: e.time)
+        return mine[-limit:]
 
     def list_leases(self) -> list[Lease]:
         names = self.config.backend_names()

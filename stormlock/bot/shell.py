@@ -148,7 +148,10 @@ class Shell:
             )
             return
         mine = [lease for lease in everyone if person.is_principal(lease.principal)]
-        view = blocks.home(everyone, mine, self.people.display, self.core.renew_offer)
+        recent = self.service.recent_of(person, 500, 5)
+        view = blocks.home(
+            everyone, mine, self.people.display, self.core.renew_offer, recent
+        )
         self.show(
             f"App Home of {self.people.name(self.user)}", view["blocks"], Via.HOME
         )
