@@ -27,14 +27,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench import counters
-from bench.scenarios import bot_latency, bot_reply, contention, scheduler_scaling
+from bench.scenarios import (
+    bot_latency,
+    bot_reply,
+    contention,
+    history,
+    scheduler_scaling,
+)
 from stormlock.backend import Backend, Lease
 from stormlock.backends import build_backend
 from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,contention,bot,reply,scheduler,cli"
+ALL_SECTIONS = "backends,history,contention,bot,reply,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -329,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [10, 100] if quick else [10, 1_000, 10_000, 100_000]
     sections: list[tuple[str, Callable[[dict[str, Server]], str]]] = [
         ("backends", lambda r: section_backends(r, 20 if quick else 1000)),
+        (
+            "history",
+            lambda r: history.section(
+                r,
+                options_for,
+                8 if quick else 400,
+                (100, 1_000) if quick else (100, 100_000),
+            ),
+        ),
         (
             "contention",
             lambda r: contention.section(r, options_for, 3 if quick else 100),
