@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from stormlock import get_backend
 from stormlock.backend import Feature
 from stormlock.backends import available_backends, builtin_backends, find_backend
@@ -88,6 +90,9 @@ def test_plugin_config_errors_name_the_section(
     assert "[backend.jsonfile] needs option 'path'" in one_line_error(result.stderr)
 
 
+# The wrapper is the same over every store; these three cover the store
+# kinds (embedded, server-clock script, client-driven HTTP transactions).
+@pytest.mark.parametrize("backend_config", ["sqlite", "redis", "etcd"], indirect=True)
 def test_five_method_plugin_on_each_store(
     cli: CliRunner, write_config: Callable[[str], Path], backend_config: BackendConfig
 ) -> None:

@@ -132,6 +132,9 @@ def test_cli_lease_is_warned_even_if_the_bot_starts_later(
     assert told == 1, "an unknown principal is logged once, not every run"
 
 
+# The claim protocol does not depend on the store: Redis, where replicas
+# really are separate clients of one server, is enough.
+@pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
 def test_two_replicas_send_each_message_exactly_once(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
 ) -> None:
@@ -226,6 +229,9 @@ def test_board_stays_true_through_every_kind_of_change(fast_bot: BotServer) -> N
     assert len({c.payload["ts"] for c in slack.of("chat.update")}) == 1
 
 
+# The claim protocol does not depend on the store: Redis, where replicas
+# really are separate clients of one server, is enough.
+@pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
 def test_a_replica_that_died_after_claiming_is_covered_by_another(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
 ) -> None:
@@ -284,6 +290,9 @@ def test_a_lease_outside_the_allowlist_never_blocks_other_notices(
         wait_dm(slack, BOB.id, "expired")
 
 
+# The claim protocol does not depend on the store: Redis, where replicas
+# really are separate clients of one server, is enough.
+@pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
 def test_one_failing_dm_never_stops_the_others(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
 ) -> None:
