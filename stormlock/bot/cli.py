@@ -129,6 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
         sys.setswitchinterval(0.001)
         service = LeaseService(settings)
         bot = build_app(settings, service)
+        # atexit runs last-registered first: the scheduler stops, then what
+        # the outbox still holds is sent.
+        atexit.register(bot.close)
         atexit.register(_start_scheduler(bot).stop)
         return wsgi_app(bot.app, service.ready, settings.signing_secret or "")
 
@@ -157,6 +160,7 @@ def _socket(args: argparse.Namespace) -> int:
         SocketModeHandler(bot.app, app_token).start()  # type: ignore[no-untyped-call]
     finally:
         scheduler.stop()
+        bot.close()
     return 0
 
 

@@ -16,6 +16,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -160,7 +161,8 @@ class Outbox:
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._queued: set[str] = set()
-        self._timers: set[threading.Timer] = set()
+        # Retries waiting for their backoff: sent at once by close().
+        self._timers: dict[threading.Timer, tuple[Priority, Callable[[], None]]] = {}
         self._closed = False
         self._threads = [
             threading.Thread(
@@ -210,30 +212,47 @@ class Outbox:
             finally:
                 self._queue.task_done()
 
-    def drain(self) -> None:
-        """Until every queued task has run (tests and shutdown)."""
-        self._queue.join()
+    def drain(self, timeout: float | None = None) -> bool:
+        """Until every queued task has run, or `timeout` seconds; whether
+        the queue emptied."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
 
-    def close(self) -> None:
+    def close(self, timeout: float = 20.0) -> None:
+        """Send what is still waiting, within `timeout` (a graceful shutdown):
+        retries waiting for their backoff go at once."""
         with self._lock:
             self._closed = True
-            for timer in self._timers:
-                timer.cancel()
+            waiting = list(self._timers.items())
+            self._timers.clear()
+        for timer, (priority, task) in waiting:
+            timer.cancel()
+            self._queue.put((priority, next(self._order), task))
+        if not self.drain(timeout):
+            log.warning("shutting down with Slack messages unsent")
 
     def _later(
         self, delay: float, priority: Priority, task: Callable[[], None]
     ) -> None:
         def fire() -> None:
             with self._lock:
-                self._timers.discard(timer)
+                if self._timers.pop(timer, None) is None:
+                    return  # close() sent it already
             self._queue.put((priority, next(self._order), task))
 
         timer = threading.Timer(delay, fire)
         timer.daemon = True
         with self._lock:
             if self._closed:
+                self._queue.put((priority, next(self._order), task))
                 return
-            self._timers.add(timer)
+            self._timers[timer] = (priority, task)
         timer.start()
 
     def _retrying(

@@ -75,8 +75,8 @@ class Pipeline:
         self.answers = ThreadPoolExecutor(answer_threads, "stormlock-answer")
 
     def close(self) -> None:
+        """Finish the answers under way, then send what the outbox holds."""
         self.answers.shutdown(wait=True)
-        self.outbox.drain()
         self.outbox.close()
 
     # -- from Slack -----------------------------------------------------------

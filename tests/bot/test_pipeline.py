@@ -291,3 +291,16 @@ def test_an_answer_slack_fails_to_take_is_sent_again(fast_bot: BotServer) -> Non
     assert lease_id_in(answer)
     tries = [c for c in slack.of("response_url") if "You hold" in text_of(c)]
     assert [c.context.get("failed") for c in tries] == ["500", "500", "500", None]
+
+
+def test_a_shutdown_sends_what_the_outbox_still_holds(
+    slack: LocalSlack, sqlite_config: BackendConfig, tmp_path: Path
+) -> None:
+    slack.fail_next(
+        "chat.postMessage", 429, {"Retry-After": "60"}, {"ok": False, "error": "x"}
+    )
+    for bot in start_bot(slack, sqlite_config, tmp_path):
+        bot.reply(ALICE, "acquire db 1h")
+        slack.wait_for(lambda c: c.context.get("failed") == "429")
+        # The retry waits a minute; the bot is stopped (SIGTERM) long before.
+    assert len(announcements(slack, "took *db*")) == 1, "sent on the way out"
