@@ -21,6 +21,9 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import Server
 
 TTL = timedelta(minutes=10)
+# moto's in-memory tables slow down as they grow (writing 100,000 items takes
+# an hour here): DynamoDB is read at this size instead.
+MOTO_MAX = 5_000
 
 
 def _changes(backend: Backend, prefix: str, n: int) -> dict[str, list[float]]:
@@ -72,6 +75,8 @@ def _seed(name: str, backend: Any, resource: str, count: int) -> None:
                 for i in range(count):
                     moment = datetime.fromtimestamp(start + i * step, UTC)
                     copy.write_row((moment, resource, "renewed", "p", "p", 1, "bench"))
+            # As autovacuum would, after a bulk load.
+            conn.execute(f"ANALYZE {backend.table}_history")
     elif name == "redis":
         key = f"{backend.prefix}history:{resource}"
         pipe = backend.client.pipeline(transaction=False)
@@ -89,13 +94,15 @@ def _seed(name: str, backend: Any, resource: str, count: int) -> None:
         def b64(data: bytes) -> str:
             return base64.b64encode(data).decode()
 
+        from stormlock.backends.etcd import _countdown
+
         prefix = backend._history_prefix(resource)
         ops = []
         for i in range(count):
             seconds = start + i * step
             value = {"at": seconds, "event": "renewed", "principal": "p", "actor": "p"}
             value.update(fence=1, source="bench", resource=resource)
-            key = prefix + f"{int(seconds * 1e6):017d}{i:06d}".encode()
+            key = prefix + _countdown(int(seconds * 1e6)) + f"{i:06d}".encode()
             ops.append(
                 {
                     "request_put": {
@@ -166,6 +173,9 @@ def section(
                     ]
                 )
             for size in sizes:
+                if name == "dynamodb" and size > MOTO_MAX:
+                    read_rows.append([name, f"{size:,}", "see below", ""])
+                    size = MOTO_MAX
                 resource = f"read-{size}"
                 _seed(name, backend, resource, size)
                 assert len(backend.history(resource, limit=20)) == 20
@@ -201,4 +211,8 @@ def section(
         )
         + "\n\nReading the last 20 events of a resource, 30 times, once it has that"
         " many events (seeded into the store's history as the backend writes it)."
+        f" DynamoDB is measured at {MOTO_MAX:,} events: moto, the local stand-in,"
+        " writes ever slower as its table grows (100,000 would take an hour);"
+        " the read is one Query with Limit 20 on the table's key, which DynamoDB"
+        " answers from the newest end of the resource's partition."
     )

@@ -65,6 +65,11 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def _countdown(us: int) -> bytes:
+    """A key stamp that sorts the newest first."""
+    return f"{10**17 - us:017d}".encode()
+
+
 def _clock_us() -> int:
     return time.time_ns() // 1000
 
@@ -291,10 +296,12 @@ class Etcd(LeaseBackend):
     # -- the epoch: what keeps fences going up after etcd loses its data ----
 
     # -- history ----------------------------------------------------------
-    # Events are keys `history/{resource}\0{stamp}` and `history-all/{stamp}`
-    # (stamp: the client's clock in µs, then random digits), put in the
-    # transaction of the change; the same transaction deletes the resource's
-    # and everyone's events older than the retention.
+    # Events are keys `history/{resource}\0{stamp}` and `history-all/{stamp}`,
+    # put in the transaction of the change; the same transaction deletes the
+    # resource's and everyone's events older than the retention. The stamp
+    # counts down (10^17 - the client's clock in µs, then random digits): the
+    # newest events come first in key order, so the last N are read with an
+    # ascending range and a limit (a descending sort makes etcd read them all).
 
     def _history_prefix(self, resource: str | None) -> bytes:
         if resource is None:
@@ -315,8 +322,8 @@ class Etcd(LeaseBackend):
         if told is None:
             return []
         now = _clock_us()
-        stamp = f"{now:017d}{secrets.randbelow(10**6):06d}".encode()
-        cutoff = f"{now - int(told.retention.total_seconds() * 1e6):017d}".encode()
+        stamp = _countdown(now) + f"{secrets.randbelow(10**6):06d}".encode()
+        oldest = _countdown(now - int(told.retention.total_seconds() * 1e6))
         value = _b64(
             json.dumps(
                 {
@@ -340,8 +347,8 @@ class Etcd(LeaseBackend):
             ops.append(
                 {
                     "request_delete_range": {
-                        "key": _b64(prefix),
-                        "range_end": _b64(prefix + cutoff),
+                        "key": _b64(prefix + oldest),
+                        "range_end": _b64(_range_end(prefix)),
                     }
                 }
             )
@@ -351,20 +358,29 @@ class Etcd(LeaseBackend):
         self, resource: str | None, since: datetime | None, limit: int | None
     ) -> list[Event]:
         prefix = self._history_prefix(resource)
-        start = prefix
-        if since is not None:
-            start += f"{int(since.timestamp() * 1e6):017d}".encode()
-        body: dict[str, Any] = {
-            "key": _b64(start),
-            "range_end": _b64(_range_end(prefix)),
-            "sort_order": "DESCEND",
-            "sort_target": "KEY",
-        }
-        if limit:
-            body["limit"] = str(limit)
-        data = self._call("/v3/kv/range", body)
+        oldest = int(since.timestamp() * 1e6) if since is not None else None
+        # etcd counts every key of a range, even with a limit: with a limit,
+        # look back over a growing window (a minute, an hour, a day, a week,
+        # then all) until it holds enough, so a read counts about the keys
+        # of the newest window that holds `limit` events.
+        now = _clock_us()
+        windows = [60, 3600, 86400, 7 * 86400] if limit else []
+        starts = [now - seconds * 1_000_000 for seconds in windows] + [None]
+        kvs: list[dict[str, Any]] = []
+        for start in starts:
+            if oldest is not None and (start is None or start < oldest):
+                start = oldest
+            end = _range_end(prefix)
+            if start is not None:  # at or after `start`: stamps up to its own
+                end = prefix + _countdown(start - 1)
+            body: dict[str, Any] = {"key": _b64(prefix), "range_end": _b64(end)}
+            if limit:
+                body["limit"] = str(limit)
+            kvs = self._call("/v3/kv/range", body).get("kvs") or []
+            if len(kvs) >= (limit or 0) or start == oldest:
+                break
         events = []
-        for kv in data.get("kvs") or []:
+        for kv in kvs:
             value = json.loads(_unb64(kv["value"]))
             fence = value.get("fence")
             if fence is None:

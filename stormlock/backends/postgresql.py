@@ -12,6 +12,7 @@ The table is created on first use, or up front with `stormlock setup`.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -56,8 +57,10 @@ _CREATE = (
         source    text,
         until     timestamptz
     )""",
-    "CREATE INDEX IF NOT EXISTS {history_resource} ON {history} (resource, at)",
-    "CREATE INDEX IF NOT EXISTS {history_at} ON {history} (at)",
+    # (.., at, id): the last N events are the first N of a backward index
+    # scan, ties in the order they were written.
+    "CREATE INDEX IF NOT EXISTS {history_resource} ON {history} (resource, at, id)",
+    "CREATE INDEX IF NOT EXISTS {history_at} ON {history} (at, id)",
 )
 
 # Settings that make a committed acquire durable, and how to fix each.
@@ -106,13 +109,15 @@ SELECT clock_timestamp(), resource, %(event)s, principal,
 FROM {changed}
 """
 
-# Old events go a hundred at a time, with the acquires that come along.
+# Old events go a hundred at a time, with one acquire in TRIM_EVERY.
 _TRIM = """
 DELETE FROM {history} WHERE id IN (
     SELECT id FROM {history}
-    WHERE at < clock_timestamp() - make_interval(secs => %(keep)s) LIMIT 100
+    WHERE %(trim)s AND at < clock_timestamp() - make_interval(secs => %(keep)s)
+    LIMIT 100
 )
 """
+TRIM_EVERY = 32
 
 _ACQUIRE_LOGGED = _ACQUIRE.replace(
     "\nSELECT true", ",\nlogged AS (__LOG__),\ntrimmed AS (__TRIM__)\nSELECT true", 1
@@ -286,8 +291,8 @@ class Postgresql(LeaseBackend):
             "table": sql.Identifier(table),
             "index": sql.Identifier(f"{table}_expires"),
             "history": sql.Identifier(f"{table}_history"),
-            "history_resource": sql.Identifier(f"{table}_history_resource"),
-            "history_at": sql.Identifier(f"{table}_history_at"),
+            "history_resource": sql.Identifier(f"{table}_history_recent"),
+            "history_at": sql.Identifier(f"{table}_history_all"),
             "columns": sql.SQL(_COLUMNS),
             "clock_fence": sql.SQL(_CLOCK_FENCE),
         }
@@ -462,6 +467,7 @@ class Postgresql(LeaseBackend):
             "actor": told.actor,
             "source": told.source,
             "keep": told.retention.total_seconds(),
+            "trim": secrets.randbelow(TRIM_EVERY) == 0,
         }
 
     def _history(
