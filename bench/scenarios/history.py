@@ -21,6 +21,7 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import Server
 
 TTL = timedelta(minutes=10)
+SPREAD = 80 * 86400.0
 # moto's in-memory tables slow down as they grow (writing 100,000 items takes
 # an hour here): DynamoDB is read at this size instead.
 MOTO_MAX = 5_000
@@ -46,8 +47,10 @@ def _changes(backend: Backend, prefix: str, n: int) -> dict[str, list[float]]:
 def _seed(name: str, backend: Any, resource: str, count: int) -> None:
     """`count` events of `resource`, written where the backend keeps them."""
     now = time.time()
-    start = now - 3600  # within the retention, oldest first
-    step = 3000 / count
+    # Spread over 80 days (within the 90-day retention), oldest first: 100,000
+    # events is a resource changed every 70 s for months.
+    start = now - SPREAD
+    step = (SPREAD - 60) / count
     if name == "sqlite":
         backend.setup()
         conn = backend._connect()
@@ -210,7 +213,8 @@ def section(
             read_rows,
         )
         + "\n\nReading the last 20 events of a resource, 30 times, once it has that"
-        " many events (seeded into the store's history as the backend writes it)."
+        " many events, spread over the last 80 days (seeded into the store's"
+        " history as the backend writes it)."
         f" DynamoDB is measured at {MOTO_MAX:,} events: moto, the local stand-in,"
         " writes ever slower as its table grows (100,000 would take an hour);"
         " the read is one Query with Limit 20 on the table's key, which DynamoDB"
