@@ -148,3 +148,26 @@ def test_the_library_merges_history_of_every_backend(
     with load_lock("cache", path) as lock:
         assert [e.event for e in lock.history(limit=1)] == ["released"]
     assert len(lease_history("db", limit=3, config=config)) == 3
+
+
+def test_a_database_from_before_history_is_brought_up_to_date(
+    cli: CliRunner, home: Path, write_config: Callable[[str], Path]
+) -> None:
+    import sqlite3
+
+    path = home / "old.db"
+    with sqlite3.connect(path) as conn:  # the schema of the previous release
+        conn.execute(
+            "CREATE TABLE stormlock_leases (resource TEXT PRIMARY KEY, lease_id TEXT,"
+            " principal TEXT, created REAL, expires REAL, note TEXT,"
+            " fence INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO stormlock_leases VALUES ('db', NULL, 'x', 0, 0, NULL, 41)"
+        )
+    env = {"STORMLOCK_CONFIG": str(write_config(f"[backend.sqlite]\npath = {path}\n"))}
+    lease_id = cli("acquire", "db", env=env).stdout.strip()
+    assert cli("release", "db", lease_id, env=env).returncode == 0
+    events = cli("history", "db", "-f", "json", env=env).stdout.splitlines()
+    assert [json.loads(e)["event"] for e in events] == ["acquired", "released"]
+    assert json.loads(events[0])["fence"] > 41, "the fence kept counting"

@@ -204,8 +204,8 @@ def section(
             change_rows,
         )
         + "\n\nOn and off alternate in batches on the same backend object."
-        " SQLite, PostgreSQL and Redis write the event in the change's own"
-        " transaction, statement or script (no extra round trip); etcd adds it to"
+        " SQLite (a trigger), PostgreSQL and Redis write the event in the change's"
+        " own statement or script (no extra round trip); etcd adds it to"
         " the change's transaction (release becomes a transaction, 3 round trips);"
         " DynamoDB writes it after the change (one more round trip).\n\n"
         + table(

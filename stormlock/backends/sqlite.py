@@ -11,14 +11,35 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, StormlockError
-from ..history import ACQUIRED, RENEWED, Event, Story
+from ..history import ACQUIRED, RENEWED, Event
 from ..paths import default_state_dir
+
+# What the statement that changed a row asks its history trigger to record
+# (all NULL when history is off): set by every changing statement, so a row
+# never carries a stale request.
+_STORY_COLUMNS = {
+    "h_event": "TEXT",
+    "h_actor": "TEXT",
+    "h_source": "TEXT",
+    "h_at": "REAL",
+    "h_keep": "REAL",
+}
+
+# The event row a trigger writes: in the statement of the change itself.
+_EVENT_ROW = """
+INSERT INTO stormlock_history
+    (at, resource, event, principal, actor, note, fence, source, until)
+VALUES (NEW.h_at, NEW.resource, NEW.h_event, NEW.principal,
+        coalesce(NEW.h_actor, NEW.principal), NEW.note, NEW.fence, NEW.h_source,
+        CASE WHEN NEW.lease_id IS NULL THEN NULL ELSE NEW.expires END);
+DELETE FROM stormlock_history
+WHERE NEW.h_event = 'acquired' AND at < NEW.h_at - NEW.h_keep;
+"""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS stormlock_leases (
@@ -46,44 +67,51 @@ _SCHEMA = (
     """CREATE INDEX IF NOT EXISTS stormlock_history_resource
         ON stormlock_history (resource, at)""",
     """CREATE INDEX IF NOT EXISTS stormlock_history_at ON stormlock_history (at)""",
+    f"""CREATE TRIGGER IF NOT EXISTS stormlock_history_on_insert
+        AFTER INSERT ON stormlock_leases WHEN NEW.h_event IS NOT NULL
+        BEGIN {_EVENT_ROW} END""",
+    f"""CREATE TRIGGER IF NOT EXISTS stormlock_history_on_update
+        AFTER UPDATE ON stormlock_leases WHEN NEW.h_event IS NOT NULL
+        BEGIN {_EVENT_ROW} END""",
 )
+
 
 # The fence is the counter plus one, or the clock in microseconds if that is
 # larger: a database file restored from an old copy never hands out a fence
-# below one it gave before.
+# below one it gave before. One statement, its history event included.
 _ACQUIRE = """
 INSERT INTO stormlock_leases
-    (resource, lease_id, principal, created, expires, note, fence)
-VALUES (:resource, :lease_id, :principal, :now, :expires, :note, :clock_fence)
+    (resource, lease_id, principal, created, expires, note, fence,
+     h_event, h_actor, h_source, h_at, h_keep)
+VALUES (:resource, :lease_id, :principal, :now, :expires, :note, :clock_fence,
+        :h_event, :h_actor, :h_source, :now, :h_keep)
 ON CONFLICT (resource) DO UPDATE SET
-    (lease_id, principal, created, expires, note, fence) = (
+    (lease_id, principal, created, expires, note, fence,
+     h_event, h_actor, h_source, h_at, h_keep) = (
         excluded.lease_id, excluded.principal, excluded.created, excluded.expires,
-        excluded.note, max(stormlock_leases.fence + 1, :clock_fence)
+        excluded.note, max(stormlock_leases.fence + 1, :clock_fence),
+        excluded.h_event, excluded.h_actor, excluded.h_source, excluded.h_at,
+        excluded.h_keep
     )
 WHERE stormlock_leases.lease_id IS NULL OR stormlock_leases.expires <= :now
 RETURNING fence
 """
 
 _RENEW = """
-UPDATE stormlock_leases SET expires = :expires
+UPDATE stormlock_leases SET expires = :expires,
+    h_event = :h_event, h_actor = :h_actor, h_source = :h_source,
+    h_at = :now, h_keep = :h_keep
 WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
 RETURNING resource, principal, created, lease_id, expires, note, fence
 """
 
 _RELEASE = """
-UPDATE stormlock_leases SET lease_id = NULL
+UPDATE stormlock_leases SET lease_id = NULL,
+    h_event = :h_event, h_actor = :h_actor, h_source = :h_source,
+    h_at = :now, h_keep = :h_keep
 WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
-RETURNING resource, principal, note, fence
+RETURNING fence
 """
-
-# History: written in the transaction of the change it records.
-_LOG = """
-INSERT INTO stormlock_history
-    (at, resource, event, principal, actor, note, fence, source, until)
-VALUES (:at, :resource, :event, :principal, :actor, :note, :fence, :source, :until)
-"""
-
-_TRIM = "DELETE FROM stormlock_history WHERE at < :cutoff"
 
 _HISTORY_OF = """
 SELECT at, resource, event, principal, actor, note, fence, source, until
@@ -176,7 +204,11 @@ class SQLite(LeaseBackend):
         self._ready = False
 
     capabilities = Capabilities(
-        Clock.HOST, timedelta(0), _FENCES, ONE_TRIP, history="same transaction"
+        Clock.HOST,
+        timedelta(0),
+        _FENCES,
+        ONE_TRIP,
+        history="same statement (a trigger)",
     )
 
     def _connect(self) -> sqlite3.Connection:
@@ -212,7 +244,17 @@ class SQLite(LeaseBackend):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _SCHEMA:
+                    conn.execute(_SCHEMA[0])
+                    # A database from before history: add the story columns.
+                    have = {
+                        row[1]
+                        for row in conn.execute("PRAGMA table_info(stormlock_leases)")
+                    }
+                    for column, kind in _STORY_COLUMNS.items():
+                        if column not in have:
+                            add = f"ADD COLUMN {column} {kind}"
+                            conn.execute(f"ALTER TABLE stormlock_leases {add}")
+                    for statement in _SCHEMA[1:]:
                         conn.execute(statement)
                 finally:
                     conn.execute("COMMIT")
@@ -234,8 +276,9 @@ class SQLite(LeaseBackend):
             try:
                 return conn.execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
-                # The schema is created on first use, not checked on every start.
-                if "no such table" not in str(exc):
+                # The schema is created (or brought up to date) on first use,
+                # not checked on every start.
+                if "no such table" not in str(exc) and "no column" not in str(exc):
                     raise
                 self._ensure_schema(conn)
                 return conn.execute(sql, params).fetchall()
@@ -244,45 +287,6 @@ class SQLite(LeaseBackend):
                 f"SQLite database {str(self.path)!r} failed: {exc}; "
                 "retry, or raise [backend.sqlite] timeout"
             ) from None
-
-    def _change(
-        self,
-        sql: str,
-        params: dict[str, object],
-        told: Story | None,
-        event: Callable[[sqlite3.Row], dict[str, object]],
-        trim: bool = False,
-    ) -> list[sqlite3.Row]:
-        """Run a changing statement; with `told`, in one transaction with the
-        event `event(row)` describes (nothing is recorded if nothing changed)."""
-        if told is None:
-            return self._run(sql, params)
-        conn = self._connect()
-        for attempt in range(2):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    rows = conn.execute(sql, params).fetchall()
-                    if rows:
-                        record = event(rows[0])
-                        record.setdefault("until", None)
-                        conn.execute(_LOG, {"source": told.source, **record})
-                        if trim:
-                            cutoff = time.time() - told.retention.total_seconds()
-                            conn.execute(_TRIM, {"cutoff": cutoff})
-                    conn.execute("COMMIT")
-                    return rows
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as exc:
-                if attempt or "no such table" not in str(exc):
-                    raise BackendUnavailable(
-                        f"SQLite database {str(self.path)!r} failed: {exc}; "
-                        "retry, or raise [backend.sqlite] timeout"
-                    ) from None
-                self._ensure_schema(conn)
-        raise AssertionError("unreachable")
 
     def setup(self) -> list[str]:
         try:
@@ -322,6 +326,18 @@ class SQLite(LeaseBackend):
             )
         ]
 
+    def _story_params(self, resource: str, event: str | None) -> dict[str, object]:
+        """What the history trigger records (all None: nothing)."""
+        told = self._story(resource)
+        if told is None:
+            return {"h_event": None, "h_actor": None, "h_source": None, "h_keep": None}
+        return {
+            "h_event": event or told.released_as(),
+            "h_actor": told.actor,
+            "h_source": told.source,
+            "h_keep": told.retention.total_seconds(),
+        }
+
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None
     ) -> tuple[bool, Lease | None]:
@@ -342,75 +358,33 @@ class SQLite(LeaseBackend):
             "expires": now + ttl.total_seconds(),
             "note": note,
             "clock_fence": int(now * 1_000_000),
+            **self._story_params(resource, ACQUIRED),
         }
-        told = self._story(resource)
-
-        def event(row: sqlite3.Row) -> dict[str, object]:
-            assert told is not None
-            return {
-                "at": now,
-                "resource": resource,
-                "event": ACQUIRED,
-                "principal": principal,
-                "actor": told.actor_for(principal),
-                "note": note,
-                "fence": row["fence"],
-                "until": params["expires"],
-            }
-
-        rows = self._change(_ACQUIRE, params, told, event, trim=True)
+        rows = self._run(_ACQUIRE, params)
         if rows:
             return True, lease._replace(fence=rows[0]["fence"])
         return False, None
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         now = time.time()
-        told = self._story(resource)
-
-        def event(row: sqlite3.Row) -> dict[str, object]:
-            assert told is not None
-            return {
-                "at": now,
-                "resource": resource,
-                "event": RENEWED,
-                "principal": row["principal"],
-                "actor": told.actor_for(row["principal"]),
-                "note": row["note"],
-                "fence": row["fence"],
-                "until": row["expires"],
-            }
-
         params: dict[str, object] = {
             "resource": resource,
             "lease_id": lease_id,
             "now": now,
             "expires": now + ttl.total_seconds(),
+            **self._story_params(resource, RENEWED),
         }
-        rows = self._change(_RENEW, params, told, event)
+        rows = self._run(_RENEW, params)
         return _lease(rows[0]) if rows else None
 
     def _release(self, resource: str, lease_id: str) -> bool:
-        now = time.time()
-        told = self._story(resource)
-
-        def event(row: sqlite3.Row) -> dict[str, object]:
-            assert told is not None
-            return {
-                "at": now,
-                "resource": resource,
-                "event": told.released_as(),
-                "principal": row["principal"],
-                "actor": told.actor_for(row["principal"]),
-                "note": row["note"],
-                "fence": row["fence"],
-            }
-
         params: dict[str, object] = {
             "resource": resource,
             "lease_id": lease_id,
-            "now": now,
+            "now": time.time(),
+            **self._story_params(resource, None),
         }
-        return bool(self._change(_RELEASE, params, told, event))
+        return bool(self._run(_RELEASE, params))
 
     def _history(
         self, resource: str | None, since: datetime | None, limit: int | None
