@@ -208,7 +208,7 @@ class SQLite(LeaseBackend):
         timedelta(0),
         _FENCES,
         ONE_TRIP,
-        history="same statement (a trigger)",
+        history="same statement, by trigger",
     )
 
     def _connect(self) -> sqlite3.Connection:
