@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import re
 import urllib.request
 from typing import Any, Protocol
 
@@ -26,7 +25,8 @@ METHOD = (
     "Round trips are counted at the server: Redis `INFO commandstats` "
     "(EVAL/EVALSHA calls for scripted operations), PostgreSQL "
     "`pg_stat_statements`, etcd's `grpc_server_handled_total`, the requests "
-    "moto served; SQLite (embedded) counts executed statements."
+    "moto served; SQLite (embedded) counts the statements it executes (a trigger runs "
+    "inside the statement that fired it)."
 )
 
 
@@ -114,14 +114,18 @@ class _Moto(_Total):
 
 
 class _SQLite(_Total):
+    """Statements the backend executes (it runs each through `_run`); a
+    trigger runs inside the statement that fired it."""
+
     def __init__(self, backend: Backend) -> None:
         self.count = 0
-        conn = backend._connect()  # type: ignore[attr-defined]
-        conn.set_trace_callback(self._seen)
+        run = backend._run  # type: ignore[attr-defined]
 
-    def _seen(self, statement: str) -> None:
-        if not re.match(r"\s*PRAGMA", statement):
+        def counted(*args: Any, **kwargs: Any) -> Any:
             self.count += 1
+            return run(*args, **kwargs)
+
+        backend._run = counted  # type: ignore[attr-defined]
 
     def read(self) -> float:
         return float(self.count)
