@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from .errors import (
     EXIT_EXPIRED,
@@ -28,7 +28,9 @@ from .errors import (
     UnsupportedOperation,
     one_line,
 )
-from .history import DEFAULT_RETENTION, Event, Story, story, with_expiries
+
+if TYPE_CHECKING:  # history is imported when a change is recorded, not at start-up
+    from .history import Event, Story
 
 MAX_RESOURCE_LENGTH = 200
 MAX_NOTE_LENGTH = 1000
@@ -255,7 +257,7 @@ class Backend(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     #: How long events are kept (`history` in [default]); None: no history.
-    history_retention: timedelta | None = DEFAULT_RETENTION
+    history_retention: timedelta | None = timedelta(days=90)  # DEFAULT_RETENTION
 
     # -- the five operations of the original contract --------------------
 
@@ -528,6 +530,8 @@ class LeaseBackend(Backend):
         (history is off, or the resource is one of the bot's own records)."""
         if resource.startswith(".stormlock/"):  # names.RECORD_PREFIX
             return None
+        from .history import story
+
         return story(self.history_retention)
 
     def _history(
@@ -622,7 +626,7 @@ class LeaseBackend(Backend):
         principal: str | None = None,
         limit: int | None = None,
     ) -> list[Event]:
-        from .history import filtered
+        from .history import filtered, with_expiries
 
         # A derived expiry needs the event before it: read one more. With a
         # principal, the last N about them may lie further back: read all.

@@ -12,7 +12,6 @@ from typing import NoReturn
 from . import errors
 from .backend import Backend, Feature
 from .config import Config, load_config
-from .history import set_default_source
 from .lock import StormLock, list_all, lock_from_config
 from .names import validate_resource
 from .render import (
@@ -300,6 +299,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise errors.UsageError(
                 "run needs a command: stormlock run RESOURCE -- COMMAND"
             )
+    if args.cmd in ("acquire", "release", "renew", "run"):
+        from .history import set_default_source  # changes are recorded
+
+        set_default_source("cli")
     lock = _lock(config, args.resource)
     try:
         if args.cmd == "acquire":
@@ -356,7 +359,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         list(sys.argv[1:] if argv is None else argv)
     )
     args = _build_parser().parse_args(arguments)
-    set_default_source("cli")
     if command is not None:
         args.command_after_dashes = command
     return errors.run_main(PROG, lambda: _dispatch(args))

@@ -22,6 +22,7 @@ from .ttl import parse_duration
 
 DEFAULT_BACKEND = "sqlite"
 DEFAULT_TTL = timedelta(days=1)
+DEFAULT_HISTORY = timedelta(days=90)  # stormlock.history.DEFAULT_RETENTION
 DEFAULT_SECTION = "default"
 BOT_SECTION = "bot"
 BACKEND_PREFIX = "backend."
@@ -125,6 +126,21 @@ class Config:
             ttl=ttl,
             max_ttl=max_ttl,
         )
+
+    def history_retention(self) -> timedelta | None:
+        """`history = 90 days` in [default], or `none`: keep no history."""
+        raw = self.value(None, "history")
+        if raw is None:
+            return DEFAULT_HISTORY
+        if raw.strip().lower() in ("none", "off", "no", "0"):
+            return None
+        try:
+            return parse_duration(raw)
+        except InvalidTTL as exc:
+            raise ConfigError(
+                f"{self.source}: [default] history = {raw!r}: {exc}; "
+                "or write 'none' to keep no history"
+            ) from None
 
     @property
     def default_backend(self) -> str:

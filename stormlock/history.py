@@ -119,23 +119,6 @@ def story(retention: timedelta | None) -> Story | None:
     return Story(context.actor, source, context.forced, retention)
 
 
-def parse_retention(raw: str | None, where: str) -> timedelta | None:
-    """`history = 90 days` or `none`; raises ConfigError on anything else."""
-    from .errors import ConfigError, InvalidTTL
-    from .ttl import parse_duration
-
-    if raw is None:
-        return DEFAULT_RETENTION
-    if raw.strip().lower() in ("none", "off", "no", "0"):
-        return None
-    try:
-        return parse_duration(raw)
-    except InvalidTTL as exc:
-        raise ConfigError(
-            f"{where}: history = {raw!r}: {exc}; or write 'none' to keep no history"
-        ) from None
-
-
 def with_expiries(events: Iterable[Event], now: datetime) -> list[Event]:
     """Events (oldest first, as stored) in time order, with an `expired`
     event derived for each lease that ended at its `until` without a

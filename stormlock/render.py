@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import Lease, iso
 from .errors import one_line
-from .history import FIELDS, Event
+
+if TYPE_CHECKING:
+    from .history import Event
 
 
 def short_time(moment: datetime | None) -> str:
@@ -129,6 +131,8 @@ def history_json(events: Sequence[Event]) -> str:
 def history_csv(events: Sequence[Event]) -> str:
     import csv
     import io
+
+    from .history import FIELDS
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

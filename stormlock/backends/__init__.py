@@ -93,10 +93,7 @@ def build_backend(
     """Build backend `name` from INI-style string options."""
     backend = _construct(name, options, config)
     if config is not None:
-        from ..history import parse_retention
-
-        raw = config.value(None, "history")
-        backend.history_retention = parse_retention(raw, f"{config.source}: [default]")
+        backend.history_retention = config.history_retention()
     return backend
 
 

@@ -13,10 +13,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, StormlockError
-from ..history import ACQUIRED, RENEWED, Event
 from ..paths import default_state_dir
 
 # What the statement that changed a row asks its history trigger to record
@@ -156,7 +156,13 @@ def _moment(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+if TYPE_CHECKING:
+    from ..history import Event
+
+
 def _event(row: sqlite3.Row) -> Event:
+    from ..history import Event
+
     return Event(
         _moment(row["at"]),
         row["resource"],
@@ -358,7 +364,7 @@ class SQLite(LeaseBackend):
             "expires": now + ttl.total_seconds(),
             "note": note,
             "clock_fence": int(now * 1_000_000),
-            **self._story_params(resource, ACQUIRED),
+            **self._story_params(resource, "acquired"),
         }
         rows = self._run(_ACQUIRE, params)
         if rows:
@@ -372,7 +378,7 @@ class SQLite(LeaseBackend):
             "lease_id": lease_id,
             "now": now,
             "expires": now + ttl.total_seconds(),
-            **self._story_params(resource, RENEWED),
+            **self._story_params(resource, "renewed"),
         }
         rows = self._run(_RENEW, params)
         return _lease(rows[0]) if rows else None
