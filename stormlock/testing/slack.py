@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -242,7 +243,23 @@ def running_bot(
         try:
             yield BotServer(url, slack, executor.process, config, log_path)  # type: ignore[arg-type]
         finally:
-            executor.stop()
+            _stop_gracefully(executor, url)
+
+
+def _stop_gracefully(executor: HTTPExecutor, url: str) -> None:
+    """SIGTERM, as Kubernetes sends, then a knock on the port until the bot
+    is gone: a gunicorn worker notices SIGTERM only when its poll wakes (up
+    to a second later, for each of the hundreds of bots the tests start)."""
+    process = executor.process
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                requests.get(url + "/healthz", timeout=0.2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(0.05)
+    executor.stop()
 
 
 def text_of(call: Call) -> str:

@@ -119,7 +119,7 @@ def test_a_long_retry_after_is_honoured_without_blocking_anyone(
     slack.fail_next(
         "chat.postMessage",
         429,
-        {"Retry-After": "6"},
+        {"Retry-After": "5"},
         {"ok": False, "error": "ratelimited"},
     )
     fast_bot.reply(ALICE, "acquire db 1h")

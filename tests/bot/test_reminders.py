@@ -89,6 +89,7 @@ def test_warning_arrives_once_before_expiry_with_working_buttons(
     assert len(dms_to(fast_bot.slack, ALICE.id, "expires")) == 1
 
 
+@pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
 def test_renewing_plans_the_next_warning_from_the_new_expiry(
     fast_bot: BotServer,
 ) -> None:
