@@ -285,9 +285,17 @@ def lease_history(
         names = [config.settings(resource).backend]
     else:
         names = config.backend_names()
+    from .backend import Feature
+
     events: list[HistoryEvent] = []
+    kept = 0
     for name in names:
         with config.backend(name) as backend:
+            if resource is None and not backend.supports(Feature.HISTORY):
+                continue  # a plugin without history: the others still answer
             events += backend.history(resource, since, principal, limit)
+            kept += 1
+    if not kept:
+        raise UnsupportedOperation(f"the {', '.join(names)} backend keeps no history")
     events.sort(key=lambda event: event.time)
     return events[-limit:] if limit else events

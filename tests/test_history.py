@@ -171,3 +171,22 @@ def test_a_database_from_before_history_is_brought_up_to_date(
     events = cli("history", "db", "-f", "json", env=env).stdout.splitlines()
     assert [json.loads(e)["event"] for e in events] == ["acquired", "released"]
     assert json.loads(events[0])["fence"] > 41, "the fence kept counting"
+
+
+def test_history_of_all_skips_a_backend_without_it(
+    cli: CliRunner, home: Path, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config(
+        f"[backend.sqlite]\npath = {home / 'l.db'}\n"
+        "[legacy]\nbackend = jsonfile\n"
+        f"[backend.jsonfile]\npath = {home / 'leases.json'}\n"
+    )
+    env = {"STORMLOCK_CONFIG": str(path)}
+    assert cli("acquire", "legacy", env=env).returncode == 0
+    assert cli("acquire", "db", env=env).returncode == 0
+    result = cli("history", "-f", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["resource"] for line in result.stdout.splitlines()] == [
+        "db"
+    ]
+    assert cli("history", "legacy", env=env).returncode == 72
