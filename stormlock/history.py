@@ -17,9 +17,9 @@ process's default source (`set_default_source("cli")` in the CLI).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 ACQUIRED = "acquired"
@@ -179,5 +179,18 @@ def filtered(
     return kept[-limit:] if limit else kept
 
 
-def utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+def from_row(row: Any, moment: Callable[[Any], datetime]) -> Event:
+    """An event from a SQL row of the history table; `moment` turns the
+    row's time values into datetimes."""
+    until = row["until"]
+    return Event(
+        moment(row["at"]),
+        row["resource"],
+        row["event"],
+        row["principal"] or "",
+        row["actor"] or "",
+        row["note"],
+        row["fence"] or 0,
+        row["source"] or "",
+        moment(until) if until is not None else None,
+    )

@@ -39,8 +39,9 @@ MISS_NOTE = (
 )
 
 
-def _peak_rss_kb(pid: int) -> int:
-    """Peak RSS (VmHWM) of a process and its children, in KiB."""
+def process_memory_kb(pid: int, field: str = "VmHWM") -> int:
+    """A /proc status field (VmHWM: peak RSS, VmRSS: now) of a process and
+    its children (a gunicorn master and its workers), in KiB."""
     total = 0
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
@@ -50,7 +51,7 @@ def _peak_rss_kb(pid: int) -> int:
         status = Path(f"/proc/{each}/status")
         if status.exists():
             for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1])
     return total
 
@@ -132,7 +133,7 @@ def section(
                     results = list(pool.map(send, [kind] * requests_per_level))
                 times = [t for t, _ in results]
                 errors = sum(1 for _, ok in results if not ok)
-                peak = max(peak, _peak_rss_kb(bot.process.pid))
+                peak = max(peak, process_memory_kb(bot.process.pid))
                 p99 = percentile(times, 99)
                 verdict = ""
                 if concurrency == 16:

@@ -28,6 +28,7 @@ from typing import Any, cast
 import requests
 from mirakuru import TCPExecutor
 
+from bench.scenarios.bot_latency import process_memory_kb
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.env import clean_env
 from stormlock.testing.localslack import LocalSlack
@@ -101,19 +102,7 @@ class Answers:
 
 
 def _rss_mib(pid: int) -> float:
-    """Resident memory of a gunicorn master and its workers."""
-    total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for each in pids:
-        status = Path(f"/proc/{each}/status")
-        if status.exists():
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
+    return process_memory_kb(pid, "VmRSS") / 1024
 
 
 class Loop:

@@ -261,27 +261,33 @@ class DynamoDB(LeaseBackend):
                 return events[:limit] if limit else events
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def _setup_history(self, client: Any, done: list[str]) -> None:
-        name = self.history_table.name
+    @staticmethod
+    def _create(
+        client: Any,
+        name: str,
+        keys: list[tuple[str, str, str]],
+        index: str,
+        index_keys: list[tuple[str, str, str]],
+        done: list[str],
+    ) -> None:
+        """Create table `name` with an index (each key: attribute, type,
+        HASH or RANGE) unless it exists; wait until it is usable."""
+
+        def schema(of: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+            return [{"AttributeName": a, "KeyType": role} for a, _, role in of]
+
+        kinds = {attribute: kind for attribute, kind, _ in keys + index_keys}
         try:
             client.create_table(
                 TableName=name,
                 AttributeDefinitions=[
-                    {"AttributeName": "resource", "AttributeType": "S"},
-                    {"AttributeName": "at", "AttributeType": "N"},
-                    {"AttributeName": "all", "AttributeType": "S"},
+                    {"AttributeName": a, "AttributeType": k} for a, k in kinds.items()
                 ],
-                KeySchema=[
-                    {"AttributeName": "resource", "KeyType": "HASH"},
-                    {"AttributeName": "at", "KeyType": "RANGE"},
-                ],
+                KeySchema=schema(keys),
                 GlobalSecondaryIndexes=[
                     {
-                        "IndexName": _HISTORY_INDEX,
-                        "KeySchema": [
-                            {"AttributeName": "all", "KeyType": "HASH"},
-                            {"AttributeName": "at", "KeyType": "RANGE"},
-                        ],
+                        "IndexName": index,
+                        "KeySchema": schema(index_keys),
                         "Projection": {"ProjectionType": "ALL"},
                     }
                 ],
@@ -293,6 +299,10 @@ class DynamoDB(LeaseBackend):
         client.get_waiter("table_exists").wait(
             TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
         )
+
+    @staticmethod
+    def _purge_with_ttl(client: Any, name: str, why: str, done: list[str]) -> None:
+        """DynamoDB TTL on `purge_at` for table `name`, unless already on."""
         ttl = client.describe_time_to_live(TableName=name)
         status = ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus")
         if status not in ("ENABLED", "ENABLING"):
@@ -300,51 +310,31 @@ class DynamoDB(LeaseBackend):
                 TableName=name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"},
             )
-            done.append(f"dynamodb: enabled TTL on {name} (history retention)")
+            done.append(f"dynamodb: enabled TTL on purge_at of {name} ({why})")
 
     def setup(self) -> list[str]:
         client = self.resource.meta.client
         done: list[str] = []
+        history = self.history_table.name
         with self._errors():
-            try:
-                client.create_table(
-                    TableName=self.table_name,
-                    AttributeDefinitions=[
-                        {"AttributeName": "resource", "AttributeType": "S"},
-                        {"AttributeName": "active", "AttributeType": "S"},
-                        {"AttributeName": "expires", "AttributeType": "N"},
-                    ],
-                    KeySchema=[{"AttributeName": "resource", "KeyType": "HASH"}],
-                    GlobalSecondaryIndexes=[
-                        {
-                            "IndexName": _INDEX,
-                            "KeySchema": [
-                                {"AttributeName": "active", "KeyType": "HASH"},
-                                {"AttributeName": "expires", "KeyType": "RANGE"},
-                            ],
-                            "Projection": {"ProjectionType": "ALL"},
-                        }
-                    ],
-                    BillingMode="PAY_PER_REQUEST",
-                )
-                done.append(f"dynamodb: created table {self.table_name}")
-            except client.exceptions.ResourceInUseException:
-                done.append(f"dynamodb: table {self.table_name} exists")
-            client.get_waiter("table_exists").wait(
-                TableName=self.table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+            self._create(
+                client,
+                self.table_name,
+                [("resource", "S", "HASH")],
+                _INDEX,
+                [("active", "S", "HASH"), ("expires", "N", "RANGE")],
+                done,
             )
-            ttl = client.describe_time_to_live(TableName=self.table_name)
-            status = ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus")
-            if status not in ("ENABLED", "ENABLING"):
-                client.update_time_to_live(
-                    TableName=self.table_name,
-                    TimeToLiveSpecification={
-                        "Enabled": True,
-                        "AttributeName": "purge_at",
-                    },
-                )
-                done.append("dynamodb: enabled TTL on purge_at (idle items, 30 days)")
-            self._setup_history(client, done)
+            self._purge_with_ttl(client, self.table_name, "idle items, 30 days", done)
+            self._create(
+                client,
+                history,
+                [("resource", "S", "HASH"), ("at", "N", "RANGE")],
+                _HISTORY_INDEX,
+                [("all", "S", "HASH"), ("at", "N", "RANGE")],
+                done,
+            )
+            self._purge_with_ttl(client, history, "history retention", done)
         return done
 
     def _acquire(

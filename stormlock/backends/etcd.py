@@ -515,6 +515,19 @@ class Etcd(LeaseBackend):
             return None
         return kv, lease, value
 
+    def _if_unchanged(
+        self, kv: dict[str, Any], success: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Run `success` in one transaction if the key `kv` was read from is
+        still as it was read."""
+        compare = {
+            "key": kv["key"],
+            "result": "EQUAL",
+            "target": "MOD",
+            "mod_revision": kv["mod_revision"],
+        }
+        return self._call("/v3/kv/txn", {"compare": [compare], "success": success})
+
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         owned = self._owned(resource, lease_id)
         if owned is None:
@@ -524,32 +537,22 @@ class Etcd(LeaseBackend):
         etcd_lease, granted = self._grant(ttl)
         renewed = lease._replace(expires=datetime.now(UTC) + timedelta(seconds=granted))
         key = _b64(self._key(resource))
-        data = self._call(
-            "/v3/kv/txn",
-            {
-                "compare": [
-                    {
+        data = self._if_unchanged(
+            kv,
+            [
+                {
+                    "request_put": {
                         "key": key,
-                        "result": "EQUAL",
-                        "target": "MOD",
-                        "mod_revision": kv["mod_revision"],
+                        "value": self._value(
+                            renewed, etcd_lease, int(value.get("epoch", 0))
+                        ),
+                        "lease": etcd_lease,
                     }
-                ],
-                "success": [
-                    {
-                        "request_put": {
-                            "key": key,
-                            "value": self._value(
-                                renewed, etcd_lease, int(value.get("epoch", 0))
-                            ),
-                            "lease": etcd_lease,
-                        }
-                    },
-                    *self._log_ops(
-                        self._story(resource), RENEWED, renewed, None, renewed.expires
-                    ),
-                ],
-            },
+                },
+                *self._log_ops(
+                    self._story(resource), RENEWED, renewed, None, renewed.expires
+                ),
+            ],
         )
         if not data.get("succeeded"):
             self._revoke_quietly(etcd_lease)
@@ -571,22 +574,12 @@ class Etcd(LeaseBackend):
         # With history: delete the key and record the event in one
         # transaction, then give back the etcd lease.
         key = _b64(self._key(resource))
-        data = self._call(
-            "/v3/kv/txn",
-            {
-                "compare": [
-                    {
-                        "key": key,
-                        "result": "EQUAL",
-                        "target": "MOD",
-                        "mod_revision": kv["mod_revision"],
-                    }
-                ],
-                "success": [
-                    {"request_delete_range": {"key": key}},
-                    *self._log_ops(told, told.released_as(), lease, None, None),
-                ],
-            },
+        data = self._if_unchanged(
+            kv,
+            [
+                {"request_delete_range": {"key": key}},
+                *self._log_ops(told, told.released_as(), lease, None, None),
+            ],
         )
         self._revoke_quietly(str(value["etcd_lease"]))
         return bool(data.get("succeeded"))

@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, ConfigError, InvalidInput, StormlockError
-from ..history import ACQUIRED, RENEWED, Event
+from ..history import ACQUIRED, RENEWED, Event, from_row
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
@@ -208,17 +208,7 @@ ORDER BY resource
 
 
 def _event(row: dict[str, Any]) -> Event:
-    return Event(
-        row["at"],
-        row["resource"],
-        row["event"],
-        row["principal"] or "",
-        row["actor"] or "",
-        row["note"],
-        row["fence"] or 0,
-        row["source"] or "",
-        row["until"],
-    )
+    return from_row(row, lambda moment: moment)  # psycopg gives datetimes
 
 
 def _lease(row: dict[str, Any]) -> Lease:

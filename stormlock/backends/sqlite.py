@@ -161,19 +161,9 @@ if TYPE_CHECKING:
 
 
 def _event(row: sqlite3.Row) -> Event:
-    from ..history import Event
+    from ..history import from_row
 
-    return Event(
-        _moment(row["at"]),
-        row["resource"],
-        row["event"],
-        row["principal"] or "",
-        row["actor"] or "",
-        row["note"],
-        row["fence"] or 0,
-        row["source"] or "",
-        _moment(row["until"]) if row["until"] is not None else None,
-    )
+    return from_row(row, _moment)
 
 
 def _lease(row: sqlite3.Row) -> Lease:

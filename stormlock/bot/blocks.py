@@ -408,6 +408,17 @@ def home(
     return {"type": "home", "blocks": _render(blocks)}
 
 
+def home_of(
+    drawn: core.Home | core.Problem,
+    namer: Namer,
+    renew_choices: Callable[[Lease], Sequence[timedelta]],
+) -> dict[str, Any]:
+    """The App Home view of what the core drew (or of why it could not)."""
+    if isinstance(drawn, core.Problem):
+        return {"type": "home", "blocks": problem(drawn.text).blocks}
+    return home(drawn.everyone, drawn.mine, namer, renew_choices, drawn.recent)
+
+
 def warning(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
     """A DM to the holder before expiry, with Renew and Release."""
     text = (

@@ -155,6 +155,15 @@ class ForcedOff:
 Notice = TookLease | GaveUpLease | ForcedOff
 
 
+@dataclass(frozen=True)
+class Home:
+    """What a person's App Home shows."""
+
+    everyone: Sequence[Lease]
+    mine: Sequence[Lease]
+    recent: Sequence[Event]
+
+
 @dataclass
 class Outcome:
     answer: Answer
@@ -171,6 +180,9 @@ class Outcome:
 
 # `/stormlock history` shows this many of the resource's last events.
 HISTORY_SHOWN = 20
+# The App Home shows your last few leases, found among the last events.
+HOME_RECENT = 5
+HOME_SCAN = 500
 
 UNREACHABLE = (
     "The lease store is unreachable, so nothing changed. Try again in a moment."
@@ -207,6 +219,21 @@ class Core:
         except Exception:
             log.exception("%s failed", ask.command.name)
             return Outcome(Problem(OUR_FAULT), "error")
+
+    def home(self, user_id: str) -> Home | Problem:
+        """The App Home of `user_id`, or the problem that stopped drawing it."""
+        try:
+            person = self.people.person(user_id)
+            everyone = self.service.list_leases()
+        except StormlockError as exc:
+            return Problem(str(exc))
+        mine = [lease for lease in everyone if person.is_principal(lease.principal)]
+        try:
+            recent = self.service.recent_of(person, HOME_SCAN, HOME_RECENT)
+        except StormlockError as exc:  # the rest of the Home still helps
+            log.warning("App Home history: %s", exc)
+            recent = []
+        return Home(everyone, mine, recent)
 
     def renew_offer(
         self, lease: Lease, asked: timedelta | None = None

@@ -45,9 +45,7 @@ log = logging.getLogger(__name__)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 # Changes within this long redraw the boards once.
 BOARD_BATCH = 1.0
-# The App Home shows your last few leases, found among the last events.
-HOME_RECENT = 5
-HOME_SCAN = 500
+
 
 Reply = Callable[[Message, Answer | None], None]
 """Sends the asker a message; told which answer it renders, if any."""
@@ -250,21 +248,8 @@ class Pipeline:
         )
 
     def _draw_home(self, user_id: str) -> None:
-        try:
-            person = self.directory.person(user_id)
-            everyone = self.service.list_leases()
-        except StormlockError as exc:
-            view = {"type": "home", "blocks": blocks.problem(str(exc)).blocks}
-        else:
-            mine = [lease for lease in everyone if person.is_principal(lease.principal)]
-            try:
-                recent = self.service.recent_of(person, HOME_SCAN, HOME_RECENT)
-            except StormlockError as exc:  # the rest of the Home still helps
-                log.warning("App Home history: %s", exc)
-                recent = []
-            view = blocks.home(
-                everyone, mine, self.directory.display, self.core.renew_offer, recent
-            )
+        drawn = self.core.home(user_id)
+        view = blocks.home_of(drawn, self.directory.display, self.core.renew_offer)
         self.outbox.publish_now(user_id, view)
 
 

@@ -139,19 +139,8 @@ class Shell:
 
     def home(self) -> None:
         self.buttons.clear()
-        person = self.people.person(self.user)
-        try:
-            everyone = self.service.list_leases()
-        except StormlockError as exc:
-            self._message(
-                f"App Home of {self.people.name(self.user)}", blocks.problem(str(exc))
-            )
-            return
-        mine = [lease for lease in everyone if person.is_principal(lease.principal)]
-        recent = self.service.recent_of(person, 500, 5)
-        view = blocks.home(
-            everyone, mine, self.people.display, self.core.renew_offer, recent
-        )
+        drawn = self.core.home(self.user)
+        view = blocks.home_of(drawn, self.people.display, self.core.renew_offer)
         self.show(
             f"App Home of {self.people.name(self.user)}", view["blocks"], Via.HOME
         )
