@@ -56,6 +56,7 @@ class Hold:
         confirmed_at: float,
         on_lost: Callable[[Hold], None] | None = None,
         lead: float = 0.0,
+        on_renewed: Callable[[Hold], None] | None = None,
     ) -> None:
         self.lock = lock
         self.lease = lease
@@ -64,6 +65,7 @@ class Hold:
         """Set once the lease is lost, or can no longer be counted on."""
         self.lost_reason: str | None = None
         self._on_lost = on_lost
+        self._on_renewed = on_renewed
         self._lead = lead
         self._margin = safety_margin(ttl)
         self._expires_at = confirmed_at + ttl.total_seconds()
@@ -104,6 +106,8 @@ class Hold:
                 self.lease = lease
                 self._expires_at = started + self.ttl.total_seconds()
                 self._changed.notify_all()
+            if self._on_renewed is not None:
+                self._on_renewed(self)
             wait = period
 
     def _wait_stop(self, seconds: float) -> bool:
@@ -156,17 +160,20 @@ def hold(
     wait: timedelta | None = None,
     on_lost: Callable[[Hold], None] | None = None,
     lead: float = 0.0,
+    on_renewed: Callable[[Hold], None] | None = None,
 ) -> Iterator[Hold]:
     """Acquire, keep renewing while the block runs, then release.
 
     `on_lost(hold)` runs (in a background thread) when the lease is lost or
     `lead` seconds before it can no longer be counted on; `hold.lost` is set
-    then too. Releasing at the end is attempted even after a loss: it frees
-    the resource sooner if the lease is still ours, and changes nothing if not.
+    then too; `on_renewed(hold)` after each renewal the store confirmed
+    (`hold.deadline` has moved). Releasing at the end is attempted even after
+    a loss: it frees the resource sooner if the lease is still ours, and
+    changes nothing if not.
     """
     ttl = ttl or lock.ttl
     lease, confirmed_at = lock.acquire_timed(ttl, note, wait)
-    held = Hold(lock, lease, ttl, confirmed_at, on_lost, lead)
+    held = Hold(lock, lease, ttl, confirmed_at, on_lost, lead, on_renewed)
     held._start()
     try:
         yield held

@@ -1,8 +1,9 @@
 """`stormlock run`: hold a lease for exactly as long as a command runs.
 
-The command is stopped (SIGTERM, then SIGKILL after a grace period) before
-the lease can expire, even while the store does not answer: see hold.py for
-the watchdog, its safety margin and its clock assumption.
+The command's whole process tree is stopped (SIGTERM, then SIGKILL after a
+grace period) before the lease can expire, even while the store does not
+answer (see hold.py for the watchdog, its safety margin and its clock
+assumption) and even if this process dies (see guard.py).
 """
 
 from __future__ import annotations

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from stormlock import LockHeldException
+from stormlock.testing.backends import BackendConfig
 from stormlock.testing.env import STORMLOCK, CliRunner, clean_env
 from tests.support import wait_until
 
@@ -128,3 +132,109 @@ def test_missing_command_releases_the_lease(cli: CliRunner) -> None:
     assert result.returncode == 127
     assert "cannot run" in result.stderr
     assert cli("current", "nocmd").returncode == 1
+
+
+# -- the whole process tree ------------------------------------------------------
+
+# The command starts a grandchild that ignores SIGTERM (a provider, a worker),
+# records both pids, and waits (or, with "exit", leaves it behind).
+TREE = (
+    'sh -c \'trap "" TERM; echo $$ > gc.tmp && mv gc.tmp gc; '
+    "while :; do sleep 0.05; done' & "
+    "echo $$ > pid.tmp && mv pid.tmp pid; while [ ! -e gc ]; do sleep 0.01; done; "
+    'echo "$STORMLOCK_LEASE_ID" > id.tmp && mv id.tmp id; '
+    '[ "$1" = exit ] || wait'
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _tree(home: Path) -> list[int]:
+    wait_until(lambda: (home / "id").exists(), timeout=30)
+    return [int((home / name).read_text()) for name in ("pid", "gc")]
+
+
+def _kill_left(pids: list[int]) -> None:
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)  # a failed test must not leave them
+
+
+def _start_run_with(
+    home: Path, config: BackendConfig, *args: str
+) -> subprocess.Popen[str]:
+    path = home / "stormlock.cfg"
+    path.write_text(config.ini())
+    return start_run(home, "-c", str(path), *args)
+
+
+def test_a_lost_lease_stops_the_grandchildren_too(
+    home: Path, backend_config: BackendConfig
+) -> None:
+    proc = _start_run_with(
+        home, backend_config, "tree", "-t", "4s", "--", "sh", "-c", TREE, "sh"
+    )
+    pids = _tree(home)
+    try:
+        lease_id = (home / "id").read_text().strip()
+        with backend_config.create() as other:
+            assert other.release_lease("tree", lease_id) is not False
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 71, stderr
+        assert not any(_alive(pid) for pid in pids), "the tree outlived run"
+    finally:
+        proc.kill()
+        _kill_left(pids)
+
+
+def test_leftovers_are_stopped_before_the_lease_is_released(
+    home: Path, cli: CliRunner
+) -> None:
+    proc = start_run(home, "left", "-t", "8s", "--", "sh", "-c", TREE, "sh", "exit")
+    pids = _tree(home)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert not any(_alive(pid) for pid in pids), "a leftover outlived run"
+        assert cli("current", "left").returncode == 1, "released after the tree"
+    finally:
+        proc.kill()
+        _kill_left(pids)
+
+
+def test_a_sigkilled_run_still_stops_its_tree_before_the_lease_expires(
+    home: Path, backend_config: BackendConfig
+) -> None:
+    proc = _start_run_with(
+        home, backend_config, "orphan", "-t", "3s", "--", "sh", "-c", TREE, "sh"
+    )
+    pids = _tree(home)
+    try:
+        proc.kill()  # SIGKILL: no handler of run's runs
+        proc.communicate(timeout=30)
+        with backend_config.create() as other:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    other.acquire_lease("orphan", "bob", timedelta(minutes=1))
+                    break
+                except LockHeldException:
+                    assert time.monotonic() < deadline, "the lease never expired"
+                    time.sleep(0.02)
+        assert not any(_alive(pid) for pid in pids), "it ran when bob took the lease"
+    finally:
+        _kill_left(pids)
+
+
+def test_the_command_runs_in_a_process_group_of_its_own(cli: CliRunner) -> None:
+    pgid = 'cut -d" " -f5 /proc/$$/stat; cut -d" " -f5 /proc/$PPID/stat'
+    result = cli("run", "pg", "--", "sh", "-c", pgid)
+    assert result.returncode == 0, result.stderr
+    own, parents = result.stdout.split()
+    assert own != parents
