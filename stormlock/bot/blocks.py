@@ -7,6 +7,7 @@ ids appear only in `acquired` (shown to the acquirer alone).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,8 +51,17 @@ Namer = Callable[[str], str]
 
 @dataclass(frozen=True)
 class Message:
+    """What Slack is sent. `text` is given as plain text (it is the fallback
+    Slack shows in notifications) and escaped here; block texts interpolate
+    user text through `escape`, and are checked here once more: no message
+    of ours ever broadcasts (`<!here>`, `<!channel>`, a user group) or links."""
+
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", escape(self.text))
+        object.__setattr__(self, "blocks", [_defused(block) for block in self.blocks])
 
     def kwargs(self) -> dict[str, Any]:
         return {"text": self.text, "blocks": self.blocks}
@@ -59,6 +69,20 @@ class Message:
 
 def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# Of Slack's `<...>` markup, ours is only `<@USER>` (namer) and `<!date^...>`.
+_FOREIGN_MARKUP = re.compile(r"<(?!@[UW][A-Z0-9]+>|!date\^)")
+
+
+def _defused(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("type") == "mrkdwn" and isinstance(node.get("text"), str):
+            return {**node, "text": _FOREIGN_MARKUP.sub("&lt;", node["text"])}
+        return {key: _defused(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_defused(item) for item in node]
+    return node
 
 
 def when(moment: datetime | None) -> str:
@@ -249,12 +273,13 @@ def current(resource: str, lease: Lease | None, namer: Namer) -> Message:
 
 
 def is_held(resource: str, active: bool) -> Message:
-    text = (
-        f":white_check_mark: That lease is the active lease of *{escape(resource)}*."
-        if active
-        else f":x: That lease is not active on *{escape(resource)}*."
-    )
-    return Message(text, _render([_section(text)]))
+    if active:
+        said = "That lease is the active lease of {}."
+        icon = ":white_check_mark:"
+    else:
+        said, icon = "That lease is not active on {}.", ":x:"
+    text = f"{icon} " + said.format(f"*{escape(resource)}*")
+    return Message(said.format(resource), _render([_section(text)]))
 
 
 def _lease_sections(
@@ -460,10 +485,11 @@ def free_now(resource: str) -> Message:
 
 def waiting(resource: str, cancelled: bool = False) -> Message:
     if cancelled:
-        text = f":no_bell: You are off the wait list of *{escape(resource)}*."
+        said, icon = "You are off the wait list of {}.", ":no_bell:"
     else:
-        text = f":bell: I'll DM you when *{escape(resource)}* is free."
-    return Message(text, _render([_section(text)]))
+        said, icon = "I'll DM you when {} is free.", ":bell:"
+    text = f"{icon} " + said.format(f"*{escape(resource)}*")
+    return Message(said.format(resource), _render([_section(text)]))
 
 
 def board(leases: Sequence[Lease], namer: Namer) -> Message:
