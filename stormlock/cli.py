@@ -167,13 +167,25 @@ def _backend(config: Config, name: str) -> Backend:
 
 
 def _lock(config: Config, resource: str) -> StormLock:
-    validate_resource(resource)
+    resource = validate_resource(resource)
     backend = _backend(config, config.settings(resource).backend)
     return lock_from_config(config, resource, backend)
 
 
 def _err(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _private_store_note(backend: Backend) -> None:
+    """With no config file the leases live in a file of this user's: say so,
+    or two people on one host would both "hold" prod-db."""
+    path = getattr(backend, "path", None)
+    if getattr(backend, "implicit", False):
+        _err(
+            f"note: no config file, so this lease is in {path}, private to this "
+            "user on this host; to share leases, configure a shared backend "
+            "(README: Configuration)"
+        )
 
 
 def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> int:
@@ -254,7 +266,7 @@ def _since(text: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise errors.UsageError(
+        raise errors.InvalidTTL(
             f"--since {text!r} is neither a duration (7d, 2h) nor an ISO time "
             "(2026-11-28T09:00Z)"
         ) from None
@@ -269,7 +281,7 @@ def _history(config: Config, args: argparse.Namespace) -> int:
         raise errors.UsageError("--limit must be 0 (all) or more")
     since = _since(args.since)
     if args.resource is not None:
-        validate_resource(args.resource)
+        args.resource = validate_resource(args.resource)
     events = lease_history(
         args.resource, since, args.principal, args.limit or None, config
     )
@@ -305,8 +317,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         set_default_source("cli")
     lock = _lock(config, args.resource)
     try:
+        implicit = config.path is None
         if args.cmd == "acquire":
-            return _acquire(lock, args, config.settings(args.resource).backend)
+            code = _acquire(lock, args, config.settings(lock.resource).backend)
+            if implicit:
+                _private_store_note(lock.backend)
+            return code
         if args.cmd == "release":
             if lock.release(args.lease_id) is False:
                 _err(f"that lease is not active on {lock.resource!r}; nothing released")
@@ -321,8 +337,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.cmd == "run":
             from .runner import run_command
 
+            started = (lambda: _private_store_note(lock.backend)) if implicit else None
             return run_command(
-                lock, command, _ttl(args.ttl), _ttl(args.wait), args.note
+                lock, command, _ttl(args.ttl), _ttl(args.wait), args.note, started
             )
         raise errors.UsageError(f"unknown command {args.cmd!r}")
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import unicodedata
 from configparser import ConfigParser
 from configparser import Error as ConfigParserError
 from datetime import timedelta
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 from .backend import Backend
 from .errors import ConfigError, InvalidTTL
+from .names import control_characters
 from .paths import search_paths
 from .ttl import parse_duration
 
@@ -58,8 +60,15 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
             )
         return path
     for path in search_paths():
-        if path.is_file():
-            return path
+        try:
+            if path.is_file():
+                return path
+        except PermissionError:
+            # Skipping it could pick another store than the file names.
+            raise ConfigError(
+                f"cannot look for a config file at {str(path)!r}: permission "
+                "denied; fix the permissions or name the file with STORMLOCK_CONFIG"
+            ) from None
     return None
 
 
@@ -77,6 +86,10 @@ class Config:
     def __init__(self, parser: ConfigParser, path: Path | None = None) -> None:
         self.parser = parser
         self.path = path
+        # A resource's section, whichever Unicode form the file spells it in.
+        self._sections = {
+            unicodedata.normalize("NFC", name): name for name in parser.sections()
+        }
 
     @property
     def source(self) -> str:
@@ -84,7 +97,8 @@ class Config:
 
     def value(self, resource: str | None, key: str, *fallbacks: str) -> str | None:
         """`key` from the resource's section, then each fallback section."""
-        sections = [resource] if resource and self.is_resource_section(resource) else []
+        section = self._sections.get(unicodedata.normalize("NFC", resource or ""))
+        sections = [section] if section and self.is_resource_section(section) else []
         sections += [*fallbacks, DEFAULT_SECTION]
         for section in sections:
             if self.parser.has_option(section, key):
@@ -119,10 +133,16 @@ class Config:
                 f"{self.source}: ttl is longer than max_ttl for {resource!r}; "
                 "lower ttl or raise max_ttl"
             )
+        principal = self.value(resource, "principal") or default_principal()
+        if control_characters(principal):
+            raise ConfigError(
+                f"{self.source}: principal {principal!r} holds a control character; "
+                "write it as one line of plain text"
+            )
         return ResourceSettings(
             resource=resource,
             backend=self.value(resource, "backend") or DEFAULT_BACKEND,
-            principal=self.value(resource, "principal") or default_principal(),
+            principal=principal,
             ttl=ttl,
             max_ttl=max_ttl,
         )

@@ -111,6 +111,22 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def detail(error: object) -> str:
+    """A driver's error as a clause of our message: one line, without the
+    full stop that would read ".; check ..." before our advice."""
+    return one_line(str(error)).rstrip(" .")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal and for tab- or line-separated output: each
+    control character (tab, newline, ESC...) shown as an escape, never sent."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text
+    )
+
+
 class StormlockError(Exception):
     """Base of every error Stormlock raises on purpose."""
 
@@ -181,7 +197,7 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except StormlockError as exc:
-        print(f"{prog}: {exc.message}", file=sys.stderr)
+        print(f"{prog}: {printable(exc.message)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

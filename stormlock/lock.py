@@ -20,7 +20,12 @@ from .backend import (
 )
 from .config import DEFAULT_TTL, Config, load_config
 from .errors import InvalidInput, StormlockError, UnsupportedOperation
-from .names import RECORD_PREFIX, validate_resource
+from .names import (
+    RECORD_PREFIX,
+    control_characters,
+    validate_principal,
+    validate_resource,
+)
 from .ttl import check_ttl
 
 if TYPE_CHECKING:
@@ -38,7 +43,8 @@ _MAX_RETRY = 5.0
 
 
 def check_note(note: str | None) -> str | None:
-    """The note as stored: stripped, at most MAX_NOTE_LENGTH, or None."""
+    """The note as stored: one line (whitespace runs become one space), at
+    most MAX_NOTE_LENGTH, or None; raise for what no store should hold."""
     if note is None:
         return None
     if "\x00" in note or not _encodable(note):
@@ -46,7 +52,18 @@ def check_note(note: str | None) -> str | None:
             "the note is not valid UTF-8 text (or holds a NUL byte); "
             "write it in plain text"
         )
-    return note.strip()[:MAX_NOTE_LENGTH] or None
+    note = " ".join(note.split())  # one line: a newline could fake an output line
+    if control_characters(note):
+        raise InvalidInput(
+            "the note contains a control character (an escape sequence?); "
+            "write it in plain text"
+        )
+    if len(note) > MAX_NOTE_LENGTH:
+        raise InvalidInput(
+            f"the note is {len(note)} characters long; "
+            f"keep it to {MAX_NOTE_LENGTH} (a link can say the rest)"
+        )
+    return note or None
 
 
 def _encodable(text: str) -> bool:
@@ -73,7 +90,7 @@ class StormLock:
     ) -> None:
         self.backend = backend
         self.resource = validate_resource(resource)
-        self.principal = principal
+        self.principal = validate_principal(principal)
         self.ttl = check_ttl(ttl, max_ttl)
         self.max_ttl = max_ttl
 
@@ -223,7 +240,7 @@ def load_lock(
     `conf_file` defaults to $STORMLOCK_CONFIG, then the search path; with no
     file at all, the embedded SQLite backend and built-in defaults are used.
     """
-    validate_resource(resource)
+    resource = validate_resource(resource)
     config = load_config(conf_file)
     backend = config.backend(config.settings(resource).backend)
     try:
@@ -281,7 +298,7 @@ def lease_history(
     `since`, about `principal` (as holder or actor) if given."""
     config = config or load_config()
     if resource is not None:
-        validate_resource(resource)
+        resource = validate_resource(resource)
         names = [config.settings(resource).backend]
     else:
         names = config.backend_names()

@@ -1,9 +1,11 @@
-"""Which resource names are valid."""
+"""Which resource names, principals and notes are valid."""
 
 from __future__ import annotations
 
+import unicodedata
+
 from .backend import MAX_RESOURCE_LENGTH
-from .errors import InvalidResourceName
+from .errors import InvalidInput, InvalidResourceName
 
 RULE = (
     f"1 to {MAX_RESOURCE_LENGTH} characters, no spaces or control characters, "
@@ -13,10 +15,17 @@ RULE = (
 RECORD_PREFIX = ".stormlock/"
 
 
+def normal(name: str) -> str:
+    """A resource name as stored and compared: Unicode NFC, so that "café"
+    typed on a Mac (NFD) and on Linux (NFC) is one lock."""
+    return unicodedata.normalize("NFC", name)
+
+
 def validate_resource(name: str) -> str:
-    """Return `name` if it is a valid resource name; raise otherwise."""
+    """Return `name`, in NFC, if it is a valid resource name; raise otherwise."""
     if not isinstance(name, str) or not name:
         raise InvalidResourceName(f"resource name is empty; use {RULE}")
+    name = normal(name)
     shown = name if len(name) <= 40 else name[:40] + "..."
     if len(name) > MAX_RESOURCE_LENGTH:
         raise InvalidResourceName(
@@ -36,3 +45,19 @@ def validate_resource(name: str) -> str:
             f"resource names starting with {RECORD_PREFIX!r} are reserved; use {RULE}"
         )
     return name
+
+
+def control_characters(text: str) -> bool:
+    """Whether `text` holds a terminal control character (C0, DEL, C1)."""
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def validate_principal(principal: str) -> str:
+    """Return `principal` if it is one line of printable text; raise otherwise
+    (a tab or an escape sequence would split or rewrite what scripts read)."""
+    if control_characters(principal):
+        raise InvalidInput(
+            f"principal {principal!r} contains a tab, newline or control character; "
+            "write it as one line of plain text"
+        )
+    return principal

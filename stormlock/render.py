@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .backend import Lease, iso
-from .errors import one_line
+from .errors import one_line, printable
 
 if TYPE_CHECKING:
     from .history import Event
@@ -39,20 +39,25 @@ def lease_json(lease: Lease) -> str:
     return json.dumps(lease_dict(lease))
 
 
+# Every value a terminal shows goes through `printable`: a tab, a newline or
+# an escape sequence in a principal or a note can neither split a tab- or
+# line-separated format (`current | cut -f3`) nor rewrite the screen.
+
+
 def lease_oneline(lease: Lease) -> str:
     """The original tool's format: principal, created, lease id, tab-separated."""
-    return f"{lease.principal}\t{iso(lease.created)}\t{lease.id}"
+    return f"{printable(lease.principal)}\t{iso(lease.created)}\t{lease.id}"
 
 
 def lease_lines(lease: Lease) -> str:
     """The original tool's older format: principal, id, created, one per line."""
-    return f"{lease.principal}\n{lease.id}\n{iso(lease.created)}"
+    return f"{printable(lease.principal)}\n{lease.id}\n{iso(lease.created)}"
 
 
 def lease_rows(lease: Lease) -> str:
     """One `field: value` row per field."""
     return "\n".join(
-        f"{key}: {'' if value is None else value}"
+        f"{key}: {'' if value is None else printable(str(value))}"
         for key, value in lease_dict(lease).items()
     )
 
@@ -63,7 +68,7 @@ _COLS = ("resource", "principal", "created", "expires", "note", "fence", "id")
 def lease_cols(lease: Lease) -> str:
     """A header line and a value line, tab-separated."""
     data = lease_dict(lease)
-    values = ["" if data[key] is None else one_line(str(data[key])) for key in _COLS]
+    values = ["" if data[key] is None else printable(str(data[key])) for key in _COLS]
     return "\t".join(_COLS) + "\n" + "\t".join(values)
 
 
@@ -74,11 +79,11 @@ def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
     rows = [headers]
     for lease in leases:
         row = [
-            lease.resource,
-            lease.principal,
+            printable(lease.resource),
+            printable(lease.principal),
             short_time(lease.created),
             short_time(lease.expires),
-            one_line(lease.note or "-"),
+            printable(one_line(lease.note or "-")),
         ]
         if with_ids:
             row.append(lease.id)
@@ -101,12 +106,12 @@ def history_table(events: Sequence[Event]) -> str:
             [
                 short_time(event.time),
                 event.event + ("*" if event.derived else ""),
-                event.resource,
-                event.principal,
-                "-" if event.derived else event.actor,
+                printable(event.resource),
+                printable(event.principal),
+                "-" if event.derived else printable(event.actor),
                 str(event.fence),
                 "-" if event.derived else event.source,
-                one_line(event.note or "-"),
+                printable(one_line(event.note or "-")),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -139,5 +144,15 @@ def history_csv(events: Sequence[Event]) -> str:
     writer.writerow(FIELDS)
     for event in events:
         record = event.as_dict()
-        writer.writerow(["" if record[f] is None else record[f] for f in FIELDS])
+        writer.writerow([_cell(record[f]) for f in FIELDS])
     return out.getvalue().rstrip("\n")
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ (or a
+    tab or carriage return) gets a leading ' (OWASP's CSV injection advice)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -16,11 +17,12 @@ from stormlock.errors import (
     EXIT_CODES,
     EXIT_CODES_BEGIN,
     EXIT_CODES_END,
+    EXIT_CONFIG,
     InvalidInput,
     exit_code_table,
 )
 from stormlock.testing.backends import BackendConfig
-from stormlock.testing.env import CliRunner
+from stormlock.testing.env import STORMLOCK, CliRunner
 from tests.support import one_line_error, run_seed_scenario
 
 UUID = re.compile(
@@ -37,13 +39,71 @@ def test_acquire_works_in_an_empty_home_with_no_config(
     result = cli("acquire", "x")
     assert result.returncode == 0, result.stderr
     assert UUID.match(result.stdout.strip())
-    assert result.stderr == ""
-    assert (home / ".local/state/stormlock/locks.db").is_file()
+    # One line says the lease is this user's alone (two people on one bastion
+    # host would otherwise both "hold" prod-db).
+    note = one_line_error(result.stderr)
+    assert "private to this user on this host" in note
+    assert "shared backend" in note
+    db = home / ".local/state/stormlock/locks.db"
+    assert db.is_file()
+    assert db.stat().st_mode & 0o777 == 0o600, "lease ids are secrets"
+    assert db.parent.stat().st_mode & 0o777 == 0o700
     current = cli("current", "x")
     principal, created, lease_id = current.stdout.rstrip("\n").split("\t")
     assert "@" in principal
     assert lease_id == result.stdout.strip()
     datetime.fromisoformat(created)
+
+
+def test_an_older_default_store_is_made_private(cli: CliRunner, home: Path) -> None:
+    db = home / ".local/state/stormlock/locks.db"
+    db.parent.mkdir(parents=True, mode=0o755)
+    db.touch(mode=0o644)
+    db.chmod(0o644)
+    assert cli("acquire", "x").returncode == 0
+    assert db.stat().st_mode & 0o777 == 0o600
+    assert db.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_config_file_means_no_private_store_note(
+    cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    env = {"STORMLOCK_CONFIG": str(write_config("[default]\nttl = 1h\n"))}
+    result = cli("acquire", "x", env=env)
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_a_store_this_user_may_not_write_is_a_config_error(tmp_path: Path) -> None:
+    """Run as `nobody` (the suite runs as root, whom no permission stops)."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as another user")
+    shared = Path(tempfile.mkdtemp(prefix="stormlock-shared-"))
+    try:
+        shared.chmod(0o755)  # root's: nobody may read, not write
+        db = shared / "locks.db"
+        cfg = shared / "stormlock.cfg"
+        cfg.write_text(f"[default]\nbackend = sqlite\n[backend.sqlite]\npath = {db}\n")
+        cfg.chmod(0o644)
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        env = {"HOME": str(shared), "PATH": os.environ["PATH"]}
+        result = subprocess.run(
+            [*as_nobody, STORMLOCK, "-c", str(cfg), "acquire", "x"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == EXIT_CONFIG, result.stderr
+        line = one_line_error(result.stderr)
+        assert "permission denied" in line and str(shared) in line
+    finally:
+        shutil.rmtree(shared)
 
 
 # -- the seed README's scenario, on every backend ------------------------------
@@ -292,15 +352,15 @@ def test_unknown_backend_option(
     assert "unknown option 'paht'" in one_line_error(result.stderr)
 
 
-def test_unreachable_backend_fails_fast(
+def test_a_path_through_a_file_is_a_config_error(
     cli: CliRunner, write_config: Callable[[str], Path], home: Path
 ) -> None:
     blocker = home / "file"
     blocker.write_text("")
     path = write_config(f"[backend.sqlite]\npath = {blocker}/sub/locks.db\n")
     result = cli("-c", str(path), "acquire", "x", timeout=20)
-    assert result.returncode == 70
-    one_line_error(result.stderr)
+    assert result.returncode == EXIT_CONFIG
+    assert "is not a directory" in one_line_error(result.stderr)
 
 
 def test_release_of_unknown_lease_is_idempotent(cli: CliRunner) -> None:

@@ -78,7 +78,7 @@ def test_history_filters_by_time_and_principal(
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (["--since", "yesterday"], 64, "neither a duration"),
+        (["--since", "yesterday"], 66, "neither a duration"),
         (["-n", "-1"], 64, "--limit"),
         (["-f", "xml"], 64, "invalid choice"),
         (["-bad"], 64, ""),

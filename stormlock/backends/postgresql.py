@@ -356,7 +356,7 @@ class Postgresql(LeaseBackend):
         if isinstance(error, psycopg.DataError):
             return InvalidInput(f"PostgreSQL refused the value: {first}")
         return BackendUnavailable(
-            f"PostgreSQL failed: {first}; check that it is up and "
+            f"PostgreSQL failed: {first.rstrip(' .')}; check that it is up and "
             "[backend.postgresql] connection"
         )
 

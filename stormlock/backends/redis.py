@@ -24,7 +24,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
-from ..errors import BackendUnavailable, ConfigError, StormlockError, one_line
+from ..errors import (
+    BackendUnavailable,
+    ConfigError,
+    StormlockError,
+    detail,
+)
 from ..history import Event
 from ..names import RECORD_PREFIX
 
@@ -265,7 +270,7 @@ class Redis(LeaseBackend):
 
     def _failure(self, error: Exception) -> StormlockError:
         return BackendUnavailable(
-            f"Redis at {self._safe_url()} failed: {one_line(str(error))}; check "
+            f"Redis at {self._safe_url()} failed: {detail(error)}; check "
             "that it is up and [backend.redis] url"
         )
 

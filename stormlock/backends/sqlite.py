@@ -8,6 +8,7 @@ through release and expiry.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
-from ..errors import BackendUnavailable, StormlockError
+from ..errors import BackendUnavailable, ConfigError, StormlockError, detail
 from ..paths import default_state_dir
 
 # What the statement that changed a row asks its history trigger to record
@@ -190,6 +191,8 @@ class SQLite(LeaseBackend):
     """
 
     def __init__(self, path: str | None = None, timeout: float = 5.0) -> None:
+        self.implicit = not path
+        """The default file: private to this user, on this host."""
         self.path = (
             Path(path).expanduser() if path else default_state_dir() / "locks.db"
         )
@@ -212,7 +215,10 @@ class SQLite(LeaseBackend):
         if conn is not None:
             return conn
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.implicit:
+                self._make_private()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self.path,
                 timeout=self.timeout,
@@ -222,7 +228,7 @@ class SQLite(LeaseBackend):
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.Error, OSError) as exc:
-            raise BackendUnavailable(
+            raise self._permission_problem() or BackendUnavailable(
                 f"cannot open SQLite database {str(self.path)!r}: {exc}; "
                 "check the path and its permissions ([backend.sqlite] path)"
             ) from None
@@ -230,6 +236,39 @@ class SQLite(LeaseBackend):
         with self._lock:
             self._connections.append(conn)
         return conn
+
+    def _make_private(self) -> None:
+        """The default store holds lease ids: only its user may read it."""
+        directory = self.path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path, mode in ((directory, 0o700), (self.path, 0o600)):
+            if path == self.path and not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+                path.chmod(mode)  # made by an older version, 0644
+
+    def _permission_problem(self) -> ConfigError | None:
+        """What this user may not do to the database file, if that is why it
+        failed: a config problem, not an outage."""
+        path = self.path
+        directory = next((p for p in (path, *path.parents) if p.exists()), path)
+        if directory != path and not directory.is_dir():
+            return ConfigError(
+                f"{str(directory)!r} is not a directory, so the database cannot be "
+                "created below it; fix [backend.sqlite] path"
+            )
+        if directory == path:
+            wanted, what = os.R_OK | os.W_OK, "read and write"
+        else:
+            wanted, what = os.W_OK | os.X_OK, "create files in"
+        if os.access(directory, wanted):
+            if directory != path or os.access(path.parent, os.W_OK | os.X_OK):
+                return None
+            directory, what = path.parent, "create files in (for the WAL)"
+        return ConfigError(
+            f"permission denied: this user may not {what} {str(directory)!r}; "
+            "fix its permissions or set [backend.sqlite] path to a file you own"
+        )
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         # Switching to WAL and creating tables can fail with "locked" at once
@@ -279,8 +318,8 @@ class SQLite(LeaseBackend):
                 self._ensure_schema(conn)
                 return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
-            raise BackendUnavailable(
-                f"SQLite database {str(self.path)!r} failed: {exc}; "
+            raise self._permission_problem() or BackendUnavailable(
+                f"SQLite database {str(self.path)!r} failed: {detail(exc)}; "
                 "retry, or raise [backend.sqlite] timeout"
             ) from None
 
@@ -296,8 +335,8 @@ class SQLite(LeaseBackend):
     client_errors = (sqlite3.Error,)
 
     def _failure(self, error: Exception) -> StormlockError:
-        return BackendUnavailable(
-            f"SQLite database {str(self.path)!r} failed: {error}; "
+        return self._permission_problem() or BackendUnavailable(
+            f"SQLite database {str(self.path)!r} failed: {detail(error)}; "
             "check the path and its permissions ([backend.sqlite] path)"
         )
 

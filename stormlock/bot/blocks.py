@@ -30,11 +30,14 @@ from ..history import Event
 from ..ttl import format_duration
 from . import core
 from .parsing import USAGE, Command
+from .settings import CHANNEL_ID
 
 # Slack's limits: 50 blocks a message (100 in a view), 3000 characters a text.
 MAX_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
 MAX_TEXT = 3000
+# A view (the App Home) is at most 250 kB, as sent.
+MAX_VIEW_BYTES = 250_000
 
 # The Home tab is a glance, redrawn after every action: keep it short.
 HOME_OWN_LIMIT = 10
@@ -71,8 +74,9 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-# Of Slack's `<...>` markup, ours is only `<@USER>` (namer) and `<!date^...>`.
-_FOREIGN_MARKUP = re.compile(r"<(?!@[UW][A-Z0-9]+>|!date\^)")
+# Of Slack's `<...>` markup, ours is only `<@USER>` (namer), `<#CHANNEL>`
+# (where to ask instead) and `<!date^...>`.
+_FOREIGN_MARKUP = re.compile(r"<(?!@[UW][A-Z0-9]+>|#[CG][A-Z0-9]+>|!date\^)")
 
 
 def _defused(node: Any) -> Any:
@@ -125,20 +129,23 @@ def read_button(action_id: str, value: str) -> tuple[Command, int | None] | None
         resource = str(data["resource"])
         fence = int(data["fence"]) if "fence" in data else None
         ttl = timedelta(seconds=float(data["ttl"])) if "ttl" in data else None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # 1e300, NaN, junk
         return None
     if name is None:
         return None
     return Command(name, resource=resource, ttl=ttl), fence
 
 
-def _lease_line(lease: Lease, namer: Namer) -> str:
+def _lease_line(lease: Lease, namer: Namer, note_limit: int | None = None) -> str:
     line = (
         f"*{escape(lease.resource)}* — {namer(lease.principal)}"
         f" since {when(lease.created)} until {when(lease.expires)}"
     )
-    if lease.note:
-        line += f" — _{escape(lease.note)}_"
+    note = lease.note
+    if note and note_limit is not None and len(note) > note_limit:
+        note = note[:note_limit].rstrip() + "…"
+    if note:
+        line += f" — _{escape(note)}_"
     return line
 
 
@@ -193,7 +200,9 @@ def announce_acquired(lease: Lease, namer: Namer) -> Message:
     return Message(f"{lease.resource} is now held", _render([_section(text)]))
 
 
-def held(lease: Lease | None, resource: str, namer: Namer) -> Message:
+def held(
+    lease: Lease | None, resource: str, namer: Namer, can_wait: bool = True
+) -> Message:
     """To someone who tried to take a held resource."""
     if lease is None:
         text = f":no_entry: *{escape(resource)}* is held by someone else; try again."
@@ -204,15 +213,15 @@ def held(lease: Lease | None, resource: str, namer: Namer) -> Message:
         )
         if lease.note:
             text += f"\n_{escape(lease.note)}_"
-    button = ButtonElement(
-        text="Notify me when free",
-        action_id=ACTION_NOTIFY,
-        value=_value(resource=resource),
-    )
-    return Message(
-        f"{resource} is held by someone else",
-        _render([_section(text), ActionsBlock(elements=[button])]),
-    )
+    shown: list[Block] = [_section(text)]
+    if can_wait:
+        button = ButtonElement(
+            text="Notify me when free",
+            action_id=ACTION_NOTIFY,
+            value=_value(resource=resource),
+        )
+        shown.append(ActionsBlock(elements=[button]))
+    return Message(f"{resource} is held by someone else", _render(shown))
 
 
 def released(resource: str) -> Message:
@@ -283,7 +292,11 @@ def is_held(resource: str, active: bool) -> Message:
 
 
 def _lease_sections(
-    leases: Sequence[Lease], namer: Namer, max_blocks: int, limit: int | None = None
+    leases: Sequence[Lease],
+    namer: Namer,
+    max_blocks: int,
+    limit: int | None = None,
+    note_limit: int | None = None,
 ) -> list[Block]:
     """Leases as a few sections, each under Slack's text limit; the rest (past
     the block budget or `limit` leases) summarised."""
@@ -292,7 +305,7 @@ def _lease_sections(
     size = 0
     shown = 0
     for lease in leases[:limit]:
-        line = _lease_line(lease, namer)[: MAX_TEXT - 10]
+        line = _lease_line(lease, namer, note_limit)[: MAX_TEXT - 10]
         if size + len(line) + 1 > MAX_TEXT:
             if len(blocks) + 2 >= max_blocks:
                 break
@@ -338,6 +351,14 @@ def help_message(unknown: str | None = None) -> Message:
     return Message("Stormlock help", _render([_section("\n".join(lines))]))
 
 
+def not_here(channels: Sequence[str]) -> Message:
+    said = "Stormlock is not enabled in this channel; use {}."
+    names = [f"<#{c}>" if CHANNEL_ID.match(c) else f"#{escape(c)}" for c in channels]
+    plain = [f"#{c}" for c in channels]
+    text = f":warning: {said.format(', '.join(names))}"
+    return Message(said.format(", ".join(plain)), _render([_section(text)]))
+
+
 def problem(message: str) -> Message:
     text = f":warning: {escape(message)}"
     return Message(message, _render([_section(text)]))
@@ -352,7 +373,12 @@ _EVENT_ICONS = {
 }
 
 
-def event_line(event: Event, namer: Namer, with_resource: bool = False) -> str:
+def event_line(
+    event: Event,
+    namer: Namer,
+    with_resource: bool = False,
+    note_limit: int | None = None,
+) -> str:
     """One event, for people: when (in the reader's time zone), who, why."""
     holder = namer(event.principal)
     what = {
@@ -368,8 +394,11 @@ def event_line(event: Event, namer: Namer, with_resource: bool = False) -> str:
     if with_resource:
         line += f"*{escape(event.resource)}*: "
     line += what
-    if event.note and event.event in ("acquired", "renewed"):
-        line += f" — _{escape(one_line(event.note))}_"
+    note = one_line(event.note or "")
+    if note_limit is not None and len(note) > note_limit:
+        note = note[:note_limit].rstrip() + "…"
+    if note and event.event in ("acquired", "renewed"):
+        line += f" — _{escape(note)}_"
     return line
 
 
@@ -408,29 +437,54 @@ def home(
     recent: Sequence[Event] = (),
 ) -> dict[str, Any]:
     """The App Home tab: your leases with buttons, your recent ones, then
-    everything held."""
+    everything held; within Slack's view size, by cutting long notes first."""
+    for note_limit, held_limit in _HOME_FITS:
+        view = _home(
+            everyone, mine, namer, renew_choices, recent, note_limit, held_limit
+        )
+        if len(json.dumps(view).encode()) <= MAX_VIEW_BYTES:
+            break
+    return view
+
+
+# Ever shorter notes, then fewer leases, until the Home fits.
+_HOME_FITS = ((None, HOME_HELD_LIMIT), (200, HOME_HELD_LIMIT), (60, 25), (0, 10))
+
+
+def _home(
+    everyone: Sequence[Lease],
+    mine: Sequence[Lease],
+    namer: Namer,
+    renew_choices: Callable[[Lease], Sequence[timedelta]],
+    recent: Sequence[Event],
+    note_limit: int | None,
+    held_limit: int,
+) -> dict[str, Any]:
     blocks: list[Block] = [HeaderBlock(text="Your leases")]
     if not mine:
         blocks.append(
             _section("You hold nothing. `/stormlock acquire <resource>` takes a lease.")
         )
     for lease in mine[:HOME_OWN_LIMIT]:
-        blocks.append(_section(_lease_line(lease, namer)))
+        blocks.append(_section(_lease_line(lease, namer, note_limit)))
         blocks.append(lease_buttons(lease, renew_choices(lease)))
     if len(mine) > HOME_OWN_LIMIT:
         more = len(mine) - HOME_OWN_LIMIT
         blocks.append(_section(f"…and {more} more of yours: `/stormlock list`."))
     if recent:
         blocks.append(HeaderBlock(text="Your recent leases"))
-        lines = [event_line(event, namer, with_resource=True) for event in recent]
+        lines = [
+            event_line(event, namer, with_resource=True, note_limit=note_limit)
+            for event in recent
+        ]
         blocks += _text_sections(lines)
     blocks += [DividerBlock(), HeaderBlock(text="Held right now")]
     if everyone:
         budget = MAX_VIEW_BLOCKS - len(blocks)
-        blocks += _lease_sections(everyone, namer, budget, HOME_HELD_LIMIT)
+        blocks += _lease_sections(everyone, namer, budget, held_limit, note_limit)
     else:
         blocks.append(_section("Nothing is held right now."))
-    return {"type": "home", "blocks": _render(blocks)}
+    return {"type": "home", "blocks": [_defused(b) for b in _render(blocks)]}
 
 
 def home_of(
@@ -517,8 +571,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return renewed(lease, offer)
         case core.Released(resource):
             return released(resource)
-        case core.Held(resource, lease):
-            return held(lease, resource, namer)
+        case core.Held(resource, lease, can_wait):
+            return held(lease, resource, namer, can_wait)
         case core.Current(resource, lease):
             return current(resource, lease, namer)
         case core.IsHeld(resource, active):
@@ -533,6 +587,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return history(resource, events, namer)
         case core.Problem(text):
             return problem(text)
+        case core.NotHere(channels):
+            return not_here(channels)
 
 
 def notice(told: core.Notice, namer: Namer) -> Message:

@@ -17,6 +17,7 @@ from ..errors import (
     EXIT_UNKNOWN_BACKEND,
     EXIT_USAGE,
     ConfigError,
+    UnknownBackendError,
     run_main,
 )
 from .settings import BotSettings
@@ -37,7 +38,8 @@ environment:
   PORT                  serve's port when --port is not given (default 3000)
 
 exit codes: 0 ok, {EXIT_USAGE} bad command line, {EXIT_CONFIG} missing setting
-  or bad config, {EXIT_UNKNOWN_BACKEND} unknown backend, {EXIT_UNAVAILABLE} backend
+  or bad config, {EXIT_UNKNOWN_BACKEND} unknown backend or packages not installed
+  (pip install 'stormlock[bot]'), {EXIT_UNAVAILABLE} backend
   unreachable, {EXIT_INTERNAL} unexpected error
 """
 
@@ -133,7 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
         # the outbox still holds is sent.
         atexit.register(bot.close)
         atexit.register(_start_scheduler(bot).stop)
-        return wsgi_app(bot.app, service.ready, settings.signing_secret or "")
+        return wsgi_app(
+            bot.app,
+            service.ready,
+            settings.signing_secret or "",
+            details=settings.readyz_details,
+        )
 
     logs.configure(args.log_level, args.log_json)
     serve(factory, args.host, args.port, args.threads, args.log_level, args.workers)
@@ -164,9 +171,28 @@ def _socket(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `pip install 'stormlock[bot]'` adds (import names).
+_BOT_EXTRA = frozenset(
+    {"slack_bolt", "slack_sdk", "apscheduler", "gunicorn", "prometheus_client"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run_main(PROG, lambda: _run(args))
+    return run_main(PROG, lambda: _with_extra(args))
+
+
+def _with_extra(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in _BOT_EXTRA:
+            raise
+        raise UnknownBackendError(
+            f"the bot needs packages that are not installed ({missing}); "
+            "install them with: pip install 'stormlock[bot]'"
+        ) from None
 
 
 def _run(args: argparse.Namespace) -> int:

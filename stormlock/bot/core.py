@@ -20,8 +20,8 @@ from ..backend import Lease, LockHeldException
 from ..errors import BackendUnavailable, StormlockError
 from ..history import Event
 from .parsing import Command
-from .service import LeaseService, Person
-from .settings import BotSettings
+from .service import LeaseService, Person, PersonUnknown
+from .settings import USER_ID, BotSettings
 from .state import BotState
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class Ask:
     command: Command
     channel: str | None = None
     """The channel it was asked in; None from the App Home or a DM."""
+    channel_name: str | None = None
+    """That channel's name, as Slack sent it (renamable: never an id's match)."""
     via: Via = Via.COMMAND
     fence: int | None = None
     """A button's: act only on the lease it was shown for."""
@@ -76,6 +78,8 @@ class Released:
 class Held:
     resource: str
     lease: Lease | None
+    can_wait: bool = True
+    """Whether a wait list can be offered (not in the shell)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,13 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class NotHere:
+    """Asked outside the `channels` allowlist: where to ask instead."""
+
+    channels: Sequence[str]
+
+
+@dataclass(frozen=True)
 class Waiting:
     resource: str
     cancelled: bool = False
@@ -119,7 +130,7 @@ class Waiting:
 
 Answer = (
     Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem
-) | (Waiting | History)
+) | (Waiting | History | NotHere)
 
 
 # -- notices: who else is told ---------------------------------------------------
@@ -187,6 +198,10 @@ HOME_SCAN = 500
 UNREACHABLE = (
     "The lease store is unreachable, so nothing changed. Try again in a moment."
 )
+NO_WAIT_LISTS = (
+    "Wait lists live in Slack, where I can DM you when it is free; "
+    "here, look again with current."
+)
 OUR_FAULT = (
     "Something went wrong on our side; nothing was changed. "
     "Try again, or tell your Stormlock admins."
@@ -211,9 +226,14 @@ class Core:
         try:
             return self._handle(ask)
         except LockHeldException as held:
-            return Outcome(Held(held.resource, held.lease), "held")
+            waits = self.state is not None
+            return Outcome(Held(held.resource, held.lease, waits), "held")
+        except PersonUnknown as exc:
+            return Outcome(Problem(f"{exc.message}; nothing changed."), "unavailable")
         except BackendUnavailable as exc:
-            return Outcome(Problem(f"{UNREACHABLE} ({exc})"), "unavailable")
+            # Which host failed is for the operator's log, not for Slack.
+            log.warning("%s: the store failed: %s", ask.command.name, exc)
+            return Outcome(Problem(UNREACHABLE), "unavailable")
         except StormlockError as exc:
             return Outcome(Problem(exc.message), "rejected")
         except Exception:
@@ -238,14 +258,50 @@ class Core:
     def renew_offer(
         self, lease: Lease, asked: timedelta | None = None
     ) -> list[timedelta]:
-        """The TTLs its Renew buttons offer: the one asked for (or configured)
-        first, then the usual choices."""
-        original = asked or self.service.config.settings(lease.resource).ttl
+        """The TTLs its Renew buttons offer: the one asked for first, then the
+        usual choices. Unasked (the App Home, a warning), the first is the
+        lease's own length, at most the configured TTL: a 30-minute lease is
+        never renewed for a day by its first button."""
+        original = asked
+        if original is None:
+            configured = self.service.config.settings(lease.resource).ttl
+            own = lease.expires - lease.created if lease.expires else configured
+            original = min(configured, own) if own > timedelta(0) else configured
         return self.settings.renew_choices(lease.resource, original)
+
+    def refusal(self, ask: Ask) -> NotHere | Problem | None:
+        """Why `ask` may not be served where it was asked, if so. The one
+        place for the `channels` allowlist, commands and buttons alike."""
+        command = ask.command
+        # A button in a DM or the App Home acts on your own lease: no channel.
+        private_button = ask.via is not Via.COMMAND and ask.channel is None
+        settings = self.settings
+        if not private_button and not settings.channel_allowed(
+            ask.channel, ask.channel_name
+        ):
+            return NotHere(sorted(settings.channels))
+        if command.name == "acquire" and ask.channel is None:
+            resource = command.resource or ""
+            if not self.settings.announce_channel(resource):
+                return Problem(
+                    f"Take {resource} in a channel, where the team sees it: from a "
+                    "DM or the App Home this lease would be announced nowhere "
+                    "(an admin can set announce_channel for it)."
+                )
+        return None
 
     def _handle(self, ask: Ask) -> Outcome:
         command = ask.command
         name = command.name
+        if not USER_ID.match(ask.user_id):
+            log.warning("a request without a valid user id (%r)", ask.user_id[:20])
+            return Outcome(
+                Problem("Slack did not say who you are, so nothing changed."),
+                "rejected",
+            )
+        refused = self.refusal(ask)
+        if refused is not None:
+            return Outcome(refused, "rejected")
         if name == "help":
             return Outcome(Help(command.unknown))
         if name == "list":
@@ -311,7 +367,7 @@ class Core:
 
     def _wait(self, user_id: str, resource: str, cancel: bool) -> Outcome:
         if self.state is None:
-            return Outcome(Problem("Wait lists are off on this bot."), "rejected")
+            return Outcome(Problem(NO_WAIT_LISTS), "rejected")
         self.service.check_resource(resource)
         if cancel:
             self.state.cancel_wait(user_id, resource)

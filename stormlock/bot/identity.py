@@ -11,9 +11,8 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from ..errors import BackendUnavailable
 from .blocks import escape
-from .service import Person
+from .service import Person, PersonUnknown
 
 log = logging.getLogger(__name__)
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
@@ -24,7 +23,13 @@ _CACHE_SECONDS = 600.0
 _NOT_FOUND = frozenset({"user_not_found", "users_not_found"})
 
 
-class WhoUnknown(BackendUnavailable):
+# Answers that mean Stormlock's own token is refused: for the admins to fix.
+_TOKEN_REFUSED = frozenset(
+    {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive"}
+)
+
+
+class WhoUnknown(PersonUnknown):
     """Slack could not say who someone is right now (not that they are unknown)."""
 
 
@@ -49,6 +54,12 @@ class Directory:
             user: dict[str, Any] | None = self.client.users_info(user=user_id)["user"]
         except SlackApiError as exc:
             error = exc.response.get("error")
+            if error in _TOKEN_REFUSED:
+                log.error("Slack refused the bot token (%s): replace it", error)
+                raise WhoUnknown(
+                    f"Slack refused Stormlock's token ({error}), so I cannot tell "
+                    "who you are; tell your Stormlock admins"
+                ) from None
             if error not in _NOT_FOUND:
                 log.warning("users.info failed for %s: %s", user_id, error)
                 raise WhoUnknown(

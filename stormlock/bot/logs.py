@@ -17,7 +17,7 @@ _SECRETS = re.compile(
     + r"|xox[a-z]-[A-Za-z0-9-]+"
     + r"|xapp-[A-Za-z0-9-]+"
     + r"|response_url(?:=|\\?[\"']\s*:\s*\\?[\"'])[^&\s\"'\\]+"
-    + r"|https?(?::|%3A)(?://|%2F%2F)hooks\.slack\.com[^\s\"'&]*"
+    + r"|https?(?::|%3A)(?://|%2F%2F)hooks\.slack(?:-gov)?\.com[^\s\"'&]*"
 )
 
 

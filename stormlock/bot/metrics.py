@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from ..errors import BackendUnavailable
+from .parsing import USAGE
 
 REQUESTS = Counter(
     "stormlock_requests_total",
@@ -105,9 +106,12 @@ class TimedBackend:
 
 
 def count_request(command: str) -> Callable[[str], None]:
-    """Returns a function recording the outcome of one request."""
+    """Returns a function recording the outcome of one request. The label is
+    one of our command names or `other`, never the user's text (each distinct
+    value would be a new series, and could hold a lease id)."""
+    label = command if command in USAGE else "other"
 
     def done(outcome: str) -> None:
-        REQUESTS.labels(command, outcome).inc()
+        REQUESTS.labels(label, outcome).inc()
 
     return done

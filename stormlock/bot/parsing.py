@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ..errors import InvalidTTL, UsageError
+from ..names import normal
 from ..ttl import UNITS, parse_duration
 
 ALIASES = {
@@ -59,6 +60,10 @@ class Command:
     cancel: bool = False
     unknown: str | None = None
     """The word that was not a command (the reply is the help text)."""
+
+    def __post_init__(self) -> None:
+        if self.resource is not None:  # one lock for "café" however it was typed
+            object.__setattr__(self, "resource", normal(self.resource))
 
 
 def _split(text: str) -> list[str]:

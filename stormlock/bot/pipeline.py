@@ -12,7 +12,6 @@ Nothing here is called back by what it calls.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,7 +41,10 @@ from .service import LeaseService
 from .settings import BotSettings
 
 log = logging.getLogger(__name__)
-_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+BAD_BUTTON = (
+    "That button is damaged or not one of mine, so nothing changed; "
+    "use /stormlock instead."
+)
 # Changes within this long redraw the boards once.
 BOARD_BATCH = 1.0
 
@@ -99,12 +101,7 @@ class Pipeline:
 
         text = str(body.get("text", ""))
         words = text.split()
-        done = count_request(words[0].lower()[:20] if words else "help")
-        refusal = self._channel_refusal(body)
-        if refusal is not None:
-            done("rejected")
-            reply(blocks.problem(refusal), None)
-            return
+        done = count_request(words[0].lower() if words else "help")
         try:
             command = parse(text)
         except StormlockError as exc:
@@ -113,27 +110,22 @@ class Pipeline:
             return
         done = count_request(command.name)
         channel = body.get("channel_id")
-        if command.name == "board":
-            self._board(str(channel or body.get("user_id", "")), reply)
-            done("ok")
-            return
         ask = Ask(
             str(body.get("user_id", "")),
             command,
             channel=None if _is_dm(channel) else channel,
+            channel_name=body.get("channel_name"),
         )
+        if command.name == "board":
+            refused = self.core.refusal(ask)
+            if refused is not None:
+                done("rejected")
+                reply(blocks.answer(refused, self.directory.display), refused)
+                return
+            self._board(str(channel or body.get("user_id", "")), reply)
+            done("ok")
+            return
         self.run(ask, reply, done)
-
-    def _channel_refusal(self, body: dict[str, Any]) -> str | None:
-        allowed = self.settings.channels
-        if not allowed or {body.get("channel_id"), body.get("channel_name")} & set(
-            allowed
-        ):
-            return None
-        names = ", ".join(
-            f"<#{c}>" if _CHANNEL_ID.match(c) else f"#{c}" for c in sorted(allowed)
-        )
-        return f"Stormlock is not enabled in this channel; use {names}."
 
     def _button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
@@ -142,10 +134,6 @@ class Pipeline:
         channel = container.get("channel_id") or body.get("channel", {}).get("id")
         action_id = str(action.get("action_id", ""))
         button = blocks.read_button(action_id, str(action.get("value") or ""))
-        if button is None:
-            log.warning("a button that is not ours or not readable: %s", action_id[:40])
-            return
-        command, fence = button
         response_url = str(body.get("response_url", ""))
 
         def reply(message: Message, answer: Answer | None = None) -> None:
@@ -153,10 +141,18 @@ class Pipeline:
                 replace = isinstance(answer, _REPLACES)
                 self.outbox.respond(response_url, message, replace=replace)
 
+        if button is None:
+            log.warning("a button that is not ours or not readable: %s", action_id[:40])
+            count_request("other")("rejected")
+            reply(blocks.problem(BAD_BUTTON), None)
+            return
+        command, fence = button
+
         ask = Ask(
             user_id,
             command,
             channel=None if via is Via.HOME or _is_dm(channel) else channel,
+            channel_name=body.get("channel", {}).get("name"),
             via=via,
             fence=fence,
         )

@@ -7,6 +7,7 @@ lease records. The same calls serve Slack, the local shell and the tests.
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from ..lock import StormLock, list_all, lock_from_config
 from ..names import RECORD_PREFIX, validate_resource
 from .metrics import TimedBackend
 from .settings import BotSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ _DOCTOR_EVERY = 60.0
 
 class NoLease(StormlockError):
     exit_code = EXIT_NOT_HELD
+
+
+class PersonUnknown(StormlockError):
+    """The chat service could not say who someone is just now (not that they
+    are unknown): nothing to do with the lease store."""
 
 
 class UnknownResource(StormlockError):
@@ -129,7 +137,7 @@ class LeaseService:
             self._backends.clear()
 
     def check_resource(self, resource: str) -> str:
-        validate_resource(resource)
+        resource = validate_resource(resource)
         allowed = self.settings.resources
         if allowed and resource not in allowed:
             close = difflib.get_close_matches(resource, allowed, n=3, cutoff=0.6)
@@ -142,7 +150,7 @@ class LeaseService:
         return resource
 
     def lock(self, person: Person, resource: str) -> StormLock:
-        self.check_resource(resource)
+        resource = self.check_resource(resource)
         backend = self.backend(self.config.settings(resource).backend)
         return lock_from_config(self.config, resource, backend, person.principal)
 
@@ -152,7 +160,8 @@ class LeaseService:
         backend = self.backend(self.config.default_backend)
         try:
             backend.current(".stormlock/ready")
-        except StormlockError:
+        except StormlockError as exc:
+            log.warning("not ready: %s", exc)
             return False, []
         now = time.monotonic()
         if self._doctor_at is None or now - self._doctor_at > _DOCTOR_EVERY:
@@ -160,9 +169,11 @@ class LeaseService:
                 findings = backend.doctor()
             except StormlockError as exc:
                 findings = [Finding("warning", f"safety check failed: {exc}")]
-            self._doctor_notes = [
-                f"{f.level}: {f.text}" for f in findings if f.level != "ok"
-            ]
+            notes = [f"{f.level}: {f.text}" for f in findings if f.level != "ok"]
+            if notes != self._doctor_notes:
+                for note in notes:
+                    log.warning("store check: %s", note)
+            self._doctor_notes = notes
             self._doctor_at = now
         return True, self._doctor_notes
 
@@ -255,13 +266,13 @@ class LeaseService:
         return StormLock(backend, resource, "").current()
 
     def is_held(self, resource: str, lease_id: str) -> bool:
-        self.check_resource(resource)
+        resource = self.check_resource(resource)
         backend = self.backend(self.config.settings(resource).backend)
         return StormLock(backend, resource, "").is_current(lease_id)
 
     def history(self, resource: str, limit: int) -> list[Event]:
         """The last `limit` events of an allowed resource."""
-        self.check_resource(resource)
+        resource = self.check_resource(resource)
         backend = self.backend(self.config.settings(resource).backend)
         return backend.history(resource, limit=limit)
 

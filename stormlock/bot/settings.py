@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ..config import BOT_SECTION, Config
 from ..errors import ConfigError, InvalidTTL
+from ..names import normal
 from ..ttl import parse_duration_list
 
 SLACK_API_DEFAULT = "https://slack.com/api/"
@@ -18,6 +20,11 @@ def _list(raw: str | None) -> list[str]:
     if not raw:
         return []
     return [item.strip() for item in raw.replace("\n", ",").split(",") if item.strip()]
+
+
+# Slack's ids: users U.../W..., channels C... (public), G... (private), D... (DM).
+USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 
 
 @dataclass(frozen=True)
@@ -49,11 +56,26 @@ class BotSettings:
             app_token=env.get("SLACK_APP_TOKEN") or None,
             api_url=api_url if api_url.endswith("/") else api_url + "/",
             admins=frozenset(_list(config.value(None, "admins", BOT_SECTION))),
-            resources=tuple(_list(config.value(None, "resources", BOT_SECTION))),
+            resources=tuple(
+                normal(name)
+                for name in _list(config.value(None, "resources", BOT_SECTION))
+            ),
             channels=frozenset(
                 c.lstrip("#")
                 for c in _list(config.value(None, "channels", BOT_SECTION))
             ),
+        )
+
+    def channel_allowed(self, channel: str | None, name: str | None) -> bool:
+        """Whether the `channels` allowlist admits a channel. An id in the
+        list matches only that id: a channel's name can be changed by anyone
+        in it, so a name matches only a name in the list."""
+        if not self.channels:
+            return True
+        ids = {c for c in self.channels if CHANNEL_ID.match(c)}
+        names = self.channels - ids
+        return (channel is not None and channel in ids) or (
+            name is not None and name in names
         )
 
     def announce_channel(self, resource: str) -> str | None:
@@ -71,6 +93,14 @@ class BotSettings:
             return parse_duration_list(raw)
         except InvalidTTL as exc:
             raise ConfigError(f"{self.config.source}: warn_before: {exc}") from None
+
+    @property
+    def readyz_details(self) -> bool:
+        """`[bot] readyz_details = yes`: /readyz lists unsafe store settings
+        (they are in the log either way; the endpoint may be reachable by more
+        people than the log)."""
+        raw = self.config.value(None, "readyz_details", BOT_SECTION) or "no"
+        return raw.strip().lower() in ("yes", "true", "on", "1")
 
     @property
     def reconcile_interval(self) -> timedelta:

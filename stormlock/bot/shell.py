@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from ..config import Config
-from ..errors import StormlockError
+from ..errors import StormlockError, printable
 from . import blocks
 from .blocks import Message
 from .core import Ask, Core, ForcedOff, Outcome, Via
@@ -112,7 +112,7 @@ class Shell:
                 lines.append(" ".join(labels))
             for line in lines:
                 for part in line.splitlines():
-                    print(f"    {part}", file=self.out)
+                    print(f"    {printable(part)}", file=self.out)
 
     def _message(self, mark: str, message: Message, via: Via = Via.BUTTON) -> None:
         self.show(mark, message.blocks or [blocks.problem(message.text).blocks[0]], via)
@@ -160,7 +160,9 @@ class Shell:
             message = blocks.problem("Boards live in Slack channels, not in the shell.")
             self._message(f"only {self.people.name(self.user)} sees", message)
             return
-        self.run(Ask(self.user, command, channel=self.channel))
+        self.run(
+            Ask(self.user, command, channel=self.channel, channel_name=self.channel)
+        )
 
     def press(self, number: int) -> None:
         if not 1 <= number <= len(self.buttons):
@@ -174,7 +176,16 @@ class Shell:
             return
         command, fence = button
         channel = None if via is Via.HOME else self.channel
-        self.run(Ask(self.user, command, channel=channel, via=via, fence=fence))
+        self.run(
+            Ask(
+                self.user,
+                command,
+                channel=channel,
+                channel_name=channel,
+                via=via,
+                fence=fence,
+            )
+        )
 
     def handle(self, line: str) -> bool:
         """Run one line; False when the user wants to leave."""
@@ -221,12 +232,23 @@ def run_shell(
         INTRO.format(user=shell.people.name(shell.user), channel=shell.channel),
         file=out,
     )
+    # At a terminal, input() gives line editing and Up-arrow history.
+    edit = interactive and stdin is sys.stdin and out is sys.stdout
+    if edit:
+        import readline  # noqa: F401 - input() uses it once imported
     try:
         while True:
-            if interactive:
-                out.write(f"{shell.people.name(shell.user)}@#{shell.channel}> ")
-                out.flush()
-            line = stdin.readline()
+            prompt = f"{shell.people.name(shell.user)}@#{shell.channel}> "
+            if edit:
+                try:
+                    line = input(prompt) + "\n"
+                except EOFError:
+                    line = ""
+            else:
+                if interactive:
+                    out.write(prompt)
+                    out.flush()
+                line = stdin.readline()
             if not line or not shell.handle(line):
                 break
             out.flush()

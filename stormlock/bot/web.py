@@ -140,11 +140,15 @@ def _plain(
 
 
 def wsgi_app(
-    app: App, ready: Callable[[], tuple[bool, list[str]]], signing_secret: str
+    app: App,
+    ready: Callable[[], tuple[bool, list[str]]],
+    signing_secret: str,
+    details: bool = False,
 ) -> WSGIApp:
     """`/slack/events` for Slack; `/healthz` (alive), `/readyz` (the backend
-    answers; unsafe store settings are listed, but do not fail it) and
-    `/metrics` (Prometheus) for operators; 404 elsewhere."""
+    answers: `ready` or `not ready`; with `details`, the store's unsafe
+    settings too, which do not fail it) and `/metrics` (Prometheus) for
+    operators; 404 elsewhere. The details are always in the bot's log."""
     slack = slack_endpoint(app, signing_secret)
 
     def route(
@@ -157,9 +161,10 @@ def wsgi_app(
             if path == "/readyz":
                 answers, notes = ready()
                 if answers:
-                    body = "".join(f"{note}\n" for note in ["ready", *notes])
+                    shown = ["ready", *notes] if details else ["ready"]
+                    body = "".join(f"{note}\n" for note in shown)
                     return _plain(start_response, "200 OK", body.encode())
-                unready = b"backend unreachable\n"
+                unready = b"not ready\n"
                 return _plain(start_response, "503 Service Unavailable", unready)
             if path == "/metrics":
                 metrics = generate_latest()
@@ -181,7 +186,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # newer settings, on older gunicorns
+                self.cfg.set(key, value)
 
     def load(self) -> WSGIApp:
         return self.factory()
@@ -211,5 +217,8 @@ def serve(
             "errorlog": "-",
             "loglevel": log_level.lower(),
             "proc_name": "stormlock-bot",
+            # gunicorn 25+ opens a control socket in $HOME, which the container
+            # image cannot write (an ERROR at every start); nothing uses it.
+            "control_socket_disable": True,
         },
     ).run()

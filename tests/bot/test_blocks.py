@@ -4,6 +4,7 @@ slack_sdk's Block Kit models and Slack's size limits, without a bot."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -102,3 +103,115 @@ def test_the_channel_hears_who_released() -> None:
     by_bob = said("bob@example.com")
     assert "@bob released" in by_bob and "held by @alice" in by_bob
     assert "@carol force-released" in said("carol@example.com", forced=True)
+
+
+# -- hostile names and notes -------------------------------------------------------
+
+HOSTILE = "<!channel><!here><!everyone><@U0EVIL><!subteam^S0OPS|ops><#C0X>"
+LINK = "<https://evil.example|click><mailto:a@evil.example|mail>"
+EVIL = Lease(
+    HOSTILE,
+    NOW,
+    "0c3f4a6e-1b2c-4d5e-8f90-123456789abc",
+    f"db{HOSTILE}{LINK}&amp;",
+    NOW + timedelta(hours=2),
+    f"note {HOSTILE} {LINK}",
+    7,
+)
+
+
+def _hostile_messages() -> dict[str, object]:
+    from stormlock.bot import core
+    from stormlock.history import Event
+
+    name = blocks.escape  # as the directory names a holder who is not in Slack
+
+    event = Event(
+        NOW, EVIL.resource, "acquired", HOSTILE, HOSTILE, EVIL.note, 7, "cli", NOW
+    )
+    resource = EVIL.resource
+    answers: list[core.Answer] = [
+        core.Acquired(EVIL, CHOICES),
+        core.Renewed(EVIL, CHOICES),
+        core.Released(resource),
+        core.Held(resource, EVIL),
+        core.Held(resource, None),
+        core.Current(resource, EVIL),
+        core.Current(resource, None),
+        core.IsHeld(resource, True),
+        core.IsHeld(resource, False),
+        core.Listing([EVIL]),
+        core.Help(HOSTILE),
+        core.Problem(f"resource {HOSTILE} failed {LINK}"),
+        core.Waiting(resource),
+        core.Waiting(resource, cancelled=True),
+        core.History(resource, [event]),
+        core.History(resource, []),
+    ]
+    notices: list[core.Notice] = [
+        core.TookLease("C1", EVIL),
+        core.GaveUpLease("C1", EVIL, HOSTILE, False),
+        core.GaveUpLease("C1", EVIL, HOSTILE, True),
+        core.ForcedOff(HOSTILE, EVIL, HOSTILE),
+    ]
+    found: dict[str, object] = {}
+    for index, said in enumerate(answers):
+        found[f"answer-{index}-{type(said).__name__}"] = blocks.answer(said, name)
+    for index, told in enumerate(notices):
+        found[f"notice-{index}-{type(told).__name__}"] = blocks.notice(told, name)
+    found.update(
+        warning=blocks.warning(EVIL, CHOICES),
+        expired_notice=blocks.expired_notice(resource, NOW),
+        announce_expired=blocks.announce_expired(resource, HOSTILE, name),
+        free_now=blocks.free_now(resource),
+        board=blocks.board([EVIL], name),
+        home=blocks.home([EVIL], [EVIL], name, lambda _: CHOICES, [event]),
+    )
+    return found
+
+
+def _texts(node: object) -> list[str]:
+    """Every text Slack reads markup in: the fallback and mrkdwn objects
+    (plain_text, as in headers and buttons, shows `<!here>` as written)."""
+    if isinstance(node, blocks.Message):
+        return [node.text, *_texts(node.blocks)]
+    if isinstance(node, dict):
+        if node.get("type") == "mrkdwn":
+            return [node["text"]]
+        return [text for value in node.values() for text in _texts(value)]
+    if isinstance(node, list):
+        return [text for item in node for text in _texts(item)]
+    return []
+
+
+LIVE_MARKUP = re.compile(r"<(?!!date\^)[!@#]|<(https?|mailto):")
+
+
+@pytest.mark.parametrize("kind", sorted(_hostile_messages()))
+def test_hostile_names_and_notes_never_mention_or_link(kind: str) -> None:
+    message = _hostile_messages()[kind]
+    texts = _texts(message)
+    assert texts
+    for text in texts:
+        assert not LIVE_MARKUP.search(text), (kind, text)
+
+
+def test_the_fallback_text_shows_a_hostile_name_as_written() -> None:
+    message = blocks.announce_acquired(EVIL, blocks.escape)
+    assert message.text == blocks.escape(f"{EVIL.resource} is now held")
+
+
+def test_the_app_home_stays_under_slacks_view_size() -> None:
+    noted = [
+        LEASE._replace(resource=f"env-{n:03d}", note="n" * 1000) for n in range(300)
+    ]
+    view = blocks.home(noted, noted[:20], namer, lambda _: CHOICES)
+    assert len(json.dumps(view).encode()) <= blocks.MAX_VIEW_BYTES
+    assert block_problems(view["blocks"], MAX_VIEW_BLOCKS) == []
+    short = blocks.home([LEASE], [LEASE], namer, lambda _: CHOICES)
+    assert LEASE.note and blocks.escape(LEASE.note) in json.dumps(short), "kept whole"
+
+
+@pytest.mark.parametrize("value", ['{"resource":"db","ttl":1e300}', '{"ttl":NaN}'])
+def test_a_crafted_button_value_is_not_read(value: str) -> None:
+    assert blocks.read_button(blocks.ACTION_ACQUIRE, value) is None

@@ -14,7 +14,7 @@ import requests
 
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.faults import silent_server
-from stormlock.testing.localslack import LocalSlack
+from stormlock.testing.localslack import LocalSlack, User
 from stormlock.testing.slack import (
     ALICE,
     BOB,
@@ -26,6 +26,7 @@ from stormlock.testing.slack import (
     sign,
     text_of,
 )
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -176,7 +177,50 @@ def test_a_silent_store_still_gets_everyone_an_answer_within_3s(
                 lambda c: c.method == "response_url", count=len(people), timeout=30
             )
             waited = time.monotonic() - started
-    assert all("check that it is up" in text_of(reply) for reply in replies)
+    assert all("store is unreachable" in text_of(reply) for reply in replies)
+    # Which host failed is for the operator's log, never for Slack users.
+    assert not any(str(silent.port) in text_of(reply) for reply in replies)
     # Twelve people at once: the first calls wait out the bot's store budget
     # (2.5 s), then everyone behind them fails fast instead of in turn.
     assert waited < 3.0 + 0.5, f"the last answer came after {waited:.1f}s"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"resource":"db","ttl":1e300}',
+        '{"resource":"db","ttl":NaN}',
+        '{"resource":"db","ttl":"soon"}',
+        "not json",
+    ],
+)
+def test_a_crafted_button_gets_a_clear_answer_and_a_log_line(
+    bot: BotServer, value: str
+) -> None:
+    bot.press(ALICE, "lease_acquire", value)
+    answer = bot.slack.wait_for(lambda c: c.method == "response_url")[0]
+    assert "damaged or not one of mine" in text_of(answer)
+    assert bot.config.create().current("db") is None
+    wait_until(lambda: "not ours or not readable" in bot.logs())
+
+
+def test_a_button_from_nobody_takes_nothing(bot: BotServer) -> None:
+    nobody = User("", "", "")
+    bot.press(nobody, "lease_acquire", '{"resource":"db"}')
+    answer = bot.slack.wait_for(lambda c: c.method == "response_url")[0]
+    assert "who you are" in text_of(answer)
+    assert bot.config.create().current("db") is None
+
+
+def test_a_revoked_bot_token_is_not_called_a_store_outage(bot: BotServer) -> None:
+    bot.slack.fail_next("users.info", 200, {}, {"ok": False, "error": "invalid_auth"})
+    answer = text_of(bot.reply(ALICE, "acquire db 1h"))
+    assert "refused Stormlock's token (invalid_auth)" in answer
+    assert "store" not in answer
+    assert bot.config.create().current("db") is None
+
+
+def test_readyz_says_ready_and_keeps_the_details_for_the_log(bot: BotServer) -> None:
+    response = requests.get(bot.url + "/readyz", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "ready\n"

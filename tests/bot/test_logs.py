@@ -48,6 +48,8 @@ def test_every_accepted_spelling_is_redacted(spelling: str) -> None:
         '{"response_url": "https://hooks.slack.com/actions/T1/2/s3cr3t", "ok": 1}',
         "'response_url': 'http://127.0.0.1:9/respond/s3cr3t'",
         "POST https://hooks.slack.com/commands/T1/2/s3cr3t",
+        "POST https://hooks.slack-gov.com/commands/T1/2/s3cr3t",
+        "token=x&response_url=https%3A%2F%2Fhooks.slack-gov.com%2Factions%2Fs3cr3t",
     ],
 )
 def test_response_urls_are_redacted(text: str) -> None:

@@ -79,3 +79,10 @@ def test_usage_errors_say_what_to_type(text: str, hint: str) -> None:
 def test_bad_durations_are_ttl_errors(text: str) -> None:
     with pytest.raises(InvalidTTL):
         parse(text)
+
+
+def test_a_resource_name_is_read_in_nfc() -> None:
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")
+    assert parse(f"acquire {nfd} 1h").resource == unicodedata.normalize("NFC", nfd)

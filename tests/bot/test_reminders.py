@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from stormlock.backend import utcnow
 from stormlock.bot.records import Records
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.localslack import Call, LocalSlack
@@ -75,6 +76,8 @@ def test_warning_arrives_once_before_expiry_with_working_buttons(
     assert warning.problems == []
     renew = button(warning, "Renew")
     assert button(warning, "Release")
+    before = backend.current("db")
+    assert before is not None and before.expires is not None
     fast_bot.press(ALICE, renew["action_id"], renew["value"])
     updated = fast_bot.slack.wait_for(
         lambda c: (
@@ -84,7 +87,8 @@ def test_warning_arrives_once_before_expiry_with_working_buttons(
     assert "You hold" in text_of(updated)
     lease = backend.current("db")
     assert lease is not None and lease.expires is not None
-    assert lease.expires - lease.created > timedelta(seconds=30)
+    # The first Renew is the lease's own length (4 s), not the default day.
+    assert before.expires < lease.expires <= utcnow() + timedelta(seconds=5)
     fast_bot.settle()
     assert len(dms_to(fast_bot.slack, ALICE.id, "expires")) == 1
 

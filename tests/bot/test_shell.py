@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from stormlock.errors import EXIT_UNKNOWN_BACKEND
 from stormlock.testing.env import BIN, CliRunner, clean_env
+from tests.support import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -53,13 +55,16 @@ def test_shell_works_with_no_config_and_no_tokens(home: Path, cli: CliRunner) ->
 def test_shell_buttons_and_home(home: Path, cli: CliRunner) -> None:
     result = shell(
         home,
-        ["acquire db 1h", "/home", "/press 4", "/stormlock who db"],
+        ["acquire db 1h", "/home", "/press 3", "/stormlock who db"],
         "--user",
         "alice",
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "[App Home of alice]" in out and "Your leases" in out
+    home_buttons = out.split("[App Home of alice]")[1]
+    # The first Renew is the lease's own length, never the default day.
+    assert "[1: Renew 1h] [2: Renew 4h] [3: Release]" in home_buttons
     assert "You hold nothing" in out, "the Home tab is redrawn after its button"
     assert "*db* is free" in out
     assert cli("current", "db").returncode == 1
@@ -113,3 +118,42 @@ def test_serve_without_tokens_is_a_one_line_error(home: Path) -> None:
         assert result.returncode == 68
         assert len(result.stderr.strip().splitlines()) == 1
         assert "SLACK_" in result.stderr
+
+
+def test_the_shell_offers_no_wait_list(home: Path, cli: CliRunner) -> None:
+    cli("acquire", "busy")
+    result = shell(home, ["acquire busy", "notify busy"], "--user", "bob")
+    assert result.returncode == 0, result.stderr
+    assert "held by" in result.stdout
+    assert "Notify me when free" not in result.stdout, "no button that cannot work"
+    assert "Wait lists live in Slack" in result.stdout
+
+
+def test_the_bot_without_its_extra_says_how_to_install_it(
+    home: Path, tmp_path: Path
+) -> None:
+    # A module of that name that cannot be imported, as when the extra is absent.
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "slack_bolt.py").write_text(
+        "raise ModuleNotFoundError('no slack_bolt', name='slack_bolt')\n"
+    )
+    env = {**clean_env(home), "PYTHONPATH": str(stub)}
+    for args in (["serve"], ["socket"]):
+        result = subprocess.run(
+            [str(BIN / "stormlock-bot"), *args],
+            env={
+                **env,
+                "SLACK_BOT_TOKEN": "xoxb-1",
+                "SLACK_SIGNING_SECRET": "s",
+                "SLACK_APP_TOKEN": "xapp-1",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=home,
+        )
+        assert result.returncode == EXIT_UNKNOWN_BACKEND, result.stderr
+        line = one_line_error(result.stderr)
+        assert "pip install 'stormlock[bot]'" in line

@@ -1,0 +1,160 @@
+"""The bot's rules, in the chat-free core (stormlock/bot/core.py), driven
+in-process over a real store: where a request may be served, who asked, and
+what a person is told when something fails."""
+
+from __future__ import annotations
+
+from configparser import ConfigParser
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from stormlock.bot import blocks, core
+from stormlock.bot.core import Ask, Core, Via
+from stormlock.bot.metrics import count_request
+from stormlock.bot.parsing import Command
+from stormlock.bot.service import LeaseService, Person, PersonUnknown
+from stormlock.bot.settings import BotSettings
+from stormlock.config import Config
+
+
+class People:
+    def __init__(self, unknown: bool = False) -> None:
+        self.unknown = unknown
+
+    def person(self, user_id: str) -> Person:
+        if self.unknown:
+            raise PersonUnknown("Slack could not tell me who you are just now")
+        return Person(user_id, f"{user_id.lower()}@example.com")
+
+
+def make_core(
+    tmp_path: Path, bot: str = "", backend: str = "", people: People | None = None
+) -> Core:
+    backend = backend or f"[backend.sqlite]\npath = {tmp_path / 'locks.db'}\n"
+    parser = ConfigParser(interpolation=None, default_section="\0none")
+    parser.read_string(f"{backend}\n[bot]\n{bot}\n")
+    settings = BotSettings.load(Config(parser), env={})
+    return Core(LeaseService(settings), settings, people or People(), None)
+
+
+def acquire(resource: str = "db", note: str | None = None) -> Command:
+    return Command("acquire", resource, note=note)
+
+
+def held(c: Core, resource: str = "db") -> bool:
+    return c.service.lease_of(resource) is not None
+
+
+ALLOWED = "channels = C0OPS, deploys"
+
+
+def test_a_button_outside_the_allowed_channels_is_refused(tmp_path: Path) -> None:
+    c = make_core(tmp_path, ALLOWED)
+    outcome = c.handle(Ask("U1", acquire(), channel="CRANDOM", via=Via.BUTTON))
+    assert isinstance(outcome.answer, core.NotHere)
+    assert not held(c)
+
+
+def test_a_channel_name_never_stands_for_an_allowed_channel_id(
+    tmp_path: Path,
+) -> None:
+    c = make_core(tmp_path, ALLOWED)
+    renamed = Ask("U1", acquire(), channel="CEVIL", channel_name="C0OPS")
+    assert isinstance(c.handle(renamed).answer, core.NotHere)
+    by_name = Ask("U1", acquire(), channel="CDEPLOY", channel_name="deploys")
+    assert isinstance(c.handle(by_name).answer, core.Acquired)
+
+
+def test_renew_and_release_buttons_in_a_dm_still_work(tmp_path: Path) -> None:
+    c = make_core(tmp_path, ALLOWED)
+    assert isinstance(c.handle(Ask("U1", acquire(), "C0OPS")).answer, core.Acquired)
+    release = Ask("U1", Command("release", "db"), channel=None, via=Via.BUTTON)
+    assert isinstance(c.handle(release).answer, core.Released)
+
+
+def test_a_command_in_a_dm_is_refused_under_an_allowlist(tmp_path: Path) -> None:
+    c = make_core(tmp_path, ALLOWED)
+    outcome = c.handle(Ask("U1", Command("list"), channel=None))
+    assert isinstance(outcome.answer, core.NotHere)
+
+
+@pytest.mark.parametrize("via", [Via.COMMAND, Via.BUTTON, Via.HOME])
+def test_an_acquire_from_a_dm_or_the_home_is_refused_with_nowhere_to_announce(
+    tmp_path: Path, via: Via
+) -> None:
+    c = make_core(tmp_path)
+    outcome = c.handle(Ask("U1", acquire(), channel=None, via=via))
+    assert isinstance(outcome.answer, core.Problem)
+    assert "announced nowhere" in outcome.answer.text
+    assert not held(c)
+
+
+def test_an_acquire_from_a_dm_is_announced_in_the_announce_channel(
+    tmp_path: Path,
+) -> None:
+    c = make_core(tmp_path, "announce_channel = C0ANN")
+    outcome = c.handle(Ask("U1", acquire(), channel=None, via=Via.BUTTON))
+    assert isinstance(outcome.answer, core.Acquired)
+    assert [n.channel for n in outcome.notices if isinstance(n, core.TookLease)] == [
+        "C0ANN"
+    ]
+
+
+@pytest.mark.parametrize("user_id", ["", "   ", "alice"])
+def test_a_request_without_a_user_takes_nothing(tmp_path: Path, user_id: str) -> None:
+    c = make_core(tmp_path)
+    outcome = c.handle(Ask(user_id, acquire(), channel="C1"))
+    assert isinstance(outcome.answer, core.Problem)
+    assert "who you are" in outcome.answer.text
+    assert not held(c)
+
+
+def test_a_note_over_the_limit_is_refused_not_cut(tmp_path: Path) -> None:
+    c = make_core(tmp_path)
+    outcome = c.handle(Ask("U1", acquire(note="x" * 1001), channel="C1"))
+    assert isinstance(outcome.answer, core.Problem)
+    assert "1001 characters" in outcome.answer.text
+    assert not held(c)
+
+
+def test_an_unreachable_store_is_named_to_nobody_in_slack(tmp_path: Path) -> None:
+    c = make_core(
+        tmp_path,
+        backend="[default]\nbackend = redis\n[backend.redis]\n"
+        "url = redis://127.0.0.1:1/0\ntimeout = 1\n",
+    )
+    outcome = c.handle(Ask("U1", acquire(), channel="C1"))
+    assert outcome.status == "unavailable"
+    text = blocks.answer(outcome.answer, blocks.escape).text
+    assert "unreachable" in text
+    assert "127.0.0.1" not in text and ":1" not in text
+
+
+def test_slack_not_knowing_who_you_are_is_not_a_store_outage(tmp_path: Path) -> None:
+    c = make_core(tmp_path, people=People(unknown=True))
+    outcome = c.handle(Ask("U1", acquire(), channel="C1"))
+    assert isinstance(outcome.answer, core.Problem)
+    assert "Slack could not tell me who you are" in outcome.answer.text
+    assert "store" not in outcome.answer.text
+    assert not held(c)
+
+
+def test_metric_labels_never_come_from_user_text() -> None:
+    def series() -> int:
+        return sum(
+            1
+            for metric in REGISTRY.collect()
+            if metric.name == "stormlock_requests"
+            for sample in metric.samples
+            if sample.name == "stormlock_requests_total"
+        )
+
+    count_request("acquire")("ok")
+    before = series()
+    for word in ["0c3f4a6e-1b2c-4d5e-8f90-123456789abc", "frob", "<!here>"] * 10:
+        count_request(word)("rejected")
+    assert series() - before <= 1, "one 'other' series at most"
+    other = {"command": "other", "outcome": "rejected"}
+    assert (REGISTRY.get_sample_value("stormlock_requests_total", other) or 0) >= 30
