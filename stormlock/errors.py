@@ -52,7 +52,7 @@ EXIT_CODES = (
     ExitCode(
         str(EXIT_USAGE),
         "bad command line (unknown command, missing argument, a note that is "
-        "not UTF-8 text)",
+        "not UTF-8 text, holds a control character or is over 1,000 characters)",
     ),
     ExitCode(str(EXIT_BAD_RESOURCE), "invalid resource name"),
     ExitCode(str(EXIT_BAD_TTL), "invalid TTL or duration"),
@@ -60,7 +60,7 @@ EXIT_CODES = (
         str(EXIT_CONFIG),
         "config file missing (when named with `-c` or `STORMLOCK_CONFIG`), "
         "unreadable or invalid (a value out of range included, such as "
-        "`timeout = -1`)",
+        "`timeout = -1`); a SQLite store this user may not read or write",
     ),
     ExitCode(
         str(EXIT_UNKNOWN_BACKEND),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
+from stormlock import Backend, LockHeldException
 from stormlock.testing.env import CliRunner
 
 
@@ -14,6 +17,27 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached before the deadline")
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie has ended: only its exit status is left)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def take_when_free(backend: Backend, resource: str, timeout: float = 30) -> None:
+    """Acquire `resource` as bob as soon as its lease has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            backend.acquire_lease(resource, "bob", timedelta(minutes=5))
+            return
+        except LockHeldException:
+            assert time.monotonic() < deadline, "the lease never ended"
+            time.sleep(0.02)
 
 
 def one_line_error(stderr: str) -> str:

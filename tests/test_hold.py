@@ -20,7 +20,7 @@ from stormlock.hold import Hold
 from stormlock.testing.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from stormlock.testing.env import STORMLOCK, clean_env
 from stormlock.testing.faults import partition_proxy, redirect
-from tests.support import wait_until
+from tests.support import alive, take_when_free, wait_until
 
 
 def test_with_load_lock_closes_the_backend(
@@ -102,14 +102,6 @@ STUBBORN = (
 )
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
 @pytest.mark.parametrize("name", NETWORK_BACKENDS)
 def test_run_stops_the_command_before_another_client_can_acquire(
     name: str, request: pytest.FixtureRequest, tmp_path: Path, home: Path
@@ -146,15 +138,8 @@ def test_run_stops_the_command_before_another_client_can_acquire(
             wait_until(lambda: (home / "pid").exists(), timeout=30)
             pid = int((home / "pid").read_text())
             proxy.freeze()  # the holder's renewals go nowhere from now on
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    direct.acquire_lease("part", "bob", timedelta(minutes=5))
-                    break
-                except LockHeldException:
-                    assert time.monotonic() < deadline, "the lease never expired"
-                    time.sleep(0.02)
-            assert _gone(pid), "the command still ran when bob took the lease"
+            take_when_free(direct, "part")
+            assert not alive(pid), "the command still ran when bob took the lease"
             _, stderr = run.communicate(timeout=30)
             assert run.returncode == 71, stderr
             assert "lost the lease" in stderr
@@ -162,7 +147,7 @@ def test_run_stops_the_command_before_another_client_can_acquire(
             if run.poll() is None:
                 run.kill()
                 run.communicate()
-            if (home / "pid").exists() and not _gone(
+            if (home / "pid").exists() and alive(
                 pid := int((home / "pid").read_text())
             ):
                 os.kill(pid, signal.SIGKILL)  # a failed run left it behind

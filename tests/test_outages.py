@@ -98,6 +98,7 @@ def test_cli_reports_unreachable_backend_in_one_line(
         ["current", "x"],
         ["list"],
         ["is-held", "x", str(uuid.uuid4())],
+        ["doctor"],
     ):
         started = time.monotonic()
         result = cli("-c", str(path), *args, timeout=HANG_GUARD * 2)
@@ -105,3 +106,4 @@ def test_cli_reports_unreachable_backend_in_one_line(
         assert result.returncode == 70, (args, result.stderr)
         message = one_line_error(result.stderr)
         assert "check" in message or "unreachable" in message
+        assert ".;" not in message, "the driver's full stop, then our advice"

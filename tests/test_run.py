@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from stormlock import LockHeldException
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.env import STORMLOCK, CliRunner, clean_env
-from tests.support import wait_until
+from tests.support import alive, take_when_free, wait_until
 
 # A child that records its lease, then waits to be signalled.
 WAITER = (
@@ -147,47 +144,38 @@ TREE = (
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _tree(home: Path) -> list[int]:
-    wait_until(lambda: (home / "id").exists(), timeout=30)
-    return [int((home / name).read_text()) for name in ("pid", "gc")]
-
-
 def _kill_left(pids: list[int]) -> None:
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)  # a failed test must not leave them
 
 
-def _start_run_with(
-    home: Path, config: BackendConfig, *args: str
-) -> subprocess.Popen[str]:
-    path = home / "stormlock.cfg"
-    path.write_text(config.ini())
-    return start_run(home, "-c", str(path), *args)
+def _run_tree(
+    home: Path, config: BackendConfig | None, *args: str
+) -> tuple[subprocess.Popen[str], list[int]]:
+    """`run ARGS -- sh -c TREE`, once the command and its grandchild run."""
+    if config is not None:
+        path = home / "stormlock.cfg"
+        path.write_text(config.ini())
+        args = ("-c", str(path), *args)
+    proc = start_run(home, *args)
+    wait_until(lambda: (home / "id").exists(), timeout=30)
+    return proc, [int((home / name).read_text()) for name in ("pid", "gc")]
 
 
 def test_a_lost_lease_stops_the_grandchildren_too(
     home: Path, backend_config: BackendConfig
 ) -> None:
-    proc = _start_run_with(
+    proc, pids = _run_tree(
         home, backend_config, "tree", "-t", "4s", "--", "sh", "-c", TREE, "sh"
     )
-    pids = _tree(home)
     try:
         lease_id = (home / "id").read_text().strip()
         with backend_config.create() as other:
             assert other.release_lease("tree", lease_id) is not False
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 71, stderr
-        assert not any(_alive(pid) for pid in pids), "the tree outlived run"
+        assert not any(alive(pid) for pid in pids), "the tree outlived run"
     finally:
         proc.kill()
         _kill_left(pids)
@@ -196,12 +184,13 @@ def test_a_lost_lease_stops_the_grandchildren_too(
 def test_leftovers_are_stopped_before_the_lease_is_released(
     home: Path, cli: CliRunner
 ) -> None:
-    proc = start_run(home, "left", "-t", "8s", "--", "sh", "-c", TREE, "sh", "exit")
-    pids = _tree(home)
+    proc, pids = _run_tree(
+        home, None, "left", "-t", "8s", "--", "sh", "-c", TREE, "sh", "exit"
+    )
     try:
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 0, stderr
-        assert not any(_alive(pid) for pid in pids), "a leftover outlived run"
+        assert not any(alive(pid) for pid in pids), "a leftover outlived run"
         assert cli("current", "left").returncode == 1, "released after the tree"
     finally:
         proc.kill()
@@ -211,23 +200,15 @@ def test_leftovers_are_stopped_before_the_lease_is_released(
 def test_a_sigkilled_run_still_stops_its_tree_before_the_lease_expires(
     home: Path, backend_config: BackendConfig
 ) -> None:
-    proc = _start_run_with(
+    proc, pids = _run_tree(
         home, backend_config, "orphan", "-t", "3s", "--", "sh", "-c", TREE, "sh"
     )
-    pids = _tree(home)
     try:
         proc.kill()  # SIGKILL: no handler of run's runs
         proc.communicate(timeout=30)
         with backend_config.create() as other:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    other.acquire_lease("orphan", "bob", timedelta(minutes=1))
-                    break
-                except LockHeldException:
-                    assert time.monotonic() < deadline, "the lease never expired"
-                    time.sleep(0.02)
-        assert not any(_alive(pid) for pid in pids), "it ran when bob took the lease"
+            take_when_free(other, "orphan")
+        assert not any(alive(pid) for pid in pids), "it ran when bob took the lease"
     finally:
         _kill_left(pids)
 

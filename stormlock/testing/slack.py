@@ -202,7 +202,10 @@ def running_bot(
     bot_section: str = "",
     name: str = "bot-home",
     log_level: str = "DEBUG",
+    env: dict[str, str] | None = None,
 ) -> Iterator[BotServer]:
+    """The real bot (`stormlock-bot serve`) on a free port; `env` overrides
+    its environment (a HOME it cannot write, say)."""
     home = tmp_path / name
     home.mkdir(exist_ok=True)
     path = home / "stormlock.cfg"
@@ -211,14 +214,15 @@ def running_bot(
         + f"\n[bot]\nadmins = {CAROL.id}\n{bot_section}\n"
     )
     port = free_port()
-    env = clean_env(home)
-    env.update(
+    environment = clean_env(home)
+    environment.update(
         SLACK_BOT_TOKEN=slack.token,
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_URL=slack.api_url,
         STORMLOCK_CONFIG=str(path),
         LOG_LEVEL=log_level,
     )
+    environment.update(env or {})
     log_path = home / "bot.log"
     command = [
         str(BIN / "stormlock-bot"),
@@ -235,7 +239,7 @@ def running_bot(
             url=url + "/healthz",
             method="GET",
             timeout=60,
-            envvars=env,
+            envvars=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -224,3 +224,16 @@ def test_readyz_says_ready_and_keeps_the_details_for_the_log(bot: BotServer) -> 
     response = requests.get(bot.url + "/readyz", timeout=10)
     assert response.status_code == 200
     assert response.text == "ready\n"
+
+
+def test_a_home_it_cannot_write_logs_no_error_at_start(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    # As in the container image; below a regular file even root cannot write.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {"HOME": str(blocker / "home")}
+    with running_bot(slack, bot_config, tmp_path, env=env) as bot:
+        assert "You hold" in text_of(bot.reply(ALICE, "acquire db 1h"))
+        logs = bot.logs()
+    assert "ERROR" not in logs, logs

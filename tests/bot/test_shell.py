@@ -157,3 +157,38 @@ def test_the_bot_without_its_extra_says_how_to_install_it(
         assert result.returncode == EXIT_UNKNOWN_BACKEND, result.stderr
         line = one_line_error(result.stderr)
         assert "pip install 'stormlock[bot]'" in line
+
+
+def test_the_shell_has_line_editing_and_history(home: Path) -> None:
+    """At a terminal, Up-arrow brings back the last line (no `^[[A`)."""
+    import os
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the shell on the terminal
+        os.chdir(home)
+        program = str(BIN / "stormlock-bot")
+        os.execve(program, [program, "shell"], clean_env(home))  # noqa: S606
+    seen = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal seen
+        while seen.count(marker) < 1:
+            ready, _, _ = select.select([fd], [], [], 30)
+            assert ready, f"no {marker!r} in {seen[-300:]!r}"
+            seen += os.read(fd, 4096)
+
+    try:
+        read_until(b"> ")
+        os.write(fd, b"list\r")
+        read_until(b"Nothing is held")
+        seen = b""
+        os.write(fd, b"\x1b[A\r")  # Up-arrow, Enter: the same command again
+        read_until(b"Nothing is held")
+        assert b"^[[A" not in seen
+        os.write(fd, b"/quit\r")
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
