@@ -1,8 +1,10 @@
 """The naive Slack bot the reply benchmark compares Stormlock's against.
 
 What a first bot usually is: Bolt, the library called before the ack, the
-answer in the ack body. No announcements, no App Home, no identity lookup
-(the principal is the Slack user id), served by the same gunicorn set-up.
+answer in the ack body. It announces each change in the channel, as ours
+does, from a small thread pool so that the post never delays the answer. No
+App Home, no identity lookup (the principal is the Slack user id), served by
+the same gunicorn set-up.
 
     STORMLOCK_CONFIG=... SLACK_SIGNING_SECRET=... SLACK_BOT_TOKEN=... \\
     SLACK_API_URL=... python -m bench.baseline_bot PORT
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slack_bolt import Ack, App
@@ -33,6 +36,11 @@ def build() -> WSGIApp:
     client = WebClient(
         token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"]
     )
+    posts = ThreadPoolExecutor(4)
+
+    def announce(channel: str, text: str) -> None:
+        posts.submit(client.chat_postMessage, channel=channel, text=text)
+
     app = App(
         client=client,
         signing_secret=os.environ["SLACK_SIGNING_SECRET"],
@@ -53,6 +61,9 @@ def build() -> WSGIApp:
                 ttl = parse_duration(words[2]) if len(words) > 2 else None
                 lease = lock.acquire_lease(ttl)
                 ack(f"You hold {resource}. Lease id: {lease.id}")
+                announce(
+                    str(body["channel_id"]), f"<@{body['user_id']}> took {resource}"
+                )
             else:
                 held = lock.current()
                 if held is None or held.principal != body["user_id"]:
@@ -60,6 +71,7 @@ def build() -> WSGIApp:
                 else:
                     lock.release(held.id)
                     ack(f"You released {resource}")
+                    announce(str(body["channel_id"]), f"{resource} is free")
         except LockHeldException:
             ack(f"{resource} is held by someone else")
         except StormlockError as exc:

@@ -12,6 +12,7 @@ Nothing here is called back by what it calls.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -81,9 +82,14 @@ class Pipeline:
 
     # -- from Slack -----------------------------------------------------------
 
-    def command(self, body: dict[str, Any]) -> None:
-        """`/stormlock ...`, after the ack."""
-        self.answers.submit(self._command, body)
+    def command(self, body: dict[str, Any]) -> Message | None:
+        """`/stormlock ...`: the answer, if it is ready within the answer
+        budget (it then goes back in the ack, the fastest way Slack offers);
+        else None, and the answer follows through the response_url."""
+        response_url = str(body.get("response_url", ""))
+        answer = _Answer(self.outbox, response_url)
+        self.answers.submit(self._command, body, answer.give)
+        return answer.take(self.settings.answer_budget.total_seconds())
 
     def button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         self.answers.submit(self._button, body, action)
@@ -93,11 +99,9 @@ class Pipeline:
 
     # -- to Ask ----------------------------------------------------------------
 
-    def _command(self, body: dict[str, Any]) -> None:
-        response_url = str(body.get("response_url", ""))
-
+    def _command(self, body: dict[str, Any], give: Callable[[Message], None]) -> None:
         def reply(message: Message, _answer: Answer | None = None) -> None:
-            self.outbox.respond(response_url, message)
+            give(message)
 
         text = str(body.get("text", ""))
         words = text.split()
@@ -247,6 +251,34 @@ class Pipeline:
         drawn = self.core.home(user_id)
         view = blocks.home_of(drawn, self.directory.display, self.core.renew_offer)
         self.outbox.publish_now(user_id, view)
+
+
+class _Answer:
+    """A command's answer, handed over once: to the ack while the listener
+    still waits for it, else (and every later message) to the response_url."""
+
+    def __init__(self, outbox: Outbox, response_url: str) -> None:
+        self._outbox = outbox
+        self._response_url = response_url
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._message: Message | None = None
+        self._taken = False
+
+    def give(self, message: Message) -> None:
+        with self._lock:
+            if not self._taken and self._message is None:
+                self._message = message
+                self._ready.set()
+                return
+        self._outbox.respond(self._response_url, message)
+
+    def take(self, budget: float) -> Message | None:
+        if budget > 0:
+            self._ready.wait(budget)
+        with self._lock:
+            self._taken = True
+            return self._message
 
 
 def _is_dm(channel: object) -> bool:

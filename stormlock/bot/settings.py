@@ -103,6 +103,23 @@ class BotSettings:
         return raw.strip().lower() in ("yes", "true", "on", "1")
 
     @property
+    def answer_budget(self) -> timedelta:
+        """How long a command's answer may take to go back in the ack itself
+        (Slack waits 3 s for the ack); past it, it goes through response_url.
+        `none`: always through response_url."""
+        text = self.config.value(None, "answer_budget", BOT_SECTION)
+        if text is not None and text.strip().lower() in ("none", "off", "no"):
+            return timedelta(0)  # every answer through response_url
+        raw = self.config.duration(None, "answer_budget", BOT_SECTION)
+        budget = raw or timedelta(seconds=1.5)
+        if budget > timedelta(seconds=2.5):
+            raise ConfigError(
+                f"{self.config.source}: [bot] answer_budget {raw} leaves Slack no "
+                "time for the ack (it waits 3 s); use 2.5s or less"
+            )
+        return budget
+
+    @property
     def reconcile_interval(self) -> timedelta:
         raw = self.config.duration(None, "reconcile_interval", BOT_SECTION)
         return raw or timedelta(seconds=30)

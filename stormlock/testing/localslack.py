@@ -31,7 +31,7 @@ class Call:
     """One request that reached the fake Slack."""
 
     method: str
-    """A Web API method, or "response_url"."""
+    """A Web API method, "response_url", or "ack" (an answer in the ack)."""
     payload: dict[str, Any]
     context: dict[str, str] = field(default_factory=dict)
     """For response_url calls: the user and channel the URL was made for; for
@@ -163,6 +163,18 @@ class LocalSlack:
         )
 
     # -- observing ------------------------------------------------------------
+
+    def acked(self, user_id: str, channel_id: str, payload: dict[str, Any]) -> Call:
+        """Record an answer the bot gave in its ack (Slack shows it to the
+        user as it shows a response_url message), checked the same way."""
+        call = Call(
+            "ack",
+            payload,
+            {"user": user_id, "channel": channel_id},
+            self.problems("response_url", payload),
+        )
+        self.record(call)
+        return call
 
     def record(self, call: Call) -> None:
         with self._changed:

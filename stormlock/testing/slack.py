@@ -44,6 +44,15 @@ def sign(
     return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}
 
 
+ANSWERED = ("ack", "response_url")
+"""The ways an answer reaches the person: in the ack, or through response_url."""
+
+
+def answers(call: Call, user: User | None = None) -> bool:
+    """Whether `call` is an answer to a person (to `user`, if given)."""
+    return call.method in ANSWERED and (user is None or call.context["user"] == user.id)
+
+
 @dataclass
 class BotServer:
     url: str
@@ -104,6 +113,8 @@ class BotServer:
             urllib.parse.urlencode(form), "application/x-www-form-urlencoded"
         )
         assert response.status_code == 200, response.text
+        if response.content:  # the answer came in the ack
+            self.slack.acked(user.id, channel, response.json())
         return response
 
     def reply(
@@ -113,15 +124,11 @@ class BotServer:
         before = len(self.replies_to(user))
         self.command(user, text, channel)
         return self.slack.wait_for(
-            lambda c: c.method == "response_url" and c.context["user"] == user.id,
-            count=before + 1,
-            timeout=timeout,
+            lambda c: answers(c, user), count=before + 1, timeout=timeout
         )[before]
 
     def replies_to(self, user: User) -> list[Call]:
-        return [
-            c for c in self.slack.of("response_url") if c.context["user"] == user.id
-        ]
+        return [c for c in list(self.slack.calls) if answers(c, user)]
 
     def press(
         self,

@@ -18,6 +18,7 @@ from stormlock.testing.slack import (
     BOB,
     UUID,
     BotServer,
+    answers,
     lease_id_in,
     start_bot,
     text_of,
@@ -154,7 +155,7 @@ def down_bot(slack: LocalSlack, tmp_path: Path) -> Iterator[BotServer]:
 def test_backend_down_still_answers_quickly(down_bot: BotServer) -> None:
     response = down_bot.command(ALICE, "acquire db")
     assert response.elapsed.total_seconds() < 3
-    reply = down_bot.slack.wait_for(lambda c: c.method == "response_url")[0]
+    reply = down_bot.slack.wait_for(lambda c: answers(c))[0]
     assert "unreachable" in text_of(reply) and "nothing changed" in text_of(reply)
     assert "unreachable" in text_of(down_bot.reply(ALICE, "list"))
 

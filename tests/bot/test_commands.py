@@ -9,12 +9,14 @@ import requests
 
 from stormlock.testing.slack import (
     ALICE,
+    ANSWERED,
     BOB,
     CAROL,
     DAVE,
     SECRET,
     UUID,
     BotServer,
+    answers,
     lease_id_in,
     sign,
     text_of,
@@ -188,7 +190,7 @@ def test_many_users_racing_get_exactly_one_holder(bot: BotServer) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    replies = bot.slack.wait_for(lambda c: c.method == "response_url", count=20)
+    replies = bot.slack.wait_for(lambda c: answers(c), count=20)
     won = [c for c in replies if "You hold" in text_of(c)]
     lost = [c for c in replies if "held by" in text_of(c)]
     assert len(won) == 1 and len(lost) == 19
@@ -245,9 +247,7 @@ def test_announcement_failure_is_told_to_the_user(bot: BotServer) -> None:
         "chat.postMessage", 200, {}, {"ok": False, "error": "not_in_channel"}
     )
     bot.command(ALICE, "acquire db")
-    replies = bot.slack.wait_for(
-        lambda c: c.method == "response_url" and c.context["user"] == ALICE.id, count=2
-    )
+    replies = bot.slack.wait_for(lambda c: answers(c, ALICE), count=2)
     assert "not_in_channel" in text_of(replies[1]) and "Invite" in text_of(replies[1])
 
 
@@ -268,7 +268,7 @@ def test_lease_ids_never_leave_the_acquirers_private_replies(bot: BotServer) -> 
     for call in bot.slack.calls:
         shown = text_of(call)
         for lease_id in ids & set(UUID.findall(shown)):
-            assert call.method == "response_url", (call.method, shown)
+            assert call.method in ANSWERED, (call.method, shown)
             owner = (
                 ALICE.id if lease_id in text_of(bot.replies_to(ALICE)[0]) else BOB.id
             )

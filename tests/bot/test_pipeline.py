@@ -276,11 +276,19 @@ def test_a_retry_after_longer_than_the_claim_never_sends_twice(
         assert slack.of("chat.postMessage")[0].context.get("failed") == "429"
 
 
-def test_an_answer_slack_fails_to_take_is_sent_again(fast_bot: BotServer) -> None:
-    slack = fast_bot.slack
+@pytest.fixture
+def late_bot(
+    slack: LocalSlack, sqlite_config: BackendConfig, tmp_path: Path
+) -> Iterator[BotServer]:
+    """A bot that answers through response_url only (no answer in the ack)."""
+    yield from start_bot(slack, sqlite_config, tmp_path, "answer_budget = none")
+
+
+def test_an_answer_slack_fails_to_take_is_sent_again(late_bot: BotServer) -> None:
+    slack = late_bot.slack
     for _ in range(3):  # past the webhook client's own retry
         slack.fail_next("response_url", 500, {}, {})
-    fast_bot.command(ALICE, "acquire db 1h")
+    late_bot.command(ALICE, "acquire db 1h")
     [answer] = slack.wait_for(
         lambda c: (
             c.method == "response_url"

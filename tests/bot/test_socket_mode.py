@@ -73,10 +73,12 @@ def test_socket_mode_acks_the_envelope_and_replies(
         try:
             ack = acks.get(timeout=30)
             assert ack["envelope_id"] == "env-1"
-            reply = slack.wait_for(
-                lambda c: c.method == "response_url" and c.context["user"] == ALICE.id
-            )[0]
+            # The answer travels in the envelope's ack, as in the HTTP ack.
+            reply = slack.acked(ALICE.id, "C0OPS", ack["payload"])
+            assert reply.problems == []
+            assert ack["payload"]["response_type"] == "ephemeral"
             assert "You hold *prod-db*" in text_of(reply)
+            assert not slack.of("response_url"), "answered once, in the ack"
             slack.wait_for(
                 lambda c: c.method == "chat.postMessage" and "took" in text_of(c)
             )
