@@ -19,6 +19,7 @@ from typing import Protocol
 from ..backend import Lease, LockHeldException
 from ..errors import BackendUnavailable, StormlockError
 from ..history import Event
+from .metrics import CoolingDown
 from .parsing import Command
 from .service import LeaseService, Person, PersonUnknown
 from .settings import USER_ID, BotSettings
@@ -187,6 +188,8 @@ class Outcome:
     """A resource that may be free now: its wait list is told."""
     changed: bool = False
     """Leases changed: boards are redrawn."""
+    verify: bool = False
+    """The change's outcome is unknown: look again (`Core.verify`) later."""
 
 
 # `/stormlock history` shows this many of the resource's last events.
@@ -195,6 +198,12 @@ HISTORY_SHOWN = 20
 HOME_RECENT = 5
 HOME_SCAN = 500
 
+# The commands that change a lease: a time-out leaves their outcome unknown.
+CHANGES = frozenset({"acquire", "renew", "release"})
+UNKNOWN = (
+    "The lease store did not answer in time, so I cannot tell whether that "
+    "went through. I'll look again once it answers and tell you here."
+)
 UNREACHABLE = (
     "The lease store is unreachable, so nothing changed. Try again in a moment."
 )
@@ -206,6 +215,12 @@ OUR_FAULT = (
     "Something went wrong on our side; nothing was changed. "
     "Try again, or tell your Stormlock admins."
 )
+
+
+def _state_of(resource: str, lease: Lease | None, mine: bool) -> str:
+    if lease is None:
+        return f"{resource} is free"
+    return f"you still hold {resource}" if mine else f"{resource} is held"
 
 
 class Core:
@@ -233,6 +248,9 @@ class Core:
         except BackendUnavailable as exc:
             # Which host failed is for the operator's log, not for Slack.
             log.warning("%s: the store failed: %s", ask.command.name, exc)
+            if ask.command.name in CHANGES and not isinstance(exc, CoolingDown):
+                # Sent, maybe applied, not confirmed: say so, and look again.
+                return Outcome(Problem(UNKNOWN), "unavailable", verify=True)
             return Outcome(Problem(UNREACHABLE), "unavailable")
         except StormlockError as exc:
             return Outcome(Problem(exc.message), "rejected")
@@ -254,6 +272,41 @@ class Core:
             log.warning("App Home history: %s", exc)
             recent = []
         return Home(everyone, mine, recent)
+
+    def verify(self, ask: Ask) -> Outcome | None:
+        """What became of a change whose outcome was unknown, told as its
+        answer would have been: None while the store still does not answer.
+        A lease that did go through is announced as the change would have; a
+        change not found applied is marked `verify` (look once more)."""
+        command = ask.command
+        resource = command.resource or ""
+        try:
+            person = self.people.person(ask.user_id)
+            lease = self.service.lease_of(resource)
+        except StormlockError:
+            return None
+        mine = lease is not None and person.is_principal(lease.principal)
+        if command.name == "acquire" and lease is not None and mine:
+            outcome = Outcome(
+                Acquired(lease, self.renew_offer(lease, command.ttl)), changed=True
+            )
+            channel = self._announce_in(resource, ask)
+            if channel:
+                outcome.notices.append(TookLease(channel, lease))
+            if ask.channel:
+                outcome.origin = (lease, ask.channel)
+            return outcome
+        if command.name == "renew" and lease is not None and mine:
+            return Outcome(Renewed(lease, self.renew_offer(lease, command.ttl)))
+        if command.name == "acquire" and lease is not None:
+            return Outcome(Held(resource, lease, self.state is not None), "held")
+        if command.name == "release" and not mine:
+            return Outcome(Released(resource), freed=resource, changed=True)
+        # Not applied, as far as the store says now (a late one may still come).
+        return Outcome(
+            Problem(f"It did not go through; {_state_of(resource, lease, mine)}."),
+            verify=True,
+        )
 
     def renew_offer(
         self, lease: Lease, asked: timedelta | None = None

@@ -72,6 +72,11 @@ _TIMED = frozenset(
 COOL_DOWN = 2.0
 
 
+class CoolingDown(BackendUnavailable):
+    """Refused without asking the store (it failed just before): so nothing
+    can have changed."""
+
+
 class TimedBackend:
     """A backend whose operations are timed into BACKEND_LATENCY, and that
     fails fast for `COOL_DOWN` seconds after the store failed to answer."""
@@ -91,7 +96,7 @@ class TimedBackend:
         def timed(*args: Any, **kwargs: Any) -> Any:
             failure = self._failure
             if failure is not None and time.monotonic() < self._failing_until:
-                raise BackendUnavailable(failure.message)
+                raise CoolingDown(failure.message)
             start = time.perf_counter()
             try:
                 return value(*args, **kwargs)

@@ -46,6 +46,12 @@ BAD_BUTTON = (
     "That button is damaged or not one of mine, so nothing changed; "
     "use /stormlock instead."
 )
+# After a change timed out, look again after these many seconds (a minute).
+VERIFY_AFTER = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+STILL_UNKNOWN = (
+    "The lease store has not answered for a minute, so I still cannot tell "
+    "whether that went through; look with /stormlock current once it is back."
+)
 # Changes within this long redraw the boards once.
 BOARD_BATCH = 1.0
 
@@ -169,7 +175,33 @@ class Pipeline:
         done(outcome.status)
         reply(blocks.answer(outcome.answer, self.directory.display), outcome.answer)
         self._follow_up(ask, outcome, reply)
+        if outcome.verify:
+            self._verify_later(ask, reply)
         return outcome
+
+    def _verify_later(
+        self, ask: Ask, reply: Reply, attempt: int = 0, seen: bool = False
+    ) -> None:
+        """A change timed out: once the store answers, tell the person (and
+        the channel) what became of it. "It did not go through" is said only
+        when a second look, a while later, still finds so: a request the
+        partition held may reach the store just after it heals."""
+
+        def check() -> None:
+            outcome = self.core.verify(ask)
+            if outcome is None or (outcome.verify and not seen):
+                if attempt + 1 < len(VERIFY_AFTER):
+                    again = outcome is not None
+                    self._verify_later(ask, reply, attempt + 1, again)
+                else:
+                    log.warning("%s: outcome still unknown", ask.command.name)
+                    reply(blocks.problem(STILL_UNKNOWN), None)
+                return
+            answer = blocks.answer(outcome.answer, self.directory.display)
+            reply(answer, outcome.answer)
+            self._follow_up(ask, outcome, reply)
+
+        self.outbox.submit(Priority.NOTICE, check, delay=VERIFY_AFTER[attempt])
 
     def _follow_up(self, ask: Ask, outcome: Outcome, reply: Reply) -> None:
         outbox = self.outbox

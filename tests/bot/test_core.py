@@ -17,6 +17,9 @@ from stormlock.bot.parsing import Command
 from stormlock.bot.service import LeaseService, Person, PersonUnknown
 from stormlock.bot.settings import BotSettings
 from stormlock.config import Config
+from stormlock.testing.backends import network_backend
+from stormlock.testing.faults import partition_proxy, redirect
+from tests.support import wait_until
 
 
 class People:
@@ -125,11 +128,12 @@ def test_an_unreachable_store_is_named_to_nobody_in_slack(tmp_path: Path) -> Non
         backend="[default]\nbackend = redis\n[backend.redis]\n"
         "url = redis://127.0.0.1:1/0\ntimeout = 1\n",
     )
-    outcome = c.handle(Ask("U1", acquire(), channel="C1"))
-    assert outcome.status == "unavailable"
-    text = blocks.answer(outcome.answer, blocks.escape).text
-    assert "unreachable" in text
-    assert "127.0.0.1" not in text and ":1" not in text
+    for command, said in ((acquire(), "cannot tell"), (Command("list"), "unreachable")):
+        outcome = c.handle(Ask("U1", command, channel="C1"))
+        assert outcome.status == "unavailable"
+        text = blocks.answer(outcome.answer, blocks.escape).text
+        assert said in text
+        assert "127.0.0.1" not in text and ":1" not in text
 
 
 def test_slack_not_knowing_who_you_are_is_not_a_store_outage(tmp_path: Path) -> None:
@@ -158,3 +162,57 @@ def test_metric_labels_never_come_from_user_text() -> None:
     assert series() - before <= 1, "one 'other' series at most"
     other = {"command": "other", "outcome": "rejected"}
     assert (REGISTRY.get_sample_value("stormlock_requests_total", other) or 0) >= 30
+
+
+def test_a_timed_out_acquire_is_unknown_and_found_out_later(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The partition holds the acquire; it reaches the store when it heals.
+    The person is told neither "held" nor "nothing changed" but "unknown",
+    and then that they hold it, with the channel's announcement."""
+    config, port = network_backend("redis", request, tmp_path)
+    with partition_proxy(port) as proxy:
+        options = {**redirect("redis", config.options, proxy.port), "timeout": "1"}
+        ini = "[default]\nbackend = redis\n[backend.redis]\n" + "".join(
+            f"{key} = {value}\n" for key, value in options.items()
+        )
+        c = make_core(tmp_path, backend=ini)
+        ask = Ask("U1", acquire(), channel="C1")
+        # Connected, and the store knows the acquire script, before it parts.
+        assert isinstance(
+            c.handle(Ask("U3", acquire("warm"), "C1")).answer, core.Acquired
+        )
+        proxy.freeze()
+        outcome = c.handle(ask)
+        assert outcome.verify and isinstance(outcome.answer, core.Problem)
+        assert "cannot tell whether that went through" in outcome.answer.text
+        # Refused at once while the store cools down: that one changed nothing.
+        again = c.handle(Ask("U2", acquire("other"), channel="C1"))
+        assert not again.verify and isinstance(again.answer, core.Problem)
+        assert "nothing changed" in again.answer.text
+        assert c.verify(ask) is None, "still no answer: still unknown"
+        proxy.thaw()
+        # Once the held acquire has reached the store, it is found to be ours.
+        store = config.create()
+        wait_until(lambda: store.current("db") is not None)
+        found: list[core.Outcome | None] = []
+
+        def looked() -> bool:
+            found.append(c.verify(ask))  # None while the store cools down
+            return found[-1] is not None
+
+        wait_until(looked)
+    final = found[-1]
+    assert final is not None and not final.verify
+    assert isinstance(final.answer, core.Acquired)
+    assert final.answer.lease.principal == "u1@example.com"
+    assert [n.channel for n in final.notices if isinstance(n, core.TookLease)] == ["C1"]
+
+
+def test_a_change_that_did_not_go_through_is_said_so(tmp_path: Path) -> None:
+    c = make_core(tmp_path)
+    ask = Ask("U1", acquire(), channel="C1")
+    found = c.verify(ask)
+    assert found is not None and isinstance(found.answer, core.Problem)
+    assert "did not go through; db is free" in found.answer.text
+    assert found.verify, "said only after a second look"

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from stormlock.testing.backends import BackendConfig, isolated_options
-from stormlock.testing.faults import silent_server
+from stormlock.testing.backends import (
+    BackendConfig,
+    isolated_options,
+    network_backend,
+)
+from stormlock.testing.faults import partition_proxy, redirect, silent_server
 from stormlock.testing.localslack import LocalSlack, User
 from stormlock.testing.slack import (
     ALICE,
@@ -237,3 +241,31 @@ def test_a_home_it_cannot_write_logs_no_error_at_start(
         assert "You hold" in text_of(bot.reply(ALICE, "acquire db 1h"))
         logs = bot.logs()
     assert "ERROR" not in logs, logs
+
+
+def test_an_acquire_lost_in_a_partition_is_unknown_then_told(
+    slack: LocalSlack, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The partition holds the acquire, and it lands when the partition heals:
+    Alice is told "cannot tell", then that she holds it; the channel hears."""
+    config, port = network_backend("redis", request, tmp_path)
+    with partition_proxy(port) as proxy:
+        options = {**redirect("redis", config.options, proxy.port), "timeout": "1"}
+        with running_bot(slack, BackendConfig("redis", options), tmp_path) as bot:
+            # Connected, and the store knows the acquire script, before it parts.
+            assert "You hold" in text_of(bot.reply(ALICE, "acquire warm 1h"))
+            proxy.freeze()
+            first = text_of(bot.reply(ALICE, "acquire db 1h"))
+            assert "cannot tell whether that went through" in first
+            assert "nothing changed" not in first
+            proxy.thaw()
+            told = slack.wait_for(
+                lambda c: answers(c, ALICE) and "You hold *db*" in text_of(c),
+                timeout=30,
+            )[0]
+            assert lease_id_in(told), "the id, privately, as any acquire's answer"
+            slack.wait_for(
+                lambda c: c.method == "chat.postMessage" and "*db*" in text_of(c)
+            )
+    lease = config.create().current("db")
+    assert lease is not None and lease.principal == ALICE.email
