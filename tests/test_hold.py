@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -29,17 +29,20 @@ def test_with_load_lock_closes_the_backend(
     monkeypatch.setenv("XDG_STATE_HOME", str(home))
     with load_lock("with-db") as lock:
         lease = lock.acquire_lease()
-        close = mock.patch.object(lock.backend, "close", wraps=lock.backend.close)
-        spy = close.start()
-        lock.release(lease.id)
-    close.stop()
-    spy.assert_called_once_with()
+        connection = lock.backend._connect()  # type: ignore[attr-defined]
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        connection.execute("SELECT 1")
+    with load_lock("with-db") as again:
+        assert again.is_current(lease.id), "closing releases nothing"
 
 
-def test_a_backend_is_a_context_manager(backend: Backend, resource: str) -> None:
-    with backend as same:
-        assert same is backend
-        same.acquire_lease(resource, "alice", timedelta(minutes=1))
+def test_a_backend_is_a_context_manager(
+    make_backend: Callable[[], Backend], resource: str
+) -> None:
+    with make_backend() as backend:
+        lease = backend.acquire_lease(resource, "alice", timedelta(minutes=1))
+    with make_backend() as other:  # what one closed is still there for others
+        assert other.is_current(resource, lease.id)
 
 
 def test_hold_renews_while_the_block_runs_and_releases_after(

@@ -70,6 +70,16 @@ class Message:
         return {"text": self.text, "blocks": self.blocks}
 
 
+def combined(messages: Sequence[Message]) -> Message:
+    """Announcements to one channel as one post, in order (each already made
+    safe by its own Message)."""
+    if len(messages) == 1:
+        return messages[0]
+    merged = Message("", [block for message in messages for block in message.blocks])
+    object.__setattr__(merged, "text", "\n".join(m.text for m in messages))
+    return merged
+
+
 def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 

@@ -34,7 +34,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
-from .blocks import Message
+from .blocks import MAX_BLOCKS, Message, combined
 from .metrics import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # (and counted in stormlock_slack_errors_total).
 BACKOFF = (0.5, 2.0, 8.0)
 SLACK_TIMEOUT = 5
+# Slack allows about one chat.postMessage per second per channel.
+CHANNEL_PACE = 1.0
 # A 429 asking to wait longer than this is not waited for in a thread:
 # the send is queued again (or, for a reminder, left to the next pass).
 MAX_RETRY_AFTER = 5.0
@@ -152,9 +154,19 @@ def failure_of(exc: BaseException) -> Failure:
     return Failure(type(exc).__name__, True)  # connection refused, reset, ...
 
 
+class _Paced:
+    """A channel's announcements waiting for Slack's pace."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Message, Callable[[str], None] | None]] = []
+        self.next_at = 0.0  # monotonic: when this channel may be posted to again
+        self.scheduled = False
+
+
 class Outbox:
     def __init__(self, client: WebClient, threads: int = 2) -> None:
         self.client = client
+        self._channels: dict[str, _Paced] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = (
             queue.PriorityQueue()
         )
@@ -353,10 +365,46 @@ class Outbox:
         message: Message,
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
+        """Announce in `channel`. Slack takes about one post a second per
+        channel: what comes faster waits for the next post, which names every
+        change since, in order (instead of a wall of 429s)."""
+        with self._lock:
+            paced = self._channels.setdefault(channel, _Paced())
+            paced.pending.append((message, on_failure))
+            if paced.scheduled:
+                return
+            paced.scheduled = True
+            delay = paced.next_at - time.monotonic()
+        self.submit(Priority.NOTICE, lambda: self._flush(channel), delay=delay)
+
+    def _flush(self, channel: str) -> None:
+        with self._lock:
+            paced = self._channels[channel]
+            batch: list[tuple[Message, Callable[[str], None] | None]] = []
+            size = 0
+            while paced.pending:
+                blocks = len(paced.pending[0][0].blocks) or 1
+                if batch and size + blocks > MAX_BLOCKS:
+                    break
+                batch.append(paced.pending.pop(0))
+                size += blocks
+            paced.next_at = time.monotonic() + CHANNEL_PACE
+            paced.scheduled = bool(paced.pending)
+        if paced.scheduled:  # the rest goes in the next post
+            self.submit(
+                Priority.NOTICE, lambda: self._flush(channel), delay=CHANNEL_PACE
+            )
+        message = combined([m for m, _ in batch])
+        callbacks = [tell for _, tell in batch if tell is not None]
+
+        def failed(error: str) -> None:
+            for tell in callbacks:
+                tell(error)
+
         send = self._retrying(
-            "chat.postMessage", lambda: self.post_now(channel, message), on_failure
+            "chat.postMessage", lambda: self.post_now(channel, message), failed
         )
-        self.submit(Priority.NOTICE, send)
+        send()
 
     def dm(self, user_id: str, message: Message) -> None:
         send = self._retrying("DM", lambda: self.dm_now(user_id, message), None)

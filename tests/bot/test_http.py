@@ -181,7 +181,11 @@ def test_a_silent_store_still_gets_everyone_an_answer_within_3s(
                 lambda c: answers(c), count=len(people), timeout=30
             )
             waited = time.monotonic() - started
-    assert all("store is unreachable" in text_of(reply) for reply in replies)
+    # Timed out: unknown (it may have gone through); refused at once in the
+    # cool-down that follows: nothing changed.
+    said = [text_of(reply) for reply in replies]
+    assert all("cannot tell" in text or "store is unreachable" in text for text in said)
+    assert any("cannot tell" in text for text in said)
     # Which host failed is for the operator's log, never for Slack users.
     assert not any(str(silent.port) in text_of(reply) for reply in replies)
     # Twelve people at once: the first calls wait out the bot's store budget
@@ -246,8 +250,8 @@ def test_a_home_it_cannot_write_logs_no_error_at_start(
 def test_an_acquire_lost_in_a_partition_is_unknown_then_told(
     slack: LocalSlack, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """The partition holds the acquire, and it lands when the partition heals:
-    Alice is told "cannot tell", then that she holds it; the channel hears."""
+    """A partition holds the acquire: Alice is told "cannot tell", then, once
+    the store answers, what became of it (and the channel, if she holds it)."""
     config, port = network_backend("redis", request, tmp_path)
     with partition_proxy(port) as proxy:
         options = {**redirect("redis", config.options, proxy.port), "timeout": "1"}
@@ -258,14 +262,19 @@ def test_an_acquire_lost_in_a_partition_is_unknown_then_told(
             first = text_of(bot.reply(ALICE, "acquire db 1h"))
             assert "cannot tell whether that went through" in first
             assert "nothing changed" not in first
+            before = len(bot.replies_to(ALICE))
             proxy.thaw()
-            told = slack.wait_for(
-                lambda c: answers(c, ALICE) and "You hold *db*" in text_of(c),
-                timeout=30,
-            )[0]
-            assert lease_id_in(told), "the id, privately, as any acquire's answer"
-            slack.wait_for(
-                lambda c: c.method == "chat.postMessage" and "*db*" in text_of(c)
-            )
-    lease = config.create().current("db")
-    assert lease is not None and lease.principal == ALICE.email
+            # The bot looks again and says what became of it, which is what the
+            # store holds: whether the held request had been sent before the
+            # time-out depends on the connection it took (tests/bot/test_core.py
+            # has the case where it was, deterministically).
+            told = slack.wait_for(lambda c: answers(c, ALICE), count=before + 1)[before]
+            lease = config.create().current("db")
+            if lease is not None:
+                assert lease.principal == ALICE.email
+                assert "You hold *db*" in text_of(told) and lease_id_in(told)
+                slack.wait_for(
+                    lambda c: c.method == "chat.postMessage" and "*db*" in text_of(c)
+                )
+            else:
+                assert "did not go through; db is free" in text_of(told)
