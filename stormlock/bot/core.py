@@ -287,15 +287,7 @@ class Core:
             return None
         mine = lease is not None and person.is_principal(lease.principal)
         if command.name == "acquire" and lease is not None and mine:
-            outcome = Outcome(
-                Acquired(lease, self.renew_offer(lease, command.ttl)), changed=True
-            )
-            channel = self._announce_in(resource, ask)
-            if channel:
-                outcome.notices.append(TookLease(channel, lease))
-            if ask.channel:
-                outcome.origin = (lease, ask.channel)
-            return outcome
+            return self._took(ask, lease)
         if command.name == "renew" and lease is not None and mine:
             return Outcome(Renewed(lease, self.renew_offer(lease, command.ttl)))
         if command.name == "acquire" and lease is not None:
@@ -388,10 +380,13 @@ class Core:
     def _acquire(self, person: Person, ask: Ask, resource: str) -> Outcome:
         command = ask.command
         lease = self.service.acquire(person, resource, command.ttl, command.note)
-        outcome = Outcome(
-            Acquired(lease, self.renew_offer(lease, command.ttl)), changed=True
-        )
-        channel = self._announce_in(resource, ask)
+        return self._took(ask, lease)
+
+    def _took(self, ask: Ask, lease: Lease) -> Outcome:
+        """A lease `ask` took: the answer, the announcement, the origin."""
+        offer = self.renew_offer(lease, ask.command.ttl)
+        outcome = Outcome(Acquired(lease, offer), changed=True)
+        channel = self._announce_in(lease.resource, ask)
         if channel:
             outcome.notices.append(TookLease(channel, lease))
         if ask.channel:
