@@ -165,6 +165,7 @@ def test_the_shell_has_line_editing_and_history(home: Path) -> None:
     import os
     import pty
     import select
+    import signal
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: the shell on the terminal
@@ -173,26 +174,32 @@ def test_the_shell_has_line_editing_and_history(home: Path) -> None:
         os.execve(program, [program, "shell"], clean_env(home))  # noqa: S606
     seen = b""
 
-    def read_until(marker: bytes) -> None:
+    def read_until(marker: bytes, then: bytes = b"") -> None:
+        """Until `marker` is seen, and `then` after it."""
         nonlocal seen
-        while seen.count(marker) < 1:
+        while marker not in seen or then not in seen.split(marker, 1)[1]:
             ready, _, _ = select.select([fd], [], [], 30)
             assert ready, f"no {marker!r} in {seen[-300:]!r}"
             seen += os.read(fd, 4096)
 
+    quit = False
     try:
         read_until(b"> ")
         os.write(fd, b"list\r")
-        read_until(b"Nothing is held")
+        # Up to the next prompt: readline has the terminal again.
+        read_until(b"Nothing is held", then=b"> ")
         seen = b""
         os.write(fd, b"\x1b[A\r")  # Up-arrow, Enter: the same command again
         read_until(b"Nothing is held")
         assert b"^[[A" not in seen
         os.write(fd, b"/quit\r")
+        quit = True
         with contextlib.suppress(OSError):  # EIO once the shell has exited
             while os.read(fd, 4096):
                 pass
     finally:
+        if not quit:
+            os.kill(pid, signal.SIGKILL)  # a failed test must not hang on it
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
