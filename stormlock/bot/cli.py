@@ -92,6 +92,7 @@ def _require(value: str | None, name: str, why: str) -> str:
 def _settings(args: argparse.Namespace) -> BotSettings:
     """The bot's settings; the bot token is required in every Slack mode."""
     settings = BotSettings.load(load_config(args.config))
+    settings.answer_budget  # noqa: B018 - a bad value fails now, in one line
     _require(
         settings.bot_token,
         "SLACK_BOT_TOKEN",

@@ -78,6 +78,8 @@ class Pipeline:
         self.directory = directory
         self.outbox = outbox
         self.reminders = reminders
+        # Read once: it is asked for on every command.
+        self.answer_budget = self.settings.answer_budget.total_seconds()
         # Answers wait only for other answers: their own threads.
         self.answers = ThreadPoolExecutor(answer_threads, "stormlock-answer")
 
@@ -95,7 +97,7 @@ class Pipeline:
         response_url = str(body.get("response_url", ""))
         answer = _Answer(self.outbox, response_url)
         self.answers.submit(self._command, body, answer.give)
-        return answer.take(self.settings.answer_budget.total_seconds())
+        return answer.take(self.answer_budget)
 
     def button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         self.answers.submit(self._button, body, action)

@@ -37,3 +37,13 @@ def test_a_bad_backend_timeout_is_a_config_error(tmp_path: Path, bad: str) -> No
     with pytest.raises(ConfigError) as info:
         service(tmp_path, f"timeout = {bad}").backend("sqlite")
     assert "timeout" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["soon", "3s"])
+def test_a_bad_answer_budget_is_a_config_error(tmp_path: Path, bad: str) -> None:
+    parser = ConfigParser(interpolation=None, default_section="\0none")
+    parser.read_string(f"[bot]\nanswer_budget = {bad}\n")
+    settings = BotSettings.load(Config(parser), env={})
+    with pytest.raises(ConfigError) as info:
+        _ = settings.answer_budget
+    assert "answer_budget" in str(info.value)
