@@ -114,7 +114,7 @@ class BotSettings:
         budget = raw or timedelta(seconds=1.5)
         if budget > timedelta(seconds=2.5):
             raise ConfigError(
-                f"{self.config.source}: [bot] answer_budget {raw} leaves Slack no "
+                f"{self.config.source}: [bot] answer_budget = {text} leaves Slack no "
                 "time for the ack (it waits 3 s); use 2.5s or less"
             )
         return budget
