@@ -626,7 +626,7 @@ class LeaseBackend(Backend):
         principal: str | None = None,
         limit: int | None = None,
     ) -> list[Event]:
-        from .history import filtered, with_expiries
+        from .history import filtered, with_channel, with_expiries
 
         # A derived expiry needs the event before it: read one more. With a
         # principal, the last N about them may lie further back: read all.
@@ -637,7 +637,7 @@ class LeaseBackend(Backend):
             since = max(since, oldest) if since else oldest
         with self._operation():
             stored = self._history(resource, since, want)
-        events = with_expiries(reversed(stored), utcnow())
+        events = with_expiries(map(with_channel, reversed(stored)), utcnow())
         return filtered(events, since, principal, limit)
 
     def lock(self, resource: str, principal: str, ttl: timedelta) -> str:

@@ -12,6 +12,12 @@ acquire or renew) when no release followed; such events say `derived`.
 Who acted and from where come from the caller's context: `acting(actor,
 source)` around the operation (the bot says who forced a release), and the
 process's default source (`set_default_source("cli")` in the CLI).
+
+The bot also says in which channel it announces the change (`acting(...,
+channel=)`): it is stored with the source as `slack#C0123` and read back
+as `source` "slack" and `channel` "C0123", so the announcement can be
+recovered from history if the bot dies before sending it (docs/pipeline.md).
+Every backend stores it without knowing; `history -f json` does not show it.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class Event(NamedTuple):
     """The lease's expiry after this event (acquired, renewed)."""
     derived: bool = False
     """An expiry derived when reading, not an action recorded."""
+    channel: str | None = None
+    """Where the bot announced the change, if it made it."""
 
     def as_dict(self) -> dict[str, Any]:
         from .backend import iso
@@ -71,7 +79,11 @@ class Acting(NamedTuple):
     """Who acts, when not the lease's holder (an admin forcing a release)."""
     source: str | None = None
     forced: bool = False
+    channel: str | None = None
 
+
+# Between the source and the channel in the stored source: never in either.
+CHANNEL_MARK = "#"
 
 _acting: ContextVar[Acting | None] = ContextVar("stormlock_acting", default=None)
 _default_source = ["library"]
@@ -84,11 +96,15 @@ def set_default_source(source: str) -> None:
 
 @contextlib.contextmanager
 def acting(
-    actor: str | None = None, source: str | None = None, forced: bool = False
+    actor: str | None = None,
+    source: str | None = None,
+    forced: bool = False,
+    channel: str | None = None,
 ) -> Iterator[None]:
-    """Record changes made inside the block as made by `actor`, from `source`;
-    a release inside it with `forced` is recorded as forced."""
-    token = _acting.set(Acting(actor, source, forced))
+    """Record changes made inside the block as made by `actor`, from `source`,
+    announced in `channel`; a release inside it with `forced` is recorded as
+    forced."""
+    token = _acting.set(Acting(actor, source, forced, channel))
     try:
         yield
     finally:
@@ -100,6 +116,7 @@ class Story(NamedTuple):
 
     actor: str | None
     source: str
+    """As stored: with the channel, if any (`with_channel` splits it)."""
     forced: bool
     retention: timedelta
 
@@ -116,7 +133,17 @@ def story(retention: timedelta | None) -> Story | None:
         return None
     context = _acting.get() or Acting()
     source = context.source or _default_source[0]
+    if context.channel:
+        source = f"{source}{CHANNEL_MARK}{context.channel}"
     return Story(context.actor, source, context.forced, retention)
+
+
+def with_channel(event: Event) -> Event:
+    """A stored event as read: its channel split off its source."""
+    source, mark, channel = event.source.partition(CHANNEL_MARK)
+    if not mark:
+        return event
+    return event._replace(source=source, channel=channel or None)
 
 
 def with_expiries(events: Iterable[Event], now: datetime) -> list[Event]:

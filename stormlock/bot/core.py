@@ -379,7 +379,10 @@ class Core:
 
     def _acquire(self, person: Person, ask: Ask, resource: str) -> Outcome:
         command = ask.command
-        lease = self.service.acquire(person, resource, command.ttl, command.note)
+        channel = self._announce_in(resource, ask)
+        lease = self.service.acquire(
+            person, resource, command.ttl, command.note, channel
+        )
         return self._took(ask, lease)
 
     def _took(self, ask: Ask, lease: Lease) -> Outcome:
@@ -395,14 +398,14 @@ class Core:
 
     def _release(self, person: Person, ask: Ask, resource: str) -> Outcome:
         command = ask.command
+        channel = self._announce_in(resource, ask)
         result = self.service.release(
-            person, resource, command.lease_id, command.force, ask.fence
+            person, resource, command.lease_id, command.force, ask.fence, channel
         )
         outcome = Outcome(Released(resource), freed=resource, changed=True)
         actor = person.principal
         if person.is_principal(result.lease.principal):
             actor = result.lease.principal  # the holder, however recorded
-        channel = self._announce_in(resource, ask)
         if channel:
             outcome.notices.append(
                 GaveUpLease(channel, result.lease, actor, result.forced)

@@ -188,9 +188,11 @@ class LeaseService:
         resource: str,
         ttl: timedelta | None = None,
         note: str | None = None,
+        channel: str | None = None,
     ) -> Lease:
-        """Raises `LockHeldException` naming the holder if someone has it."""
-        with acting(person.principal, SOURCE):
+        """Raises `LockHeldException` naming the holder if someone has it.
+        `channel`: where it is announced (recorded with the change)."""
+        with acting(person.principal, SOURCE, channel=channel):
             return self.lock(person, resource).acquire_lease(ttl, note)
 
     def release(
@@ -200,6 +202,7 @@ class LeaseService:
         lease_id: str | None = None,
         force: bool = False,
         fence: int | None = None,
+        channel: str | None = None,
     ) -> Released:
         """Release by lease id, as the holder, or (admins, with force) anyone's;
         with `fence`, only the lease that fence names (a button's)."""
@@ -223,7 +226,7 @@ class LeaseService:
         # History names who acted: the holder, whoever had the lease id, or
         # the admin who forced it.
         actor = lease.principal if person.is_principal(lease.principal) else None
-        with acting(actor or person.principal, SOURCE, forced):
+        with acting(actor or person.principal, SOURCE, forced, channel):
             done = lock.release(lease.id)
         if not done and lock.current() is not None:
             raise NoLease(f"{resource!r} changed hands meanwhile; look again")

@@ -498,6 +498,23 @@ def test_history_names_who_forced_a_release_and_from_where(
     )
 
 
+def test_history_keeps_the_channel_a_change_was_announced_in(
+    backend: Backend, resource: str
+) -> None:
+    """The bot recovers an announcement it died before sending from this."""
+    if keeps_no_history(backend):
+        return
+    from stormlock.history import acting
+
+    with acting(actor="alice", source="slack", channel="C0123ABC"):
+        lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    backend.release_lease(resource, lease.id)
+    taken, released = backend.history(resource)
+    assert (taken.source, taken.channel) == ("slack", "C0123ABC")
+    assert (released.source, released.channel) == ("library", None)
+    assert "channel" not in taken.as_dict()
+
+
 def test_history_has_nothing_for_changes_that_failed(
     backend: Backend, resource: str
 ) -> None:
