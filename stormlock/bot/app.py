@@ -9,6 +9,7 @@ from slack_bolt import App
 
 from .core import Core
 from .identity import Directory
+from .ledger import Ledger
 from .listeners import register
 from .outbox import SLACK_TIMEOUT, Outbox, web_client
 from .pipeline import Pipeline
@@ -66,7 +67,10 @@ def build_app(
     reminder_client = web_client(
         settings.bot_token, settings.api_url, timeout=bound, max_wait=bound, retries=0
     )
-    reminders = Reminders(core, directory, Outbox(reminder_client, threads=0))
-    pipeline = Pipeline(core, directory, Outbox(client), reminders, answer_threads)
+    ledger = Ledger(state.records, settings.claim_ttl)
+    outbox = Outbox(client, ledger=ledger)
+    now = Outbox(reminder_client, threads=0, ledger=ledger)
+    reminders = Reminders(core, directory, now, notices=outbox)
+    pipeline = Pipeline(core, directory, outbox, reminders, answer_threads)
     register(app, pipeline)
     return Bot(app, pipeline, reminders)

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from ..backend import Lease, LockHeldException
 from ..errors import BackendUnavailable, StormlockError
-from ..history import Event
+from ..history import ACQUIRED, FORCED, RELEASED, Event
 from .metrics import CoolingDown
 from .parsing import Command
-from .service import LeaseService, Person, PersonUnknown
+from .service import SOURCE, LeaseService, Person, PersonUnknown
 from .settings import USER_ID, BotSettings
 from .state import BotState
 
@@ -137,12 +137,20 @@ Answer = (
 # -- notices: who else is told ---------------------------------------------------
 
 
+# A notice's key names it across replicas and restarts (ledger.py): the
+# same change gives the same key whether the outcome or history tells it.
+
+
 @dataclass(frozen=True)
 class TookLease:
     """For a channel: someone took a lease."""
 
     channel: str
     lease: Lease
+
+    @property
+    def key(self) -> str:
+        return f"told/{self.lease.fence}/{ACQUIRED}/{self.lease.resource}"
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,11 @@ class GaveUpLease:
     actor: str
     forced: bool
 
+    @property
+    def key(self) -> str:
+        event = FORCED if self.forced else RELEASED
+        return f"told/{self.lease.fence}/{event}/{self.lease.resource}"
+
 
 @dataclass(frozen=True)
 class ForcedOff:
@@ -163,8 +176,39 @@ class ForcedOff:
     lease: Lease
     by: str
 
+    @property
+    def key(self) -> str:
+        return f"told/{self.lease.fence}/dm/{self.lease.resource}"
+
 
 Notice = TookLease | GaveUpLease | ForcedOff
+
+
+def notices_of(event: Event) -> list[Notice]:
+    """The notices the bot owes for a change it recorded in history: the
+    same as its outcome carried (`Core._took`, `Core._release`), so one
+    the bot died before sending can be sent from history."""
+    if event.source != SOURCE or event.derived:
+        return []
+    lease = Lease(
+        event.principal,
+        event.time,
+        "",  # never known here, never shown
+        event.resource,
+        event.until,
+        event.note,
+        event.fence,
+    )
+    told: list[Notice] = []
+    if event.event == ACQUIRED and event.channel:
+        told.append(TookLease(event.channel, lease))
+    elif event.event in (RELEASED, FORCED):
+        forced = event.event == FORCED
+        if event.channel:
+            told.append(GaveUpLease(event.channel, lease, event.actor, forced))
+        if forced:
+            told.append(ForcedOff(event.principal, lease, event.actor))
+    return told
 
 
 @dataclass(frozen=True)

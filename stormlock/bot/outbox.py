@@ -34,7 +34,10 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
+from ..backend import Lease
+from ..errors import StormlockError
 from .blocks import MAX_BLOCKS, Message, combined
+from .ledger import Ledger
 from .metrics import SLACK_ERRORS
 
 log = logging.getLogger(__name__)
@@ -154,18 +157,30 @@ def failure_of(exc: BaseException) -> Failure:
     return Failure(type(exc).__name__, True)  # connection refused, reset, ...
 
 
+class _Post(NamedTuple):
+    """An announcement waiting for its channel's turn."""
+
+    message: Message
+    on_failure: Callable[[str], None] | None
+    key: str | None
+    """Its ledger key: sent once across replicas (None: no ledger)."""
+
+
 class _Paced:
     """A channel's announcements waiting for Slack's pace."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[Message, Callable[[str], None] | None]] = []
+        self.pending: list[_Post] = []
         self.next_at = 0.0  # monotonic: when this channel may be posted to again
         self.scheduled = False
 
 
 class Outbox:
-    def __init__(self, client: WebClient, threads: int = 2) -> None:
+    def __init__(
+        self, client: WebClient, threads: int = 2, ledger: Ledger | None = None
+    ) -> None:
         self.client = client
+        self.ledger = ledger
         self._channels: dict[str, _Paced] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = (
             queue.PriorityQueue()
@@ -364,13 +379,15 @@ class Outbox:
         channel: str,
         message: Message,
         on_failure: Callable[[str], None] | None = None,
+        key: str | None = None,
     ) -> None:
         """Announce in `channel`. Slack takes about one post a second per
         channel: what comes faster waits for the next post, which names every
-        change since, in order (instead of a wall of 429s)."""
+        change since, in order (instead of a wall of 429s). With `key`, it is
+        sent once across replicas and restarts (see ledger.py)."""
         with self._lock:
             paced = self._channels.setdefault(channel, _Paced())
-            paced.pending.append((message, on_failure))
+            paced.pending.append(_Post(message, on_failure, key))
             if paced.scheduled:
                 return
             paced.scheduled = True
@@ -380,10 +397,10 @@ class Outbox:
     def _flush(self, channel: str) -> None:
         with self._lock:
             paced = self._channels[channel]
-            batch: list[tuple[Message, Callable[[str], None] | None]] = []
+            batch: list[_Post] = []
             size = 0
             while paced.pending:
-                blocks = len(paced.pending[0][0].blocks) or 1
+                blocks = len(paced.pending[0].message.blocks) or 1
                 if batch and size + blocks > MAX_BLOCKS:
                     break
                 batch.append(paced.pending.pop(0))
@@ -394,18 +411,71 @@ class Outbox:
             self.submit(
                 Priority.NOTICE, lambda: self._flush(channel), delay=CHANNEL_PACE
             )
-        message = combined([m for m, _ in batch])
-        callbacks = [tell for _, tell in batch if tell is not None]
+        callbacks = [post.on_failure for post in batch if post.on_failure]
 
         def failed(error: str) -> None:
             for tell in callbacks:
                 tell(error)
 
         send = self._retrying(
-            "chat.postMessage", lambda: self.post_now(channel, message), failed
+            "chat.postMessage", lambda: self._post_batch(channel, batch), failed
         )
         send()
 
-    def dm(self, user_id: str, message: Message) -> None:
-        send = self._retrying("DM", lambda: self.dm_now(user_id, message), None)
-        self.submit(Priority.NOTICE, send)
+    def _post_batch(self, channel: str, batch: list[_Post]) -> Failure | None:
+        """One post naming what of `batch` nobody else sent or is sending."""
+        claimed = self._claim([post.key for post in batch])
+        if claimed is None:
+            return None  # the store cannot say: a later pass sends it
+        mine = [post for post, claim in zip(batch, claimed, strict=True) if claim]
+        if not mine:
+            return None
+        failed = self.post_now(channel, combined([post.message for post in mine]))
+        self._settle(claimed, failed)
+        return failed
+
+    def dm(self, user_id: str, message: Message, key: str | None = None) -> None:
+        def send() -> Failure | None:
+            claimed = self._claim([key])
+            if not claimed or not claimed[0]:
+                return None  # sent or being sent elsewhere, or the store is out
+            failed = self.dm_now(user_id, message)
+            self._settle(claimed, failed)
+            return failed
+
+        self.submit(Priority.NOTICE, self._retrying("DM", send, None))
+
+    # -- once across replicas (ledger.py) ---------------------------------------------
+
+    def _claim(self, keys: list[str | None]) -> list[Lease | bool] | None:
+        """Per key: its claim, True (no key: nothing to claim) or False (sent
+        or being sent elsewhere); None if the store failed (claims so far are
+        let go: the notice is recovered from history later)."""
+        claims: list[Lease | bool] = []
+        try:
+            for key in keys:
+                if key is None or self.ledger is None:
+                    claims.append(True)
+                else:
+                    claims.append(self.ledger.claim(key) or False)
+        except StormlockError as exc:
+            log.warning("could not claim a notice: %s", exc)
+            self._settle(claims, Failure("store", True))
+            return None
+        return claims
+
+    def _settle(self, claims: list[Lease | bool], failed: Failure | None) -> None:
+        """Record what went out, or Slack refused for good; let go of what
+        may go out on a later try."""
+        if self.ledger is None:
+            return
+        for claim in claims:
+            if not isinstance(claim, Lease):
+                continue
+            try:
+                if failed is not None and failed.passing:
+                    self.ledger.unclaim(claim)
+                else:
+                    self.ledger.sent(claim)
+            except StormlockError as exc:  # a claim lapses by itself
+                log.warning("could not record a notice: %s", exc)

@@ -211,9 +211,11 @@ class Pipeline:
         for told in outcome.notices:
             message = blocks.notice(told, display)
             if isinstance(told, TookLease | GaveUpLease):
-                outbox.post(told.channel, message, self._announce_failed(reply))
+                failed = self._announce_failed(reply)
+                outbox.post(told.channel, message, failed, told.key)
             elif isinstance(told, ForcedOff):
-                outbox.submit(Priority.NOTICE, self._dm_task(told.holder, message))
+                task = self._dm_task(told.holder, message, told.key)
+                outbox.submit(Priority.NOTICE, task)
         if outcome.origin is not None:
             lease, channel = outcome.origin
             state = self.reminders.state
@@ -243,11 +245,13 @@ class Pipeline:
 
         return tell
 
-    def _dm_task(self, principal: str, message: Message) -> Callable[[], None]:
+    def _dm_task(
+        self, principal: str, message: Message, key: str | None = None
+    ) -> Callable[[], None]:
         def dm() -> None:
             user_id = self.directory.user_id_for(principal)
             if user_id:
-                self.outbox.dm(user_id, message)
+                self.outbox.dm(user_id, message, key)
 
         return dm
 

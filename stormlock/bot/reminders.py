@@ -28,21 +28,30 @@ from ..backend import Lease, utcnow
 from ..errors import StormlockError
 from ..names import RECORD_PREFIX
 from . import blocks
-from .core import Core
+from .core import Core, ForcedOff, Notice, notices_of
 from .identity import Directory
+from .ledger import SENT_TTL, Ledger
 from .metrics import NOTIFICATIONS, RECONCILE_RUNS
 from .outbox import Outbox
 from .state import BotState
 
 log = logging.getLogger(__name__)
 
-_SENT_TTL = timedelta(days=7)
 _BOARD_TTL = timedelta(days=366)
 _WATCH_GRACE = timedelta(days=1)
 # A watched lease gone from the store this close to its expiry (by the bot's
 # clock) has expired: the store's clock may run ahead of the bot's.
 _SKEW = timedelta(seconds=10)
 _NOTIFY_TURN = timedelta(seconds=30)
+# Recovering notices: a pass reads the changes since its cursor, less this
+# much (etcd and DynamoDB stamp events by the clients' clocks, which can be
+# a little apart) ...
+_OVERLAP = timedelta(seconds=30)
+# ... and queues what is still unsent this long after the change (the live
+# path has normally sent it by then), for at most this long.
+_GRACE = timedelta(seconds=5)
+_GIVE_UP = timedelta(hours=1)
+_CURSOR = "cursor/told"
 
 
 @dataclass
@@ -51,6 +60,7 @@ class RunStats:
     expiries: int = 0
     waiters: int = 0
     due: int = 0
+    recovered: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -62,7 +72,15 @@ class Reminders:
     claim could lapse mid-send and another replica send the message too.
     """
 
-    def __init__(self, core: Core, directory: Directory, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        core: Core,
+        directory: Directory,
+        outbox: Outbox,
+        notices: Outbox | None = None,
+    ) -> None:
+        """`notices`: where recovered announcements are queued (paced and
+        coalesced with the live ones); by default `outbox`."""
         self.core = core
         self.service = core.service
         self.settings = core.settings
@@ -71,6 +89,8 @@ class Reminders:
         assert core.state is not None
         self.state: BotState = core.state
         self.records = self.state.records
+        self.ledger = outbox.ledger or Ledger(self.records, self.settings.claim_ttl)
+        self.notices = notices or outbox
         self._unresolved_logged: set[str] = set()
         self._board_digest: str | None = None
         self._boards: list[tuple[str, Lease]] | None = None
@@ -81,27 +101,16 @@ class Reminders:
 
     def once(self, key: str, send: Callable[..., object], *args: Any) -> bool:
         """Run `send(*args)` unless another run or replica already did for `key`."""
-        claim = self.records.claim("sent/" + key, self.settings.claim_ttl)
+        claim = self.ledger.claim(key)
         if claim is None:
             return False
         try:
             send(*args)
         except Exception:
-            self.records.drop(claim)  # let a later run try again
+            self.ledger.unclaim(claim)  # let a later run try again
             raise
-        self.records.keep(claim, _SENT_TTL)
+        self.ledger.sent(claim)
         return True
-
-    def _sent(self, key: str) -> bool:
-        """Whether `key`'s message went out (not merely claimed by a sender
-        that may yet fail)."""
-        marker = self.records.get("sent/" + key)
-        horizon = utcnow() + self.settings.claim_ttl
-        return (
-            marker is not None
-            and marker.expires is not None
-            and marker.expires > horizon
-        )
 
     def _dm_principal(self, principal: str, message: blocks.Message) -> bool:
         user_id = self.directory.user_id_for(principal, strict=True)
@@ -126,7 +135,8 @@ class Reminders:
         """One reconcile pass. Safe to run concurrently on several replicas."""
         with self._run_lock:
             stats = RunStats()
-            for step in (self._warn, self._expire, self._free, self.refresh_boards):
+            steps = (self._warn, self._expire, self._recover, self._free)
+            for step in (*steps, self.refresh_boards):
                 try:
                     step(stats)
                 except StormlockError as exc:
@@ -223,8 +233,12 @@ class Reminders:
         ):
             stats.expiries += 1
             NOTIFICATIONS.labels("expiry").inc()
-        channel = self.settings.announce_channel(resource) or self.state.origin(
-            fence, resource
+        # The origin record is written after the change; history has the
+        # channel with the change itself, should the bot have died between.
+        channel = (
+            self.settings.announce_channel(resource)
+            or self.state.origin(fence, resource)
+            or self.service.channel_of(resource, fence)
         )
         if channel:
             told = blocks.announce_expired(resource, principal, self.directory.display)
@@ -239,13 +253,64 @@ class Reminders:
             key.endswith("/" + resource)
             and claim.expires is not None
             and claim.expires <= soon
-            for key, claim in self.records.list(f"sent/warn/{fence}/")
+            for key, claim in self.ledger.claimed(f"warn/{fence}/")
         )
 
     def _post(self, channel: str, message: blocks.Message) -> None:
         error = self.outbox.post_now(channel, message)
         if error:
             raise RuntimeError(f"post to the channel failed: {error}")
+
+    # -- notices recovered from history (docs/pipeline.md) -----------------------
+
+    def _recover(self, stats: RunStats) -> None:
+        """Queue every notice the bot owes for its recorded changes that has
+        not gone out a while after the change: its sender died (or is still
+        retrying; the ledger sends it once either way)."""
+        turn = self.records.claim("turn/told", self.settings.claim_ttl)
+        if turn is None:
+            return  # another replica is at it
+        try:
+            now = utcnow()
+            start = max(self._cursor(now), now - _GIVE_UP)
+            settled = now - _GRACE  # newer ones are the live path's, for now
+            oldest_open: datetime | None = None
+            for event in self.service.changes_since(start - _OVERLAP):
+                for notice in notices_of(event):
+                    if event.time > settled or self.ledger.done(notice.key):
+                        continue
+                    self._resend(notice)
+                    stats.recovered += 1
+                    if oldest_open is None:
+                        oldest_open = event.time
+            cursor = min(oldest_open or settled, settled)
+            if cursor > start:
+                self.records.put(_CURSOR, cursor.isoformat(), SENT_TTL)
+        finally:
+            self.records.drop(turn)
+
+    def _cursor(self, now: datetime) -> datetime:
+        """Up to when every owed notice is known to have gone out."""
+        record = self.records.get(_CURSOR)
+        try:
+            return datetime.fromisoformat(record.note or "") if record else now
+        except ValueError:
+            log.warning("unreadable notice cursor %r; starting now", record)
+            return now
+
+    def _resend(self, notice: Notice) -> None:
+        message = blocks.notice(notice, self.directory.display)
+        if isinstance(notice, ForcedOff):
+            user_id = self.directory.user_id_for(notice.holder, strict=True)
+            if user_id is not None:
+                self.notices.dm(user_id, message, notice.key)
+                return
+            claim = self.ledger.claim(notice.key)  # nobody to tell: done
+            if claim is not None:
+                self.ledger.sent(claim)
+            return
+        log.info("recovering an unsent announcement in %s", notice.channel)
+        self.notices.post(notice.channel, message, None, notice.key)
 
     # -- wait lists -------------------------------------------------------------
 
@@ -284,7 +349,7 @@ class Reminders:
                     if told:
                         NOTIFICATIONS.labels("waitlist").inc()
                         sent += 1
-                    if told or self._sent(key):  # off the list once told
+                    if told or self.ledger.done(key):  # off the list once told
                         self.records.drop(entry)
                 return sent
             finally:

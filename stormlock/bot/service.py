@@ -69,6 +69,9 @@ def check_fence(lease: Lease, fence: int | None) -> None:
 # What the bot records as the source of its changes in the lease history.
 SOURCE = "slack"
 
+# A lease's announcement channel is found among this many of its last events.
+_CHANNEL_SCAN = 50
+
 # The store's settings rarely change: /readyz checks them once a minute.
 _DOCTOR_EVERY = 60.0
 
@@ -295,6 +298,28 @@ class LeaseService:
         ]
         mine.sort(key=lambda e: e.time)
         return mine[-limit:]
+
+    def channel_of(self, resource: str, fence: int) -> str | None:
+        """The channel the bot announced a lease in, from its history."""
+        backend = self.backend(self.config.settings(resource).backend)
+        if not backend.supports(Feature.HISTORY):
+            return None
+        for event in backend.history(resource, limit=_CHANNEL_SCAN):
+            if event.fence == fence and event.channel:
+                return event.channel
+        return None
+
+    def changes_since(self, since: datetime) -> list[Event]:
+        """Every backend's events at or after `since`, oldest first (the
+        bot's notices are recovered from these); backends without history
+        give none."""
+        events: list[Event] = []
+        for name in self.config.backend_names():
+            backend = self.backend(name)
+            if backend.supports(Feature.HISTORY):
+                events += backend.history(since=since)
+        events.sort(key=lambda e: e.time)
+        return events
 
     def list_leases(self) -> list[Lease]:
         names = self.config.backend_names()
