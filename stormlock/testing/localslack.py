@@ -7,6 +7,7 @@ prints what it receives; the tests assert on it. It listens on loopback only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -103,6 +104,9 @@ class LocalSlack:
         self._failures: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = {}
         self._held: set[str] = set()
         self._release_held = threading.Event()
+        self._lose_held = False
+        self.in_flight: list[Call] = []
+        """Calls held unanswered right now (see `hold`)."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -138,13 +142,24 @@ class LocalSlack:
         self._held.clear()
         self._release_held.set()
 
-    def hold(self, method: str) -> threading.Event:
+    def hold(self, method: str, lose: bool = False) -> threading.Event:
         """Hold every call of `method` unanswered (a Slack that does not
         answer) until the returned event is set; the call is recorded only
-        when it is answered."""
+        when it is answered. With `lose`, it is then never answered nor
+        recorded: it was lost on the way, as when its sender died."""
         self._release_held = threading.Event()
+        self._lose_held = lose
         self._held.add(method)
         return self._release_held
+
+    def wait_in_flight(self, method: str, count: int = 1, timeout: float = 15) -> None:
+        """Block until `count` calls of `method` are held (see `hold`)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(c.method == method for c in self.in_flight) < count:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"fewer than {count} {method} calls held"
+                self._changed.wait(remaining)
 
     def fail_next(
         self,
@@ -294,8 +309,10 @@ class LocalSlack:
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
+                # A caller that died meanwhile (a killed bot) reads nothing.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.end_headers()
+                    self.wfile.write(data)
 
             def _payload(self) -> dict[str, Any]:
                 url = urllib.parse.urlsplit(self.path)
@@ -346,7 +363,16 @@ class LocalSlack:
                     return
                 method = path[len("/api/") :]
                 if method in slack._held:
+                    held = Call(method, payload, {"held": "yes"})
+                    with slack._changed:
+                        slack.in_flight.append(held)
+                        slack._changed.notify_all()
                     slack._release_held.wait(30)
+                    with slack._changed:
+                        slack.in_flight.remove(held)
+                    if slack._lose_held:
+                        self.close_connection = True
+                        return
                 failures = slack._failures.get(method)
                 if failures:
                     status, headers, body = failures.pop(0)

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import re
 import signal
 import subprocess
@@ -189,6 +190,12 @@ class BotServer:
     def logs(self) -> str:
         return self.log_path.read_text()
 
+    def kill(self) -> None:
+        """SIGKILL the bot, master and workers, as an OOM kill or the loss
+        of its node would: nothing of it runs after this returns."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
 
 def start_bot(
     slack: LocalSlack,
@@ -270,6 +277,8 @@ def _stop_gracefully(executor: HTTPExecutor, url: str) -> None:
                 requests.get(url + "/healthz", timeout=0.2)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(0.05)
+    if process is not None and process.returncode == -signal.SIGKILL:
+        return  # killed by the test (`BotServer.kill`): nothing left to stop
     executor.stop()
 
 

@@ -1,0 +1,82 @@
+"""Nothing lost, nothing twice, even on SIGKILL (docs/pipeline.md): the
+notices that follow a change are recovered from history by the restarted
+bot or by another replica, and sent once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.localslack import Call, LocalSlack
+from stormlock.testing.slack import ALICE, CAROL, BotServer, running_bot, text_of
+
+# Fast passes; a claim of a killed bot lapses soon.
+FAST = "reconcile_interval = 200ms\nclaim_ttl = 2s"
+RESOURCES = ("alpha-db", "beta-db", "gamma-db", "delta-db")
+
+
+def announcements(slack: LocalSlack, resource: str) -> list[Call]:
+    return [
+        c
+        for c in slack.of("chat.postMessage")
+        if c.payload.get("channel") == "C0OPS" and f"took *{resource}*" in text_of(c)
+    ]
+
+
+def forced_dms(slack: LocalSlack) -> list[Call]:
+    return [
+        c
+        for c in slack.of("chat.postMessage")
+        if "force-released your lease" in text_of(c)
+    ]
+
+
+def changes_then_kill(bot: BotServer, slack: LocalSlack) -> None:
+    """Four acquires and a forced release, answered; the bot is killed while
+    Slack holds its first post, and that post is lost with it."""
+    lost = slack.hold("chat.postMessage", lose=True)
+    for resource in RESOURCES:
+        assert "You hold" in text_of(bot.reply(ALICE, f"acquire {resource} 1h"))
+    answer = bot.reply(CAROL, f"release {RESOURCES[-1]} --force")
+    assert "released" in text_of(answer).lower()
+    slack.wait_in_flight("chat.postMessage")
+    bot.kill()
+    lost.set()
+    slack.clear_failures()
+
+
+def assert_each_told_once(survivor: BotServer, slack: LocalSlack) -> None:
+    for resource in RESOURCES:
+        slack.wait_for(
+            lambda c, r=resource: c in announcements(slack, r), timeout=30
+        )
+    slack.wait_for(lambda c: c in forced_dms(slack), timeout=30)
+    survivor.settle(20)  # and nothing more comes
+    for resource in RESOURCES:
+        assert len(announcements(slack, resource)) == 1, resource
+    assert len(forced_dms(slack)) == 1
+
+
+@pytest.mark.parametrize("bot_config", ["sqlite", "redis"], indirect=True)
+def test_a_restarted_bot_sends_what_its_killed_self_had_not(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    with running_bot(slack, bot_config, tmp_path, FAST) as bot:
+        changes_then_kill(bot, slack)
+    assert all(announcements(slack, r) == [] for r in RESOURCES), "all were lost"
+    with running_bot(slack, bot_config, tmp_path, FAST) as again:
+        assert_each_told_once(again, slack)
+
+
+@pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
+def test_another_replica_sends_what_a_killed_one_had_not(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    with (
+        running_bot(slack, bot_config, tmp_path, FAST, name="replica-1") as one,
+        running_bot(slack, bot_config, tmp_path, FAST, name="replica-2") as two,
+    ):
+        changes_then_kill(one, slack)
+        assert_each_told_once(two, slack)
