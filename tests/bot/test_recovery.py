@@ -4,6 +4,7 @@ bot or by another replica, and sent once."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,11 @@ def changes_then_kill(bot: BotServer, slack: LocalSlack) -> None:
 
 
 def assert_each_told_once(survivor: BotServer, slack: LocalSlack) -> None:
+    def announcing(resource: str) -> Callable[[Call], bool]:
+        return lambda call: call in announcements(slack, resource)
+
     for resource in RESOURCES:
-        slack.wait_for(
-            lambda c, r=resource: c in announcements(slack, r), timeout=30
-        )
+        slack.wait_for(announcing(resource), timeout=30)
     slack.wait_for(lambda c: c in forced_dms(slack), timeout=30)
     survivor.settle(20)  # and nothing more comes
     for resource in RESOURCES:
