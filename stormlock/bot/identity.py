@@ -75,6 +75,12 @@ class Directory:
             self._by_id[user_id] = (now, user)
         return user
 
+    def known(self, user_id: str) -> bool:
+        """Whether `user_id` is cached: `person` answers without asking Slack."""
+        with self._lock:
+            hit = self._by_id.get(user_id)
+        return hit is not None and time.monotonic() - hit[0] < _CACHE_SECONDS
+
     def person(self, user_id: str) -> Person:
         """The principal is the user's email when Slack shares it, else the id."""
         user = self._user(user_id) or {}

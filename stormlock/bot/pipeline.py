@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -52,6 +53,13 @@ STILL_UNKNOWN = (
     "The lease store has not answered for a minute, so I still cannot tell "
     "whether that went through; look with /stormlock current once it is back."
 )
+BUSY = (
+    "I'm busy right now, so I did not do that and nothing changed; "
+    "try again in a moment."
+)
+# With the answer budget off, a request not started within this long is
+# answered "busy" (with it on, the budget is the bound).
+START_WITHIN = 1.5
 # Changes within this long redraw the boards once.
 BOARD_BATCH = 1.0
 
@@ -80,12 +88,17 @@ class Pipeline:
         self.reminders = reminders
         # Read once: it is asked for on every command.
         self.answer_budget = self.settings.answer_budget.total_seconds()
-        # Answers wait only for other answers: their own threads.
+        self.start_within = self.answer_budget or START_WITHIN
+        # Answers wait only for other answers: their own threads. Someone
+        # Slack has not told us about yet waits in threads of their own, so
+        # a slow users.info never holds up the answer of someone known.
         self.answers = ThreadPoolExecutor(answer_threads, "stormlock-answer")
+        self.newcomers = ThreadPoolExecutor(answer_threads, "stormlock-newcomer")
 
     def close(self) -> None:
         """Finish the answers under way, then send what the outbox holds."""
         self.answers.shutdown(wait=True)
+        self.newcomers.shutdown(wait=True)
         self.outbox.close()
 
     # -- from Slack -----------------------------------------------------------
@@ -93,25 +106,52 @@ class Pipeline:
     def command(self, body: dict[str, Any]) -> Message | None:
         """`/stormlock ...`: the answer, if it is ready within the answer
         budget (it then goes back in the ack, the fastest way Slack offers);
-        else None, and the answer follows through the response_url."""
+        else None, and the answer follows through the response_url. One the
+        answer threads could not even start within the budget is not done
+        at all: "busy" goes back in the ack (a bounded queue, not a reply
+        half a minute later)."""
         response_url = str(body.get("response_url", ""))
         answer = _Answer(self.outbox, response_url)
-        self.answers.submit(self._command, body, answer.give)
-        return answer.take(self.answer_budget)
+        arrived = time.monotonic()
+        pool = self._pool(str(body.get("user_id", "")))
+        work = pool.submit(self._command, body, answer.give, arrived)
+        message = answer.take(self.answer_budget)
+        if message is None and self.answer_budget and work.cancel():
+            return self._busy(str(body.get("text", "")))
+        return message
 
     def button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
-        self.answers.submit(self._button, body, action)
+        pool = self._pool(str(body.get("user", {}).get("id", "")))
+        pool.submit(self._button, body, action, time.monotonic())
+
+    def _pool(self, user_id: str) -> ThreadPoolExecutor:
+        return self.answers if self.directory.known(user_id) else self.newcomers
+
+    def _late(self, arrived: float) -> bool:
+        """Whether a request waited for an answer thread past its budget:
+        it is answered "busy" instead of being done that late."""
+        return time.monotonic() - arrived > self.start_within
+
+    def _busy(self, text: str) -> Message:
+        words = text.split()
+        count_request(words[0].lower() if words else "help")("busy")
+        return blocks.problem(BUSY)
 
     def home_opened(self, user_id: str) -> None:
         self._redraw_home(user_id)
 
     # -- to Ask ----------------------------------------------------------------
 
-    def _command(self, body: dict[str, Any], give: Callable[[Message], None]) -> None:
+    def _command(
+        self, body: dict[str, Any], give: Callable[[Message], None], arrived: float
+    ) -> None:
         def reply(message: Message, _answer: Answer | None = None) -> None:
             give(message)
 
         text = str(body.get("text", ""))
+        if self._late(arrived):  # acked empty long ago (answer budget off)
+            reply(self._busy(text), None)
+            return
         words = text.split()
         done = count_request(words[0].lower() if words else "help")
         try:
@@ -139,7 +179,9 @@ class Pipeline:
             return
         self.run(ask, reply, done)
 
-    def _button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+    def _button(
+        self, body: dict[str, Any], action: dict[str, Any], arrived: float
+    ) -> None:
         user_id = str(body.get("user", {}).get("id", ""))
         container = body.get("container", {})
         via = Via.HOME if container.get("type") == "view" else Via.BUTTON
@@ -153,6 +195,10 @@ class Pipeline:
                 replace = isinstance(answer, _REPLACES)
                 self.outbox.respond(response_url, message, replace=replace)
 
+        if self._late(arrived):
+            count_request("other")("busy")
+            self.outbox.respond(response_url, blocks.problem(BUSY))
+            return
         if button is None:
             log.warning("a button that is not ours or not readable: %s", action_id[:40])
             count_request("other")("rejected")

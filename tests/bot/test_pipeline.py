@@ -346,3 +346,32 @@ def test_announcements_to_one_channel_come_at_slacks_pace(bot: BotServer) -> Non
     shown = "".join(json.dumps(p.payload["blocks"]) for p in sent)
     assert all(shown.count(f"*{name}*") == 1 for name in names), "each change once"
     assert all(p.problems == [] for p in sent)
+
+
+def test_a_slow_users_info_holds_up_only_the_newcomer_and_the_overflow_is_told_busy(
+    fast_bot: BotServer,
+) -> None:
+    slack = fast_bot.slack
+    assert "You hold" in text_of(fast_bot.reply(ALICE, "acquire db 1h"))
+    go = slack.hold("users.info")  # Slack takes its time telling who Bob is
+    with ThreadPoolExecutor(5) as pool:
+        acks = [
+            pool.submit(fast_bot.command, BOB, f"acquire job-{n} 1h") for n in range(5)
+        ]
+        slack.wait_in_flight("users.info", 4)
+        # Alice is known: her answer still comes at once, in the ack.
+        mine = fast_bot.command(ALICE, "acquire cache 1h")
+        assert "You hold" in mine.text
+        bodies = [ack.result().text for ack in acks]
+    # The fifth could not even start within the answer budget: it was not
+    # done, and Bob was told so in its ack instead of much later.
+    busy = [body for body in bodies if "busy" in body]
+    assert len(busy) == 1 and "nothing changed" in busy[0]
+    assert bodies.count("") == 4, "the others answer when Slack does"
+    go.set()
+    slack.wait_for(
+        lambda c: c.method == "response_url" and "You hold" in text_of(c), count=4
+    )
+    backend = fast_bot.config.create()
+    held = [n for n in range(5) if backend.current(f"job-{n}") is not None]
+    assert len(held) == 4
