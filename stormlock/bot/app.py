@@ -28,8 +28,8 @@ class Bot:
     pipeline: Pipeline
     reminders: Reminders
 
-    def close(self) -> None:
-        self.pipeline.close()
+    def close(self, timeout: float = 15.0) -> None:
+        self.pipeline.close(timeout)
 
 
 def build_app(

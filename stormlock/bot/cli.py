@@ -113,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import logs
     from .app import build_app
     from .service import LeaseService
-    from .web import WSGIApp, serve, wsgi_app
+    from .web import SHUTDOWN_BUDGET, WSGIApp, serve, wsgi_app
 
     settings = _settings(args)
     _require(
@@ -133,8 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
         service = LeaseService(settings)
         bot = build_app(settings, service)
         # atexit runs last-registered first: the scheduler stops, then what
-        # the outbox still holds is sent.
-        atexit.register(bot.close)
+        # the outbox still holds is sent, before gunicorn's kill.
+        atexit.register(bot.close, SHUTDOWN_BUDGET)
         atexit.register(_start_scheduler(bot).stop)
         return wsgi_app(
             bot.app,

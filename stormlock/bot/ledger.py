@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..backend import Lease, utcnow
+from ..backend import Lease, LockExpiredException, utcnow
+from ..names import RECORD_PREFIX
 from .records import Records
 
 SENT_TTL = timedelta(days=7)
@@ -31,8 +32,14 @@ class Ledger:
         return self.records.claim(_PREFIX + key, self.claim_ttl)
 
     def sent(self, claim: Lease) -> None:
-        """It went out (or Slack refused it for good): nobody sends it again."""
-        self.records.keep(claim, SENT_TTL)
+        """It went out (or Slack refused it for good): nobody sends it again.
+        A claim that lapsed while Slack took its time is recorded anew (a
+        sender that claimed it meanwhile may have sent it too)."""
+        try:
+            self.records.backend.renew_lease(claim.resource, claim.id, SENT_TTL)
+        except LockExpiredException:
+            key = claim.resource[len(RECORD_PREFIX + _PREFIX) :]
+            self.records.claim(_PREFIX + key, SENT_TTL)
 
     def unclaim(self, claim: Lease) -> None:
         """It did not go out: let a later try, here or elsewhere, send it."""

@@ -261,8 +261,16 @@ class Outbox:
         for timer, (priority, task) in waiting:
             timer.cancel()
             self._queue.put((priority, next(self._order), task))
-        if not self.drain(timeout):
-            log.warning("shutting down with Slack messages unsent")
+        if not self.drain(max(0.0, timeout)):
+            with self._lock:
+                posts = sum(len(paced.pending) for paced in self._channels.values())
+            log.warning(
+                "shutting down with %d Slack sends unsent (%d channel posts among "
+                "them); announcements and forced-off DMs are recovered from history "
+                "by the next bot or another replica",
+                self._queue.unfinished_tasks,
+                posts,
+            )
 
     def _later(
         self, delay: float, priority: Priority, task: Callable[[], None]

@@ -95,11 +95,16 @@ class Pipeline:
         self.answers = ThreadPoolExecutor(answer_threads, "stormlock-answer")
         self.newcomers = ThreadPoolExecutor(answer_threads, "stormlock-newcomer")
 
-    def close(self) -> None:
-        """Finish the answers under way, then send what the outbox holds."""
-        self.answers.shutdown(wait=True)
-        self.newcomers.shutdown(wait=True)
-        self.outbox.close()
+    def close(self, timeout: float = 15.0) -> None:
+        """Within `timeout`: finish the answers under way (each bounded by
+        the store's and Slack's time-outs; those not started are told
+        "busy" in their ack, or dropped), then send what the outbox holds."""
+        started = time.monotonic()
+        deadline = started + timeout
+        self.answers.shutdown(wait=True, cancel_futures=True)
+        self.newcomers.shutdown(wait=True, cancel_futures=True)
+        self.outbox.close(deadline - time.monotonic())
+        log.info("shut down in %.1f s", time.monotonic() - started)
 
     # -- from Slack -----------------------------------------------------------
 

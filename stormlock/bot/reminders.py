@@ -95,6 +95,9 @@ class Reminders:
         self._board_digest: str | None = None
         self._boards: list[tuple[str, Lease]] | None = None
         self._run_lock = threading.Lock()
+        # Set at shutdown: a pass under way stops between messages (what it
+        # did not send, the next bot or another replica does).
+        self.stopping = threading.Event()
         self._notify_lock = threading.Lock()
 
     # -- exactly-once sending ----------------------------------------------------
@@ -156,6 +159,8 @@ class Reminders:
         due_soon = self.service.expiring(now + self._horizon())
         stats.due = len(due_soon)
         for lease in due_soon:
+            if self.stopping.is_set():
+                return
             try:
                 self._warn_one(lease, now, stats)
             except Exception as exc:  # one lease's trouble never stops the pass
@@ -202,6 +207,8 @@ class Reminders:
     def _expire(self, stats: RunStats) -> None:
         now = utcnow()
         for key, record in self.records.list("watch/"):
+            if self.stopping.is_set():
+                return
             try:
                 self._expire_one(key, record, now, stats)
             except Exception as exc:  # retried next pass; the others go on
@@ -340,6 +347,8 @@ class Reminders:
                 sent = 0
                 message = blocks.free_now(resource)
                 for user_id, entry in entries:  # sorted by the time they asked
+                    if self.stopping.is_set():
+                        break
                     key = entry.resource[len(RECORD_PREFIX) :]
                     try:
                         told = self.once(key, self._dm, user_id, message)
@@ -418,5 +427,6 @@ class Scheduler:
         self.scheduler.start()
 
     def stop(self) -> None:
+        self.reminders.stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)

@@ -193,6 +193,13 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         return self.factory()
 
 
+# gunicorn kills a worker this long after asking it to stop: requests under
+# way, then the bot's own shutdown (`SHUTDOWN_BUDGET`), must fit in it.
+GRACEFUL_TIMEOUT = 20
+# Requests under way finish within Slack's 3 s; then the bot has this long.
+SHUTDOWN_BUDGET = GRACEFUL_TIMEOUT - 5
+
+
 def serve(
     factory: Callable[[], WSGIApp],
     host: str,
@@ -211,7 +218,7 @@ def serve(
             "worker_class": "gthread",
             "threads": threads,
             "timeout": 30,
-            "graceful_timeout": 20,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
             "keepalive": 5,
             "accesslog": None,
             "errorlog": "-",

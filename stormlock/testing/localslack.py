@@ -105,6 +105,7 @@ class LocalSlack:
         self._held: set[str] = set()
         self._release_held = threading.Event()
         self._lose_held = False
+        self._slow: dict[str, float] = {}
         self.in_flight: list[Call] = []
         """Calls held unanswered right now (see `hold`)."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -151,6 +152,11 @@ class LocalSlack:
         self._lose_held = lose
         self._held.add(method)
         return self._release_held
+
+    def slow(self, method: str, seconds: float) -> None:
+        """Answer every call of `method` only after `seconds` (a slow Slack);
+        0 for prompt answers again."""
+        self._slow[method] = seconds
 
     def wait_in_flight(self, method: str, count: int = 1, timeout: float = 15) -> None:
         """Block until `count` calls of `method` are held (see `hold`)."""
@@ -373,6 +379,8 @@ class LocalSlack:
                     if slack._lose_held:
                         self.close_connection = True
                         return
+                if slack._slow.get(method):
+                    time.sleep(slack._slow[method])  # the slow Slack itself
                 failures = slack._failures.get(method)
                 if failures:
                     status, headers, body = failures.pop(0)
