@@ -29,6 +29,7 @@ from pathlib import Path
 from bench import counters
 from bench.scenarios import (
     bot_latency,
+    bot_overload,
     bot_reply,
     contention,
     history,
@@ -40,7 +41,7 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,history,contention,bot,reply,scheduler,cli"
+ALL_SECTIONS = "backends,history,contention,bot,reply,overload,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -357,6 +358,15 @@ def main(argv: list[str] | None = None) -> int:
                 0.5 if quick else 4.0,
                 (0, 100) if quick else (0, 1_000, 10_000),
                 (1, 4) if quick else (1, 16, 64),
+            ),
+        ),
+        (
+            "overload",
+            lambda r: bot_overload.section(
+                r,
+                options_for,
+                500 if quick else 20_000,
+                2_000 if quick else 100_000,
             ),
         ),
         ("scheduler", lambda r: scheduler_scaling.section(r, options_for, sizes)),

@@ -182,9 +182,11 @@ def test_a_silent_store_still_gets_everyone_an_answer_within_3s(
             )
             waited = time.monotonic() - started
     # Timed out: unknown (it may have gone through); refused at once in the
-    # cool-down that follows: nothing changed.
+    # cool-down that follows, or not started while every answer thread
+    # waited on the store ("busy"): nothing changed.
     said = [text_of(reply) for reply in replies]
-    assert all("cannot tell" in text or "store is unreachable" in text for text in said)
+    plain = ("cannot tell", "store is unreachable", "busy right now")
+    assert all(any(words in text for words in plain) for text in said), said
     assert any("cannot tell" in text for text in said)
     # Which host failed is for the operator's log, never for Slack users.
     assert not any(str(silent.port) in text_of(reply) for reply in replies)

@@ -1,0 +1,261 @@
+"""The bot under more than it can do, and over a long run.
+
+Overload: 16 clients send `/stormlock acquire|release` as fast as the bot
+acks them (each sends its next command when the last ack is back, not when
+the answer is), 20,000 commands in all. Every person must get an answer
+within 3 s, a real one or "busy": the time to each answer is measured where
+the person sees it (the ack body, or the reply through response_url).
+
+Memory: the bot's RSS after warm-up and after 100,000 answers in a closed
+loop of 16 people.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import requests
+
+from bench.scenarios.bot_reply import Loop, _rss_mib
+from stormlock.testing.backends import BackendConfig
+from stormlock.testing.localslack import LocalSlack
+from stormlock.testing.servers import Server
+from stormlock.testing.slack import running_bot, sign
+
+WITHIN = 3.0
+
+
+class Arrivals:
+    """A response_url endpoint that notes when each answer arrived."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.when: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+        arrivals = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode()
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+                with arrivals._lock:
+                    token = self.path.rsplit("/", 1)[1]
+                    arrivals.when.setdefault(token, (time.perf_counter(), body))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/respond"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def flood(url: str, arrivals: Arrivals, clients: int, total: int) -> dict[str, Any]:
+    """Send `total` commands from `clients` as fast as acks come back."""
+    sent: dict[str, float] = {}
+    acked: dict[str, tuple[float, str]] = {}
+    lock = threading.Lock()
+    counter = iter(range(total))
+    ack_times: list[float] = []
+
+    def client(number: int) -> None:
+        session = requests.Session()
+        resource = f"flood-{number}"
+        verbs = ("acquire", "release")
+        n = 0
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            token = f"f{index}"
+            text = f"{verbs[n % 2]} {resource}" + (" 1h" if n % 2 == 0 else "")
+            n += 1
+            form = {
+                "token": "x",
+                "team_id": "T0TEAM",
+                "channel_id": "C0OPS",
+                "channel_name": "ops",
+                "user_id": f"U{number:05d}",
+                "user_name": f"person{number}",
+                "command": "/stormlock",
+                "text": text,
+                "response_url": f"{arrivals.base}/{token}",
+                "trigger_id": "t",
+            }
+            body = urllib.parse.urlencode(form)
+            headers = {
+                "Content-Type": "application/x-www-form-urlencoded",
+                **sign(body),
+            }
+            start = time.perf_counter()
+            try:
+                response = session.post(url, data=body, headers=headers, timeout=10)
+            except requests.RequestException:
+                continue
+            done = time.perf_counter()
+            with lock:
+                sent[token] = start
+                ack_times.append(done - start)
+                if response.content:
+                    acked[token] = (done, response.text)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    time.sleep(0)  # let the last answers land
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with arrivals._lock:
+            missing = [t for t in sent if t not in acked and t not in arrivals.when]
+        if not missing:
+            break
+        time.sleep(0.2)
+    waits: list[float] = []
+    busy = real = unanswered = 0
+    for token, began in sent.items():
+        answer = acked.get(token) or arrivals.when.get(token)
+        if answer is None:
+            unanswered += 1
+            continue
+        waits.append(answer[0] - began)
+        if "busy" in answer[1]:
+            busy += 1
+        else:
+            real += 1
+    return {
+        "sent": len(sent),
+        "wall": wall,
+        "acks": ack_times,
+        "waits": waits,
+        "busy": busy,
+        "real": real,
+        "unanswered": unanswered,
+    }
+
+
+def section(
+    running: dict[str, Server],
+    options_for: Callable[[str, dict[str, Server], str], dict[str, str] | None],
+    total: int,
+    answers: int,
+) -> str:
+    from bench.run import ms, percentile, table
+
+    options = options_for("redis", running, "overload")
+    if options is None:
+        return "### The bot under overload\n\nRedis not installed: skipped."
+    config = BackendConfig("redis", options)
+    home = Path(tempfile.mkdtemp(prefix="bench-overload-"))
+    specs = [f"U{n:05d}:person{n}:person{n}@example.com" for n in range(64)]
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "stormlock.testing.localslack", *specs],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fake.stdout is not None
+    api_url = fake.stdout.readline().strip()
+    slack = cast(LocalSlack, SimpleNamespace(token="xoxb-local", api_url=api_url))  # noqa: S106
+    arrivals = Arrivals()
+    lines: list[str] = []
+    try:
+        with running_bot(slack, config, home, "", log_level="WARNING") as bot:
+            Loop(bot.url, None).run(2, 1.0)  # warm up
+            result = flood(bot.url + "/slack/events", arrivals, 16, total)
+            waits = result["waits"]
+            slow = sum(1 for w in waits if w > WITHIN)
+            rows = [
+                [
+                    f"{result['sent']:,}",
+                    f"{result['sent'] / result['wall']:.0f}",
+                    ms(percentile(result["acks"], 99)),
+                    ms(statistics.median(waits)) if waits else "-",
+                    ms(percentile(waits, 99)) if waits else "-",
+                    ms(max(waits)) if waits else "-",
+                    f"{result['real']:,}",
+                    f"{result['busy']:,}",
+                    str(result["unanswered"]),
+                    str(slow),
+                ]
+            ]
+            lines.append(
+                table(
+                    [
+                        "commands",
+                        "sent/s",
+                        "ack p99 ms",
+                        "answer p50 ms",
+                        "answer p99 ms",
+                        "answer max ms",
+                        "real answers",
+                        "busy answers",
+                        "unanswered",
+                        f"answers after {WITHIN:g} s",
+                    ],
+                    rows,
+                )
+            )
+            verdict = "met" if slow == 0 and result["unanswered"] == 0 else "MISSED"
+            lines.append(
+                f"\n- every person answered within {WITHIN:g} s, real or busy: {verdict}"
+            )
+            # Memory over a long run: RSS after warm-up, then after N answers.
+            loop = Loop(bot.url, None)
+            done = 0
+            while done < min(answers, 5_000):
+                times, _failed, _rate = loop.run(16, 2.0)
+                done += len(times)
+            warm = _rss_mib(bot.process.pid)
+            start_count = done
+            while done - start_count < answers:
+                times, _failed, _rate = loop.run(16, 5.0)
+                done += len(times)
+            end = _rss_mib(bot.process.pid)
+            verdict = "met" if end - warm <= 5 else "MISSED"
+            lines.append(
+                f"- memory: {warm:.1f} MiB after warm-up ({start_count:,} answers),"
+                f" {end:.1f} MiB after {done - start_count:,} more"
+                f" ({end - warm:+.1f} MiB; target within 5 MiB: {verdict})"
+            )
+    finally:
+        arrivals.close()
+        fake.terminate()
+        fake.wait(timeout=10)
+    return (
+        "### The bot under overload, and over a long run (Redis)\n\n"
+        + "\n".join(lines)
+        + "\n\n16 clients send commands as fast as the bot acks them, each its next"
+        " when its last ack is back; the answer is timed where the person sees it"
+        " (the ack body, or the reply through response_url). A command the answer"
+        " threads cannot start within `answer_budget` is answered 'busy, nothing"
+        " changed' in its ack."
+    )
