@@ -70,14 +70,59 @@ class Message:
         return {"text": self.text, "blocks": self.blocks}
 
 
+# The fallback text of one post, at most (Slack truncates past 40,000).
+MAX_FALLBACK = 39_000
+
+
 def combined(messages: Sequence[Message]) -> Message:
     """Announcements to one channel as one post, in order (each already made
-    safe by its own Message)."""
+    safe by its own Message): one-line announcements share sections, so a
+    post names hundreds of changes within Slack's 50 blocks. Give it at most
+    `fitting(messages)` of them."""
     if len(messages) == 1:
         return messages[0]
-    merged = Message("", [block for message in messages for block in message.blocks])
+    packed, _count = _pack(messages)
+    merged = Message("", packed)
     object.__setattr__(merged, "text", "\n".join(m.text for m in messages))
     return merged
+
+
+def fitting(messages: Sequence[Message]) -> int:
+    """How many of `messages`, from the first, fit in one combined post."""
+    return _pack(messages)[1]
+
+
+def _pack(messages: Sequence[Message]) -> tuple[list[dict[str, Any]], int]:
+    packed: list[dict[str, Any]] = []
+    fallback = 0
+    for count, message in enumerate(messages):
+        fallback += len(message.text) + 1
+        before = list(packed)
+        for block in message.blocks:
+            text, last = _plain_section(block), _plain_section(packed[-1:])
+            fits = text is not None and last is not None
+            if fits and len(f"{last}\n{text}") <= MAX_TEXT:
+                packed[-1] = _section(f"{last}\n{text}").to_dict()
+                continue
+            packed.append(block)
+        if count and (len(packed) > MAX_BLOCKS or fallback > MAX_FALLBACK):
+            return before, count
+    return packed, len(messages)
+
+
+def _plain_section(block: dict[str, Any] | list[dict[str, Any]]) -> str | None:
+    """The text of a section that is nothing but mrkdwn text."""
+    if isinstance(block, list):
+        if not block:
+            return None
+        block = block[0]
+    text = block.get("text")
+    if block.get("type") != "section" or set(block) - {"type", "text", "block_id"}:
+        return None
+    if not isinstance(text, dict) or text.get("type") != "mrkdwn":
+        return None
+    value = text.get("text")
+    return value if isinstance(value, str) else None
 
 
 def escape(text: str) -> str:

@@ -226,8 +226,6 @@ class Outcome:
     status: str = "ok"
     """For metrics: ok, held, rejected, unavailable, error."""
     notices: list[Notice] = field(default_factory=list)
-    origin: tuple[Lease, str] | None = None
-    """A lease taken in a channel: remembered there for its expiry notice."""
     freed: str | None = None
     """A resource that may be free now: its wait list is told."""
     changed: bool = False
@@ -436,8 +434,13 @@ class Core:
         channel = self._announce_in(lease.resource, ask)
         if channel:
             outcome.notices.append(TookLease(channel, lease))
-        if ask.channel:
-            outcome.origin = (lease, ask.channel)
+        if ask.channel and self.state and not self.service.keeps_channel(lease):
+            # The expiry notice's channel: history has it with the change,
+            # unless this backend keeps no history.
+            try:
+                self.state.remember_origin(lease, ask.channel)
+            except StormlockError as exc:  # the lease stands; so does its answer
+                log.warning("origin of a lease not recorded: %s", exc)
         return outcome
 
     def _release(self, person: Person, ask: Ask, resource: str) -> Outcome:

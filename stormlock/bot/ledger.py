@@ -41,6 +41,11 @@ class Ledger:
             key = claim.resource[len(RECORD_PREFIX + _PREFIX) :]
             self.records.claim(_PREFIX + key, SENT_TTL)
 
+    def mark(self, key: str) -> None:
+        """Record as sent what went out without a claim (a fresh change's
+        announcement, which nobody else sends yet: see outbox.FAST_WITHIN)."""
+        self.records.claim(_PREFIX + key, SENT_TTL)
+
     def unclaim(self, claim: Lease) -> None:
         """It did not go out: let a later try, here or elsewhere, send it."""
         self.records.drop(claim)

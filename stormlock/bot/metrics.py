@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ..errors import BackendUnavailable
 from .parsing import USAGE
@@ -45,6 +45,12 @@ NOTIFICATIONS = Counter(
     "stormlock_notifications_sent_total",
     "Messages the scheduler sent: warnings, expiry notices, wait-list DMs.",
     ["kind"],
+)
+
+OUTBOX_WAITING = Gauge(
+    "stormlock_outbox_waiting",
+    "What the outbox holds unsent: queued sends, and announcements waiting "
+    "for their channel's turn.",
 )
 
 RECONCILE_RUNS = Counter(

@@ -36,9 +36,9 @@ from slack_sdk.webhook import WebhookClient
 
 from ..backend import Lease
 from ..errors import StormlockError
-from .blocks import MAX_BLOCKS, Message, combined
+from .blocks import Message, combined, fitting
 from .ledger import Ledger
-from .metrics import SLACK_ERRORS
+from .metrics import OUTBOX_WAITING, SLACK_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,13 @@ BACKOFF = (0.5, 2.0, 8.0)
 SLACK_TIMEOUT = 5
 # Slack allows about one chat.postMessage per second per channel.
 CHANNEL_PACE = 1.0
+# A fresh change's announcement sent within this long goes without a claim
+# and is recorded as sent after it (one store write instead of two). Safe
+# because the recovery pass leaves a change alone for reminders._GRACE
+# (15 s), longer than this plus one request of the fast client (5 s).
+FAST_WITHIN = 2.0
+# A post names at most this many changes (fewer if they do not fit).
+MAX_POST = 500
 # A 429 asking to wait longer than this is not waited for in a thread:
 # the send is queued again (or, for a reminder, left to the next pass).
 MAX_RETRY_AFTER = 5.0
@@ -164,6 +171,8 @@ class _Post(NamedTuple):
     on_failure: Callable[[str], None] | None
     key: str | None
     """Its ledger key: sent once across replicas (None: no ledger)."""
+    fresh_until: float
+    """Monotonic: until when it may go without a claim (see FAST_WITHIN)."""
 
 
 class _Paced:
@@ -177,9 +186,17 @@ class _Paced:
 
 class Outbox:
     def __init__(
-        self, client: WebClient, threads: int = 2, ledger: Ledger | None = None
+        self, client: WebClient, threads: int = 4, ledger: Ledger | None = None
     ) -> None:
         self.client = client
+        # One request, no retries of its own (they come from the outbox):
+        # a send without a claim must end well within the recovery's grace.
+        self.fast_client = WebClient(
+            token=client.token,
+            base_url=client.base_url,
+            timeout=SLACK_TIMEOUT,
+            retry_handlers=[],
+        )
         self.ledger = ledger
         self._channels: dict[str, _Paced] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = (
@@ -199,6 +216,15 @@ class Outbox:
         ]
         for thread in self._threads:
             thread.start()
+        if threads:  # the sending outbox, not the reminders' synchronous one
+            OUTBOX_WAITING.set_function(self.waiting)
+
+    def waiting(self) -> int:
+        """Queued sends plus announcements waiting for their channel's turn."""
+        with self._lock:
+            posts = sum(len(paced.pending) for paced in self._channels.values())
+            timers = len(self._timers)
+        return self._queue.qsize() + timers + posts
 
     # -- the queue ----------------------------------------------------------------
 
@@ -352,8 +378,13 @@ class Outbox:
 
     def post_now(self, channel: str, message: Message) -> Failure | None:
         """Post to a channel; Slack's error code, if any."""
+        return self._post_with(self.client, channel, message)
+
+    def _post_with(
+        self, client: WebClient, channel: str, message: Message
+    ) -> Failure | None:
         try:
-            self.client.chat_postMessage(channel=channel, **message.kwargs())
+            client.chat_postMessage(channel=channel, **message.kwargs())
         except (SlackApiError, OSError) as exc:
             return self._failed("chat.postMessage", exc)
         return None
@@ -388,14 +419,18 @@ class Outbox:
         message: Message,
         on_failure: Callable[[str], None] | None = None,
         key: str | None = None,
+        fresh: bool = True,
     ) -> None:
         """Announce in `channel`. Slack takes about one post a second per
         channel: what comes faster waits for the next post, which names every
         change since, in order (instead of a wall of 429s). With `key`, it is
-        sent once across replicas and restarts (see ledger.py)."""
+        sent once across replicas and restarts (see ledger.py); `fresh`: the
+        change was made just now (not found later, by recovery or a second
+        look)."""
+        fresh_until = time.monotonic() + (FAST_WITHIN if fresh else 0.0)
         with self._lock:
             paced = self._channels.setdefault(channel, _Paced())
-            paced.pending.append(_Post(message, on_failure, key))
+            paced.pending.append(_Post(message, on_failure, key, fresh_until))
             if paced.scheduled:
                 return
             paced.scheduled = True
@@ -405,14 +440,11 @@ class Outbox:
     def _flush(self, channel: str) -> None:
         with self._lock:
             paced = self._channels[channel]
-            batch: list[_Post] = []
-            size = 0
-            while paced.pending:
-                blocks = len(paced.pending[0].message.blocks) or 1
-                if batch and size + blocks > MAX_BLOCKS:
-                    break
-                batch.append(paced.pending.pop(0))
-                size += blocks
+            # As many as one post holds (hundreds of one-line changes).
+            waiting = paced.pending[:MAX_POST]
+            count = fitting([post.message for post in waiting])
+            batch = paced.pending[:count]
+            del paced.pending[:count]
             paced.next_at = time.monotonic() + CHANNEL_PACE
             paced.scheduled = bool(paced.pending)
         if paced.scheduled:  # the rest goes in the next post
@@ -425,13 +457,27 @@ class Outbox:
             for tell in callbacks:
                 tell(error)
 
-        send = self._retrying(
-            "chat.postMessage", lambda: self._post_batch(channel, batch), failed
-        )
-        send()
+        tries: list[int] = []
 
-    def _post_batch(self, channel: str, batch: list[_Post]) -> Failure | None:
+        def attempt() -> Failure | None:
+            tries.append(1)
+            return self._post_batch(channel, batch, first=len(tries) == 1)
+
+        self._retrying("chat.postMessage", attempt, failed)()
+
+    def _post_batch(
+        self, channel: str, batch: list[_Post], first: bool = False
+    ) -> Failure | None:
         """One post naming what of `batch` nobody else sent or is sending."""
+        now = time.monotonic()
+        if first and self.ledger and all(now < p.fresh_until for p in batch):
+            # Fresh changes: nobody else sends them yet (the recovery pass
+            # waits GRACE), so one try without claims, marked after.
+            message = combined([post.message for post in batch])
+            failed = self._post_with(self.fast_client, channel, message)
+            if failed is None or not failed.passing:
+                self._mark([post.key for post in batch])
+            return failed
         claimed = self._claim([post.key for post in batch])
         if claimed is None:
             return None  # the store cannot say: a later pass sends it
@@ -471,6 +517,17 @@ class Outbox:
             self._settle(claims, Failure("store", True))
             return None
         return claims
+
+    def _mark(self, keys: list[str | None]) -> None:
+        """Record sends made without a claim as sent."""
+        assert self.ledger is not None
+        for key in keys:
+            if key is None:
+                continue
+            try:
+                self.ledger.mark(key)
+            except StormlockError as exc:  # recovery may send it once more
+                log.warning("could not record a notice: %s", exc)
 
     def _settle(self, claims: list[Lease | bool], failed: Failure | None) -> None:
         """Record what went out, or Slack refused for good; let go of what

@@ -252,27 +252,24 @@ class Pipeline:
                 return
             answer = blocks.answer(outcome.answer, self.directory.display)
             reply(answer, outcome.answer)
-            self._follow_up(ask, outcome, reply)
+            self._follow_up(ask, outcome, reply, fresh=False)
 
         self.outbox.submit(Priority.NOTICE, check, delay=VERIFY_AFTER[attempt])
 
-    def _follow_up(self, ask: Ask, outcome: Outcome, reply: Reply) -> None:
+    def _follow_up(
+        self, ask: Ask, outcome: Outcome, reply: Reply, fresh: bool = True
+    ) -> None:
+        """`fresh`: the outcome of a change made just now (not found later)."""
         outbox = self.outbox
         display = self.directory.display
         for told in outcome.notices:
             message = blocks.notice(told, display)
             if isinstance(told, TookLease | GaveUpLease):
                 failed = self._announce_failed(reply)
-                outbox.post(told.channel, message, failed, told.key)
+                outbox.post(told.channel, message, failed, told.key, fresh)
             elif isinstance(told, ForcedOff):
                 task = self._dm_task(told.holder, message, told.key)
                 outbox.submit(Priority.NOTICE, task)
-        if outcome.origin is not None:
-            lease, channel = outcome.origin
-            state = self.reminders.state
-            outbox.submit(
-                Priority.NOTICE, lambda: state.remember_origin(lease, channel)
-            )
         if outcome.freed is not None:
             freed = outcome.freed
             outbox.submit(Priority.NOTICE, lambda: self._tell_waiters(freed))

@@ -47,9 +47,10 @@ _NOTIFY_TURN = timedelta(seconds=30)
 # much (etcd and DynamoDB stamp events by the clients' clocks, which can be
 # a little apart) ...
 _OVERLAP = timedelta(seconds=30)
-# ... and queues what is still unsent this long after the change (the live
-# path has normally sent it by then), for at most this long.
-_GRACE = timedelta(seconds=5)
+# ... and queues what is still unsent this long after the change: the live
+# path has sent it by then, or holds a claim on it (outbox.FAST_WITHIN plus
+# one request, with room for the replicas' clocks), for at most this long.
+_GRACE = timedelta(seconds=15)
 _GIVE_UP = timedelta(hours=1)
 _CURSOR = "cursor/told"
 
@@ -317,7 +318,7 @@ class Reminders:
                 self.ledger.sent(claim)
             return
         log.info("recovering an unsent announcement in %s", notice.channel)
-        self.notices.post(notice.channel, message, None, notice.key)
+        self.notices.post(notice.channel, message, None, notice.key, fresh=False)
 
     # -- wait lists -------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ..backend import (
     Feature,
     Finding,
     Lease,
+    LeaseBackend,
     LockExpiredException,
     canonical_lease_id,
 )
@@ -298,6 +299,16 @@ class LeaseService:
         ]
         mine.sort(key=lambda e: e.time)
         return mine[-limit:]
+
+    def keeps_channel(self, lease: Lease) -> bool:
+        """Whether the history of the lease's backend records the channel a
+        change is announced in (`channel_of` finds it)."""
+        backend = self.backend(self.config.settings(lease.resource).backend)
+        return (
+            isinstance(backend, LeaseBackend)
+            and backend.history_retention is not None
+            and backend.supports(Feature.HISTORY)
+        )
 
     def channel_of(self, resource: str, fence: int) -> str | None:
         """The channel the bot announced a lease in, from its history."""
