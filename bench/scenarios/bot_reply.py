@@ -43,12 +43,14 @@ MISS_NOTE = (
     " `answer_budget` (1.5 s), as the baseline's does, so both answers cost one"
     " HTTP exchange, and both bots announce every change. Where answers/s still"
     " misses the baseline's, the difference is work per answer on shared cores,"
-    " not waiting: ours renders Block Kit with slack_sdk's models (which the fake"
-    " Slack validates again) where the baseline sends one line of text, writes an"
-    " origin record for the expiry notice (a second store write), looks the"
-    " person up (cached) and keeps metrics; the load generator, the fake Slack,"
-    " the store and the bot share 2 cores. Which of these costs most is not"
-    " measured yet: a profile of the bot under this load is the next step."
+    " not waiting: a py-spy profile of our bot under this load (py-spy record"
+    " -p WORKER, 12 s) has most of its samples in store round trips. Ours makes"
+    " more of them per change: the ledger mark that makes each announcement"
+    " recoverable and sent once across replicas, the wait-list marker read"
+    " after a release, the holder check before a release; it also renders Block"
+    " Kit with slack_sdk's models (which the fake Slack validates again), looks"
+    " the person up (cached) and keeps metrics. The load generator, the fake"
+    " Slack, the store and the bot share 2 cores."
 )
 
 
