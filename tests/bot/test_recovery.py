@@ -62,7 +62,9 @@ def assert_each_told_once(survivor: BotServer, slack: LocalSlack) -> None:
     assert len(forced_dms(slack)) == 1
 
 
-@pytest.mark.parametrize("bot_config", ["sqlite", "redis"], indirect=True)
+# Every backend records the channel (the conformance kit checks it); the
+# claims do not depend on the store: Redis is enough, and the suite's time.
+@pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
 def test_a_restarted_bot_sends_what_its_killed_self_had_not(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
 ) -> None:
