@@ -39,6 +39,26 @@ MISS_NOTE = (
 )
 
 
+def signed_command(
+    user_id: str, user_name: str, text: str, response_url: str
+) -> tuple[str, dict[str, str]]:
+    """A `/stormlock TEXT` request as Slack sends it: body and headers."""
+    form = {
+        "token": "x",
+        "team_id": "T0TEAM",
+        "channel_id": "C0OPS",
+        "channel_name": "ops",
+        "user_id": user_id,
+        "user_name": user_name,
+        "command": "/stormlock",
+        "text": text,
+        "response_url": response_url,
+        "trigger_id": "t",
+    }
+    body = urllib.parse.urlencode(form)
+    return body, {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
+
+
 def process_memory_kb(pid: int, field: str = "VmHWM") -> int:
     """A /proc status field (VmHWM: peak RSS, VmRSS: now) of a process and
     its children (a gunicorn master and its workers), in KiB."""
@@ -102,23 +122,9 @@ def section(
                 "release": f"release r{n % 500}",
                 "list": "list",
             }[kind]
-            form = {
-                "token": "x",
-                "team_id": "T0TEAM",
-                "channel_id": "C0OPS",
-                "channel_name": "ops",
-                "user_id": user.id,
-                "user_name": user.name,
-                "command": "/stormlock",
-                "text": text,
-                "response_url": f"{base}/respond/bench-{n}",
-                "trigger_id": "t",
-            }
-            body = urllib.parse.urlencode(form)
-            headers = {
-                "Content-Type": "application/x-www-form-urlencoded",
-                **sign(body),
-            }
+            body, headers = signed_command(
+                user.id, user.name, text, f"{base}/respond/bench-{n}"
+            )
             start = time.perf_counter()
             try:
                 response = requests.post(url, data=body, headers=headers, timeout=10)

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,56 +25,17 @@ from typing import Any, cast
 
 import requests
 
-from bench.scenarios.bot_reply import Loop, _rss_mib
+from bench.scenarios.bot_latency import signed_command
+from bench.scenarios.bot_reply import Answers, Loop, _rss_mib
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.servers import Server
-from stormlock.testing.slack import running_bot, sign
+from stormlock.testing.slack import running_bot
 
 WITHIN = 3.0
 
 
-class Arrivals:
-    """A response_url endpoint that notes when each answer arrived."""
-
-    def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.when: dict[str, tuple[float, str]] = {}
-        self._lock = threading.Lock()
-        arrivals = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode()
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-                with arrivals._lock:
-                    token = self.path.rsplit("/", 1)[1]
-                    arrivals.when.setdefault(token, (time.perf_counter(), body))
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def base(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/respond"
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
-def flood(url: str, arrivals: Arrivals, clients: int, total: int) -> dict[str, Any]:
+def flood(url: str, arrivals: Answers, clients: int, total: int) -> dict[str, Any]:
     """Send `total` commands from `clients` as fast as acks come back."""
     sent: dict[str, float] = {}
     acked: dict[str, tuple[float, str]] = {}
@@ -96,23 +56,9 @@ def flood(url: str, arrivals: Arrivals, clients: int, total: int) -> dict[str, A
             token = f"f{index}"
             text = f"{verbs[n % 2]} {resource}" + (" 1h" if n % 2 == 0 else "")
             n += 1
-            form = {
-                "token": "x",
-                "team_id": "T0TEAM",
-                "channel_id": "C0OPS",
-                "channel_name": "ops",
-                "user_id": f"U{number:05d}",
-                "user_name": f"person{number}",
-                "command": "/stormlock",
-                "text": text,
-                "response_url": f"{arrivals.base}/{token}",
-                "trigger_id": "t",
-            }
-            body = urllib.parse.urlencode(form)
-            headers = {
-                "Content-Type": "application/x-www-form-urlencoded",
-                **sign(body),
-            }
+            body, headers = signed_command(
+                f"U{number:05d}", f"person{number}", text, f"{arrivals.base}/{token}"
+            )
             start = time.perf_counter()
             try:
                 response = session.post(url, data=body, headers=headers, timeout=10)
@@ -132,11 +78,9 @@ def flood(url: str, arrivals: Arrivals, clients: int, total: int) -> dict[str, A
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    time.sleep(0)  # let the last answers land
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        with arrivals._lock:
-            missing = [t for t in sent if t not in acked and t not in arrivals.when]
+        missing = [t for t in sent if t not in acked and t not in arrivals.when]
         if not missing:
             break
         time.sleep(0.2)
@@ -185,7 +129,7 @@ def section(
     assert fake.stdout is not None
     api_url = fake.stdout.readline().strip()
     slack = cast(LocalSlack, SimpleNamespace(token="xoxb-local", api_url=api_url))  # noqa: S106
-    arrivals = Arrivals()
+    arrivals = Answers(keep_all=True)
     lines: list[str] = []
     try:
         with running_bot(slack, config, home, "", log_level="WARNING") as bot:

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,12 +27,12 @@ from typing import Any, cast
 import requests
 from mirakuru import TCPExecutor
 
-from bench.scenarios.bot_latency import process_memory_kb
+from bench.scenarios.bot_latency import process_memory_kb, signed_command
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.env import clean_env
 from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.servers import Server, free_port
-from stormlock.testing.slack import SECRET, running_bot, sign
+from stormlock.testing.slack import SECRET, running_bot
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TARGET_P99 = 0.100
@@ -57,9 +56,12 @@ MISS_NOTE = (
 class Answers:
     """The response_url endpoint: when each answer arrived."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_all: bool = False) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[threading.Event, list[str]]] = {}
+        self.keep_all = keep_all
+        self.when: dict[str, tuple[float, str]] = {}
+        """With `keep_all`: every answer's arrival (perf_counter) and body."""
         answers = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +97,8 @@ class Answers:
     def arrived(self, token: str, body: str) -> None:
         with self._lock:
             waiting = self._waiting.pop(token, None)
+            if self.keep_all:
+                self.when.setdefault(token, (time.perf_counter(), body))
         if waiting is not None:
             waiting[1].append(body)
             waiting[0].set()
@@ -121,20 +125,10 @@ class Loop:
         with self._lock:
             n = next(self._count)
         token = f"r{n}"
-        form = {
-            "token": "x",
-            "team_id": "T0TEAM",
-            "channel_id": "C0OPS",
-            "channel_name": "ops",
-            "user_id": f"U{person:05d}",
-            "user_name": f"person{person}",
-            "command": "/stormlock",
-            "text": text,
-            "response_url": f"{self.answers.base if self.answers else 'http://x'}/{token}",
-            "trigger_id": "t",
-        }
-        body = urllib.parse.urlencode(form)
-        headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
+        base = self.answers.base if self.answers else "http://x"
+        body, headers = signed_command(
+            f"U{person:05d}", f"person{person}", text, f"{base}/{token}"
+        )
         waiting = self.answers.expect(token) if self.answers else None
         start = time.perf_counter()
         try:

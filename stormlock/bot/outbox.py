@@ -191,12 +191,7 @@ class Outbox:
         self.client = client
         # One request, no retries of its own (they come from the outbox):
         # a send without a claim must end well within the recovery's grace.
-        self.fast_client = WebClient(
-            token=client.token,
-            base_url=client.base_url,
-            timeout=SLACK_TIMEOUT,
-            retry_handlers=[],
-        )
+        self.fast_client = web_client(client.token, client.base_url, retries=0)
         self.ledger = ledger
         self._channels: dict[str, _Paced] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = (
