@@ -23,7 +23,7 @@ except OSError:
     print("no"); sys.exit()
 have = set(have.split(",")) if have else {"all", "dev"}  # older stamps: all,dev
 if "all" in have:
-    have |= {"redis", "postgresql", "dynamodb", "etcd", "bot"}
+    have |= {"redis", "postgresql", "dynamodb", "etcd", "http", "api", "bot"}
 print("yes" if have_hash == wanted_hash and wanted <= have else "no")
 PY
 )

@@ -144,6 +144,49 @@ def _build_parser() -> argparse.ArgumentParser:
         "target", nargs="?", help="a backend name or a resource (default: [default])"
     )
 
+    serve = command("serve", "serve the HTTP API (/v1/) for automation, under gunicorn")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8080))
+    serve.add_argument(
+        "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY") or 1)
+    )
+    serve.add_argument("--threads", type=int, default=16)
+    serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-json", action="store_true", help="log JSON lines")
+
+    token = command("token", "API tokens: create, list, revoke")
+    token_sub = token.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=_Parser
+    )
+    token_sub.required = True
+    create = token_sub.add_parser(
+        "create", help="create a token; prints only the token (shown once)"
+    )
+    create.add_argument("name")
+    create.add_argument(
+        "--as", dest="principal", help="whom it acts as (default: your principal)"
+    )
+    create.add_argument(
+        "--resources", help="globs of the resources it may touch: prod-*,staging-*"
+    )
+    create.add_argument("--read-only", action="store_true")
+    create.add_argument(
+        "--expires", metavar="DURATION", help="e.g. 90d (default: never)"
+    )
+    create.add_argument(
+        "--delegate",
+        action="store_true",
+        help="it may name the principal of each request (for a bridge such as a bot)",
+    )
+    tlist = token_sub.add_parser("list", help="list tokens (never their secrets)")
+    tlist.add_argument("--as", dest="principal", help="only this principal's")
+    tlist.add_argument("-f", "--format", choices=["table", "json"], default="table")
+    revoke = token_sub.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("name")
+    revoke.add_argument(
+        "--as", dest="principal", help="whose token (default: your principal)"
+    )
+
     doctor = command(
         "doctor", "check the store's safety settings; exit 1 if one is unsafe"
     )
@@ -293,8 +336,60 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from .api.serve import serve_api
+
+    return serve_api(config, args)
+
+
+def _token(config: Config, args: argparse.Namespace) -> int:
+    from .tokens import Tokens
+
+    name = config.default_backend
+    if name == "http":
+        raise errors.UnsupportedOperation(
+            "tokens are managed where the store's credentials are (a config "
+            "with the store's backend), or in Slack with /stormlock token"
+        )
+    mine = config.settings("-").principal  # [default] principal
+    principal = args.principal or mine
+    with _backend(config, name) as backend:
+        tokens = Tokens(backend)
+        if args.action == "create":
+            secret, _ = tokens.create(
+                args.name,
+                principal,
+                args.resources,
+                args.read_only,
+                _ttl(args.expires),
+                args.delegate,
+                created_by=mine,
+            )
+            print(secret)
+            return 0
+        if args.action == "revoke":
+            if not tokens.revoke(args.name, principal):
+                _err(f"{principal} has no token named {args.name!r}; nothing revoked")
+                return errors.EXIT_NOT_HELD
+            return 0
+        found = tokens.list(args.principal)
+    from .render import token_json, token_table
+
+    if args.format == "json":
+        print(token_json(found))
+    elif found:
+        print(token_table(found))
+    else:
+        _err("no tokens")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.cmd == "serve":
+        return _serve(config, args)
+    if args.cmd == "token":
+        return _token(config, args)
     if args.cmd == "list":
         return _list(config, args)
     if args.cmd == "history":

@@ -28,8 +28,10 @@ EXIT_UNKNOWN_BACKEND = 69
 EXIT_UNAVAILABLE = 70
 EXIT_LEASE_LOST = 71
 EXIT_UNSUPPORTED = 72
+EXIT_RATE_LIMITED = 75
 EXIT_INTERNAL = 73
 EXIT_NOT_ALLOWED = 77
+EXIT_UNAUTHENTICATED = 78
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = (
@@ -77,11 +79,24 @@ EXIT_CODES = (
         str(EXIT_INTERNAL),
         "unexpected error: a bug; rerun with `STORMLOCK_DEBUG=1` and report it",
     ),
+    ExitCode(
+        str(EXIT_RATE_LIMITED),
+        "the `http` backend: too many failed authentications from this address "
+        "(HTTP 429); wait a minute",
+    ),
+    ExitCode(
+        str(EXIT_NOT_ALLOWED),
+        "not allowed: the `http` backend's token does not cover that resource or "
+        "is read-only (HTTP 403); the bot's shell: an admin-only action",
+    ),
+    ExitCode(
+        str(EXIT_UNAUTHENTICATED),
+        "the `http` backend's token is missing, unknown, revoked or expired (HTTP 401)",
+    ),
     ExitCode("126, 127", "`run`: the command could not be executed / was not found"),
     ExitCode(str(EXIT_INTERRUPTED), "interrupted"),
 )
-"""What each exit code of `stormlock` means (the bot's shell adds 77: not
-allowed)."""
+"""What each exit code of `stormlock` means."""
 
 EXIT_CODES_BEGIN = "<!-- exit-codes:begin -->"
 EXIT_CODES_END = "<!-- exit-codes:end -->"
@@ -168,6 +183,18 @@ class BackendUnavailable(StormlockError):
     """The backend could not be reached, or did not answer in time."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class RateLimited(StormlockError):
+    """Too many failed authentications from one address (HTTP 429)."""
+
+    exit_code = EXIT_RATE_LIMITED
+
+
+class Unauthenticated(StormlockError):
+    """The API token is missing, unknown, revoked or expired (HTTP 401)."""
+
+    exit_code = EXIT_UNAUTHENTICATED
 
 
 class InvalidResourceName(StormlockError, ValueError):

@@ -34,7 +34,7 @@ RELEASED = "released"
 FORCED = "forced"
 EXPIRED = "expired"
 EVENTS = (ACQUIRED, RENEWED, RELEASED, FORCED, EXPIRED)
-SOURCES = ("cli", "slack", "library")
+SOURCES = ("cli", "slack", "library", "api")
 
 DEFAULT_RETENTION = timedelta(days=90)
 
@@ -80,6 +80,8 @@ class Acting(NamedTuple):
     source: str | None = None
     forced: bool = False
     channel: str | None = None
+    record: bool = True
+    """False: record nothing (a delegate API client whose history is off)."""
 
 
 # Between the source and the channel in the stored source: never in either.
@@ -100,11 +102,12 @@ def acting(
     source: str | None = None,
     forced: bool = False,
     channel: str | None = None,
+    record: bool = True,
 ) -> Iterator[None]:
     """Record changes made inside the block as made by `actor`, from `source`,
     announced in `channel`; a release inside it with `forced` is recorded as
-    forced."""
-    token = _acting.set(Acting(actor, source, forced, channel))
+    forced; with `record` False, record nothing."""
+    token = _acting.set(Acting(actor, source, forced, channel, record))
     try:
         yield
     finally:
@@ -127,11 +130,17 @@ class Story(NamedTuple):
         return FORCED if self.forced else RELEASED
 
 
+def current_context() -> Acting:
+    """Who acts and from where, as a change made now would be recorded."""
+    context = _acting.get() or Acting()
+    return context._replace(source=context.source or _default_source[0])
+
+
 def story(retention: timedelta | None) -> Story | None:
     """The story of the running operation, or None when history is off."""
-    if retention is None:
-        return None
     context = _acting.get() or Acting()
+    if retention is None or not context.record:
+        return None
     source = context.source or _default_source[0]
     if context.channel:
         source = f"{source}{CHANNEL_MARK}{context.channel}"

@@ -11,6 +11,7 @@ from .errors import one_line, printable
 
 if TYPE_CHECKING:
     from .history import Event
+    from .tokens import Token
 
 
 def short_time(moment: datetime | None) -> str:
@@ -88,7 +89,12 @@ def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
         if with_ids:
             row.append(lease.id)
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(headers))]
+    return _aligned(rows)
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    """Rows as columns two spaces apart (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(
             cell.ljust(width) for cell, width in zip(row, widths, strict=True)
@@ -114,13 +120,7 @@ def history_table(events: Sequence[Event]) -> str:
                 printable(one_line(event.note or "-")),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    table = "\n".join(
-        "  ".join(
-            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-        ).rstrip()
-        for row in rows
-    )
+    table = _aligned(rows)
     if any(event.derived for event in events):
         table += "\n* derived: the lease ended at its expiry, with no release"
     return table
@@ -156,3 +156,26 @@ def _cell(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def token_table(tokens: Sequence[Token]) -> str:
+    """Tokens as a table: never their secrets (nobody has them)."""
+    rows = [["NAME", "PRINCIPAL", "SCOPE", "CREATED", "LAST USED", "EXPIRES"]]
+    for token in tokens:
+        rows.append(
+            [
+                printable(token.name),
+                printable(token.principal),
+                printable(token.scope()),
+                short_time(token.created),
+                short_time(token.last_used),
+                short_time(token.expires) if token.expires else "never",
+            ]
+        )
+    return _aligned(rows)
+
+
+def token_json(tokens: Sequence[Token]) -> str:
+    import json
+
+    return json.dumps([token.as_dict() for token in tokens], indent=2)

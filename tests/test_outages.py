@@ -69,8 +69,10 @@ def test_stopped_server_is_a_clear_error_then_the_same_backend_recovers(
         backend.close()
 
 
-def _closed_port_options(name: str) -> dict[str, str]:
+def _closed_port_options(name: str, tmp_path: Path) -> dict[str, str]:
     port = free_port()  # nothing listens there
+    token = tmp_path / "token"
+    token.write_text("stl_" + "x" * 43)
     return {
         "redis": {"url": f"redis://127.0.0.1:{port}/0"},
         "postgresql": {
@@ -83,14 +85,15 @@ def _closed_port_options(name: str) -> dict[str, str]:
             "secret_access_key": "x",
         },
         "etcd": {"host": "127.0.0.1", "port": str(port)},
+        "http": {"url": f"http://127.0.0.1:{port}", "token_file": str(token)},
     }[name]
 
 
 @pytest.mark.parametrize("name", SERVER_BACKENDS)
 def test_cli_reports_unreachable_backend_in_one_line(
-    name: str, cli: CliRunner, write_config: Callable[[str], Path]
+    name: str, cli: CliRunner, write_config: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    options = _closed_port_options(name)
+    options = _closed_port_options(name, tmp_path)
     options["timeout"] = str(TIMEOUT)
     path = write_config(BackendConfig(name, options).ini())
     for args in (

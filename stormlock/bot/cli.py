@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from ..config import load_config
+from ..config import BOT_SECTION, Config, load_config
 from ..errors import (
     EXIT_CONFIG,
     EXIT_INTERNAL,
@@ -23,6 +23,7 @@ from ..errors import (
 from .settings import BotSettings
 
 if TYPE_CHECKING:
+    from ..wsgi import WSGIApp
     from .app import Bot
     from .reminders import Scheduler
 
@@ -113,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     from . import logs
     from .app import build_app
     from .service import LeaseService
-    from .web import SHUTDOWN_BUDGET, WSGIApp, serve, wsgi_app
+    from .web import SHUTDOWN_BUDGET, serve, wsgi_app
 
     settings = _settings(args)
     _require(
@@ -141,11 +142,21 @@ def _serve(args: argparse.Namespace) -> int:
             service.ready,
             settings.signing_secret or "",
             details=settings.readyz_details,
+            api=_api(config),
         )
 
     logs.configure(args.log_level, args.log_json)
     serve(factory, args.host, args.port, args.threads, args.log_level, args.workers)
     return 0
+
+
+def _api(config: Config) -> WSGIApp | None:
+    """The HTTP API beside the Slack endpoint (`[bot] api = no` turns it off)."""
+    if (config.value(None, "api", BOT_SECTION) or "yes").lower() in ("no", "off"):
+        return None
+    from ..api.app import create_app
+
+    return create_app(config)
 
 
 def _socket(args: argparse.Namespace) -> int:
@@ -174,7 +185,16 @@ def _socket(args: argparse.Namespace) -> int:
 
 # What `pip install 'stormlock[bot]'` adds (import names).
 _BOT_EXTRA = frozenset(
-    {"slack_bolt", "slack_sdk", "apscheduler", "gunicorn", "prometheus_client"}
+    {
+        "slack_bolt",
+        "slack_sdk",
+        "apscheduler",
+        "gunicorn",
+        "prometheus_client",
+        "flask",
+        "flask_openapi3",
+        "pydantic",
+    }
 )
 
 

@@ -1,4 +1,5 @@
-"""Logging for the bot: never a lease id or a token, optionally JSON."""
+"""Logging for the bot and the API: never a lease id or a token, optionally
+JSON."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import re
 import sys
 
 from ..backend import LEASE_ID_FORMS
+from ..tokens import TOKEN_FORM
 
-# Lease ids in every form the id parser accepts, Slack tokens, and
+# Lease ids in every form the id parser accepts, API and Slack tokens, and
 # response_urls (each lets its holder answer as the bot): as a form field,
 # a JSON field, or a bare Slack hooks URL.
 _SECRETS = re.compile(
     LEASE_ID_FORMS
+    + "|"
+    + TOKEN_FORM
     + r"|xox[a-z]-[A-Za-z0-9-]+"
     + r"|xapp-[A-Za-z0-9-]+"
     + r"|response_url(?:=|\\?[\"']\s*:\s*\\?[\"'])[^&\s\"'\\]+"
@@ -22,7 +26,7 @@ _SECRETS = re.compile(
 
 
 def redact(text: str) -> str:
-    """Lease ids, Slack tokens and response_urls replaced by a marker."""
+    """Lease ids, tokens and response_urls replaced by a marker."""
     return _SECRETS.sub("[redacted]", text)
 
 

@@ -11,13 +11,15 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gunicorn.app.base import BaseApplication
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt import App, BoltContext, BoltRequest
 from slack_bolt.request.internals import build_context
 from slack_sdk.signature import SignatureVerifier
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+from ..wsgi import GRACEFUL_TIMEOUT, SHUTDOWN_BUDGET, WSGIApp, serve
+
+__all__ = ["GRACEFUL_TIMEOUT", "SHUTDOWN_BUDGET", "WSGIApp", "serve", "wsgi_app"]
+
 EVENTS_PATH = "/slack/events"
 # Slack's requests are a few kilobytes; a view submission stays far below this.
 MAX_BODY = 1 << 20
@@ -144,17 +146,21 @@ def wsgi_app(
     ready: Callable[[], tuple[bool, list[str]]],
     signing_secret: str,
     details: bool = False,
+    api: WSGIApp | None = None,
 ) -> WSGIApp:
     """`/slack/events` for Slack; `/healthz` (alive), `/readyz` (the backend
     answers: `ready` or `not ready`; with `details`, the store's unsafe
     settings too, which do not fail it) and `/metrics` (Prometheus) for
-    operators; 404 elsewhere. The details are always in the bot's log."""
+    operators; the HTTP API under `/v1/` if given (stormlock.api); 404
+    elsewhere. The details are always in the bot's log."""
     slack = slack_endpoint(app, signing_secret)
 
     def route(
         environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if api is not None and path.startswith("/v1/"):
+            return api(environ, start_response)
         if environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             if path == "/healthz":
                 return _plain(start_response, "200 OK", b"ok\n")
@@ -174,58 +180,3 @@ def wsgi_app(
         return _plain(start_response, "404 Not Found", b"not found\n")
 
     return route
-
-
-class GunicornServer(BaseApplication):  # type: ignore[misc]
-    """gunicorn run in-process, with the app built in the worker after fork."""
-
-    def __init__(self, factory: Callable[[], WSGIApp], options: dict[str, Any]) -> None:
-        self.factory = factory
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            if key in self.cfg.settings:  # newer settings, on older gunicorns
-                self.cfg.set(key, value)
-
-    def load(self) -> WSGIApp:
-        return self.factory()
-
-
-# gunicorn kills a worker this long after asking it to stop: requests under
-# way, then the bot's own shutdown (`SHUTDOWN_BUDGET`), must fit in it.
-GRACEFUL_TIMEOUT = 20
-# Requests under way finish within Slack's 3 s; then the bot has this long.
-SHUTDOWN_BUDGET = GRACEFUL_TIMEOUT - 5
-
-
-def serve(
-    factory: Callable[[], WSGIApp],
-    host: str,
-    port: int,
-    threads: int,
-    log_level: str,
-    workers: int = 1,
-) -> None:
-    GunicornServer(
-        factory,
-        {
-            "bind": f"{host}:{port}",
-            # Each worker is a process with its own scheduler; their messages
-            # are claimed in the backend, so several never send twice.
-            "workers": workers,
-            "worker_class": "gthread",
-            "threads": threads,
-            "timeout": 30,
-            "graceful_timeout": GRACEFUL_TIMEOUT,
-            "keepalive": 5,
-            "accesslog": None,
-            "errorlog": "-",
-            "loglevel": log_level.lower(),
-            "proc_name": "stormlock-bot",
-            # gunicorn 25+ opens a control socket in $HOME, which the container
-            # image cannot write (an ERROR at every start); nothing uses it.
-            "control_socket_disable": True,
-        },
-    ).run()

@@ -24,6 +24,7 @@ SERVER_FIXTURES = {
     "postgresql": "postgres_server",
     "dynamodb": "dynamodb_server",
     "etcd": "etcd_server",
+    "http": "api_server",
 }
 
 
@@ -60,6 +61,13 @@ def isolated_options(
         options["table"] = f"stormlock-{tag}"
     elif name == "etcd":
         options["prefix"] = f"/test-{tag}/"
+    elif name == "http":
+        # One API server for the session: emptied for each test, with a
+        # delegate token of its own (the kit names its principals).
+        server.reset()
+        token = tmp_path / f"token-{tag}"
+        token.write_text(server.token(f"kit-{tag}", "kit", delegate=True))
+        options["token_file"] = str(token)
     return options
 
 

@@ -133,6 +133,8 @@ def redirect(name: str, options: dict[str, str], port: int) -> dict[str, str]:
         moved["endpoint"] = f"http://{HOST}:{port}"
     elif name == "etcd":
         moved["host"], moved["port"] = HOST, str(port)
+    elif name == "http":
+        moved["url"] = f"http://{HOST}:{port}"
     else:
         raise ValueError(f"{name} has no network address")
     return moved

@@ -30,7 +30,9 @@ HOST = "127.0.0.1"
 
 __all__ = [
     "IN_CI",
+    "ApiServer",
     "Server",
+    "api_server",
     "dynamodb_server",
     "etcd_server",
     "postgres_server",
@@ -264,3 +266,80 @@ SERVERS = {
     "etcd": run_etcd,
     "dynamodb": run_dynamodb,
 }
+
+
+@dataclass
+class ApiServer(Server):
+    """`stormlock serve` (the API under gunicorn) over a SQLite store."""
+
+    url: str = ""
+    config: Path = field(default_factory=Path)
+    store: Path = field(default_factory=Path)
+
+    def tokens(self) -> Any:
+        """The store's tokens, reached directly (as whoever set it up)."""
+        from stormlock.backends.sqlite import SQLite
+        from stormlock.tokens import Tokens
+
+        return Tokens(SQLite(path=str(self.store)))
+
+    def token(self, name: str, principal: str = "ci-deploy", **scope: Any) -> str:
+        """A new token's secret."""
+        tokens = self.tokens()
+        try:
+            secret: str = tokens.create(name, principal, **scope)[0]
+        finally:
+            tokens.backend.close()
+        return secret
+
+    def reset(self) -> None:
+        """Forget every lease, token and event (between tests)."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.store, timeout=10)) as db, db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            for table in ("stormlock_leases", "stormlock_history"):
+                if table in tables:  # made at the store's first use
+                    db.execute(f"DELETE FROM {table}")  # noqa: S608 - our names
+
+
+@contextlib.contextmanager
+def run_api(workdir: Path, extra: str = "") -> Iterator[ApiServer]:
+    """The API as users run it, `stormlock serve` under gunicorn, over a
+    SQLite store in `workdir`; `extra` is added to its config file."""
+    port = free_port()
+    store = workdir / "api-store.db"
+    config = workdir / "api.cfg"
+    config.write_text(
+        f"[default]\nbackend = sqlite\n[backend.sqlite]\npath = {store}\n{extra}"
+    )
+    stormlock = str(Path(sys.executable).parent / "stormlock")
+    command = [stormlock, "-c", str(config), "serve", "--host", HOST]
+    command += ["--port", str(port), "--log-level", "WARNING"]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("STORMLOCK_", "SLACK_"))
+    }
+    executor = HTTPExecutor(
+        command,
+        url=f"http://{HOST}:{port}/healthz",
+        method="GET",
+        timeout=60,
+        envvars=env,
+    )
+    executor.start()
+    url = f"http://{HOST}:{port}"
+    try:
+        yield ApiServer(
+            "api", executor, port, {"url": url}, url=url, config=config, store=store
+        )
+    finally:
+        executor.stop()
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One API server for the session; `isolated_options` resets it per test."""
+    with run_api(tmp_path_factory.mktemp("api")) as server:
+        yield server

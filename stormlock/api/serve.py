@@ -1,0 +1,52 @@
+"""`stormlock serve`: the API alone, under gunicorn, for teams without Slack."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from ..config import Config
+from ..errors import UnknownBackendError
+
+if TYPE_CHECKING:
+    from ..wsgi import WSGIApp
+
+_EXTRA = frozenset({"flask", "flask_openapi3", "pydantic", "gunicorn", "werkzeug"})
+
+
+def serve_api(config: Config, args: argparse.Namespace) -> int:
+    try:
+        from ..bot import logs
+        from ..wsgi import serve
+        from .app import create_app
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in _EXTRA:
+            raise
+        raise UnknownBackendError(
+            f"the API needs packages that are not installed ({missing}); "
+            "install them with: pip install 'stormlock[api]'"
+        ) from None
+    if config.default_backend == "http":
+        raise UnknownBackendError(
+            "the API cannot serve from the http backend (it would call itself); "
+            "configure the store's backend on the server"
+        )
+    config.backend(config.default_backend).close()  # a bad store config fails now
+
+    def factory() -> WSGIApp:
+        # In gunicorn's worker, after the fork: connection pools start here.
+        logs.configure(args.log_level, args.log_json)
+        return create_app(config)
+
+    logs.configure(args.log_level, args.log_json)
+    serve(
+        factory,
+        args.host,
+        args.port,
+        args.threads,
+        args.log_level,
+        args.workers,
+        proc_name="stormlock-api",
+    )
+    return 0

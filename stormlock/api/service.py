@@ -1,0 +1,395 @@
+"""What the API does, without HTTP: each call acts as a token's principal,
+within the token's scope, on the backends the server's config names."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from ..backend import MAX_RESOURCE_LENGTH, Backend, Feature, Lease, LockHeldException
+from ..config import BOT_SECTION, Config
+from ..errors import (
+    InvalidResourceName,
+    NotAllowed,
+    RateLimited,
+    Unauthenticated,
+    UsageError,
+)
+from ..history import SOURCES, Event, acting
+from ..lock import StormLock, list_all, lock_from_config
+from ..names import (
+    RECORD_PREFIX,
+    RULE,
+    normal,
+    validate_principal,
+    validate_resource,
+)
+from ..tokens import API_RECORDS, Token, Tokens, digest
+from ..ttl import check_ttl
+
+#: The longest `wait` an acquire may ask the server for (a client that
+#: wants to wait longer asks again: `stormlock acquire --wait` does).
+MAX_WAIT = timedelta(seconds=60)
+# How long a request id is remembered: a client's retries fit well inside.
+REQUEST_TTL = timedelta(minutes=15)
+SOURCE = "api"
+
+
+class FailureLimiter:
+    """Failed authentications per client address: at most `limit` a
+    `window`; beyond that the address gets 429, except for tokens this
+    process has seen valid (they keep working, and cost no store read to
+    tell apart from a guess)."""
+
+    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+        self._known: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(address, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+    def limited(self, address: str, hashed: str) -> float | None:
+        """Seconds to wait, if this address is over the limit and the token
+        is not one seen valid here; else None."""
+        now = time.monotonic()
+        with self._lock:
+            if hashed in self._known:
+                return None
+            failures = self._recent(address, now)
+            if len(failures) < self.limit:
+                return None
+            return max(1.0, failures[0] + self.window - now)
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._recent(address, time.monotonic()).append(time.monotonic())
+            if len(self._failures) > 10_000:  # bounded: oldest addresses go
+                self._failures.pop(next(iter(self._failures)))
+
+    def valid(self, hashed: str) -> None:
+        with self._lock:
+            self._known[hashed] = None
+            self._known.move_to_end(hashed)
+            if len(self._known) > 10_000:
+                self._known.popitem(last=False)
+
+
+class Context(NamedTuple):
+    """Who acts and from where, as a delegate token's client says."""
+
+    actor: str | None = None
+    source: str | None = None
+    forced: bool = False
+    channel: str | None = None
+    record: bool = True
+
+
+_CHANNEL = re.compile(r"[A-Z0-9]{1,40}")
+
+
+class Caller:
+    """Who a request acts as. A token's principal is its own; only a
+    delegate token names one, and says who acted and from where."""
+
+    def __init__(
+        self, token: Token, principal: str | None = None, context: Context | None = None
+    ) -> None:
+        self.token = token
+        self.principal = token.principal
+        self.context = Context()
+        if token.delegate:
+            if principal:
+                self.principal = validate_principal(principal)
+            if context is not None:
+                self.context = _checked(context)
+
+    def check(self, resource: str | None, write: bool) -> None:
+        refusal = self.token.refusal(resource, write)
+        if refusal is not None:
+            raise NotAllowed(refusal)
+
+    def sees_id(self, lease: Lease) -> bool:
+        """A lease id is shown to its holder only (and to a delegate token,
+        which acts for every holder)."""
+        return self.token.delegate or lease.principal == self.principal
+
+    @contextmanager
+    def acting(self, channel: str | None) -> Iterator[None]:
+        if not self.token.delegate:
+            with acting(source=f"{SOURCE}:{self.token.name}", channel=channel):
+                yield
+            return
+        said = self.context
+        with acting(
+            actor=said.actor,
+            source=said.source or f"{SOURCE}:{self.token.name}",
+            forced=said.forced,
+            channel=said.channel or channel,
+            record=said.record,
+        ):
+            yield
+
+
+def _checked(context: Context) -> Context:
+    if context.actor is not None:
+        validate_principal(context.actor)
+    if context.source is not None and context.source not in SOURCES:
+        raise UsageError(f"context.source must be one of {', '.join(SOURCES)}")
+    if context.channel is not None and not _CHANNEL.fullmatch(context.channel):
+        raise UsageError("context.channel must be a Slack channel id, such as C0123ABC")
+    return context
+
+
+API_PREFIX = RECORD_PREFIX + API_RECORDS
+
+
+def _any_name(resource: str) -> str:
+    """A delegate's resource: any name the backend contract allows (the
+    bot's records too), bar the API's own records."""
+    name = normal(resource)
+    if not name or len(name) > MAX_RESOURCE_LENGTH + len(RECORD_PREFIX) + 50:
+        raise InvalidResourceName(f"resource name is empty or too long; use {RULE}")
+    if name.startswith(API_PREFIX):
+        raise NotAllowed(
+            f"{API_PREFIX!r} holds the API's own records; no token may touch them"
+        )
+    return name
+
+
+class _AnyName(StormLock):
+    """A lock on a name the CLI would refuse (a delegate's)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        resource: str,
+        principal: str,
+        ttl: timedelta,
+        max_ttl: timedelta | None,
+    ) -> None:
+        self.backend = backend
+        self.resource = resource
+        self.principal = validate_principal(principal)
+        self.ttl = check_ttl(ttl, max_ttl)
+        self.max_ttl = max_ttl
+
+
+class ApiService:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+        self.tokens = Tokens(self.backend(config.default_backend))
+        self.limiter = FailureLimiter()
+
+    def backend(self, name: str) -> Backend:
+        with self._lock:
+            backend = self._backends.get(name)
+            if backend is None:
+                backend = self._backends[name] = self.config.backend(name)
+            return backend
+
+    def close(self) -> None:
+        with self._lock:
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
+
+    # -- authentication ---------------------------------------------------
+
+    def authenticate(self, header: str | None, address: str) -> Token:
+        scheme, _, secret = (header or "").partition(" ")
+        secret = secret.strip()
+        hashed = digest(secret)
+        wait = self.limiter.limited(address, hashed)
+        if wait is not None:
+            raise RateLimited(
+                f"too many failed authentications from {address}; "
+                f"try again in {int(wait)} s"
+            )
+        if scheme.lower() != "bearer" or not secret:
+            self.limiter.failed(address)
+            raise Unauthenticated(
+                "no token: send 'Authorization: Bearer <token>' "
+                "(create one with 'stormlock token create' or in Slack)"
+            )
+        token = self.tokens.verify(secret)
+        if token is None:
+            self.limiter.failed(address)
+            raise Unauthenticated(
+                "the token is unknown, revoked or expired; create a new one"
+            )
+        self.limiter.valid(hashed)
+        return token
+
+    # -- leases ------------------------------------------------------------
+
+    def _lock_for(self, resource: str, caller: Caller) -> StormLock:
+        if not caller.token.delegate:
+            resource = validate_resource(resource)
+            backend = self.backend(self.config.settings(resource).backend)
+            return lock_from_config(self.config, resource, backend, caller.principal)
+        resource = _any_name(resource)
+        settings = self.config.settings(resource)
+        return _AnyName(
+            self.backend(settings.backend),
+            resource,
+            caller.principal,
+            settings.ttl,
+            settings.max_ttl,
+        )
+
+    def _channel(self, resource: str) -> str | None:
+        """Where the bot announces this resource's changes, if fixed: the
+        change is recorded with it, so a bot on this store announces it."""
+        return self.config.value(resource, "announce_channel", BOT_SECTION)
+
+    def _request_key(self, caller: Caller, request_id: str) -> str:
+        # Per principal: one caller can never replay another's request.
+        raw = f"{caller.principal}\0{request_id}".encode()
+        return f"{RECORD_PREFIX}{API_RECORDS}request/{hashlib.sha256(raw).hexdigest()}"
+
+    def _replayed(self, lock: StormLock, key: str) -> Lease | None:
+        """The lease an earlier try of this request was granted, if active."""
+        record = lock.backend.current(key)
+        if record is None or not record.note:
+            return None
+        lease = lock.current()
+        if lease is not None and lease.id == record.note:
+            return lease
+        return None
+
+    def acquire(
+        self,
+        caller: Caller,
+        resource: str,
+        ttl: timedelta | None,
+        note: str | None,
+        wait: timedelta | None,
+        request_id: str | None,
+    ) -> tuple[Lease, bool]:
+        """The lease, and whether it was granted to an earlier try of this
+        request (a retry after a lost response)."""
+        caller.check(resource, write=True)
+        if wait is not None and wait > MAX_WAIT:
+            raise UsageError(
+                f"wait is at most {int(MAX_WAIT.total_seconds())} s per request; "
+                "ask again to wait longer"
+            )
+        lock = self._lock_for(resource, caller)
+        key = self._request_key(caller, request_id) if request_id else None
+        if key is not None:
+            replayed = self._replayed(lock, key)
+            if replayed is not None:
+                return replayed, True
+        try:
+            with caller.acting(self._channel(lock.resource)):
+                lease = lock.acquire_lease(ttl, note, wait)
+        except LockHeldException as held:
+            if (
+                key is not None
+                and held.lease
+                and held.lease.principal == caller.principal
+            ):
+                replayed = self._replayed(lock, key)  # a twin try won
+                if replayed is not None:
+                    return replayed, True
+            raise
+        if key is not None:
+            remember = min(REQUEST_TTL, lock.ttl if ttl is None else ttl)
+            # A twin try may have recorded its own first; this one is the lease.
+            with contextlib.suppress(LockHeldException):
+                lock.backend.acquire_lease(key, "stormlock-api", remember, lease.id)
+        return lease, False
+
+    def renew(
+        self, caller: Caller, resource: str, lease_id: str, ttl: timedelta | None
+    ) -> Lease:
+        caller.check(resource, write=True)
+        lock = self._lock_for(resource, caller)
+        with caller.acting(self._channel(lock.resource)):
+            return lock.renew(lease_id, ttl)
+
+    def release(self, caller: Caller, resource: str, lease_id: str) -> bool | None:
+        caller.check(resource, write=True)
+        lock = self._lock_for(resource, caller)
+        with caller.acting(self._channel(lock.resource)):
+            return lock.release(lease_id)
+
+    def current(self, caller: Caller, resource: str) -> Lease | None:
+        caller.check(resource, write=False)
+        return self._lock_for(resource, caller).current()
+
+    def is_held(self, caller: Caller, resource: str, lease_id: str) -> bool:
+        caller.check(resource, write=False)
+        return self._lock_for(resource, caller).is_current(lease_id)
+
+    def leases(
+        self, caller: Caller, prefix: str = "", before: datetime | None = None
+    ) -> list[Lease]:
+        caller.check(None, write=False)
+        names = self.config.backend_names()
+        if not (prefix or before is not None or caller.token.delegate):
+            leases = list_all(self.config, {name: self.backend(name) for name in names})
+            return [lease for lease in leases if caller.token.covers(lease.resource)]
+        # A delegate (a bridge such as the bot) also sees its own records.
+        hidden = API_PREFIX if caller.token.delegate else RECORD_PREFIX
+        leases = []
+        for name in names:
+            backend = self.backend(name)
+            if before is not None:
+                found = backend.list_expiring(before)
+            elif prefix:
+                found = backend.list_prefix(prefix)
+            else:
+                found = backend.list_leases()
+            leases += [
+                lease
+                for lease in found
+                if lease.resource.startswith(prefix)
+                and not lease.resource.startswith(hidden)
+                and caller.token.covers(lease.resource)
+            ]
+        leases.sort(key=lambda lease: lease.resource)
+        return leases
+
+    def history(
+        self,
+        caller: Caller,
+        resource: str | None,
+        since: datetime | None,
+        principal: str | None,
+        limit: int | None,
+    ) -> builtins.list[Event]:
+        caller.check(resource, write=False)
+        if resource is not None:
+            resource = validate_resource(resource)
+            names = [self.config.settings(resource).backend]
+        else:
+            names = self.config.backend_names()
+        # A scoped token's events are filtered after reading: read them all.
+        want = limit if not caller.token.resources else None
+        events: list[Event] = []
+        for name in names:
+            backend = self.backend(name)
+            if resource is None and not backend.supports(Feature.HISTORY):
+                continue  # a plugin without history: the others still answer
+            events += backend.history(resource, since, principal, want)
+        events = [event for event in events if caller.token.covers(event.resource)]
+        events.sort(key=lambda event: event.time)
+        return events[-limit:] if limit else events

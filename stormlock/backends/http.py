@@ -1,0 +1,464 @@
+"""The `http` backend: leases through a Stormlock API server (`stormlock
+serve`, or `stormlock-bot serve`), with a token instead of the store's
+credentials. For CI jobs: nothing but the URL and a token.
+
+    [default]
+    backend = http
+
+    [backend.http]
+    url = https://stormlock.example.com
+    timeout = 10
+
+The token comes from `$STORMLOCK_TOKEN` or from `token_file`, never from the
+config file itself. It is sent only over https, or plain http to loopback
+(`insecure = yes` allows more, on a network you trust); TLS is verified, with
+`ca_cert` for a private CA.
+
+The principal is the token's (the config's `principal` is ignored), except
+for a delegate token, which names the principal of each request and says who
+acted and from where (a bridge that authenticates people itself).
+
+A lost response never strands a lease: each acquire carries a request id,
+retried once within `timeout` on a broken connection; the server answers a
+retry with the lease it already granted. An acquire whose outcome the client
+cannot learn is reported as unknown (exit 70), never as "not acquired".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    SSLError,
+)
+
+from ..backend import (
+    Capabilities,
+    Clock,
+    Finding,
+    Lease,
+    LeaseBackend,
+    LockExpiredException,
+    LockHeldException,
+    iso,
+    trips,
+    utcnow,
+)
+from ..errors import (
+    BackendUnavailable,
+    ConfigError,
+    InvalidResourceName,
+    InvalidTTL,
+    NotAllowed,
+    RateLimited,
+    StormlockError,
+    Unauthenticated,
+    UnsupportedOperation,
+    UsageError,
+    one_line,
+)
+from ..history import Event, current_context
+
+TOKEN_ENV = "STORMLOCK_TOKEN"  # noqa: S105 - a variable name, not a secret
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _lease(data: dict[str, Any]) -> Lease:
+    return Lease(
+        principal=data["principal"],
+        created=datetime.fromisoformat(data["created"]),
+        id=data.get("id") or "",
+        resource=data["resource"],
+        expires=_time(data.get("expires")),
+        note=data.get("note"),
+        fence=int(data.get("fence") or 0),
+    )
+
+
+def _event(data: dict[str, Any]) -> Event:
+    return Event(
+        time=datetime.fromisoformat(data["time"]),
+        resource=data["resource"],
+        event=data["event"],
+        principal=data["principal"],
+        actor=data["actor"],
+        note=data.get("note"),
+        fence=int(data.get("fence") or 0),
+        source=data.get("source") or "",
+        until=_time(data.get("until")),
+        derived=bool(data.get("derived")),
+        channel=data.get("channel"),
+    )
+
+
+class _NoAnswer(Exception):
+    """The request may have reached the server, but no answer came."""
+
+
+# The server's own errors: what the CLI would have raised with the store's
+# credentials (the API's code names map one-to-one onto exit codes).
+_RAISE: dict[str, type[StormlockError]] = {
+    "usage": UsageError,
+    "bad_resource": InvalidResourceName,
+    "bad_ttl": InvalidTTL,
+    "unsupported": UnsupportedOperation,
+    "forbidden": NotAllowed,
+    "unauthenticated": Unauthenticated,
+    "rate_limited": RateLimited,
+}
+
+
+class Http(LeaseBackend):
+    """Leases through Stormlock's HTTP API.
+
+    Options: `url` (required), `timeout` (seconds per operation, default 10),
+    `token_file`, `insecure` (allow plain http beyond loopback), `ca_cert`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        token_file: str | None = None,
+        insecure: bool = False,
+        ca_cert: str | None = None,
+        **unknown: str,
+    ) -> None:
+        if "token" in unknown:
+            raise ConfigError(
+                "[backend.http] token: never put the token in the config file; "
+                f"set ${TOKEN_ENV} or token_file (a file only you can read)"
+            )
+        if unknown:
+            raise ConfigError(
+                f"[backend.http] has unknown option {sorted(unknown)[0]!r}; valid "
+                "options: ca_cert, insecure, timeout, token_file, url"
+            )
+        self._set_timeout(timeout)
+        parsed = urllib3.util.parse_url(url.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(
+                f"[backend.http] url = {url!r} is not an http(s) URL; "
+                "use e.g. https://stormlock.example.com"
+            )
+        if parsed.scheme == "http" and not _loopback(parsed.host) and not insecure:
+            raise ConfigError(
+                f"[backend.http] refusing to send the token in clear to {parsed.host}; "
+                "use https:// (or insecure = yes on a network you trust)"
+            )
+        self.base = url.strip().rstrip("/")
+        self._token = self._read_token(token_file)
+        self.http = urllib3.PoolManager(
+            num_pools=2,
+            maxsize=32,
+            timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+            retries=False,  # `_request` retries, within the budget
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_cert,
+        )
+
+    @staticmethod
+    def _read_token(token_file: str | None) -> str:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if token:
+            return token
+        if token_file:
+            path = Path(token_file).expanduser()
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"[backend.http] cannot read token_file {str(path)!r} "
+                    f"({type(exc).__name__}); fix the path or its permissions"
+                ) from None
+            if token:
+                return token
+            raise ConfigError(
+                f"[backend.http] token_file {str(path)!r} is empty; put the token in it"
+            )
+        raise ConfigError(
+            f"the http backend needs a token: set ${TOKEN_ENV} or token_file in "
+            "[backend.http] (create one with 'stormlock token create' on the server)"
+        )
+
+    capabilities = Capabilities(
+        Clock.SERVER,
+        timedelta(0),
+        "the API server's store",
+        trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1),
+        timedelta(seconds=1),
+        history="by the API server's store",
+    )
+
+    # -- transport ------------------------------------------------------------
+
+    def _unreachable(self, why: str) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"the Stormlock API at {self.base} is unreachable or did not answer "
+            f"within {self.timeout:g}s ({why}); check that it is up and "
+            "[backend.http] url"
+        )
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, query: str
+    ) -> urllib3.BaseHTTPResponse:
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Accept": "application/json",
+        }
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
+        url = self.base + path + (f"?{query}" if query else "")
+        for attempt in range(2):
+            left = self.time_left()
+            if left is not None and left <= 0:
+                raise _NoAnswer("no answer in time")
+            extra: dict[str, Any] = {}
+            if left is not None:
+                extra["timeout"] = urllib3.Timeout(total=left)
+            started = time.monotonic()
+            try:
+                return self.http.request(
+                    method, url, body=data, headers=headers, **extra
+                )
+            except SSLError as exc:
+                raise BackendUnavailable(
+                    f"TLS with the Stormlock API at {self.base} failed "
+                    f"({one_line(str(exc))[:200]}); check the certificate or "
+                    "[backend.http] ca_cert"
+                ) from None
+            except (NewConnectionError, ConnectTimeoutError) as exc:
+                # Never sent: nothing happened on the server.
+                if attempt or not self.failed_fast(started):
+                    raise self._unreachable(type(exc).__name__) from None
+            except HTTPError as exc:
+                # Sent, perhaps; a reset at once is worth one more try (an
+                # acquire's request id makes it safe), a silence is not.
+                if attempt or not self.failed_fast(started):
+                    raise _NoAnswer(type(exc).__name__) from None
+        raise _NoAnswer("no answer")  # pragma: no cover - the loop returns
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        encoded = urlencode({k: v for k, v in (query or {}).items() if v is not None})
+        response = self._send(method, path, body, encoded)
+        try:
+            data = json.loads(response.data or b"{}")
+            if not isinstance(data, dict):
+                raise ValueError
+        except ValueError:
+            raise BackendUnavailable(
+                f"the Stormlock API at {self.base} answered HTTP {response.status} "
+                "with no JSON; is [backend.http] url a Stormlock API server?"
+            ) from None
+        if response.status == 200:
+            return data
+        raise self._error(response.status, data)
+
+    def _error(self, status: int, data: dict[str, Any]) -> StormlockError | _Failure:
+        error = data.get("error")
+        if not isinstance(error, dict):
+            return BackendUnavailable(
+                f"the Stormlock API at {self.base} answered HTTP {status}; "
+                "is [backend.http] url a Stormlock API server?"
+            )
+        code = str(error.get("code", ""))
+        message = one_line(str(error.get("message", "")))[:500]
+        if code in _RAISE:
+            return _RAISE[code](message)
+        if code in ("held", "expired"):
+            return _Failure(code, message, data.get("holder"))
+        return BackendUnavailable(f"the Stormlock API at {self.base} failed: {message}")
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return self._request(method, path, body, query)
+        except _NoAnswer as exc:
+            raise self._unreachable(str(exc)) from None
+
+    def _context(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Who acts and from where, for a delegate token (others' are ignored)."""
+        context = current_context()
+        body["record"] = self.history_retention is not None and context.record
+        body["context"] = {
+            "actor": context.actor,
+            "source": context.source,
+            "forced": context.forced,
+            "channel": context.channel,
+        }
+        return body
+
+    # -- the hooks ------------------------------------------------------------
+
+    def _acquire(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> tuple[bool, Lease | None]:
+        body = self._context(
+            {
+                "resource": resource,
+                "principal": principal,
+                "ttl": ttl.total_seconds(),
+                "note": note,
+                "request_id": str(uuid.uuid4()),
+            }
+        )
+        try:
+            data = self._request("POST", "/v1/acquire", body)
+        except _Failure as failure:
+            if failure.code == "held":
+                holder = _lease(failure.holder) if failure.holder else None
+                return False, holder
+            raise BackendUnavailable(
+                f"the API refused the acquire: {failure}"
+            ) from None
+        except _NoAnswer as exc:
+            raise BackendUnavailable(
+                f"cannot tell whether the lease on {resource!r} was acquired: the "
+                f"Stormlock API at {self.base} did not answer within "
+                f"{self.timeout:g}s ({exc}); if it was, it is yours until it "
+                f"expires: check with 'stormlock current {resource}'"
+            ) from None
+        return True, _lease(data["lease"])
+
+    def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
+        body = self._context(
+            {"resource": resource, "id": lease_id, "ttl": ttl.total_seconds()}
+        )
+        try:
+            data = self._call("POST", "/v1/renew", body)
+        except _Failure as failure:
+            if failure.code == "expired":
+                return None
+            raise
+        return _lease(data["lease"])
+
+    def _release(self, resource: str, lease_id: str) -> bool:
+        body = self._context({"resource": resource, "id": lease_id})
+        data = self._call("POST", "/v1/release", body)
+        return bool(data.get("released"))
+
+    def _current(self, resource: str) -> Lease | None:
+        data = self._call("GET", "/v1/current", query={"resource": resource})
+        lease = data.get("lease")
+        return _lease(lease) if lease else None
+
+    def _is_current(self, resource: str, lease_id: str) -> bool:
+        data = self._call("POST", "/v1/is-held", {"resource": resource, "id": lease_id})
+        return bool(data.get("held"))
+
+    def _list_leases(self) -> list[Lease]:
+        return self._list({})
+
+    def _list_prefix(self, prefix: str) -> list[Lease]:
+        return self._list({"prefix": prefix})
+
+    def _list_expiring(self, before: datetime) -> list[Lease]:
+        return self._list({"expiring_before": iso(before)})
+
+    def _list(self, query: dict[str, Any]) -> list[Lease]:
+        data = self._call("GET", "/v1/leases", query=query)
+        return [_lease(item) for item in data.get("leases", [])]
+
+    def history(
+        self,
+        resource: str | None = None,
+        since: datetime | None = None,
+        principal: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """The API server's history (its store keeps it, for its retention;
+        a shorter `history` in this config hides older events)."""
+        if self.history_retention is not None:
+            oldest = utcnow() - self.history_retention
+            since = max(since, oldest) if since else oldest
+        query = {
+            "resource": resource,
+            "since": iso(since) if since else None,
+            "who": principal,
+            "limit": limit,
+        }
+        with self._operation():
+            data = self._call("GET", "/v1/history", query=query)
+        return [_event(item) for item in data.get("events", [])]
+
+    def whoami(self) -> dict[str, Any]:
+        with self._operation():
+            return self._call("GET", "/v1/whoami")
+
+    def setup(self) -> list[str]:
+        return ["http: nothing to set up here; the API server's store is set up there"]
+
+    def doctor(self) -> list[Finding]:
+        token = self.whoami()
+        scheme = "https" if self.base.startswith("https://") else "http"
+        findings = [
+            Finding(
+                "ok",
+                f"http: token {token.get('name')!r} acts as {token.get('principal')} "
+                f"(scope: {','.join(token.get('resources') or ['*'])}"
+                f"{', read-only' if token.get('read_only') else ''})",
+            )
+        ]
+        if scheme == "http":
+            findings.append(
+                Finding("warning", f"http: {self.base} is plain http; use https")
+            )
+        return findings
+
+    def close(self) -> None:
+        self.http.clear()
+
+
+class _Failure(Exception):
+    """A refusal the hooks turn into their own results (held, expired)."""
+
+    def __init__(
+        self, code: str, message: str, holder: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.holder = holder
+
+
+BACKEND = Http
+
+__all__ = ["BACKEND", "Http", "LockExpiredException", "LockHeldException"]
