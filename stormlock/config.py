@@ -2,7 +2,8 @@
 
 [default] holds defaults, a section named after a resource overrides them,
 [backend.NAME] configures a backend (stormlock.backends builds it from the
-section, by its constructor's signature), and [bot] configures the Slack bot.
+section, by its constructor's signature), [bot] configures the Slack bot and
+[api] the HTTP API.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ DEFAULT_TTL = timedelta(days=1)
 DEFAULT_HISTORY = timedelta(days=90)  # stormlock.history.DEFAULT_RETENTION
 DEFAULT_SECTION = "default"
 BOT_SECTION = "bot"
+API_SECTION = "api"
 BACKEND_PREFIX = "backend."
-_NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION)
+_NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION, API_SECTION)
 
 
 def default_principal() -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ..backend import Lease, LockHeldException, iso
 from ..config import Config
-from ..errors import EXIT_INTERNAL, StormlockError, one_line
+from ..errors import EXIT_INTERNAL, InvalidTTL, StormlockError, one_line
 from ..history import Event
 from ..render import lease_dict
 from ..ttl import parse_duration
@@ -41,17 +41,15 @@ _SECURITY: list[dict[str, list[Any]]] = [{"token": []}]
 
 
 def _duration(value: object) -> timedelta | None:
+    """Seconds, or text such as '2h' (as the CLI takes it)."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError("a duration is seconds or text such as '2h'")
-    if isinstance(value, int | float):
-        if not 0 < value <= 10 * 365 * 86400:
-            raise ValueError("a duration in seconds must be above 0")
-        return timedelta(seconds=value)
     if isinstance(value, str):
         return parse_duration(value)
-    raise ValueError("a duration is seconds or text such as '2h'")
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and 0 < value <= 10 * 365 * 86400:  # type: ignore[operator]
+        return timedelta(seconds=value)  # type: ignore[arg-type]
+    raise InvalidTTL(f"duration {value!r} must be seconds above 0 or text such as '2h'")
 
 
 class _Body(BaseModel):

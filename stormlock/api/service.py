@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from ..backend import MAX_RESOURCE_LENGTH, Backend, Feature, Lease, LockHeldException
-from ..config import BOT_SECTION, Config
+from ..config import API_SECTION, BOT_SECTION, Config
 from ..errors import (
+    ConfigError,
     InvalidResourceName,
     NotAllowed,
     RateLimited,
@@ -156,6 +157,20 @@ def _checked(context: Context) -> Context:
 
 
 API_PREFIX = RECORD_PREFIX + API_RECORDS
+DEFAULT_FAILURE_LIMIT = 20
+
+
+def _failure_limit(config: Config) -> int:
+    """`[api] failed_auth_limit`: failed authentications a minute per address."""
+    raw = config.value(None, "failed_auth_limit", API_SECTION)
+    if raw is None:
+        return DEFAULT_FAILURE_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise ConfigError(
+            f"{config.source}: [api] failed_auth_limit = {raw!r} must be a whole "
+            "number from 1 to 100000 (failed authentications a minute per address)"
+        )
+    return int(raw)
 
 
 def _any_name(resource: str) -> str:
@@ -195,7 +210,7 @@ class ApiService:
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self.tokens = Tokens(self.backend(config.default_backend))
-        self.limiter = FailureLimiter()
+        self.limiter = FailureLimiter(_failure_limit(config))
 
     def backend(self, name: str) -> Backend:
         with self._lock:

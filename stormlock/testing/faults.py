@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -50,7 +51,22 @@ class PartitionProxy:
         self._flowing.set()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._lost = 0
+        self._lost_lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_answers(self, count: int = 1) -> None:
+        """The next `count` answers from upstream are dropped and the client's
+        connection is reset: a request that arrived, an answer that did not."""
+        with self._lost_lock:
+            self._lost = count
+
+    def _losing(self) -> bool:
+        with self._lost_lock:
+            if self._lost <= 0:
+                return False
+            self._lost -= 1
+            return True
 
     def freeze(self) -> None:
         self._flowing.clear()
@@ -77,18 +93,32 @@ class PartitionProxy:
             client.close()
             return
         self._sockets.append(upstream)
-        for source, target in ((client, upstream), (upstream, client)):
+        for source, target, answers in (
+            (client, upstream, False),
+            (upstream, client, True),
+        ):
             threading.Thread(
-                target=self._pump, args=(source, target), daemon=True
+                target=self._pump, args=(source, target, answers), daemon=True
             ).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, target: socket.socket, answers: bool
+    ) -> None:
         with contextlib.suppress(OSError):
             while True:
                 data = source.recv(65536)
                 self._flowing.wait()  # held, not dropped, while partitioned
                 if not data or self._closed.is_set():
                     break
+                if answers and self._losing():
+                    # RST, not FIN: the client sees its connection reset. The
+                    # shutdown wakes the other direction's pump, blocked on it.
+                    linger = struct.pack("ii", 1, 0)
+                    target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    target.shutdown(socket.SHUT_RDWR)
+                    target.close()
+                    source.close()
+                    return
                 target.sendall(data)
         with contextlib.suppress(OSError):
             target.shutdown(socket.SHUT_WR)

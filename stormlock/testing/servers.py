@@ -292,6 +292,9 @@ class ApiServer(Server):
             tokens.backend.close()
         return secret
 
+    def log(self) -> str:
+        return (self.config.parent / "api.log").read_text(errors="replace")
+
     def reset(self) -> None:
         """Forget every lease, token and event (between tests)."""
         import sqlite3
@@ -306,7 +309,8 @@ class ApiServer(Server):
 @contextlib.contextmanager
 def run_api(workdir: Path, extra: str = "") -> Iterator[ApiServer]:
     """The API as users run it, `stormlock serve` under gunicorn, over a
-    SQLite store in `workdir`; `extra` is added to its config file."""
+    SQLite store in `workdir`; `extra` is added to its config file. Its log
+    goes to `workdir / "api.log"`."""
     port = free_port()
     store = workdir / "api-store.db"
     config = workdir / "api.cfg"
@@ -321,12 +325,15 @@ def run_api(workdir: Path, extra: str = "") -> Iterator[ApiServer]:
         for key, value in os.environ.items()
         if not key.startswith(("STORMLOCK_", "SLACK_"))
     }
+    log = (workdir / "api.log").open("ab")
     executor = HTTPExecutor(
         command,
         url=f"http://{HOST}:{port}/healthz",
         method="GET",
         timeout=60,
         envvars=env,
+        stdout=log,
+        stderr=log,
     )
     executor.start()
     url = f"http://{HOST}:{port}"
@@ -336,6 +343,7 @@ def run_api(workdir: Path, extra: str = "") -> Iterator[ApiServer]:
         )
     finally:
         executor.stop()
+        log.close()
 
 
 @pytest.fixture(scope="session")

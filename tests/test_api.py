@@ -1,0 +1,363 @@
+"""The HTTP API as CI jobs use it: `stormlock serve` under gunicorn, raw
+HTTP with `requests`, and the CLI with the `http` backend."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from stormlock.testing.env import CliRunner
+from stormlock.testing.faults import partition_proxy
+from stormlock.testing.servers import ApiServer, run_api
+from stormlock.tokens import TOKEN_FORM
+from tests.support import one_line_error
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def api(api_server: ApiServer) -> ApiServer:
+    api_server.reset()
+    return api_server
+
+
+def call(
+    api: ApiServer, method: str, path: str, token: str | None, **kwargs: Any
+) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.request(
+        method, api.url + path, headers=headers, timeout=TIMEOUT, **kwargs
+    )
+
+
+def error_of(response: requests.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()["error"]
+    assert "\n" not in body["message"]
+    return body
+
+
+def http_config(api: ApiServer, url: str | None = None, extra: str = "") -> str:
+    return (
+        "[default]\nbackend = http\nprincipal = someone@laptop\n\n"
+        f"[backend.http]\nurl = {url or api.url}\ntimeout = 5\n{extra}"
+    )
+
+
+# -- the document ------------------------------------------------------------
+
+
+def test_every_route_is_in_the_openapi_document(api: ApiServer) -> None:
+    from stormlock.api.app import create_app
+    from stormlock.config import load_config
+
+    app = create_app(load_config(api.config))
+    routes = {
+        (re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/v1/")
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    served = call(api, "GET", "/v1/openapi.json", None)
+    assert served.status_code == 200
+    document = served.json()
+    assert document["openapi"].startswith("3.")
+    documented = {
+        (path, method) for path, item in document["paths"].items() for method in item
+    }
+    assert routes == documented
+    assert {"/v1/acquire", "/v1/renew", "/v1/release", "/v1/history"} <= {
+        path for path, _ in routes
+    }
+
+
+# -- tokens: who and what ----------------------------------------------------------
+
+
+def test_a_token_acts_as_its_principal_and_history_names_it(api: ApiServer) -> None:
+    token = api.token("deploy", "ci-deploy")
+    acquired = call(
+        api,
+        "POST",
+        "/v1/acquire",
+        token,
+        json={"resource": "prod-db", "ttl": "2h", "note": "apply", "principal": "bob"},
+    )
+    assert acquired.status_code == 200, acquired.text
+    lease = acquired.json()["lease"]
+    assert lease["principal"] == "ci-deploy", "a client cannot choose its principal"
+    events = call(api, "GET", "/v1/history", token, params={"resource": "prod-db"})
+    [event] = events.json()["events"]
+    assert (event["principal"], event["actor"], event["source"]) == (
+        "ci-deploy",
+        "ci-deploy",
+        "api:deploy",
+    )
+    assert lease["id"] not in events.text and token not in events.text
+    released = call(
+        api,
+        "POST",
+        "/v1/release",
+        token,
+        json={"resource": "prod-db", "id": lease["id"]},
+    )
+    assert released.json() == {"released": True}
+
+
+def test_a_lease_id_is_shown_to_its_holder_only(api: ApiServer) -> None:
+    alice, bob = api.token("a", "alice"), api.token("b", "bob")
+    lease = call(api, "POST", "/v1/acquire", alice, json={"resource": "db"}).json()
+    lease_id = lease["lease"]["id"]
+    for token, sees in ((alice, True), (bob, False)):
+        current = call(api, "GET", "/v1/current", token, params={"resource": "db"})
+        listed = call(api, "GET", "/v1/leases", token)
+        assert (lease_id in current.text, lease_id in listed.text) == (sees, sees)
+    held = call(api, "POST", "/v1/acquire", bob, json={"resource": "db"})
+    assert held.status_code == 409 and error_of(held)["exit_code"] == 2
+    assert held.json()["holder"]["principal"] == "alice"
+    assert lease_id not in held.text
+    stolen = call(api, "POST", "/v1/release", bob, json={"resource": "db", "id": "x"})
+    assert stolen.json() == {"released": False}
+
+
+def test_scope_limits_resources_and_writes(api: ApiServer) -> None:
+    staging = api.token("stg", "ci", resources="staging-*")
+    reader = api.token("ro", "ci", read_only=True)
+    assert call(api, "POST", "/v1/acquire", staging, json={"resource": "staging-1"}).ok
+    refused = call(api, "POST", "/v1/acquire", staging, json={"resource": "prod-db"})
+    assert refused.status_code == 403
+    assert error_of(refused)["code"] == "forbidden"
+    assert "staging-*" in error_of(refused)["message"]
+    read_only = call(api, "POST", "/v1/acquire", reader, json={"resource": "x"})
+    assert (
+        read_only.status_code == 403 and "read-only" in error_of(read_only)["message"]
+    )
+    assert call(
+        api, "POST", "/v1/acquire", api.token("w", "w"), json={"resource": "p"}
+    ).ok
+    seen = [
+        lease["resource"]
+        for lease in call(api, "GET", "/v1/leases", staging).json()["leases"]
+    ]
+    assert seen == ["staging-1"], "a scoped token lists only its resources"
+    everything = call(api, "GET", "/v1/leases", reader).json()["leases"]
+    assert sorted(lease["resource"] for lease in everything) == ["p", "staging-1"]
+
+
+def test_missing_unknown_revoked_and_expired_tokens_get_401(api: ApiServer) -> None:
+    assert call(api, "GET", "/v1/leases", None).status_code == 401
+    assert call(api, "GET", "/v1/leases", "stl_" + "A" * 43).status_code == 401
+    assert call(api, "GET", "/v1/leases", "not a token").status_code == 401
+    token = api.token("gone", "ci")
+    assert call(api, "GET", "/v1/whoami", token).json()["name"] == "gone"
+    tokens = api.tokens()
+    try:
+        assert tokens.revoke("gone", "ci")
+        short = tokens.create("short", "ci", expires=timedelta(milliseconds=300))[0]
+    finally:
+        tokens.backend.close()
+    revoked = call(api, "GET", "/v1/leases", token)
+    assert revoked.status_code == 401 and error_of(revoked)["exit_code"] == 78
+    deadline = time.monotonic() + 10
+    while call(api, "GET", "/v1/leases", short).status_code == 200:
+        assert time.monotonic() < deadline, "an expired token still worked"
+        time.sleep(0.1)
+    assert call(api, "GET", "/v1/leases", short).status_code == 401
+
+
+def test_bad_bodies_get_one_line_and_the_usage_code(api: ApiServer) -> None:
+    token = api.token("t", "ci")
+    for body, code in (
+        ({"resource": "prod db"}, "bad_resource"),
+        ({"resource": "db", "ttl": "2 fortnights"}, "bad_ttl"),
+        ({"resource": "db", "ttl": -5}, "bad_ttl"),
+        ({"resource": "db", "wait": "5m"}, "usage"),
+        ({"resource": "db", "surprise": 1}, "usage"),
+        ({}, "usage"),
+    ):
+        response = call(api, "POST", "/v1/acquire", token, json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert error_of(response)["code"] == code, body
+    not_json = requests.post(
+        api.url + "/v1/acquire",
+        data=b"{",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+        },
+        timeout=TIMEOUT,
+    )
+    assert not_json.status_code == 400 and error_of(not_json)["code"] == "usage"
+    nowhere = call(api, "GET", "/v1/nothing-here", token)
+    assert nowhere.status_code == 404 and error_of(nowhere)["code"] == "usage"
+
+
+def test_a_large_body_is_refused_before_it_is_read(api: ApiServer) -> None:
+    with socket.create_connection(("127.0.0.1", api.port), timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 50000000\r\n"
+            b"Connection: close\r\n\r\n{"
+        )
+        # No body follows: an answer now means the server did not wait for it.
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413"), answer
+
+
+def test_a_retried_acquire_returns_the_lease_already_granted(api: ApiServer) -> None:
+    token, other = api.token("a", "ci-deploy"), api.token("b", "ci-other")
+    body = {"resource": "prod-api", "ttl": 600, "request_id": str(uuid.uuid4())}
+    first = call(api, "POST", "/v1/acquire", token, json=body).json()
+    again = call(api, "POST", "/v1/acquire", token, json=body).json()
+    assert (first["replayed"], again["replayed"]) == (False, True)
+    assert again["lease"]["id"] == first["lease"]["id"]
+    # Another principal's try with the same id is not that request.
+    theirs = call(api, "POST", "/v1/acquire", other, json=body)
+    assert theirs.status_code == 409 and first["lease"]["id"] not in theirs.text
+
+
+def test_failed_authentication_is_rate_limited_and_valid_tokens_keep_working(
+    tmp_path: Path,
+) -> None:
+    with run_api(tmp_path, "[api]\nfailed_auth_limit = 5\n") as api:
+        token = api.token("good", "ci")
+        assert call(api, "GET", "/v1/leases", token).ok
+        guesses = [
+            call(api, "GET", "/v1/leases", f"stl_{n:043d}").status_code
+            for n in range(8)
+        ]
+        assert guesses == [401] * 5 + [429] * 3
+        limited = call(api, "GET", "/v1/leases", "stl_" + "B" * 43)
+        assert error_of(limited)["exit_code"] == 75
+        assert int(limited.headers["Retry-After"]) > 0
+        assert call(api, "GET", "/v1/leases", token).ok, "a valid token still works"
+        log = api.log()
+    assert token not in log and not re.search(TOKEN_FORM, log)
+    assert "refused an API request" in log
+
+
+# -- the http backend, from the CLI --------------------------------------------
+
+
+@pytest.fixture
+def http_cli(
+    api: ApiServer, cli: CliRunner, write_config: Callable[[str], Path]
+) -> Iterator[Callable[..., Any]]:
+    path = write_config(http_config(api))
+
+    def run(*args: str, token: str) -> Any:
+        return cli("-c", str(path), *args, env={"STORMLOCK_TOKEN": token})
+
+    yield run
+
+
+def test_the_cli_works_with_nothing_but_a_url_and_a_token(
+    api: ApiServer, http_cli: Callable[..., Any]
+) -> None:
+    token = api.token("ci", "ci-deploy")
+    acquired = http_cli("acquire", "-t", "1h", "-n", "deploy", "prod-db", token=token)
+    assert acquired.returncode == 0, acquired.stderr
+    lease_id = acquired.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", lease_id)
+    current = http_cli("current", "prod-db", token=token)
+    assert current.stdout.split("\t")[0] == "ci-deploy" and lease_id in current.stdout
+    assert http_cli("renew", "prod-db", lease_id, token=token).returncode == 0
+    assert http_cli("is-held", "prod-db", lease_id, token=token).returncode == 0
+    assert "prod-db" in http_cli("list", token=token).stdout
+    held = http_cli("acquire", "prod-db", token=api.token("other", "bob"))
+    assert held.returncode == 2 and "ci-deploy" in one_line_error(held.stderr)
+    ran = http_cli(
+        "run",
+        "-t",
+        "30s",
+        "db2",
+        "--",
+        "sh",
+        "-c",
+        "echo $STORMLOCK_RESOURCE",
+        token=token,
+    )
+    assert (ran.returncode, ran.stdout.strip()) == (0, "db2")
+    assert http_cli("release", "prod-db", lease_id, token=token).returncode == 0
+    history = http_cli("history", "prod-db", "-f", "json", token=token)
+    assert history.returncode == 0 and '"source": "api:ci"' in history.stdout
+    assert http_cli("is-held", "prod-db", lease_id, token=token).returncode == 1
+
+
+def test_the_cli_says_401_and_403_in_one_line_with_their_codes(
+    api: ApiServer, http_cli: Callable[..., Any]
+) -> None:
+    unknown = http_cli("acquire", "prod-db", token="stl_" + "C" * 43)
+    assert unknown.returncode == 78
+    assert "token" in one_line_error(unknown.stderr)
+    scoped = api.token("stg", "ci", resources="staging-*")
+    refused = http_cli("acquire", "prod-db", token=scoped)
+    assert refused.returncode == 77
+    assert "staging-*" in one_line_error(refused.stderr)
+
+
+def test_bad_http_backend_configs_are_one_line_with_exit_68(
+    api: ApiServer, cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    token = api.token("ci", "ci")
+    for extra_url, extra, env, says in (
+        (None, "token = " + token, {"STORMLOCK_TOKEN": token}, "never put the token"),
+        ("http://stormlock.example.com", "", {"STORMLOCK_TOKEN": token}, "in clear"),
+        (None, "", {}, "needs a token"),
+        (None, "token_file = /nonexistent/token", {}, "cannot read token_file"),
+        ("ftp://x", "", {"STORMLOCK_TOKEN": token}, "not an http(s) URL"),
+    ):
+        path = write_config(http_config(api, extra_url, extra))
+        result = cli("-c", str(path), "acquire", "db", env=env)
+        assert result.returncode == 68, (extra, result.stderr)
+        assert says in one_line_error(result.stderr)
+        assert token not in result.stderr
+
+
+def test_a_lost_answer_is_retried_with_the_same_request_and_gets_the_lease(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stormlock.backends.http import Http
+
+    monkeypatch.setenv("STORMLOCK_TOKEN", api.token("ci", "ci-deploy"))
+    with partition_proxy(api.port) as proxy:
+        backend = Http(url=f"http://127.0.0.1:{proxy.port}", timeout=5)
+        try:
+            proxy.lose_answers(1)  # the acquire lands; its answer is lost
+            lease = backend.acquire_lease("prod-db", "x", timedelta(minutes=5))
+            assert lease.principal == "ci-deploy"
+            assert backend.is_current("prod-db", lease.id)
+            # Only one acquire happened: the retry got the same lease.
+            events = backend.history("prod-db")
+            assert [event.event for event in events] == ["acquired"]
+        finally:
+            backend.close()
+
+
+def test_an_answer_that_never_comes_is_reported_as_unknown(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stormlock.backends.http import Http
+    from stormlock.errors import BackendUnavailable
+
+    monkeypatch.setenv("STORMLOCK_TOKEN", api.token("ci", "ci-deploy"))
+    with partition_proxy(api.port) as proxy:
+        backend = Http(url=f"http://127.0.0.1:{proxy.port}", timeout=1)
+        try:
+            backend.current("warm-up")  # the connection exists
+            proxy.freeze()
+            with pytest.raises(BackendUnavailable) as info:
+                backend.acquire_lease("prod-db", "x", timedelta(minutes=5))
+            assert "cannot tell whether" in str(info.value)
+        finally:
+            proxy.thaw()
+            backend.close()
