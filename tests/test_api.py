@@ -361,3 +361,66 @@ def test_an_answer_that_never_comes_is_reported_as_unknown(
         finally:
             proxy.thaw()
             backend.close()
+
+
+# -- `stormlock token`, where the store's credentials are ------------------------
+
+
+def test_token_commands_create_list_and_revoke(
+    api: ApiServer, cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config(
+        f"[default]\nbackend = sqlite\nprincipal = admin@ops\n"
+        f"[backend.sqlite]\npath = {api.store}\n"
+    )
+
+    def token(*args: str) -> Any:
+        return cli("-c", str(path), "token", *args)
+
+    made = token(
+        "create",
+        "deploy",
+        "--as",
+        "ci-deploy",
+        "--resources",
+        "prod-*",
+        "--expires",
+        "90d",
+    )
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert re.fullmatch(TOKEN_FORM, secret), "stdout is the token alone"
+    whoami = call(api, "GET", "/v1/whoami", secret).json()
+    assert (whoami["principal"], whoami["resources"]) == ("ci-deploy", ["prod-*"])
+    listed = token("list")
+    assert "deploy" in listed.stdout and "ci-deploy" in listed.stdout
+    assert "prod-*" in listed.stdout and secret not in listed.stdout
+    [entry] = __import__("json").loads(token("list", "-f", "json").stdout)
+    assert (entry["name"], entry["created_by"]) == ("deploy", "admin@ops")
+    assert entry["last_used"] is not None and entry["expires"] is not None
+    again = token("create", "deploy", "--as", "ci-deploy")
+    assert again.returncode == 64 and "already has a token" in one_line_error(
+        again.stderr
+    )
+    assert token("create", "bad name!").returncode == 64
+    assert token("create", "x", "--expires", "soon").returncode == 66
+    assert token("revoke", "deploy", "--as", "ci-deploy").returncode == 0
+    assert call(api, "GET", "/v1/whoami", secret).status_code == 401
+    gone = token("revoke", "deploy", "--as", "ci-deploy")
+    assert gone.returncode == 1 and "nothing revoked" in one_line_error(gone.stderr)
+    mine = token("create", "laptop")
+    assert call(api, "GET", "/v1/whoami", mine.stdout.strip()).json()["principal"] == (
+        "admin@ops"
+    )
+
+
+def test_token_commands_refuse_the_http_backend(
+    api: ApiServer, cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    path = write_config(http_config(api))
+    result = cli(
+        "-c", str(path), "token", "list", env={"STORMLOCK_TOKEN": api.token("t", "ci")}
+    )
+    assert result.returncode == 72 and "/stormlock token" in one_line_error(
+        result.stderr
+    )

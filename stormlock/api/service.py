@@ -6,11 +6,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import logging
 import re
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -25,7 +26,7 @@ from ..errors import (
     Unauthenticated,
     UsageError,
 )
-from ..history import SOURCES, Event, acting
+from ..history import ACQUIRED, RELEASED, SOURCES, Event, acting
 from ..lock import StormLock, list_all, lock_from_config
 from ..names import (
     RECORD_PREFIX,
@@ -36,6 +37,8 @@ from ..names import (
 )
 from ..tokens import API_RECORDS, Token, Tokens, digest
 from ..ttl import check_ttl
+
+log = logging.getLogger(__name__)
 
 #: The longest `wait` an acquire may ask the server for (a client that
 #: wants to wait longer asks again: `stormlock acquire --wait` does).
@@ -129,6 +132,10 @@ class Caller:
         which acts for every holder)."""
         return self.token.delegate or lease.principal == self.principal
 
+    def channel(self, configured: str | None) -> str | None:
+        """Where this caller's change is announced."""
+        return (self.token.delegate and self.context.channel) or configured
+
     @contextmanager
     def acting(self, channel: str | None) -> Iterator[None]:
         if not self.token.delegate:
@@ -204,9 +211,23 @@ class _AnyName(StormLock):
         self.max_ttl = max_ttl
 
 
+class Change(NamedTuple):
+    """A change to announce, for a bot serving the API in its own process."""
+
+    event: str
+    """acquired or released (history's names)."""
+    lease: Lease
+    channel: str
+    actor: str
+    forced: bool = False
+
+
 class ApiService:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, announce: Callable[[Change], None] | None = None
+    ) -> None:
         self.config = config
+        self.announce = announce
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self.tokens = Tokens(self.backend(config.default_backend))
@@ -325,6 +346,7 @@ class ApiService:
                 if replayed is not None:
                     return replayed, True
             raise
+        self._tell(ACQUIRED, lease, caller)
         if key is not None:
             remember = min(REQUEST_TTL, lock.ttl if ttl is None else ttl)
             # A twin try may have recorded its own first; this one is the lease.
@@ -343,8 +365,25 @@ class ApiService:
     def release(self, caller: Caller, resource: str, lease_id: str) -> bool | None:
         caller.check(resource, write=True)
         lock = self._lock_for(resource, caller)
-        with caller.acting(self._channel(lock.resource)):
-            return lock.release(lease_id)
+        channel = caller.channel(self._channel(lock.resource))
+        before = lock.current() if channel and self.announce else None
+        with caller.acting(channel):
+            released = lock.release(lease_id)
+        if released and before is not None:
+            self._tell(RELEASED, before, caller)
+        return released
+
+    def _tell(self, event: str, lease: Lease, caller: Caller) -> None:
+        """Announce a change at once, when a bot serves this API (else its
+        recovery pass announces it from history, a little later)."""
+        channel = caller.channel(self._channel(lease.resource))
+        if self.announce is None or channel is None:
+            return
+        try:
+            actor = caller.context.actor or caller.principal
+            self.announce(Change(event, lease, channel, actor, caller.context.forced))
+        except Exception:  # the change stands; history still has it
+            log.exception("announcing an API change failed")
 
     def current(self, caller: Caller, resource: str) -> Lease | None:
         caller.check(resource, write=False)

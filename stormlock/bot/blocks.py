@@ -27,6 +27,7 @@ from slack_sdk.models.blocks import (
 from ..backend import Lease, iso
 from ..errors import one_line
 from ..history import Event
+from ..tokens import Token
 from ..ttl import format_duration
 from . import core
 from .parsing import USAGE, Command
@@ -565,6 +566,17 @@ def warning(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
     )
 
 
+def warning_in_channel(lease: Lease, namer: Namer) -> Message:
+    """A warning for a holder nobody can DM (a service), told in the channel."""
+    text = (
+        f":hourglass_flowing_sand: The lease of {namer(lease.principal)} on "
+        f"*{escape(lease.resource)}* expires {when(lease.expires)}."
+    )
+    return Message(
+        f"The lease on {lease.resource} expires soon", _render([_section(text)])
+    )
+
+
 def expired_notice(resource: str, expires: datetime | None) -> Message:
     text = (
         f":alarm_clock: Your lease on *{escape(resource)}* expired"
@@ -614,6 +626,55 @@ def board(leases: Sequence[Lease], namer: Namer) -> Message:
     return Message(f"{len(leases)} leases held", _render([header, *body, updated]))
 
 
+def _scope(token: Token) -> str:
+    globs = (
+        ", ".join(f"`{escape(glob)}`" for glob in token.resources) or "every resource"
+    )
+    mode = "read-only" if token.read_only else "read-write"
+    expires = f"expires {when(token.expires)}" if token.expires else "never expires"
+    return f"{globs}, {mode}, {expires}"
+
+
+def token_created(token: Token, secret: str, namer: Namer) -> Message:
+    """The one place a token's secret is ever shown: to its creator, once."""
+    text = (
+        f":key: Token *{escape(token.name)}* acts as {namer(token.principal)} "
+        f"({_scope(token)}). Copy it now: it is shown only this once. Give it "
+        "to a CI job as the secret `STORMLOCK_TOKEN`."
+    )
+    return Message(
+        f"Your new token {token.name} (shown once)",
+        _render([_section(text), _section(f"```{secret}```")]),
+    )
+
+
+def token_list(principal: str, tokens: Sequence[Token], namer: Namer) -> Message:
+    if not tokens:
+        text = (
+            f"No tokens for {namer(principal)}. "
+            "`/stormlock token create <name>` makes one."
+        )
+        return Message(f"No tokens for {principal}", _render([_section(text)]))
+    lines = [
+        f"• *{escape(token.name)}*: {_scope(token)}; created {when(token.created)}, "
+        + (f"last used {when(token.last_used)}" if token.last_used else "never used")
+        for token in tokens
+    ]
+    header = _section(f"Tokens of {namer(principal)}:")
+    return Message(
+        f"{len(tokens)} tokens of {principal}",
+        _render([header, *_text_sections(lines)]),
+    )
+
+
+def token_revoked(name: str, principal: str, namer: Namer) -> Message:
+    text = (
+        f":wastebasket: Token *{escape(name)}* of {namer(principal)} is revoked: "
+        "it works no more."
+    )
+    return Message(f"Token {name} revoked", _render([_section(text)]))
+
+
 # -- outcomes of the core ----------------------------------------------------------
 
 
@@ -644,6 +705,12 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return problem(text)
         case core.NotHere(channels):
             return not_here(channels)
+        case core.TokenCreated(token, secret):
+            return token_created(token, secret, namer)
+        case core.TokenList(principal, tokens):
+            return token_list(principal, tokens, namer)
+        case core.TokenRevoked(name, principal):
+            return token_revoked(name, principal, namer)
 
 
 def notice(told: core.Notice, namer: Namer) -> Message:

@@ -142,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
             service.ready,
             settings.signing_secret or "",
             details=settings.readyz_details,
-            api=_api(config),
+            api=_api(config, bot),
         )
 
     logs.configure(args.log_level, args.log_json)
@@ -150,13 +150,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api(config: Config) -> WSGIApp | None:
-    """The HTTP API beside the Slack endpoint (`[bot] api = no` turns it off)."""
+def _api(config: Config, bot: Bot) -> WSGIApp | None:
+    """The HTTP API beside the Slack endpoint, its changes announced by this
+    bot at once (`[bot] api = no` turns it off)."""
     if (config.value(None, "api", BOT_SECTION) or "yes").lower() in ("no", "off"):
         return None
     from ..api.app import create_app
+    from ..api.service import ApiService
 
-    return create_app(config)
+    return create_app(config, ApiService(config, bot.pipeline.announce_change))
 
 
 def _socket(args: argparse.Namespace) -> int:

@@ -17,8 +17,9 @@ from enum import StrEnum
 from typing import Protocol
 
 from ..backend import Lease, LockHeldException
-from ..errors import BackendUnavailable, StormlockError
+from ..errors import BackendUnavailable, NotAllowed, StormlockError
 from ..history import ACQUIRED, FORCED, RELEASED, Event
+from ..tokens import Token
 from .metrics import CoolingDown
 from .parsing import Command
 from .service import SOURCE, LeaseService, Person, PersonUnknown
@@ -26,6 +27,8 @@ from .settings import USER_ID, BotSettings
 from .state import BotState
 
 log = logging.getLogger(__name__)
+
+API_SOURCE = "api"  # stormlock.api.service.SOURCE, without importing Flask
 
 
 class Via(StrEnum):
@@ -129,9 +132,32 @@ class Waiting:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class TokenCreated:
+    """A new API token: its secret goes to its creator alone, once."""
+
+    token: Token
+    secret: str
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"TokenCreated({self.token.name!r}, secret=...)"
+
+
+@dataclass(frozen=True)
+class TokenList:
+    principal: str
+    tokens: Sequence[Token]
+
+
+@dataclass(frozen=True)
+class TokenRevoked:
+    name: str
+    principal: str
+
+
 Answer = (
     Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem
-) | (Waiting | History | NotHere)
+) | (Waiting | History | NotHere | TokenCreated | TokenList | TokenRevoked)
 
 
 # -- notices: who else is told ---------------------------------------------------
@@ -188,7 +214,10 @@ def notices_of(event: Event) -> list[Notice]:
     """The notices the bot owes for a change it recorded in history: the
     same as its outcome carried (`Core._took`, `Core._release`), so one
     the bot died before sending can be sent from history."""
-    if event.source != SOURCE or event.derived:
+    # The bot's own changes, and the API's (a CI job's lease is announced
+    # like anyone's where its resource's changes are).
+    origin = event.source.partition(":")[0]
+    if origin not in (SOURCE, API_SOURCE) or event.derived:
         return []
     lease = Lease(
         event.principal,
@@ -405,6 +434,8 @@ class Core:
             events = self.service.history(resource, HISTORY_SHOWN)
             return Outcome(History(resource, events))
         person = self.people.person(ask.user_id)
+        if name == "token":
+            return self._token(person, command)
         if name == "acquire":
             return self._acquire(person, ask, resource)
         if name == "renew":
@@ -462,6 +493,39 @@ class Core:
                 ForcedOff(result.lease.principal, result.lease, person.principal)
             )
         return outcome
+
+    def _token(self, person: Person, command: Command) -> Outcome:
+        """API tokens: your own, or (admins, `--as`) a service's."""
+        admin = self.service.is_admin(person)
+        principal = command.principal or person.principal
+        if principal != person.principal and not admin:
+            raise NotAllowed(
+                "only admins can create or manage service tokens (--as); ask one, "
+                "or leave --as out for a token of your own"
+            )
+        tokens = self.service.tokens()
+        name = command.token or ""
+        if command.action == "create":
+            secret, token = tokens.create(
+                name,
+                principal,
+                command.globs,
+                command.read_only,
+                command.expires,
+                created_by=person.principal,
+            )
+            return Outcome(TokenCreated(token, secret))
+        if command.action == "revoke":
+            if not tokens.revoke(name, principal):
+                return Outcome(
+                    Problem(
+                        f"There is no token named {name} for {principal}; nothing "
+                        "revoked. /stormlock token list shows them."
+                    ),
+                    "rejected",
+                )
+            return Outcome(TokenRevoked(name, principal))
+        return Outcome(TokenList(principal, tokens.list(principal)))
 
     def _wait(self, user_id: str, resource: str, cancel: bool) -> Outcome:
         if self.state is None:

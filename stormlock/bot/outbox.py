@@ -50,7 +50,7 @@ SLACK_TIMEOUT = 5
 CHANNEL_PACE = 1.0
 # A fresh change's announcement sent within this long goes without a claim
 # and is recorded as sent after it (one store write instead of two). Safe
-# because the recovery pass leaves a change alone for reminders._GRACE
+# because the recovery pass leaves a change alone for `[bot] recover_after`
 # (15 s), longer than this plus one request of the fast client (5 s).
 FAST_WITHIN = 2.0
 # A post names at most this many changes (fewer if they do not fit).

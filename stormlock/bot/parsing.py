@@ -32,6 +32,8 @@ ALIASES = {
     "board": "board",
     "history": "history",
     "log": "history",
+    "token": "token",
+    "tokens": "token",
 }
 
 USAGE = {
@@ -46,7 +48,12 @@ USAGE = {
     "board": "/stormlock board",
     "history": "/stormlock history <resource>",
     "help": "/stormlock help",
+    "token": "/stormlock token create <name> [--resources prod-*,staging-*] "
+    "[--read-only] [--expires 90d] [--as <service>] | token list | "
+    "token revoke <name> [--as <service>]",
 }
+
+TOKEN_ACTIONS = ("create", "list", "revoke")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,15 @@ class Command:
     cancel: bool = False
     unknown: str | None = None
     """The word that was not a command (the reply is the help text)."""
+    action: str | None = None
+    """`token`'s: create, list or revoke."""
+    token: str | None = None
+    """`token`'s: the token's name."""
+    globs: str | None = None
+    read_only: bool = False
+    expires: timedelta | None = None
+    principal: str | None = None
+    """`token --as`: a service principal (admins only)."""
 
     def __post_init__(self) -> None:
         if self.resource is not None:  # one lock for "café" however it was typed
@@ -96,6 +112,48 @@ def _looks_like_duration(word: str) -> bool:
     return match is not None and (not match.group(1) or match.group(1).lower() in UNITS)
 
 
+def _parse_token(args: list[str]) -> Command:
+    usage = USAGE["token"]
+    if not args or args[0].lower() not in TOKEN_ACTIONS:
+        raise UsageError(f"create, list or revoke? {usage}")
+    action, rest = args[0].lower(), args[1:]
+    options: dict[str, str] = {}
+    read_only = False
+    positional: list[str] = []
+    index = 0
+    while index < len(rest):
+        word = rest[index]
+        if word == "--read-only" and action == "create":
+            read_only = True
+        elif word in ("--resources", "--expires", "--as") and (
+            action == "create" or word == "--as"
+        ):
+            if index + 1 >= len(rest):
+                raise UsageError(f"{word} needs a value; {usage}")
+            options[word[2:]] = rest[index + 1]
+            index += 1
+        elif word.startswith("-"):
+            raise UsageError(f"unknown option {word}; {usage}")
+        else:
+            positional.append(word)
+        index += 1
+    wanted = 0 if action == "list" else 1
+    if len(positional) != wanted:
+        raise UsageError(
+            ("list takes no name; " if wanted == 0 else "which token name? ") + usage
+        )
+    expires = options.get("expires")
+    return Command(
+        "token",
+        action=action,
+        token=positional[0] if positional else None,
+        globs=options.get("resources"),
+        read_only=read_only,
+        expires=parse_duration(expires) if expires is not None else None,
+        principal=options.get("as"),
+    )
+
+
 def parse(text: str) -> Command:
     """Parse the text after `/stormlock`. Raises `UsageError` or `InvalidTTL`."""
     words = _split(text.strip())
@@ -107,6 +165,8 @@ def parse(text: str) -> Command:
     args = words[1:]
     if name in ("help", "list", "board"):
         return Command(name)
+    if name == "token":
+        return _parse_token(args)
     flags: dict[str, str | bool] = {}
     positional: list[str] = []
     index = 0

@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StormlockError
+from ..history import ACQUIRED
 from . import blocks
 from .blocks import Message
 from .core import (
@@ -28,6 +29,7 @@ from .core import (
     Core,
     ForcedOff,
     GaveUpLease,
+    Notice,
     Outcome,
     Released,
     Renewed,
@@ -41,6 +43,9 @@ from .parsing import parse
 from .reminders import Reminders
 from .service import LeaseService
 from .settings import BotSettings
+
+if TYPE_CHECKING:  # the API is imported only when it is served
+    from ..api.service import Change
 
 log = logging.getLogger(__name__)
 BAD_BUTTON = (
@@ -282,6 +287,19 @@ class Pipeline:
             )
         if ask.via is Via.HOME:
             self._redraw_home(ask.user_id)
+
+    def announce_change(self, change: Change) -> None:
+        """A change the API made in this process, announced as the bot's own
+        (keyed alike: the recovery pass will not send it again)."""
+        notice: Notice
+        if change.event == ACQUIRED:
+            notice = TookLease(change.channel, change.lease)
+        else:
+            notice = GaveUpLease(
+                change.channel, change.lease, change.actor, change.forced
+            )
+        message = blocks.notice(notice, self.directory.display)
+        self.outbox.post(notice.channel, message, None, notice.key, True)
 
     def _announce_failed(self, reply: Reply) -> Callable[[str], None]:
         def tell(error: str) -> None:

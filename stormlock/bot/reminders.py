@@ -47,10 +47,9 @@ _NOTIFY_TURN = timedelta(seconds=30)
 # much (etcd and DynamoDB stamp events by the clients' clocks, which can be
 # a little apart) ...
 _OVERLAP = timedelta(seconds=30)
-# ... and queues what is still unsent this long after the change: the live
-# path has sent it by then, or holds a claim on it (outbox.FAST_WITHIN plus
-# one request, with room for the replicas' clocks), for at most this long.
-_GRACE = timedelta(seconds=15)
+# ... and queues what is still unsent `[bot] recover_after` (15 s) after the
+# change: the live path has sent it by then, or holds a claim on it
+# (outbox.FAST_WITHIN plus one request, with room for the replicas' clocks).
 _GIVE_UP = timedelta(hours=1)
 _CURSOR = "cursor/told"
 
@@ -189,8 +188,16 @@ class Reminders:
     def _warn_unless_over(self, lease: Lease, message: blocks.Message) -> None:
         """A warning never arrives after its lease's end (and its notice)."""
         assert lease.expires is not None
-        if utcnow() < lease.expires:
-            self._dm_principal(lease.principal, message)
+        if utcnow() >= lease.expires or self._dm_principal(lease.principal, message):
+            return
+        # Nobody in Slack holds it (a service token's lease, say): the channel
+        # where its changes are announced hears the warning instead.
+        channel = self.settings.announce_channel(
+            lease.resource
+        ) or self.service.channel_of(lease.resource, lease.fence)
+        if channel:
+            told = blocks.warning_in_channel(lease, self.directory.display)
+            self._post(channel, told)
 
     def _watch(self, lease: Lease) -> None:
         """Remember a lease close to expiry, so its expiry can be told later."""
@@ -281,7 +288,8 @@ class Reminders:
         try:
             now = utcnow()
             start = max(self._cursor(now), now - _GIVE_UP)
-            settled = now - _GRACE  # newer ones are the live path's, for now
+            # Newer ones are the live path's, for now.
+            settled = now - self.settings.recover_after
             oldest_open: datetime | None = None
             for event in self.service.changes_since(start - _OVERLAP):
                 for notice in notices_of(event):
@@ -299,12 +307,15 @@ class Reminders:
 
     def _cursor(self, now: datetime) -> datetime:
         """Up to when every owed notice is known to have gone out."""
+        # None yet (a first start): look back as far as recovery ever does.
         record = self.records.get(_CURSOR)
         try:
-            return datetime.fromisoformat(record.note or "") if record else now
+            return (
+                datetime.fromisoformat(record.note or "") if record else now - _GIVE_UP
+            )
         except ValueError:
-            log.warning("unreadable notice cursor %r; starting now", record)
-            return now
+            log.warning("unreadable notice cursor %r; looking back an hour", record)
+            return now - _GIVE_UP
 
     def _resend(self, notice: Notice) -> None:
         message = blocks.notice(notice, self.directory.display)

@@ -24,10 +24,17 @@ from ..backend import (
     canonical_lease_id,
 )
 from ..config import Config
-from ..errors import EXIT_BAD_RESOURCE, EXIT_NOT_HELD, NotAllowed, StormlockError
+from ..errors import (
+    EXIT_BAD_RESOURCE,
+    EXIT_NOT_HELD,
+    NotAllowed,
+    StormlockError,
+    UnsupportedOperation,
+)
 from ..history import Event, acting
 from ..lock import StormLock, list_all, lock_from_config
 from ..names import RECORD_PREFIX, validate_resource
+from ..tokens import Tokens
 from .metrics import TimedBackend
 from .settings import BotSettings
 
@@ -180,6 +187,16 @@ class LeaseService:
             self._doctor_notes = notes
             self._doctor_at = now
         return True, self._doctor_notes
+
+    def tokens(self) -> Tokens:
+        """The API tokens, kept in the default backend (as `stormlock token`)."""
+        name = self.config.default_backend
+        if name == "http":
+            raise UnsupportedOperation(
+                "tokens live with the store: this bot reaches it through the API; "
+                "create tokens where the store's credentials are"
+            )
+        return Tokens(self.backend(name))
 
     def is_admin(self, person: Person) -> bool:
         return person.user_id in self.settings.admins

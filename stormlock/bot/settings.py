@@ -132,6 +132,21 @@ class BotSettings:
         return raw or timedelta(seconds=2.5)
 
     @property
+    def recover_after(self) -> timedelta:
+        """How long after a change the recovery pass takes over its unsent
+        notices (docs/pipeline.md): the live path has sent them by then or
+        holds a claim. At least 10 s: a fresh send's window (2 s) plus one
+        request of the fast client (5 s), with room for replicas' clocks."""
+        text = self.config.value(None, "recover_after", BOT_SECTION)
+        raw = self.config.duration(None, "recover_after", BOT_SECTION)
+        if raw is not None and raw < timedelta(seconds=10):
+            raise ConfigError(
+                f"{self.config.source}: [bot] recover_after = {text} is shorter "
+                "than a fresh announcement may take; use 10s or more"
+            )
+        return raw or timedelta(seconds=15)
+
+    @property
     def claim_ttl(self) -> timedelta:
         """How long a replica's claim on a message holds before others retry it."""
         raw = self.config.duration(None, "claim_ttl", BOT_SECTION)

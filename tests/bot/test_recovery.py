@@ -15,7 +15,7 @@ from stormlock.testing.localslack import Call, LocalSlack
 from stormlock.testing.slack import ALICE, CAROL, BotServer, running_bot, text_of
 
 # Fast passes; a claim of a killed bot lapses soon.
-FAST = "reconcile_interval = 200ms\nclaim_ttl = 2s"
+FAST = "reconcile_interval = 200ms\nclaim_ttl = 2s\nrecover_after = 10s"
 RESOURCES = ("alpha-db", "beta-db", "gamma-db", "delta-db")
 
 
@@ -95,7 +95,7 @@ def test_sigterm_in_a_burst_with_a_slow_slack_ends_in_time_and_loses_nothing(
     channels = [f"C0CH{n:02d}" for n in range(20)]
     jobs = {f"job-{n}": channels[n % len(channels)] for n in range(40)}
     # A claim outlives a post (as the default two minutes do).
-    settings = "reconcile_interval = 200ms\nclaim_ttl = 20s"
+    settings = "reconcile_interval = 200ms\nclaim_ttl = 20s\nrecover_after = 10s"
     with running_bot(slack, config, tmp_path, settings) as bot:
         for job, channel in jobs.items():
             bot.reply(ALICE, f"acquire {job} 1h", channel=channel)
