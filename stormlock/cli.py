@@ -153,6 +153,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=16)
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     serve.add_argument("--log-json", action="store_true", help="log JSON lines")
+    serve.add_argument("--certfile", help="TLS certificate (PEM), to serve https")
+    serve.add_argument("--keyfile", help="TLS private key (PEM)")
 
     token = command("token", "API tokens: create, list, revoke")
     token_sub = token.add_subparsers(

@@ -43,10 +43,16 @@ def serve(
     log_level: str,
     workers: int = 1,
     proc_name: str = "stormlock-bot",
+    tls: tuple[str, str] | None = None,
 ) -> None:
+    """Serve `factory`'s app; `tls` (certificate, key) serves https."""
+    extra: dict[str, Any] = {}
+    if tls is not None:
+        extra = {"certfile": tls[0], "keyfile": tls[1]}
     GunicornServer(
         factory,
         {
+            **extra,
             "bind": f"{host}:{port}",
             # Each worker is a process with its own scheduler; their messages
             # are claimed in the backend, so several never send twice.

@@ -424,3 +424,27 @@ def test_token_commands_refuse_the_http_backend(
     assert result.returncode == 72 and "/stormlock token" in one_line_error(
         result.stderr
     )
+
+
+def test_tls_is_verified_and_a_private_ca_can_be_trusted(
+    tmp_path: Path, cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    pem, ca_pem = tmp_path / "server.pem", tmp_path / "ca.pem"
+    ca.issue_cert(
+        "127.0.0.1", "localhost"
+    ).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    with run_api(tmp_path, tls=(pem, pem)) as api:
+        token = api.token("ci", "ci-deploy")
+        env = {"STORMLOCK_TOKEN": token}
+        untrusted = write_config(http_config(api))
+        refused = cli("-c", str(untrusted), "acquire", "db", env=env)
+        assert refused.returncode == 70
+        assert "TLS" in one_line_error(refused.stderr) and token not in refused.stderr
+        trusted = write_config(http_config(api, extra=f"ca_cert = {ca_pem}"))
+        taken = cli("-c", str(trusted), "acquire", "db", env=env)
+        assert taken.returncode == 0, taken.stderr
+        assert api.url.startswith("https://")

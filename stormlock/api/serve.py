@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from ..config import Config
-from ..errors import UnknownBackendError
+from ..errors import ConfigError, UnknownBackendError, UsageError
 
 if TYPE_CHECKING:
     from ..wsgi import WSGIApp
@@ -33,6 +34,14 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
             "configure the store's backend on the server"
         )
     config.backend(config.default_backend).close()  # a bad store config fails now
+    if bool(args.certfile) != bool(args.keyfile):
+        raise UsageError("--certfile and --keyfile go together; give both or neither")
+    tls = None
+    if args.certfile:
+        for path in (args.certfile, args.keyfile):
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"cannot read {path!r}; fix the path or permissions")
+        tls = (args.certfile, args.keyfile)
 
     def factory() -> WSGIApp:
         # In gunicorn's worker, after the fork: connection pools start here.
@@ -48,5 +57,6 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
         args.log_level,
         args.workers,
         proc_name="stormlock-api",
+        tls=tls,
     )
     return 0

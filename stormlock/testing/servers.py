@@ -307,10 +307,12 @@ class ApiServer(Server):
 
 
 @contextlib.contextmanager
-def run_api(workdir: Path, extra: str = "") -> Iterator[ApiServer]:
+def run_api(
+    workdir: Path, extra: str = "", tls: tuple[Path, Path] | None = None
+) -> Iterator[ApiServer]:
     """The API as users run it, `stormlock serve` under gunicorn, over a
-    SQLite store in `workdir`; `extra` is added to its config file. Its log
-    goes to `workdir / "api.log"`."""
+    SQLite store in `workdir`; `extra` is added to its config file; `tls`
+    (certificate, key) serves https. Its log goes to `workdir / "api.log"`."""
     port = free_port()
     store = workdir / "api-store.db"
     config = workdir / "api.cfg"
@@ -320,23 +322,37 @@ def run_api(workdir: Path, extra: str = "") -> Iterator[ApiServer]:
     stormlock = str(Path(sys.executable).parent / "stormlock")
     command = [stormlock, "-c", str(config), "serve", "--host", HOST]
     command += ["--port", str(port), "--log-level", "WARNING"]
+    if tls is not None:
+        command += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("STORMLOCK_", "SLACK_"))
     }
     log = (workdir / "api.log").open("ab")
-    executor = HTTPExecutor(
-        command,
-        url=f"http://{HOST}:{port}/healthz",
-        method="GET",
-        timeout=60,
-        envvars=env,
-        stdout=log,
-        stderr=log,
-    )
+    executor: SimpleExecutor
+    if tls is None:
+        executor = HTTPExecutor(
+            command,
+            url=f"http://{HOST}:{port}/healthz",
+            method="GET",
+            timeout=60,
+            envvars=env,
+            stdout=log,
+            stderr=log,
+        )
+    else:  # the health check speaks plain http: wait for the port instead
+        executor = TCPExecutor(
+            command,
+            host=HOST,
+            port=port,
+            timeout=60,
+            envvars=env,
+            stdout=log,
+            stderr=log,
+        )
     executor.start()
-    url = f"http://{HOST}:{port}"
+    url = f"{'https' if tls else 'http'}://{HOST}:{port}"
     try:
         yield ApiServer(
             "api", executor, port, {"url": url}, url=url, config=config, store=store

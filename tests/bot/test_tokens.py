@@ -40,7 +40,7 @@ def bot(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
 ) -> Iterator[BotServer]:
     # prod-* changes are announced in one channel, whoever makes them.
-    settings = "reconcile_interval = 200ms\nrecover_after = 10s\n"
+    settings = "reconcile_interval = 200ms\nrecover_after = 10s\nwarn_before = 2s\n"
     with running_bot(
         slack, bot_config, tmp_path, f"announce_channel = {CHANNEL}\n{settings}"
     ) as server:
@@ -161,3 +161,28 @@ def test_a_service_tokens_lease_is_announced_and_warned_in_the_channel(
         if c.method == "chat.postMessage" and "prod-api" in str(c.payload)
     ]
     assert len(posts) == 2, [text_of(c) for c in posts]
+
+
+def test_a_service_tokens_lease_is_warned_and_expires_in_the_channel(
+    bot: BotServer, slack: LocalSlack
+) -> None:
+    secret = secret_in(text_of(bot.reply(CAROL, "token create ci --as ci-deploy")))
+    taken = api(
+        bot, "POST", "/v1/acquire", secret, json={"resource": "prod-q", "ttl": 4}
+    )
+    assert taken.status_code == 200, taken.text
+
+    def in_channel(word: str) -> Any:
+        return lambda c: (
+            c.method == "chat.postMessage"
+            and c.payload.get("channel") == CHANNEL
+            and "prod-q" in str(c.payload)
+            and word in str(c.payload)
+        )
+
+    [warned] = slack.wait_for(in_channel("expires"), timeout=20)
+    assert "ci-deploy" in str(warned.payload)
+    slack.wait_for(in_channel("expired"), timeout=20)
+    # Nobody in Slack is ci-deploy: everything about prod-q went to the channel.
+    about = [c for c in slack.calls if "prod-q" in str(c.payload)]
+    assert {c.payload.get("channel") for c in about} == {CHANNEL}
