@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench import counters
 from bench.scenarios import (
+    api,
     bot_latency,
     bot_overload,
     bot_reply,
@@ -41,7 +42,7 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,history,contention,bot,reply,overload,scheduler,cli"
+ALL_SECTIONS = "backends,history,contention,api,bot,reply,overload,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -348,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         (
             "contention",
             lambda r: contention.section(r, options_for, 3 if quick else 100),
+        ),
+        (
+            "api",
+            lambda r: api.section(
+                r, options_for, 10 if quick else 500, 0.5 if quick else 5
+            ),
         ),
         ("bot", lambda r: bot_latency.section(r, options_for, 10 if quick else 300)),
         (

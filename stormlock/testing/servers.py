@@ -308,17 +308,22 @@ class ApiServer(Server):
 
 @contextlib.contextmanager
 def run_api(
-    workdir: Path, extra: str = "", tls: tuple[Path, Path] | None = None
+    workdir: Path,
+    extra: str = "",
+    tls: tuple[Path, Path] | None = None,
+    store: str | None = None,
 ) -> Iterator[ApiServer]:
     """The API as users run it, `stormlock serve` under gunicorn, over a
     SQLite store in `workdir`; `extra` is added to its config file; `tls`
-    (certificate, key) serves https. Its log goes to `workdir / "api.log"`."""
+    (certificate, key) serves https; `store` replaces the SQLite store's
+    sections with others. Its log goes to `workdir / "api.log"`."""
     port = free_port()
-    store = workdir / "api-store.db"
+    path = workdir / "api-store.db"
     config = workdir / "api.cfg"
-    config.write_text(
-        f"[default]\nbackend = sqlite\n[backend.sqlite]\npath = {store}\n{extra}"
+    sections = (
+        store or f"[default]\nbackend = sqlite\n[backend.sqlite]\npath = {path}\n"
     )
+    config.write_text(sections + extra)
     stormlock = str(Path(sys.executable).parent / "stormlock")
     command = [stormlock, "-c", str(config), "serve", "--host", HOST]
     command += ["--port", str(port), "--log-level", "WARNING"]
@@ -355,7 +360,7 @@ def run_api(
     url = f"{'https' if tls else 'http'}://{HOST}:{port}"
     try:
         yield ApiServer(
-            "api", executor, port, {"url": url}, url=url, config=config, store=store
+            "api", executor, port, {"url": url}, url=url, config=config, store=path
         )
     finally:
         executor.stop()

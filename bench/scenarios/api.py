@@ -1,0 +1,163 @@
+"""The HTTP API's cost: the same operations through the `http` backend (a CI
+job's path: HTTP to `stormlock serve`, which calls Redis) and straight on
+Redis (a client with the store's credentials), in the same run."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from stormlock import Backend, LockHeldException
+from stormlock.backends import build_backend
+from stormlock.testing.servers import Server, run_api
+
+OPS = ("acquire", "renew", "current", "release")
+THREADS = 8
+
+
+def _latencies(backend: Backend, n: int, tag: str) -> dict[str, list[float]]:
+    ttl = timedelta(minutes=10)
+    samples: dict[str, list[float]] = {op: [] for op in OPS}
+    warm = backend.acquire_lease(f"{tag}-warm", "bench", ttl)
+    backend.release_lease(f"{tag}-warm", warm.id)
+    for i in range(n):
+        resource = f"{tag}-{i}"
+        start = time.perf_counter()
+        lease = backend.acquire_lease(resource, "bench", ttl)
+        samples["acquire"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        backend.renew_lease(resource, lease.id, ttl)
+        samples["renew"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        backend.current(resource)
+        samples["current"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        backend.release_lease(resource, lease.id)
+        samples["release"].append(time.perf_counter() - start)
+    return samples
+
+
+def _throughput(make: Callable[[], Backend], seconds: float, tag: str) -> float:
+    """Acquire-and-release cycles a second, THREADS clients on their own
+    resources."""
+    done = [0] * THREADS
+    stop = threading.Event()
+
+    def worker(index: int) -> None:
+        backend = make()
+        ttl = timedelta(minutes=5)
+        try:
+            while not stop.is_set():
+                try:
+                    lease = backend.acquire_lease(f"{tag}-t{index}", "bench", ttl)
+                except LockHeldException:
+                    continue
+                backend.release_lease(lease.resource, lease.id)
+                done[index] += 1
+        finally:
+            backend.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    stop.wait(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def section(
+    running: dict[str, Server],
+    options_for: Callable[[str, dict[str, Server], str], dict[str, str] | None],
+    n: int,
+    seconds: float,
+) -> str:
+    from bench.run import ms, percentile, table
+
+    options = options_for("redis", running, "api")
+    if options is None:
+        return "### The HTTP API\n\nRedis is not installed: not measured."
+    workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    store = "[default]\nbackend = redis\n[backend.redis]\n" + "".join(
+        f"{key} = {value}\n" for key, value in options.items()
+    )
+    with run_api(workdir, store=store) as api:
+        url = api.url
+        from stormlock.backends.redis import Redis
+        from stormlock.tokens import Tokens
+
+        tokens = Tokens(Redis(**options))
+        secret = tokens.create("bench", "ci-bench")[0]
+        tokens.backend.close()
+        os.environ["STORMLOCK_TOKEN"] = secret
+        try:
+
+            def http() -> Backend:
+                return build_backend("http", {"url": url})
+
+            def direct() -> Backend:
+                return build_backend("redis", options)
+
+            paths = {"redis, direct": direct, "http backend -> API -> redis": http}
+            rows = []
+            results: dict[str, dict[str, list[float]]] = {}
+            for label, make in paths.items():
+                backend = make()
+                try:
+                    results[label] = _latencies(backend, n, label.split()[0])
+                finally:
+                    backend.close()
+            for op in OPS:
+                base = statistics.median(results["redis, direct"][op])
+                for label in paths:
+                    samples = results[label][op]
+                    rows.append(
+                        [
+                            op,
+                            label,
+                            ms(statistics.median(samples)),
+                            ms(percentile(samples, 99)),
+                            f"{statistics.median(samples) / base:.1f}",
+                        ]
+                    )
+            rates = {
+                label: _throughput(make, seconds, f"tp-{label.split()[0]}")
+                for label, make in paths.items()
+            }
+        finally:
+            del os.environ["STORMLOCK_TOKEN"]
+    base_rate = rates["redis, direct"]
+    rate_rows = [
+        [label, f"{rate:.0f}", f"{rate / base_rate:.2f}"]
+        for label, rate in rates.items()
+    ]
+    return (
+        f"### The HTTP API ({n} of each operation, one client; then {THREADS} "
+        f"clients for {seconds:g} s)\n\n"
+        + table(["operation", "path", "p50 ms", "p99 ms", "x direct"], rows)
+        + "\n\n"
+        + table(
+            [f"path ({THREADS} clients)", "acquire+release cycles/s", "x direct"],
+            rate_rows,
+        )
+        + "\n\n"
+        + API_NOTE
+    )
+
+
+API_NOTE = (
+    "`stormlock serve` runs as users run it: gunicorn, one worker, 16 threads, "
+    "on the same 2 cores as the clients. Each API call is one HTTP round trip "
+    "plus the server's work: the token check (one store read), then the same "
+    "store calls as a direct client (an acquire with a request id adds one "
+    "read and one write, for its replay record). A CI job pays this once per "
+    "operation; `run` renews at a third of the TTL."
+)
