@@ -91,10 +91,9 @@ def section(
     )
     with run_api(workdir, store=store) as api:
         url = api.url
-        from stormlock.backends.redis import Redis
         from stormlock.tokens import Tokens
 
-        tokens = Tokens(Redis(**options))
+        tokens = Tokens(build_backend("redis", options))
         secret = tokens.create("bench", "ci-bench")[0]
         tokens.backend.close()
         os.environ["STORMLOCK_TOKEN"] = secret
