@@ -448,3 +448,35 @@ def test_tls_is_verified_and_a_private_ca_can_be_trusted(
         taken = cli("-c", str(trusted), "acquire", "db", env=env)
         assert taken.returncode == 0, taken.stderr
         assert api.url.startswith("https://")
+
+
+def test_a_lost_answer_the_server_cannot_replay_is_unknown_not_held(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from stormlock.backends.http import Http
+    from stormlock.errors import BackendUnavailable
+
+    def server_forgot() -> None:
+        # As if the server died between granting the lease and recording
+        # which request it was for.
+        with sqlite3.connect(api.store) as db:
+            db.execute(
+                "DELETE FROM stormlock_leases WHERE resource LIKE ?",
+                (".stormlock/api/request/%",),
+            )
+
+    monkeypatch.setenv("STORMLOCK_TOKEN", api.token("ci", "ci-deploy"))
+    with partition_proxy(api.port) as proxy:
+        backend = Http(url=f"http://127.0.0.1:{proxy.port}", timeout=5)
+        try:
+            proxy.lose_answers(1, then=server_forgot)
+            with pytest.raises(BackendUnavailable) as info:
+                backend.acquire_lease("prod-db", "x", timedelta(minutes=5))
+            assert "cannot tell whether" in str(info.value)
+            # A later acquire of someone else's is plainly held, as ever.
+            holder = backend.current("prod-db")
+            assert holder is not None and holder.principal == "ci-deploy"
+        finally:
+            backend.close()

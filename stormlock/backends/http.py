@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -174,6 +175,8 @@ class Http(LeaseBackend):
             )
         self.base = url.strip().rstrip("/")
         self._token = self._read_token(token_file)
+        self._local = threading.local()
+        self._principal: str | None = None
         self.http = urllib3.PoolManager(
             num_pools=2,
             maxsize=32,
@@ -264,6 +267,7 @@ class Http(LeaseBackend):
                 # acquire's request id makes it safe), a silence is not.
                 if attempt or not self.failed_fast(started):
                     raise _NoAnswer(type(exc).__name__) from None
+                self._local.uncertain = True
         raise _NoAnswer("no answer")  # pragma: no cover - the loop returns
 
     def _request(
@@ -341,15 +345,29 @@ class Http(LeaseBackend):
                 "request_id": str(uuid.uuid4()),
             }
         )
+        self._local.uncertain = False
         try:
             data = self._request("POST", "/v1/acquire", body)
         except _Failure as failure:
-            if failure.code == "held":
-                holder = _lease(failure.holder) if failure.holder else None
-                return False, holder
-            raise BackendUnavailable(
-                f"the API refused the acquire: {failure}"
-            ) from None
+            if failure.code != "held":
+                raise BackendUnavailable(
+                    f"the API refused the acquire: {failure}"
+                ) from None
+            holder = _lease(failure.holder) if failure.holder else None
+            if (
+                holder is not None
+                and self._local.uncertain
+                and (holder.principal == principal or self._mine(holder))
+            ):
+                # The first try may have landed with its answer lost, and the
+                # server not know it (it died before recording the request).
+                raise BackendUnavailable(
+                    f"cannot tell whether the lease on {resource!r} was acquired: "
+                    f"the first try's answer was lost and {resource!r} is held in "
+                    f"your name since {iso(holder.created)}; it may be yours "
+                    f"(check with 'stormlock current {resource}')"
+                ) from None
+            return False, holder
         except _NoAnswer as exc:
             raise BackendUnavailable(
                 f"cannot tell whether the lease on {resource!r} was acquired: the "
@@ -419,6 +437,12 @@ class Http(LeaseBackend):
         with self._operation():
             data = self._call("GET", "/v1/history", query=query)
         return [_event(item) for item in data.get("events", [])]
+
+    def _mine(self, lease: Lease) -> bool:
+        """Whether `lease` is held as this token's principal."""
+        if self._principal is None:
+            self._principal = str(self._call("GET", "/v1/whoami").get("principal"))
+        return lease.principal == self._principal
 
     def whoami(self) -> dict[str, Any]:
         with self._operation():

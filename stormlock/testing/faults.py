@@ -14,7 +14,7 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 HOST = "127.0.0.1"
 
@@ -52,21 +52,29 @@ class PartitionProxy:
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lost = 0
+        self._on_lost: Callable[[], object] | None = None
         self._lost_lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def lose_answers(self, count: int = 1) -> None:
+    def lose_answers(
+        self, count: int = 1, then: Callable[[], object] | None = None
+    ) -> None:
         """The next `count` answers from upstream are dropped and the client's
-        connection is reset: a request that arrived, an answer that did not."""
+        connection is reset: a request that arrived, an answer that did not.
+        `then` runs after each is dropped, before the client learns of it."""
         with self._lost_lock:
             self._lost = count
+            self._on_lost = then
 
     def _losing(self) -> bool:
         with self._lost_lock:
             if self._lost <= 0:
                 return False
             self._lost -= 1
-            return True
+            then = self._on_lost
+        if then is not None:
+            then()
+        return True
 
     def freeze(self) -> None:
         self._flowing.clear()
