@@ -180,9 +180,17 @@ class UnknownBackendError(StormlockError):
 
 
 class BackendUnavailable(StormlockError):
-    """The backend could not be reached, or did not answer in time."""
+    """The backend could not be reached, or did not answer in time.
+
+    `nothing_sent`: the request certainly never reached the store (the
+    connection was refused), so nothing changed and a waiting acquire may
+    simply try again."""
 
     exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, nothing_sent: bool = False) -> None:
+        super().__init__(message)
+        self.nothing_sent = nothing_sent
 
 
 class RateLimited(StormlockError):

@@ -19,7 +19,12 @@ from .backend import (
     utcnow,
 )
 from .config import DEFAULT_TTL, Config, load_config
-from .errors import InvalidInput, StormlockError, UnsupportedOperation
+from .errors import (
+    BackendUnavailable,
+    InvalidInput,
+    StormlockError,
+    UnsupportedOperation,
+)
 from .names import (
     RECORD_PREFIX,
     control_characters,
@@ -125,8 +130,9 @@ class StormLock:
 
         With `wait`, keep trying (backoff with jitter, never sooner than the
         holder's expiry would allow) until the lock is free or `wait` runs
-        out; then raise the last `LockHeldException`. Setting `cancel` stops
-        the wait early.
+        out; then raise the last `LockHeldException`. A store that refused the
+        connection (nothing sent) is waited out too, within `wait`. Setting
+        `cancel` stops the wait early.
         """
         return self.acquire_timed(ttl, note, wait, cancel)[0]
 
@@ -150,16 +156,19 @@ class StormLock:
                     self.resource, self.principal, ttl, note
                 )
                 return lease, started
-            except LockHeldException as held:
+            except (LockHeldException, BackendUnavailable) as failed:
                 if deadline is None:
                     raise
+                if isinstance(failed, BackendUnavailable) and not failed.nothing_sent:
+                    raise  # it may have gone through: never try blindly again
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise
                 import random  # only waiting needs it; start-up stays lean
 
                 pause = random.uniform(delay / 2, delay)  # noqa: S311 - jitter
-                expires = held.lease.expires if held.lease else None
+                held = failed.lease if isinstance(failed, LockHeldException) else None
+                expires = held.expires if held else None
                 if expires is not None:
                     # No point polling long before the holder's lease can end...
                     until_free = (expires - utcnow()).total_seconds()

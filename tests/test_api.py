@@ -480,3 +480,94 @@ def test_a_lost_answer_the_server_cannot_replay_is_unknown_not_held(
             assert holder is not None and holder.principal == "ci-deploy"
         finally:
             backend.close()
+
+
+# -- bad weather at the server ----------------------------------------------------
+
+
+def test_a_silent_store_behind_the_api_is_503_within_its_timeout(
+    tmp_path: Path, cli: CliRunner, write_config: Callable[[str], Path]
+) -> None:
+    from stormlock.testing.faults import silent_server
+
+    with silent_server() as silent:
+        # Tokens live in the default store (SQLite); prod-db's store is silent.
+        extra = (
+            "\n[prod-db]\nbackend = redis\n\n[backend.redis]\n"
+            f"url = redis://127.0.0.1:{silent.port}/0\ntimeout = 1\n"
+        )
+        with run_api(tmp_path, extra) as api:
+            token = api.token("ci", "ci-deploy")
+            started = time.monotonic()
+            answer = call(
+                api, "POST", "/v1/acquire", token, json={"resource": "prod-db"}
+            )
+            took = time.monotonic() - started
+            assert answer.status_code == 503 and error_of(answer)["exit_code"] == 70
+            assert took < 1 + 1.5, f"the API took {took:.1f}s with a 1s store timeout"
+            path = write_config(http_config(api))
+            result = cli(
+                "-c", str(path), "current", "prod-db", env={"STORMLOCK_TOKEN": token}
+            )
+            assert result.returncode == 70, result.stderr
+            one_line_error(result.stderr)
+            # The rest of the API still answers.
+            assert call(api, "GET", "/v1/current", token, params={"resource": "x"}).ok
+
+
+def test_a_wait_goes_on_while_the_api_server_restarts(
+    tmp_path: Path, home: Path, write_config: Callable[[str], Path]
+) -> None:
+    import subprocess
+
+    from stormlock.testing.env import STORMLOCK, clean_env
+
+    with run_api(tmp_path) as api:
+        holder = api.token("holder", "alice")
+        lease = call(api, "POST", "/v1/acquire", holder, json={"resource": "db"})
+        lease_id = lease.json()["lease"]["id"]
+        path = write_config(http_config(api))
+        env = clean_env(home)
+        env["STORMLOCK_TOKEN"] = api.token("ci", "ci-deploy")
+        api.stop()
+        waiting = subprocess.Popen(
+            [STORMLOCK, "-c", str(path), "acquire", "-w", "40s", "db"],
+            cwd=home,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Refused connections for a while: it keeps waiting, it does not exit 70.
+            time.sleep(1.5)
+            assert waiting.poll() is None, waiting.communicate()
+            api.start()
+            released = call(
+                api,
+                "POST",
+                "/v1/release",
+                holder,
+                json={"resource": "db", "id": lease_id},
+            )
+            assert released.json() == {"released": True}
+            out, err = waiting.communicate(timeout=40)
+            assert waiting.returncode == 0, err
+            assert re.fullmatch(r"[0-9a-f-]{36}", out.strip())
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+
+
+def test_a_wrong_content_type_is_400_in_one_line(api: ApiServer) -> None:
+    token = api.token("t", "ci")
+    answer = call(
+        api,
+        "POST",
+        "/v1/acquire",
+        token,
+        data="resource=db",
+    )
+    assert answer.status_code == 400
+    assert "application/json" in error_of(answer)["message"]

@@ -303,6 +303,12 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
             retry = 60.0 if kind.code == "rate_limited" else None
             log.warning("refused an API request from %s: %s", _address(), kind.code)
             return _error(kind.code, one_line(error.message), retry=retry)
+        if request.method == "POST" and not request.is_json:
+            return _error(
+                "usage",
+                "send the body as JSON, with Content-Type: application/json; "
+                f"see {OPENAPI_PATH}",
+            )
         return None
 
     @app.route("/healthz")

@@ -221,11 +221,12 @@ class Http(LeaseBackend):
 
     # -- transport ------------------------------------------------------------
 
-    def _unreachable(self, why: str) -> BackendUnavailable:
+    def _unreachable(self, why: str, nothing_sent: bool = False) -> BackendUnavailable:
         return BackendUnavailable(
             f"the Stormlock API at {self.base} is unreachable or did not answer "
             f"within {self.timeout:g}s ({why}); check that it is up and "
-            "[backend.http] url"
+            "[backend.http] url",
+            nothing_sent,
         )
 
     def _send(
@@ -261,7 +262,7 @@ class Http(LeaseBackend):
             except (NewConnectionError, ConnectTimeoutError) as exc:
                 # Never sent: nothing happened on the server.
                 if attempt or not self.failed_fast(started):
-                    raise self._unreachable(type(exc).__name__) from None
+                    raise self._unreachable(type(exc).__name__, True) from None
             except HTTPError as exc:
                 # Sent, perhaps; a reset at once is worth one more try (an
                 # acquire's request id makes it safe), a silence is not.

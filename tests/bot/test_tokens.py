@@ -186,3 +186,26 @@ def test_a_service_tokens_lease_is_warned_and_expires_in_the_channel(
     # Nobody in Slack is ci-deploy: everything about prod-q went to the channel.
     about = [c for c in slack.calls if "prod-q" in str(c.payload)]
     assert {c.payload.get("channel") for c in about} == {CHANNEL}
+
+
+def test_a_lease_taken_through_the_api_shows_on_the_board(
+    bot: BotServer, slack: LocalSlack
+) -> None:
+    bot.command(ALICE, "board", channel="C0BOARD")
+    slack.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage" and c.payload.get("channel") == "C0BOARD"
+        ),
+        timeout=15,
+    )
+    secret = secret_in(text_of(bot.reply(ALICE, "token create laptop")))
+    taken = api(bot, "POST", "/v1/acquire", secret, json={"resource": "db-board"})
+    assert taken.status_code == 200, taken.text
+    slack.wait_for(
+        lambda c: (
+            c.method == "chat.update"
+            and c.payload.get("channel") == "C0BOARD"
+            and "db-board" in str(c.payload)
+        ),
+        timeout=20,
+    )
