@@ -18,7 +18,7 @@ from stormlock.backends import build_backend
 from stormlock.testing.servers import Server, run_api
 
 OPS = ("acquire", "renew", "current", "release")
-THREADS = 8
+CLIENTS = (16, 64)
 
 
 def _latencies(backend: Backend, n: int, tag: str) -> dict[str, list[float]]:
@@ -43,10 +43,11 @@ def _latencies(backend: Backend, n: int, tag: str) -> dict[str, list[float]]:
     return samples
 
 
-def _throughput(make: Callable[[], Backend], seconds: float, tag: str) -> float:
-    """Acquire-and-release cycles a second, THREADS clients on their own
-    resources."""
-    done = [0] * THREADS
+def _throughput(
+    make: Callable[[], Backend], seconds: float, tag: str, clients: int
+) -> float:
+    """Acquire-and-release cycles a second, `clients` on their own resources."""
+    done = [0] * clients
     stop = threading.Event()
 
     def worker(index: int) -> None:
@@ -63,7 +64,7 @@ def _throughput(make: Callable[[], Backend], seconds: float, tag: str) -> float:
         finally:
             backend.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -79,6 +80,7 @@ def section(
     options_for: Callable[[str, dict[str, Server], str], dict[str, str] | None],
     n: int,
     seconds: float,
+    repeats: int = 10,
 ) -> str:
     from bench.run import ms, percentile, table
 
@@ -86,10 +88,7 @@ def section(
     if options is None:
         return "### The HTTP API\n\nRedis is not installed: not measured."
     workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    store = "[default]\nbackend = redis\n[backend.redis]\n" + "".join(
-        f"{key} = {value}\n" for key, value in options.items()
-    )
-    with run_api(workdir, store=store) as api:
+    with run_api(workdir, store=("redis", options)) as api:
         url = api.url
         from stormlock.tokens import Tokens
 
@@ -115,41 +114,87 @@ def section(
                 finally:
                     backend.close()
             for op in OPS:
-                base = statistics.median(results["redis, direct"][op])
+                direct_samples = results["redis, direct"][op]
+                base50 = statistics.median(direct_samples)
+                base99 = percentile(direct_samples, 99)
                 for label in paths:
                     samples = results[label][op]
+                    p50, p99 = statistics.median(samples), percentile(samples, 99)
                     rows.append(
                         [
                             op,
                             label,
-                            ms(statistics.median(samples)),
-                            ms(percentile(samples, 99)),
-                            f"{statistics.median(samples) / base:.1f}",
+                            ms(p50),
+                            ms(p99),
+                            f"{p50 / base50:.1f}",
+                            f"{p99 / base99:.1f}",
                         ]
                     )
             rates = {
-                label: _throughput(make, seconds, f"tp-{label.split()[0]}")
+                (label, clients): _throughput(
+                    make, seconds, f"tp{clients}-{label.split()[0]}", clients
+                )
+                for clients in CLIENTS
                 for label, make in paths.items()
             }
+            startup = _startup(url, workdir, repeats)
         finally:
             del os.environ["STORMLOCK_TOKEN"]
-    base_rate = rates["redis, direct"]
     rate_rows = [
-        [label, f"{rate:.0f}", f"{rate / base_rate:.2f}"]
-        for label, rate in rates.items()
+        [
+            str(clients),
+            label,
+            f"{rate:.0f}",
+            f"{rate / rates[('redis, direct', clients)]:.2f}",
+        ]
+        for (label, clients), rate in rates.items()
     ]
     return (
-        f"### The HTTP API ({n} of each operation, one client; then {THREADS} "
-        f"clients for {seconds:g} s)\n\n"
-        + table(["operation", "path", "p50 ms", "p99 ms", "x direct"], rows)
-        + "\n\n"
+        f"### The HTTP API ({n} of each operation, one client; then 16 and 64 "
+        f"clients for {seconds:g} s each)\n\n"
         + table(
-            [f"path ({THREADS} clients)", "acquire+release cycles/s", "x direct"],
-            rate_rows,
+            ["operation", "path", "p50 ms", "p99 ms", "p50 x direct", "p99 x direct"],
+            rows,
         )
+        + "\n\n"
+        + table(["clients", "path", "acquire+release cycles/s", "x direct"], rate_rows)
+        + "\n\n"
+        + table(["command", "wall ms (median)", "x floor"], startup)
         + "\n\n"
         + API_NOTE
     )
+
+
+def _startup(url: str, workdir: Path, repeats: int) -> list[list[str]]:
+    """`stormlock current` on the http backend against a floor: Python plus
+    one HTTP request with the same client library (urllib3)."""
+    import subprocess
+    import sys
+
+    from bench.run import ms
+
+    config = workdir / "cli.cfg"
+    config.write_text(f"[default]\nbackend = http\n[backend.http]\nurl = {url}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    stormlock = str(Path(sys.executable).parent / "stormlock")
+    floor_code = (
+        f"import urllib3; urllib3.PoolManager().request('GET', {url + '/healthz'!r})"
+    )
+
+    def wall(command: list[str]) -> float:
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(command, env=env, capture_output=True, check=False)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    floor = wall([sys.executable, "-c", floor_code])
+    took = wall([stormlock, "-c", str(config), "current", "nothing-here"])
+    return [
+        ["`python -c 'import urllib3; one GET'` (floor)", ms(floor), "1.00"],
+        ["`stormlock current` on the http backend", ms(took), f"{took / floor:.2f}"],
+    ]
 
 
 API_NOTE = (

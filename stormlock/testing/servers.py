@@ -270,18 +270,26 @@ SERVERS = {
 
 @dataclass
 class ApiServer(Server):
-    """`stormlock serve` (the API under gunicorn) over a SQLite store."""
+    """`stormlock serve` (the API under gunicorn) over a store."""
 
     url: str = ""
     config: Path = field(default_factory=Path)
     store: Path = field(default_factory=Path)
+    """The SQLite store's file (when the store is SQLite)."""
+    store_name: str = "sqlite"
+    store_options: dict[str, str] = field(default_factory=dict)
+
+    def store_backend(self) -> Any:
+        """The API's store, reached directly (as whoever set it up)."""
+        from stormlock.backends import build_backend
+
+        return build_backend(self.store_name, self.store_options)
 
     def tokens(self) -> Any:
-        """The store's tokens, reached directly (as whoever set it up)."""
-        from stormlock.backends.sqlite import SQLite
+        """The store's tokens, reached directly."""
         from stormlock.tokens import Tokens
 
-        return Tokens(SQLite(path=str(self.store)))
+        return Tokens(self.store_backend())
 
     def token(self, name: str, principal: str = "ci-deploy", **scope: Any) -> str:
         """A new token's secret."""
@@ -296,9 +304,16 @@ class ApiServer(Server):
         return (self.config.parent / "api.log").read_text(errors="replace")
 
     def reset(self) -> None:
-        """Forget every lease, token and event (between tests)."""
+        """Forget every lease and token (and, on SQLite, every event)."""
         import sqlite3
 
+        if self.store_name != "sqlite":
+            from stormlock.names import RECORD_PREFIX
+
+            with self.store_backend() as backend:
+                for lease in backend.list_leases() + backend.list_prefix(RECORD_PREFIX):
+                    backend.release_lease(lease.resource, lease.id)
+            return
         with contextlib.closing(sqlite3.connect(self.store, timeout=10)) as db, db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             for table in ("stormlock_leases", "stormlock_history"):
@@ -311,19 +326,21 @@ def run_api(
     workdir: Path,
     extra: str = "",
     tls: tuple[Path, Path] | None = None,
-    store: str | None = None,
+    store: tuple[str, dict[str, str]] | None = None,
 ) -> Iterator[ApiServer]:
     """The API as users run it, `stormlock serve` under gunicorn, over a
     SQLite store in `workdir`; `extra` is added to its config file; `tls`
-    (certificate, key) serves https; `store` replaces the SQLite store's
-    sections with others. Its log goes to `workdir / "api.log"`."""
+    (certificate, key) serves https; `store` (a backend's name and options)
+    replaces the SQLite store. Its log goes to `workdir / "api.log"`."""
     port = free_port()
     path = workdir / "api-store.db"
     config = workdir / "api.cfg"
-    sections = (
-        store or f"[default]\nbackend = sqlite\n[backend.sqlite]\npath = {path}\n"
+    name, options = store or ("sqlite", {"path": str(path)})
+    config.write_text(
+        f"[default]\nbackend = {name}\n\n[backend.{name}]\n"
+        + "".join(f"{key} = {value}\n" for key, value in options.items())
+        + extra
     )
-    config.write_text(sections + extra)
     stormlock = str(Path(sys.executable).parent / "stormlock")
     command = [stormlock, "-c", str(config), "serve", "--host", HOST]
     command += ["--port", str(port), "--log-level", "WARNING"]
@@ -360,7 +377,15 @@ def run_api(
     url = f"{'https' if tls else 'http'}://{HOST}:{port}"
     try:
         yield ApiServer(
-            "api", executor, port, {"url": url}, url=url, config=config, store=path
+            "api",
+            executor,
+            port,
+            {"url": url},
+            url=url,
+            config=config,
+            store=path,
+            store_name=name,
+            store_options=options,
         )
     finally:
         executor.stop()
