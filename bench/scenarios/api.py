@@ -203,5 +203,7 @@ API_NOTE = (
     "plus the server's work: the token check (one store read), then the same "
     "store calls as a direct client (an acquire with a request id adds one "
     "read and one write, for its replay record). A CI job pays this once per "
-    "operation; `run` renews at a third of the TTL."
+    "operation; `run` renews at a third of the TTL. With many clients one "
+    "worker is CPU-bound (Flask, pydantic and the token check per request, on "
+    "cores the clients share): `stormlock serve --workers N` adds processes."
 )
