@@ -84,6 +84,14 @@ def _build_parser() -> argparse.ArgumentParser:
     acquire.add_argument(
         "-w", "--wait", metavar="DURATION", help="wait up to DURATION for the lock"
     )
+    acquire.add_argument(
+        "-f",
+        "--format",
+        choices=["id", "json"],
+        default="id",
+        help="id (default: the lease id alone) or json (id, resource, fence, "
+        "expires, members)",
+    )
     acquire.add_argument("resource")
 
     release = command("release", "release a lease (idempotent)")
@@ -237,11 +245,39 @@ def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> in
     if args.note and not lock.backend.supports(Feature.NOTES):
         _err(f"warning: the {backend_name} backend cannot store notes; ignored")
     lease = lock.acquire_lease(_ttl(args.ttl), args.note, _ttl(args.wait))
-    print(lease.id)
+    if args.format == "json":
+        import json
+
+        from .backend import iso
+
+        print(
+            json.dumps(
+                {
+                    "id": lease.id,
+                    "resource": lease.resource,
+                    "fence": lease.fence,
+                    "expires": iso(lease.expires) if lease.expires else None,
+                    "members": [lease.resource],
+                    "pool": lock.resource if lock.resource != lease.resource else None,
+                }
+            )
+        )
+    else:
+        print(lease.id)
     return 0
 
 
 def _current(lock: StormLock, args: argparse.Namespace) -> int:
+    from .pool import PoolLock
+
+    if isinstance(lock, PoolLock):  # each held member, one per line
+        held = lock.held()
+        if not held:
+            _err(f"no member of pool {lock.resource!r} is held")
+            return errors.EXIT_NOT_HELD
+        fmt = "id" if args.id_only else args.format
+        print("\n".join(CURRENT_FORMATS[fmt](lease) for lease in held))
+        return 0
     lease = lock.current()
     if lease is None:
         _err(f"no active lease on {lock.resource!r}")
@@ -263,7 +299,8 @@ def _list(config: Config, args: argparse.Namespace) -> int:
 
         print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
     elif leases:
-        print(lease_table(leases, args.ids))
+        pools = {m: pool.name for pool in config.pools().values() for m in pool.members}
+        print(lease_table(leases, args.ids, pools))
     else:
         _err("no active leases")
     return 0

@@ -30,6 +30,9 @@ DEFAULT_SECTION = "default"
 BOT_SECTION = "bot"
 API_SECTION = "api"
 BACKEND_PREFIX = "backend."
+POOL_PREFIX = "pool."
+# A section prefix a later version may give a meaning: never a resource.
+_RESERVED_PREFIXES = (BACKEND_PREFIX, POOL_PREFIX, "group.")
 _NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION, API_SECTION)
 
 
@@ -74,6 +77,13 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     return None
 
 
+class Pool(NamedTuple):
+    """`[pool.NAME]`: acquiring NAME takes any one free member."""
+
+    name: str
+    members: tuple[str, ...]
+
+
 class ResourceSettings(NamedTuple):
     resource: str
     backend: str
@@ -92,6 +102,16 @@ class Config:
         self._sections = {
             unicodedata.normalize("NFC", name): name for name in parser.sections()
         }
+        self._pools: dict[str, Pool] | None = None
+        # Which pool section each name falls back on (the pool's own name and
+        # its members): read raw, checked by `pools()`.
+        self._pool_of: dict[str, str] = {}
+        for section in parser.sections():
+            if section.startswith(POOL_PREFIX):
+                name = unicodedata.normalize("NFC", section[len(POOL_PREFIX) :])
+                self._pool_of.setdefault(name, section)
+                for member in _members(parser.get(section, "members", fallback="")):
+                    self._pool_of.setdefault(member, section)
 
     @property
     def source(self) -> str:
@@ -99,8 +119,11 @@ class Config:
 
     def value(self, resource: str | None, key: str, *fallbacks: str) -> str | None:
         """`key` from the resource's section, then each fallback section."""
-        section = self._sections.get(unicodedata.normalize("NFC", resource or ""))
+        name = unicodedata.normalize("NFC", resource or "")
+        section = self._sections.get(name)
         sections = [section] if section and self.is_resource_section(section) else []
+        if name in self._pool_of:  # a pool, or a member of one: the pool's section
+            sections.append(self._pool_of[name])
         sections += [*fallbacks, DEFAULT_SECTION]
         for section in sections:
             if self.parser.has_option(section, key):
@@ -122,7 +145,78 @@ class Config:
 
     @staticmethod
     def is_resource_section(name: str) -> bool:
-        return name not in _NOT_RESOURCES and not name.startswith(BACKEND_PREFIX)
+        return name not in _NOT_RESOURCES and not name.startswith(_RESERVED_PREFIXES)
+
+    def pools(self) -> dict[str, Pool]:
+        """Every `[pool.NAME]`, checked: members listed, valid, distinct, in
+        one pool only, on the pool's backend; no pool named like a resource."""
+        if self._pools is None:
+            self._pools = self._checked_pools()
+        return self._pools
+
+    def pool(self, name: str) -> Pool | None:
+        return self.pools().get(unicodedata.normalize("NFC", name))
+
+    def pool_of(self, member: str) -> str | None:
+        """The pool `member` belongs to, if any."""
+        for pool in self.pools().values():
+            if member in pool.members:
+                return pool.name
+        return None
+
+    def _checked_pools(self) -> dict[str, Pool]:
+        from .errors import InvalidResourceName
+        from .names import validate_resource
+
+        pools: dict[str, Pool] = {}
+        owner: dict[str, str] = {}
+        resources = {unicodedata.normalize("NFC", r) for r in self.resource_sections()}
+        for section in self.parser.sections():
+            if not section.startswith(POOL_PREFIX):
+                continue
+            where = f"{self.source}: [{section}]"
+            name = unicodedata.normalize("NFC", section[len(POOL_PREFIX) :])
+            raw = self.parser.get(section, "members", fallback="")
+            members = _members(raw)
+            try:
+                validate_resource(name)
+                for member in members:
+                    validate_resource(member)
+            except InvalidResourceName as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            if not members:
+                raise ConfigError(
+                    f"{where} has no members; list them: members = {name}-1, {name}-2"
+                )
+            if len(set(members)) != len(members):
+                twice = sorted({m for m in members if members.count(m) > 1})
+                raise ConfigError(f"{where} lists {twice[0]!r} twice; list it once")
+            if name in resources:
+                raise ConfigError(
+                    f"{where}: {name!r} is also a resource ([{name}]); rename one"
+                )
+            backend = self.value(name, "backend") or DEFAULT_BACKEND
+            for member in members:
+                if member in owner:
+                    raise ConfigError(
+                        f"{where}: {member!r} is already a member of pool "
+                        f"{owner[member]!r}; a resource belongs to one pool at most"
+                    )
+                owner[member] = name
+                own = self.value(member, "backend") or DEFAULT_BACKEND
+                if own != backend:
+                    raise ConfigError(
+                        f"{where}: member {member!r} lives on backend {own!r}, the "
+                        f"pool on {backend!r}; a pool's members share one backend"
+                    )
+            pools[name] = Pool(name, tuple(members))
+        for name in pools:
+            if name in owner:
+                raise ConfigError(
+                    f"{self.source}: pool {name!r} is also a member of pool "
+                    f"{owner[name]!r}; pools do not nest"
+                )
+        return pools
 
     def resource_sections(self) -> list[str]:
         return [s for s in self.parser.sections() if self.is_resource_section(s)]
@@ -191,6 +285,15 @@ class Config:
         if not self.parser.has_section(name):
             return None
         return dict(self.parser[name])
+
+
+def _members(raw: str) -> list[str]:
+    """`members = a, b, c` (commas or whitespace between names)."""
+    return [
+        unicodedata.normalize("NFC", part)
+        for part in raw.replace(",", " ").split()
+        if part
+    ]
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

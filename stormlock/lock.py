@@ -152,10 +152,7 @@ class StormLock:
         while True:
             started = time.monotonic()
             try:
-                lease = self.backend.acquire_lease(
-                    self.resource, self.principal, ttl, note
-                )
-                return lease, started
+                return self._attempt(ttl, note), started
             except (LockHeldException, BackendUnavailable) as failed:
                 if deadline is None:
                     raise
@@ -181,6 +178,10 @@ class StormLock:
                 else:
                     time.sleep(pause)
                 delay = min(delay * 2, _MAX_RETRY)
+
+    def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
+        """One try at the lease (a pool tries its members)."""
+        return self.backend.acquire_lease(self.resource, self.principal, ttl, note)
 
     def hold(
         self,
@@ -264,9 +265,21 @@ def lock_from_config(
 ) -> StormLock:
     """A `StormLock` with the resource's settings, on an already built backend.
 
-    `principal` overrides the configured one (the bot's users, say).
+    `principal` overrides the configured one (the bot's users, say). A
+    pool's name gives a `PoolLock`: any one free member.
     """
     settings = config.settings(resource)
+    pool = config.pool(resource)
+    if pool is not None:
+        from .pool import PoolLock
+
+        return PoolLock(
+            backend,
+            pool,
+            principal or settings.principal,
+            settings.ttl,
+            settings.max_ttl,
+        )
     return StormLock(
         backend,
         resource,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +73,26 @@ def lease_cols(lease: Lease) -> str:
     return "\t".join(_COLS) + "\n" + "\t".join(values)
 
 
-def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
+def lease_table(
+    leases: Sequence[Lease],
+    with_ids: bool = False,
+    pools: Mapping[str, str] | None = None,
+) -> str:
+    """Leases as a table; with `pools` (member -> pool), a pool's members
+    are listed together, under a POOL column."""
+    pools = pools or {}
+    grouped = any(lease.resource in pools for lease in leases)
+    if grouped:
+        leases = sorted(
+            leases,
+            key=lambda lease: (
+                pools.get(lease.resource, lease.resource),
+                lease.resource,
+            ),
+        )
     headers = ["RESOURCE", "PRINCIPAL", "SINCE", "EXPIRES", "NOTE"]
+    if grouped:
+        headers.insert(1, "POOL")
     if with_ids:
         headers.append("LEASE ID")
     rows = [headers]
@@ -86,6 +104,8 @@ def lease_table(leases: Sequence[Lease], with_ids: bool = False) -> str:
             short_time(lease.expires),
             printable(one_line(lease.note or "-")),
         ]
+        if grouped:
+            row.insert(1, printable(pools.get(lease.resource, "-")))
         if with_ids:
             row.append(lease.id)
         rows.append(row)

@@ -206,7 +206,7 @@ def run_command(
         env.update(
             STORMLOCK_LEASE_ID=held.lease.id,
             STORMLOCK_FENCE=str(held.fence),
-            STORMLOCK_RESOURCE=lock.resource,
+            STORMLOCK_RESOURCE=held.lease.resource or lock.resource,
         )
 
         if acquired is not None:
@@ -227,7 +227,8 @@ def run_command(
                 signal.signal(sig, handler)
     if held.lost_reason is not None:
         raise LeaseLost(
-            f"lost the lease on {lock.resource!r}: {held.lost_reason}; "
+            f"lost the lease on {held.lease.resource or lock.resource!r}: "
+            f"{held.lost_reason}; "
             "the command was stopped"
         )
     return returncode if returncode >= 0 else 128 - returncode

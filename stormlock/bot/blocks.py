@@ -246,14 +246,28 @@ def acquired(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
     )
 
 
-def announce_acquired(lease: Lease, namer: Namer) -> Message:
+def announce_acquired(lease: Lease, namer: Namer, pool: str | None = None) -> Message:
+    source = f" from *{escape(pool)}*" if pool else ""
     text = (
-        f":lock: {namer(lease.principal)} took *{escape(lease.resource)}*"
+        f":lock: {namer(lease.principal)} took *{escape(lease.resource)}*{source}"
         f" until {when(lease.expires)}"
     )
     if lease.note:
         text += f" — _{escape(lease.note)}_"
     return Message(f"{lease.resource} is now held", _render([_section(text)]))
+
+
+def pool_held(pool: str, holders: Sequence[Lease], namer: Namer) -> Message:
+    """Every member of a pool is held: by whom, until when."""
+    lines = [
+        f"• *{escape(lease.resource)}*: {namer(lease.principal)} until "
+        f"{when(lease.expires)}" + (f" — _{escape(lease.note)}_" if lease.note else "")
+        for lease in holders
+    ]
+    header = _section(f":no_entry: Every member of *{escape(pool)}* is held:")
+    return Message(
+        f"Every member of {pool} is held", _render([header, *_text_sections(lines)])
+    )
 
 
 def held(
@@ -687,6 +701,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return renewed(lease, offer)
         case core.Released(resource):
             return released(resource)
+        case core.Held(resource, lease, can_wait, holders) if holders:
+            return pool_held(resource, holders, namer)
         case core.Held(resource, lease, can_wait):
             return held(lease, resource, namer, can_wait)
         case core.Current(resource, lease):
@@ -716,8 +732,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
 def notice(told: core.Notice, namer: Namer) -> Message:
     """What a channel or a holder is told."""
     match told:
-        case core.TookLease(_channel, lease):
-            return announce_acquired(lease, namer)
+        case core.TookLease(_channel, lease, pool):
+            return announce_acquired(lease, namer, pool)
         case core.GaveUpLease(_channel, lease, actor, forced):
             return announce_released(lease, namer, actor, forced)
         case core.ForcedOff(_holder, lease, by):

@@ -19,6 +19,7 @@ from typing import Protocol
 from ..backend import Lease, LockHeldException
 from ..errors import BackendUnavailable, NotAllowed, StormlockError
 from ..history import ACQUIRED, FORCED, RELEASED, Event
+from ..pool import PoolHeld
 from ..tokens import Token
 from .metrics import CoolingDown
 from .parsing import Command
@@ -84,6 +85,8 @@ class Held:
     lease: Lease | None
     can_wait: bool = True
     """Whether a wait list can be offered (not in the shell)."""
+    holders: Sequence[Lease] = ()
+    """For a pool: every member's lease (all are held)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ class TookLease:
 
     channel: str
     lease: Lease
+    pool: str | None = None
+    """The pool it was taken from, if any ("took staging-3 from staging")."""
 
     @property
     def key(self) -> str:
@@ -313,7 +318,8 @@ class Core:
             return self._handle(ask)
         except LockHeldException as held:
             waits = self.state is not None
-            return Outcome(Held(held.resource, held.lease, waits), "held")
+            holders = held.holders if isinstance(held, PoolHeld) else ()
+            return Outcome(Held(held.resource, held.lease, waits, holders), "held")
         except PersonUnknown as exc:
             return Outcome(Problem(f"{exc.message}; nothing changed."), "unavailable")
         except BackendUnavailable as exc:
@@ -463,8 +469,10 @@ class Core:
         offer = self.renew_offer(lease, ask.command.ttl)
         outcome = Outcome(Acquired(lease, offer), changed=True)
         channel = self._announce_in(lease.resource, ask)
+        asked = ask.command.resource
+        pool = asked if asked and asked != lease.resource else None
         if channel:
-            outcome.notices.append(TookLease(channel, lease))
+            outcome.notices.append(TookLease(channel, lease, pool))
         if ask.channel and self.state and not self.service.keeps_channel(lease):
             # The expiry notice's channel: history has it with the change,
             # unless this backend keeps no history.
@@ -480,7 +488,8 @@ class Core:
         result = self.service.release(
             person, resource, command.lease_id, command.force, ask.fence, channel
         )
-        outcome = Outcome(Released(resource), freed=resource, changed=True)
+        member = result.lease.resource or resource  # a pool's: the member
+        outcome = Outcome(Released(member), freed=member, changed=True)
         actor = person.principal
         if person.is_principal(result.lease.principal):
             actor = result.lease.principal  # the holder, however recorded

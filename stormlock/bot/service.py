@@ -34,6 +34,7 @@ from ..errors import (
 from ..history import Event, acting
 from ..lock import StormLock, list_all, lock_from_config
 from ..names import RECORD_PREFIX, validate_resource
+from ..pool import PoolLock
 from ..tokens import Tokens
 from .metrics import TimedBackend
 from .settings import BotSettings
@@ -150,7 +151,14 @@ class LeaseService:
     def check_resource(self, resource: str) -> str:
         resource = validate_resource(resource)
         allowed = self.settings.resources
-        if allowed and resource not in allowed:
+        # A listed pool admits its members too (its leases' buttons name them).
+        pooled = {
+            member
+            for name in allowed
+            if (pool := self.config.pool(name)) is not None
+            for member in pool.members
+        }
+        if allowed and resource not in allowed and resource not in pooled:
             close = difflib.get_close_matches(resource, allowed, n=3, cutoff=0.6)
             hint = (
                 f"did you mean {', '.join(close)}?"
@@ -227,6 +235,7 @@ class LeaseService:
     ) -> Released:
         """Release by lease id, as the holder, or (admins, with force) anyone's;
         with `fence`, only the lease that fence names (a button's)."""
+        resource = self._member(person, resource, lease_id)
         lock = self.lock(person, resource)
         lease = lock.current()
         if lease is None:
@@ -253,6 +262,26 @@ class LeaseService:
             raise NoLease(f"{resource!r} changed hands meanwhile; look again")
         return Released(lease, forced)
 
+    def _member(
+        self, person: Person, resource: str, lease_id: str | None = None
+    ) -> str:
+        """For a pool's name, the member meant: the lease id's, else yours."""
+        lock = self.lock(person, resource)
+        if not isinstance(lock, PoolLock):
+            return resource
+        if lease_id is not None:
+            member = lock.member_of(lease_id)
+            if member is None:
+                raise NoLease(f"that lease id is not active in pool {resource!r}")
+            return member
+        for lease in lock.held():
+            if person.is_principal(lease.principal):
+                return lease.resource
+        raise NoLease(
+            f"you hold no member of pool {resource!r}; name the member "
+            f"({', '.join(lock.members[:5])}...) to act on someone else's"
+        )
+
     def renew(
         self,
         person: Person,
@@ -262,6 +291,7 @@ class LeaseService:
     ) -> Lease:
         """Renew your own lease on `resource` (no lease id needed); with
         `fence`, only the lease that fence names (a button's)."""
+        resource = self._member(person, resource)
         lock = self.lock(person, resource)
         lease = lock.current()
         if lease is None:

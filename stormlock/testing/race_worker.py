@@ -32,3 +32,21 @@ def race(
                 results.put((round_, worker, None, None))
     finally:
         backend.close()
+
+
+def race_pool(
+    config: str, pool: str, barrier: Barrier, results: Any, worker: int
+) -> None:
+    """Wait for every racer, then try once to take any member of `pool`."""
+    from stormlock.lock import load_lock
+
+    lock = load_lock(pool, config)
+    try:
+        barrier.wait(timeout=120)
+        try:
+            lease = lock.acquire_lease(timedelta(minutes=10))
+            results.put((worker, lease.resource, lease.id))
+        except LockHeldException:
+            results.put((worker, None, None))
+    finally:
+        lock.close()

@@ -1,0 +1,166 @@
+"""Pools: `[pool.staging]` with `members = staging-1, staging-2, ...`.
+
+Acquiring the pool's name takes a lease on one free member, chosen fairly:
+the member free the longest first (by its last change in history), so that
+use spreads over them. Each try is the backend's own atomic acquire of one
+member, so a pool of N never has more than N holders, nor two on one member.
+The lease is the member's: its id renews and releases it through the pool's
+name or the member's.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from .backend import (
+    Backend,
+    Feature,
+    Lease,
+    LockExpiredException,
+    LockHeldException,
+    describe_holder,
+    plausible_lease_id,
+)
+from .errors import UnsupportedOperation
+from .lock import StormLock
+
+if TYPE_CHECKING:
+    from .config import Pool
+    from .history import Event as HistoryEvent
+
+_NEVER = datetime.min
+
+
+class PoolHeld(LockHeldException):
+    """Every member of the pool is held; `holders` are their leases."""
+
+    def __init__(self, pool: str, holders: list[Lease]) -> None:
+        self.holders = holders
+        first = holders[0] if holders else None
+        super().__init__(pool, first)
+        if holders:
+            listed = "; ".join(describe_holder(h.resource, h) for h in holders)
+            self.message = f"every member of pool {pool!r} is held: {listed}"
+        else:
+            self.message = f"every member of pool {pool!r} is held; try again"
+
+
+class PoolLock(StormLock):
+    """A lock on any one free member of a pool."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        pool: Pool,
+        principal: str,
+        ttl: timedelta,
+        max_ttl: timedelta | None = None,
+    ) -> None:
+        super().__init__(backend, pool.name, principal, ttl, max_ttl)
+        self.pool = pool
+        self.members = pool.members
+        self._taken: dict[str, str] = {}  # lease id -> member, for renewals
+
+    # -- choosing -------------------------------------------------------------
+
+    def held(self) -> list[Lease]:
+        """The members' active leases, by member."""
+        members = set(self.members)
+        if self.backend.supports(Feature.LIST):
+            try:
+                found = [
+                    lease
+                    for lease in self.backend.list_leases()
+                    if lease.resource in members
+                ]
+                return sorted(found, key=lambda lease: lease.resource)
+            except UnsupportedOperation:
+                pass
+        leases = []
+        for member in self.members:
+            lease = self.backend.current(member)
+            if lease is not None:
+                leases.append(lease._replace(resource=lease.resource or member))
+        return leases
+
+    def _last_change(self, member: str) -> datetime:
+        events = self.backend.history(member, limit=1)
+        return events[-1].time.replace(tzinfo=None) if events else _NEVER
+
+    def order(self, held: list[Lease]) -> list[str]:
+        """The free members, the one free the longest first. Without history,
+        from a random start, so that use still spreads."""
+        busy = {lease.resource for lease in held}
+        free = [member for member in self.members if member not in busy]
+        if self.backend.supports(Feature.HISTORY):
+            try:
+                return sorted(free, key=self._last_change)
+            except UnsupportedOperation:
+                pass
+        start = random.randrange(len(free)) if free else 0  # noqa: S311 - spread
+        return free[start:] + free[:start]
+
+    def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
+        held = self.held()
+        for member in self.order(held):
+            try:
+                lease = self.backend.acquire_lease(member, self.principal, ttl, note)
+            except LockHeldException as taken:
+                if taken.lease is not None:
+                    held.append(taken.lease)
+                continue  # someone took it since we looked: the next one
+            lease = lease._replace(resource=lease.resource or member)
+            self._taken[lease.id] = lease.resource
+            return lease
+        raise PoolHeld(self.pool.name, sorted(held, key=lambda lease: lease.resource))
+
+    # -- one lease, through the pool's name ---------------------------------------
+
+    def member_of(self, lease_id: str) -> str | None:
+        """The member whose active lease `lease_id` is, if any."""
+        if not plausible_lease_id(lease_id):
+            return None
+        known = self._taken.get(lease_id)
+        if known is not None:
+            return known
+        for member in self.members:
+            if self.backend.is_current(member, lease_id):
+                return member
+        return None
+
+    def renew(self, lease_id: str, ttl: timedelta | None = None) -> Lease:
+        ttl = self._ttl(ttl)
+        member = self.member_of(lease_id)
+        if member is None:
+            raise LockExpiredException(self.pool.name)
+        lease = self.backend.renew_lease(member, lease_id, ttl)
+        return lease._replace(resource=lease.resource or member)
+
+    def release(self, lease_id: str) -> bool | None:
+        member = self.member_of(lease_id)
+        if member is None:
+            return False
+        self._taken.pop(lease_id, None)
+        return self.backend.release_lease(member, lease_id)
+
+    def is_current(self, lease_id: str) -> bool:
+        return self.member_of(lease_id) is not None
+
+    def current(self) -> Lease | None:
+        """The first held member's lease (`held()` gives them all)."""
+        held = self.held()
+        return held[0] if held else None
+
+    def history(
+        self,
+        since: datetime | None = None,
+        principal: str | None = None,
+        limit: int | None = None,
+    ) -> list[HistoryEvent]:
+        events: list[HistoryEvent] = []
+        for member in self.members:
+            events += self.backend.history(member, since, principal, limit)
+        events.sort(key=lambda event: event.time)
+        return events[-limit:] if limit else events
