@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
+import subprocess
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_the_cli_takes_a_pool(
         "[default]\nprincipal = alice\n[backend.sqlite]\npath = locks.db\n" + POOL
     )
 
-    def run(*args: str) -> object:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
         return cli("-c", str(path), *args)
 
     first = run("acquire", "staging", "-f", "json", "-n", "deploy")
