@@ -152,3 +152,22 @@ def test_bad_pools_are_one_line_with_exit_68(
     result = cli("-c", str(path), "acquire", "p")
     assert result.returncode == 68, result.stderr
     assert says in one_line_error(result.stderr)
+
+
+def test_a_wait_on_a_full_pool_gets_the_first_member_freed(pool_config: Path) -> None:
+    import threading
+
+    with load_lock("staging", pool_config) as lock:
+        leases = [lock.acquire_lease() for _ in range(3)]
+        got: list[str] = []
+        waiter = threading.Thread(
+            target=lambda: got.append(
+                load_lock("staging", pool_config)
+                .acquire_lease(wait=timedelta(seconds=30))
+                .resource
+            )
+        )
+        waiter.start()
+        assert lock.release(leases[1].id)
+        waiter.join(timeout=60)
+        assert got == [leases[1].resource]

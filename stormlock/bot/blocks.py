@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -367,15 +367,29 @@ def _lease_sections(
     max_blocks: int,
     limit: int | None = None,
     note_limit: int | None = None,
+    pools: Mapping[str, str] | None = None,
 ) -> list[Block]:
     """Leases as a few sections, each under Slack's text limit; the rest (past
-    the block budget or `limit` leases) summarised."""
+    the block budget or `limit` leases) summarised. With `pools` (member ->
+    pool), a pool's members are listed together and say their pool."""
+    pools = pools or {}
+    if pools:
+        leases = sorted(
+            leases,
+            key=lambda lease: (
+                pools.get(lease.resource, lease.resource),
+                lease.resource,
+            ),
+        )
     blocks: list[Block] = []
     lines: list[str] = []
     size = 0
     shown = 0
     for lease in leases[:limit]:
-        line = _lease_line(lease, namer, note_limit)[: MAX_TEXT - 10]
+        line = _lease_line(lease, namer, note_limit)
+        if lease.resource in pools:
+            line = f"{line} · pool *{escape(pools[lease.resource])}*"
+        line = line[: MAX_TEXT - 10]
         if size + len(line) + 1 > MAX_TEXT:
             if len(blocks) + 2 >= max_blocks:
                 break
@@ -400,14 +414,19 @@ def _lease_sections(
     return blocks
 
 
-def lease_list(leases: Sequence[Lease], namer: Namer) -> Message:
+def lease_list(
+    leases: Sequence[Lease], namer: Namer, pools: Mapping[str, str] | None = None
+) -> Message:
     if not leases:
         return Message(
             "Nothing is held",
             _render([_section(":white_check_mark: Nothing is held right now.")]),
         )
     header = HeaderBlock(text=f"{len(leases)} held right now")
-    blocks: list[Block] = [header, *_lease_sections(leases, namer, MAX_BLOCKS - 1)]
+    blocks: list[Block] = [
+        header,
+        *_lease_sections(leases, namer, MAX_BLOCKS - 1, pools=pools),
+    ]
     return Message(f"{len(leases)} leases held", _render(blocks))
 
 
@@ -505,12 +524,13 @@ def home(
     namer: Namer,
     renew_choices: Callable[[Lease], Sequence[timedelta]],
     recent: Sequence[Event] = (),
+    pools: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The App Home tab: your leases with buttons, your recent ones, then
     everything held; within Slack's view size, by cutting long notes first."""
     for note_limit, held_limit in _HOME_FITS:
         view = _home(
-            everyone, mine, namer, renew_choices, recent, note_limit, held_limit
+            everyone, mine, namer, renew_choices, recent, note_limit, held_limit, pools
         )
         if len(json.dumps(view).encode()) <= MAX_VIEW_BYTES:
             break
@@ -529,6 +549,7 @@ def _home(
     recent: Sequence[Event],
     note_limit: int | None,
     held_limit: int,
+    pools: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     blocks: list[Block] = [HeaderBlock(text="Your leases")]
     if not mine:
@@ -551,7 +572,9 @@ def _home(
     blocks += [DividerBlock(), HeaderBlock(text="Held right now")]
     if everyone:
         budget = MAX_VIEW_BLOCKS - len(blocks)
-        blocks += _lease_sections(everyone, namer, budget, held_limit, note_limit)
+        blocks += _lease_sections(
+            everyone, namer, budget, held_limit, note_limit, pools
+        )
     else:
         blocks.append(_section("Nothing is held right now."))
     return {"type": "home", "blocks": [_defused(b) for b in _render(blocks)]}
@@ -565,7 +588,9 @@ def home_of(
     """The App Home view of what the core drew (or of why it could not)."""
     if isinstance(drawn, core.Problem):
         return {"type": "home", "blocks": problem(drawn.text).blocks}
-    return home(drawn.everyone, drawn.mine, namer, renew_choices, drawn.recent)
+    return home(
+        drawn.everyone, drawn.mine, namer, renew_choices, drawn.recent, drawn.pools
+    )
 
 
 def warning(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
@@ -627,13 +652,15 @@ def waiting(resource: str, cancelled: bool = False) -> Message:
     return Message(said.format(resource), _render([_section(text)]))
 
 
-def board(leases: Sequence[Lease], namer: Namer) -> Message:
+def board(
+    leases: Sequence[Lease], namer: Namer, pools: Mapping[str, str] | None = None
+) -> Message:
     """The live status board: every active lease, kept current."""
     header = HeaderBlock(text="Stormlock: held right now")
     if not leases:
         body: list[Block] = [_section("Nothing is held right now.")]
     else:
-        body = _lease_sections(leases, namer, MAX_BLOCKS - 2)
+        body = _lease_sections(leases, namer, MAX_BLOCKS - 2, pools=pools)
     updated = ContextBlock(
         elements=[MarkdownTextObject(text=f"Updated {when(datetime.now(UTC))}")]
     )
@@ -709,8 +736,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return current(resource, lease, namer)
         case core.IsHeld(resource, active):
             return is_held(resource, active)
-        case core.Listing(leases):
-            return lease_list(leases, namer)
+        case core.Listing(leases, pools):
+            return lease_list(leases, namer, pools)
         case core.Help(unknown):
             return help_message(unknown)
         case core.Waiting(resource, cancelled):

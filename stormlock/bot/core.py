@@ -10,7 +10,7 @@ shell) sends them. Commands and buttons take the same path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -104,6 +104,8 @@ class IsHeld:
 @dataclass(frozen=True)
 class Listing:
     leases: Sequence[Lease]
+    pools: Mapping[str, str] = field(default_factory=dict)
+    """Member -> pool, to list a pool's members together."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ class Home:
     everyone: Sequence[Lease]
     mine: Sequence[Lease]
     recent: Sequence[Event]
+    pools: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -348,7 +351,7 @@ class Core:
         except StormlockError as exc:  # the rest of the Home still helps
             log.warning("App Home history: %s", exc)
             recent = []
-        return Home(everyone, mine, recent)
+        return Home(everyone, mine, recent, self.service.pools())
 
     def verify(self, ask: Ask) -> Outcome | None:
         """What became of a change whose outcome was unknown, told as its
@@ -427,7 +430,7 @@ class Core:
         if name == "help":
             return Outcome(Help(command.unknown))
         if name == "list":
-            return Outcome(Listing(self.service.list_leases()))
+            return Outcome(Listing(self.service.list_leases(), self.service.pools()))
         resource = command.resource or ""
         if name == "current":
             return Outcome(Current(resource, self.service.current(resource)))

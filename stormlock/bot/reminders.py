@@ -380,7 +380,7 @@ class Reminders:
 
     def post_board(self, channel: str) -> str | None:
         leases = self.service.list_leases()
-        message = blocks.board(leases, self.directory.display)
+        message = blocks.board(leases, self.directory.display, self.service.pools())
         try:
             posted = self.outbox.client.chat_postMessage(
                 channel=channel, **message.kwargs()
@@ -407,7 +407,7 @@ class Reminders:
         if stats is not None and digest == self._board_digest:
             return  # nothing changed since this replica last drew them
         self._board_digest = digest
-        message = blocks.board(leases, self.directory.display)
+        message = blocks.board(leases, self.directory.display, self.service.pools())
         for key, record in boards:
             channel = key[len("board/") :]
             try:

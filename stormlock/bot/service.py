@@ -262,6 +262,14 @@ class LeaseService:
             raise NoLease(f"{resource!r} changed hands meanwhile; look again")
         return Released(lease, forced)
 
+    def pools(self) -> dict[str, str]:
+        """Member -> pool, for every configured pool."""
+        return {
+            member: pool.name
+            for pool in self.config.pools().values()
+            for member in pool.members
+        }
+
     def _member(
         self, person: Person, resource: str, lease_id: str | None = None
     ) -> str:

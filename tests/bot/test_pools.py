@@ -49,3 +49,19 @@ def test_a_pool_is_taken_announced_and_released_by_its_name(
     assert f"*{member}*" in text_of(bot.reply(BOB, "acquire staging 1h"))
     nothing = text_of(bot.reply(ALICE, "release staging"))
     assert "you hold no member of pool" in nothing
+
+
+def test_the_list_and_the_board_say_which_pool_a_member_is_of(
+    bot: BotServer, slack: LocalSlack
+) -> None:
+    bot.reply(ALICE, "acquire staging 1h")
+    listed = text_of(bot.reply(ALICE, "list"))
+    assert "pool *staging*" in listed
+    bot.command(ALICE, "board", channel="C0BOARD")
+    [posted] = slack.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage" and c.payload.get("channel") == "C0BOARD"
+        ),
+        timeout=15,
+    )
+    assert "pool *staging*" in str(posted.payload)
