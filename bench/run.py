@@ -34,6 +34,7 @@ from bench.scenarios import (
     bot_reply,
     contention,
     history,
+    pools,
     scheduler_scaling,
 )
 from stormlock.backend import Backend, Lease
@@ -42,7 +43,7 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,history,contention,api,bot,reply,overload,scheduler,cli"
+ALL_SECTIONS = "backends,history,contention,pools,api,bot,reply,overload,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             "contention",
             lambda r: contention.section(r, options_for, 3 if quick else 100),
         ),
+        ("pools", lambda r: pools.section(r, options_for, 5 if quick else 200)),
         (
             "api",
             lambda r: api.section(

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from .config import Pool
     from .history import Event as HistoryEvent
 
-_NEVER = datetime.min
-
 
 class PoolHeld(LockHeldException):
     """Every member of the pool is held; `holders` are their leases."""
@@ -85,22 +83,27 @@ class PoolLock(StormLock):
                 leases.append(lease._replace(resource=lease.resource or member))
         return leases
 
-    def _last_change(self, member: str) -> datetime:
-        events = self.backend.history(member, limit=1)
-        return events[-1].time.replace(tzinfo=None) if events else _NEVER
-
     def order(self, held: list[Lease]) -> list[str]:
-        """The free members, the one free the longest first. Without history,
-        from a random start, so that use still spreads."""
+        """The free members, the one free the longest first: from one read of
+        the store's latest events (a member absent from them has been free
+        longer than any in them). Without history, from a random start, so
+        that use still spreads."""
         busy = {lease.resource for lease in held}
         free = [member for member in self.members if member not in busy]
+        last: dict[str, datetime] = {}
         if self.backend.supports(Feature.HISTORY):
             try:
-                return sorted(free, key=self._last_change)
+                window = max(50, 4 * len(self.members))
+                for event in self.backend.history(None, limit=window):
+                    if event.resource in busy:
+                        continue
+                    last[event.resource] = event.time  # oldest first: the last wins
             except UnsupportedOperation:
                 pass
-        start = random.randrange(len(free)) if free else 0  # noqa: S311 - spread
-        return free[start:] + free[:start]
+        unseen = [member for member in free if member not in last]
+        start = random.randrange(len(unseen)) if unseen else 0  # noqa: S311 - spread
+        seen = sorted((m for m in free if m in last), key=lambda m: last[m])
+        return unseen[start:] + unseen[:start] + seen
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         held = self.held()
