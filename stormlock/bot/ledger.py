@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..backend import Lease, LockExpiredException, utcnow
+from ..backend import Lease, utcnow
 from ..names import RECORD_PREFIX
 from .records import Records
 
@@ -35,9 +35,7 @@ class Ledger:
         """It went out (or Slack refused it for good): nobody sends it again.
         A claim that lapsed while Slack took its time is recorded anew (a
         sender that claimed it meanwhile may have sent it too)."""
-        try:
-            self.records.backend.renew_lease(claim.resource, claim.id, SENT_TTL)
-        except LockExpiredException:
+        if not self.records.keep(claim, SENT_TTL):
             key = claim.resource[len(RECORD_PREFIX + _PREFIX) :]
             self.records.claim(_PREFIX + key, SENT_TTL)
 

@@ -8,7 +8,6 @@ on every backend, plugins included, and survives restarts.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
 
 from ..backend import Backend, Lease, LockExpiredException, LockHeldException
@@ -28,10 +27,13 @@ class Records:
         except LockHeldException:
             return None
 
-    def keep(self, record: Lease, ttl: timedelta) -> None:
-        """Extend a record we created."""
-        with contextlib.suppress(LockExpiredException):  # gone: nothing to keep
+    def keep(self, record: Lease, ttl: timedelta) -> bool:
+        """Extend a record we created; False if it is gone (it lapsed)."""
+        try:
             self.backend.renew_lease(record.resource, record.id, ttl)
+        except LockExpiredException:
+            return False
+        return True
 
     def drop(self, record: Lease) -> bool:
         """Delete a record; True only for the one caller that deleted it."""
