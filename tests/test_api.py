@@ -571,3 +571,23 @@ def test_a_wrong_content_type_is_400_in_one_line(api: ApiServer) -> None:
     )
     assert answer.status_code == 400
     assert "application/json" in error_of(answer)["message"]
+
+
+def test_behind_a_proxy_the_limit_counts_each_forwarded_client(tmp_path: Path) -> None:
+    with run_api(tmp_path, "[api]\nfailed_auth_limit = 2\nproxies = 1\n") as api:
+
+        def guess(client: str) -> int:
+            return requests.get(
+                api.url + "/v1/leases",
+                headers={
+                    "Authorization": "Bearer stl_" + "D" * 43,
+                    "X-Forwarded-For": client,
+                },
+                timeout=TIMEOUT,
+            ).status_code
+
+        assert [guess("10.0.0.1") for _ in range(3)] == [401, 401, 429]
+        assert guess("10.0.0.2") == 401, (
+            "another client behind the proxy is not limited"
+        )
+        assert "10.0.0.1" in api.log()

@@ -20,8 +20,8 @@ from flask_openapi3.openapi import OpenAPI
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ..backend import Lease, LockHeldException, iso
-from ..config import Config
-from ..errors import EXIT_INTERNAL, InvalidTTL, StormlockError, one_line
+from ..config import API_SECTION, Config
+from ..errors import EXIT_INTERNAL, ConfigError, InvalidTTL, StormlockError, one_line
 from ..history import Event
 from ..render import lease_dict
 from ..ttl import parse_duration
@@ -269,6 +269,17 @@ def _address() -> str:
     return request.remote_addr or "unknown"
 
 
+def _proxies(config: Config) -> int:
+    """`[api] proxies`: how many proxies in front may set X-Forwarded-For."""
+    raw = config.value(None, "proxies", API_SECTION) or "0"
+    if not raw.isdigit() or int(raw) > 10:
+        raise ConfigError(
+            f"{config.source}: [api] proxies = {raw!r} must be the number of "
+            "proxies in front of the API (0 to 10)"
+        )
+    return int(raw)
+
+
 def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
     """The API's WSGI app over `config`'s backends."""
     service = service or ApiService(config)
@@ -283,6 +294,13 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["stormlock"] = service
+    proxies = _proxies(config)
+    if proxies:
+        # Behind a TLS proxy, the client's address (for the failed-auth
+        # limit and the log) is the one the trusted proxies saw.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
 
     @app.before_request
     def guard() -> Response | None:
