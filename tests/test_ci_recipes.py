@@ -89,7 +89,7 @@ def test_the_github_action_runs_the_command_under_a_lease(
     assert [e["event"] for e in events][:1] == ["acquired"]
     assert events[-1]["event"] == "released"
     assert {e["note"] for e in events} == {HOSTILE_NOTE}
-    assert {e["source"] for e in events} == {"api:gha"}
+    assert {(e["source"], e["actor"]) for e in events} == {("api", "gha")}
 
 
 def test_the_github_action_fails_on_a_held_resource_without_running(

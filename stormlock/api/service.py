@@ -139,13 +139,14 @@ class Caller:
     @contextmanager
     def acting(self, channel: str | None) -> Iterator[None]:
         if not self.token.delegate:
-            with acting(source=f"{SOURCE}:{self.token.name}", channel=channel):
+            # The token acted, for its principal: history names both.
+            with acting(actor=self.token.name, source=SOURCE, channel=channel):
                 yield
             return
         said = self.context
         with acting(
             actor=said.actor,
-            source=said.source or f"{SOURCE}:{self.token.name}",
+            source=said.source or SOURCE,
             forced=said.forced,
             channel=said.channel or channel,
             record=said.record,

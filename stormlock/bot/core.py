@@ -223,8 +223,7 @@ def notices_of(event: Event) -> list[Notice]:
     the bot died before sending can be sent from history."""
     # The bot's own changes, and the API's (a CI job's lease is announced
     # like anyone's where its resource's changes are).
-    origin = event.source.partition(":")[0]
-    if origin not in (SOURCE, API_SOURCE) or event.derived:
+    if event.source not in (SOURCE, API_SOURCE) or event.derived:
         return []
     lease = Lease(
         event.principal,
@@ -240,8 +239,10 @@ def notices_of(event: Event) -> list[Notice]:
         told.append(TookLease(event.channel, lease))
     elif event.event in (RELEASED, FORCED):
         forced = event.event == FORCED
+        # Through the API the actor is the token: its holder is who released.
+        actor = event.principal if event.source == API_SOURCE else event.actor
         if event.channel:
-            told.append(GaveUpLease(event.channel, lease, event.actor, forced))
+            told.append(GaveUpLease(event.channel, lease, actor, forced))
         if forced:
             told.append(ForcedOff(event.principal, lease, event.actor))
     return told

@@ -209,3 +209,38 @@ def test_a_lease_taken_through_the_api_shows_on_the_board(
         ),
         timeout=20,
     )
+
+
+def test_a_change_through_a_separate_api_server_is_announced_from_history(
+    bot: BotServer, slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    from stormlock.testing.servers import run_api
+
+    # `stormlock serve` alone, on the bot's store, with the same announce channel.
+    workdir = tmp_path / "api"
+    workdir.mkdir()
+    extra = f"\n[bot]\nannounce_channel = {CHANNEL}\n"
+    with run_api(workdir, extra, store=("sqlite", bot_config.options)) as alone:
+        secret = alone.token("deploy", "ci-deploy")
+        taken = requests.post(
+            alone.url + "/v1/acquire",
+            json={"resource": "prod-far", "ttl": "1h"},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=10,
+        )
+        assert taken.status_code == 200, taken.text
+        changed_at = utcnow()
+    # The bot made no change; its recovery pass finds this one in history.
+    [posted] = slack.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage"
+            and c.payload.get("channel") == CHANNEL
+            and "prod-far" in str(c.payload)
+        ),
+        timeout=40,
+    )
+    assert "ci-deploy" in str(posted.payload)
+    wait_until(lambda: recovered_past(bot.config, changed_at), timeout=40)
+    bot.settle(3)
+    again = [c for c in slack.calls if "prod-far" in str(c.payload)]
+    assert len(again) == 1, "announced once"
