@@ -228,7 +228,7 @@ def test_a_retried_acquire_returns_the_lease_already_granted(api: ApiServer) -> 
 def test_failed_authentication_is_rate_limited_and_valid_tokens_keep_working(
     tmp_path: Path,
 ) -> None:
-    with run_api(tmp_path, "[api]\nfailed_auth_limit = 5\n") as api:
+    with run_api(tmp_path, "[api]\nfailed_auth_limit = 5\n", log_level="DEBUG") as api:
         token = api.token("good", "ci")
         assert call(api, "GET", "/v1/leases", token).ok
         guesses = [
@@ -240,8 +240,13 @@ def test_failed_authentication_is_rate_limited_and_valid_tokens_keep_working(
         assert error_of(limited)["exit_code"] == 75
         assert int(limited.headers["Retry-After"]) > 0
         assert call(api, "GET", "/v1/leases", token).ok, "a valid token still works"
+        taken = call(api, "POST", "/v1/acquire", token, json={"resource": "db"})
+        lease_id = taken.json()["lease"]["id"]
+        call(api, "POST", "/v1/release", token, json={"resource": "db", "id": lease_id})
         log = api.log()
+    # At DEBUG: neither a token nor a lease id in any line.
     assert token not in log and not re.search(TOKEN_FORM, log)
+    assert lease_id not in log
     assert "refused an API request" in log
 
 

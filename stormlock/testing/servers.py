@@ -327,6 +327,7 @@ def run_api(
     extra: str = "",
     tls: tuple[Path, Path] | None = None,
     store: tuple[str, dict[str, str]] | None = None,
+    log_level: str = "WARNING",
 ) -> Iterator[ApiServer]:
     """The API as users run it, `stormlock serve` under gunicorn, over a
     SQLite store in `workdir`; `extra` is added to its config file; `tls`
@@ -343,7 +344,7 @@ def run_api(
     )
     stormlock = str(Path(sys.executable).parent / "stormlock")
     command = [stormlock, "-c", str(config), "serve", "--host", HOST]
-    command += ["--port", str(port), "--log-level", "WARNING"]
+    command += ["--port", str(port), "--log-level", log_level]
     if tls is not None:
         command += ["--certfile", str(tls[0]), "--keyfile", str(tls[1])]
     env = {
