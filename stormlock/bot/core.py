@@ -217,7 +217,7 @@ class ForcedOff:
 Notice = TookLease | GaveUpLease | ForcedOff
 
 
-def notices_of(event: Event) -> list[Notice]:
+def notices_of(event: Event, pools: Mapping[str, str] | None = None) -> list[Notice]:
     """The notices the bot owes for a change it recorded in history: the
     same as its outcome carried (`Core._took`, `Core._release`), so one
     the bot died before sending can be sent from history."""
@@ -236,7 +236,8 @@ def notices_of(event: Event) -> list[Notice]:
     )
     told: list[Notice] = []
     if event.event == ACQUIRED and event.channel:
-        told.append(TookLease(event.channel, lease))
+        pool = (pools or {}).get(event.resource)  # member -> pool: "from staging"
+        told.append(TookLease(event.channel, lease, pool))
     elif event.event in (RELEASED, FORCED):
         forced = event.event == FORCED
         # Through the API the actor is the token: its holder is who released.

@@ -291,8 +291,9 @@ class Reminders:
             # Newer ones are the live path's, for now.
             settled = now - self.settings.recover_after
             oldest_open: datetime | None = None
+            pools = self.service.pools()
             for event in self.service.changes_since(start - _OVERLAP):
-                for notice in notices_of(event):
+                for notice in notices_of(event, pools):
                     if event.time > settled or self.ledger.done(notice.key):
                         continue
                     self._resend(notice)

@@ -41,6 +41,7 @@ def bot(
 ) -> Iterator[BotServer]:
     # prod-* changes are announced in one channel, whoever makes them.
     settings = "reconcile_interval = 200ms\nrecover_after = 10s\nwarn_before = 2s\n"
+    settings += "\n[pool.far]\nmembers = prod-far-1, prod-far-2\n"
     with running_bot(
         slack, bot_config, tmp_path, f"announce_channel = {CHANNEL}\n{settings}"
     ) as server:
@@ -219,12 +220,12 @@ def test_a_change_through_a_separate_api_server_is_announced_from_history(
     # `stormlock serve` alone, on the bot's store, with the same announce channel.
     workdir = tmp_path / "api"
     workdir.mkdir()
-    extra = f"\n[bot]\nannounce_channel = {CHANNEL}\n"
+    extra = f"\n[bot]\nannounce_channel = {CHANNEL}\n[pool.far]\nmembers = prod-far-1\n"
     with run_api(workdir, extra, store=("sqlite", bot_config.options)) as alone:
         secret = alone.token("deploy", "ci-deploy")
         taken = requests.post(
             alone.url + "/v1/acquire",
-            json={"resource": "prod-far", "ttl": "1h"},
+            json={"resource": "far", "ttl": "1h"},  # a pool: its one member
             headers={"Authorization": f"Bearer {secret}"},
             timeout=10,
         )
@@ -240,6 +241,7 @@ def test_a_change_through_a_separate_api_server_is_announced_from_history(
         timeout=40,
     )
     assert "ci-deploy" in str(posted.payload)
+    assert "*prod-far-1* from *far*" in str(posted.payload)
     wait_until(lambda: recovered_past(bot.config, changed_at), timeout=40)
     bot.settle(3)
     again = [c for c in slack.calls if "prod-far" in str(c.payload)]
