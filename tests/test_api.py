@@ -597,3 +597,30 @@ def test_behind_a_proxy_the_limit_counts_each_forwarded_client(tmp_path: Path) -
             "another client behind the proxy is not limited"
         )
         assert "10.0.0.1" in api.log()
+
+
+def test_a_pool_through_the_api(tmp_path: Path) -> None:
+    with run_api(tmp_path, "\n[pool.staging]\nmembers = staging-1, staging-2\n") as api:
+        token = api.token("ci", "ci-deploy")
+        taken = [
+            call(api, "POST", "/v1/acquire", token, json={"resource": "staging"}).json()
+            for _ in range(2)
+        ]
+        members = sorted(t["lease"]["resource"] for t in taken)
+        assert members == ["staging-1", "staging-2"]
+        full = call(api, "POST", "/v1/acquire", token, json={"resource": "staging"})
+        assert (
+            full.status_code == 409
+            and "every member of pool" in error_of(full)["message"]
+        )
+        lease = taken[0]["lease"]
+        released = call(
+            api,
+            "POST",
+            "/v1/release",
+            token,
+            json={"resource": "staging", "id": lease["id"]},
+        )
+        assert released.json() == {"released": True}
+        again = call(api, "POST", "/v1/acquire", token, json={"resource": "staging"})
+        assert again.json()["lease"]["resource"] == lease["resource"]
