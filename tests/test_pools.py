@@ -160,13 +160,12 @@ def test_a_wait_on_a_full_pool_gets_the_first_member_freed(pool_config: Path) ->
     with load_lock("staging", pool_config) as lock:
         leases = [lock.acquire_lease() for _ in range(3)]
         got: list[str] = []
-        waiter = threading.Thread(
-            target=lambda: got.append(
-                load_lock("staging", pool_config)
-                .acquire_lease(wait=timedelta(seconds=30))
-                .resource
-            )
-        )
+
+        def wait() -> None:
+            with load_lock("staging", pool_config) as other:
+                got.append(other.acquire_lease(wait=timedelta(seconds=30)).resource)
+
+        waiter = threading.Thread(target=wait)
         waiter.start()
         assert lock.release(leases[1].id)
         waiter.join(timeout=60)
