@@ -406,6 +406,17 @@ class Backend(ABC):
         return getattr(cls, method) is not getattr(Backend, method)
 
 
+def retained_since(
+    since: datetime | None, retention: timedelta | None
+) -> datetime | None:
+    """`since`, no earlier than `retention` ago: older events are gone (or
+    about to be) and never shown."""
+    if retention is None:
+        return since
+    oldest = utcnow() - retention
+    return max(since, oldest) if since else oldest
+
+
 class _Deadline(threading.local):
     at: float | None = None
 
@@ -631,10 +642,7 @@ class LeaseBackend(Backend):
         # A derived expiry needs the event before it: read one more. With a
         # principal, the last N about them may lie further back: read all.
         want = None if limit is None or principal else limit + 1
-        if self.history_retention is not None:
-            # Older events are gone (or about to be): never shown.
-            oldest = utcnow() - self.history_retention
-            since = max(since, oldest) if since else oldest
+        since = retained_since(since, self.history_retention)
         with self._operation():
             stored = self._history(resource, since, want)
         events = with_expiries(map(with_channel, reversed(stored)), utcnow())

@@ -223,6 +223,20 @@ class InvalidInput(UsageError, ValueError):
     """A value (a note, a principal) that no store can hold."""
 
 
+def missing_extra(
+    error: ModuleNotFoundError, modules: frozenset[str], who: str, extra: str
+) -> UnknownBackendError:
+    """The one-line error for an optional extra that is not installed (`who`
+    needs `extra`); any other missing module is a bug, raised as it is."""
+    missing = (error.name or "").split(".")[0]
+    if missing not in modules:
+        raise error
+    return UnknownBackendError(
+        f"{who} needs packages that are not installed ({missing}); "
+        f"install them with: pip install 'stormlock[{extra}]'"
+    )
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
     """Run a command-line program's body: every error is one line on stderr
     and its documented exit code, never a traceback. Shared by both CLIs."""

@@ -33,8 +33,6 @@ from urllib.parse import quote
 from .backend import (
     MAX_NOTE_LENGTH,
     Backend,
-    Lease,
-    LockHeldException,
     iso,
     utcnow,
 )
@@ -44,7 +42,8 @@ from .errors import (
     StormlockError,
     UsageError,
 )
-from .names import RECORD_PREFIX, validate_principal
+from .names import validate_principal
+from .records import Records
 
 PREFIX = "stl_"
 #: Every token's form: the bot's and the API's log redaction uses it.
@@ -199,17 +198,9 @@ class Tokens:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self.records = Records(backend, _OWNER)
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
-
-    def _get(self, key: str) -> Lease | None:
-        return self.backend.current(RECORD_PREFIX + key)
-
-    def _claim(self, key: str, value: str, ttl: timedelta) -> Lease | None:
-        try:
-            return self.backend.acquire_lease(RECORD_PREFIX + key, _OWNER, ttl, value)
-        except LockHeldException:
-            return None
 
     def create(
         self,
@@ -245,14 +236,14 @@ class Tokens:
         hashed = digest(secret)
         value = _stored(token, hashed)
         ttl = expires or _FOREVER
-        named = self._claim(_key(principal, name), value, ttl)
+        named = self.records.claim(_key(principal, name), ttl, value)
         if named is None:
             raise UsageError(
                 f"{principal} already has a token named {name!r}; pick another "
                 "name or revoke that one first"
             )
-        if self._claim(_hash_key(hashed), value, ttl) is None:
-            self.backend.release_lease(named.resource, named.id)
+        if self.records.claim(_hash_key(hashed), ttl, value) is None:
+            self.records.drop(named)
             raise StormlockError("a token collided with another; try again")
         return secret, token
 
@@ -261,7 +252,7 @@ class Tokens:
         if not looks_like_token(secret):
             return None
         hashed = digest(secret)
-        record = self._get(_hash_key(hashed))
+        record = self.records.get(_hash_key(hashed))
         loaded = _loaded(record.note if record else None)
         if loaded is None:
             return None
@@ -283,23 +274,19 @@ class Tokens:
             if len(self._touched) > 10_000:
                 self._touched.clear()
         with contextlib.suppress(StormlockError):  # "last used" is a courtesy
-            key = RECORD_PREFIX + _used_key(hashed)
-            old = self.backend.current(key)
-            if old is not None:
-                self.backend.release_lease(key, old.id)
-            self._claim(_used_key(hashed), iso(utcnow()), _FOREVER)
+            self.records.put(_used_key(hashed), iso(utcnow()), _FOREVER)
 
     def list(self, principal: str | None = None) -> list[Token]:
         """Tokens of `principal` (of everyone if None), by principal and name."""
-        prefix = RECORD_PREFIX + (
+        prefix = (
             _key(principal, "") if principal is not None else f"{API_RECORDS}token/"
         )
         found: list[Token] = []
         used = {
-            lease.resource.rsplit("/", 1)[-1]: lease.note
-            for lease in self.backend.list_prefix(RECORD_PREFIX + _used_key(""))
+            key.rsplit("/", 1)[-1]: lease.note
+            for key, lease in self.records.list(_used_key(""))
         }
-        for lease in self.backend.list_prefix(prefix):
+        for _, lease in self.records.list(prefix):
             loaded = _loaded(lease.note)
             if loaded is None:
                 continue
@@ -313,16 +300,16 @@ class Tokens:
     def revoke(self, name: str, principal: str) -> bool:
         """Revoke `principal`'s token `name`; whether there was one."""
         name = check_name(name)
-        named = self._get(_key(principal, name))
+        named = self.records.get(_key(principal, name))
         loaded = _loaded(named.note if named else None)
         if named is None or loaded is None:
             return False
         hashed = loaded[1]
         for key in (_hash_key(hashed), _used_key(hashed)):
-            record = self._get(key)
+            record = self.records.get(key)
             if record is not None:
-                self.backend.release_lease(record.resource, record.id)
-        self.backend.release_lease(named.resource, named.id)
+                self.records.drop(record)
+        self.records.drop(named)
         return True
 
 

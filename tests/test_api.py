@@ -622,5 +622,17 @@ def test_a_pool_through_the_api(tmp_path: Path) -> None:
             json={"resource": "staging", "id": lease["id"]},
         )
         assert released.json() == {"released": True}
-        again = call(api, "POST", "/v1/acquire", token, json={"resource": "staging"})
-        assert again.json()["lease"]["resource"] == lease["resource"]
+        body = {"resource": "staging", "request_id": "retry-1"}
+        again = call(api, "POST", "/v1/acquire", token, json=body).json()
+        assert again["lease"]["resource"] == lease["resource"]
+        # A retry of that request gets the same member back, not the next one.
+        other = taken[1]["lease"]
+        call(
+            api,
+            "POST",
+            "/v1/release",
+            token,
+            json={"resource": "staging", "id": other["id"]},
+        )
+        retried = call(api, "POST", "/v1/acquire", token, json=body).json()
+        assert retried["replayed"] and retried["lease"]["id"] == again["lease"]["id"]

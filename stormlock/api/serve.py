@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..config import Config
-from ..errors import ConfigError, UnknownBackendError, UsageError
+from ..errors import ConfigError, UnknownBackendError, UsageError, missing_extra
 
 if TYPE_CHECKING:
     from ..wsgi import WSGIApp
@@ -21,13 +21,7 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
         from ..wsgi import serve
         from .app import create_app
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".")[0]
-        if missing not in _EXTRA:
-            raise
-        raise UnknownBackendError(
-            f"the API needs packages that are not installed ({missing}); "
-            "install them with: pip install 'stormlock[api]'"
-        ) from None
+        raise missing_extra(exc, _EXTRA, "the API", "api") from None
     if config.default_backend == "http":
         raise UnknownBackendError(
             "the API cannot serve from the http backend (it would call itself); "

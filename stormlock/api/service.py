@@ -4,8 +4,8 @@ within the token's scope, on the backends the server's config names."""
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -35,6 +35,8 @@ from ..names import (
     validate_principal,
     validate_resource,
 )
+from ..pool import PoolLock
+from ..records import Records
 from ..tokens import API_RECORDS, Token, Tokens, digest
 from ..ttl import check_ttl
 
@@ -46,6 +48,7 @@ MAX_WAIT = timedelta(seconds=60)
 # How long a request id is remembered: a client's retries fit well inside.
 REQUEST_TTL = timedelta(minutes=15)
 SOURCE = "api"
+_REQUESTS = "stormlock-api"  # who holds the request-id records
 
 
 class FailureLimiter:
@@ -299,17 +302,20 @@ class ApiService:
     def _request_key(self, caller: Caller, request_id: str) -> str:
         # Per principal: one caller can never replay another's request.
         raw = f"{caller.principal}\0{request_id}".encode()
-        return f"{RECORD_PREFIX}{API_RECORDS}request/{hashlib.sha256(raw).hexdigest()}"
+        return f"{API_RECORDS}request/{hashlib.sha256(raw).hexdigest()}"
 
     def _replayed(self, lock: StormLock, key: str) -> Lease | None:
         """The lease an earlier try of this request was granted, if active."""
-        record = lock.backend.current(key)
-        if record is None or not record.note:
+        records = Records(lock.backend, _REQUESTS)
+        record = records.get(key)
+        try:
+            resource, lease_id = json.loads(record.note or "") if record else ("", "")
+        except ValueError:
             return None
-        lease = lock.current()
-        if lease is not None and lease.id == record.note:
-            return lease
-        return None
+        lease = lock.backend.current(resource) if resource else None
+        if lease is None or lease.id != lease_id:
+            return None
+        return lease._replace(resource=lease.resource or resource)
 
     def acquire(
         self,
@@ -321,7 +327,7 @@ class ApiService:
         request_id: str | None,
     ) -> tuple[Lease, bool]:
         """The lease, and whether it was granted to an earlier try of this
-        request (a retry after a lost response)."""
+        request (a retry after a lost answer)."""
         caller.check(resource, write=True)
         if wait is not None and wait > MAX_WAIT:
             raise UsageError(
@@ -330,29 +336,26 @@ class ApiService:
             )
         lock = self._lock_for(resource, caller)
         key = self._request_key(caller, request_id) if request_id else None
-        if key is not None:
+        # A retry of a resource's acquire is refused as held (and looked up
+        # then); a pool's would take another member, so it looks first.
+        if key is not None and isinstance(lock, PoolLock):
             replayed = self._replayed(lock, key)
             if replayed is not None:
                 return replayed, True
         try:
             with caller.acting(self._channel(lock.resource)):
                 lease = lock.acquire_lease(ttl, note, wait)
-        except LockHeldException as held:
-            if (
-                key is not None
-                and held.lease
-                and held.lease.principal == caller.principal
-            ):
-                replayed = self._replayed(lock, key)  # a twin try won
-                if replayed is not None:
-                    return replayed, True
+        except LockHeldException:
+            replayed = self._replayed(lock, key) if key is not None else None
+            if replayed is not None:  # the earlier try, or a twin, won
+                return replayed, True
             raise
         self._tell(ACQUIRED, lease, caller)
         if key is not None:
             remember = min(REQUEST_TTL, lock.ttl if ttl is None else ttl)
             # A twin try may have recorded its own first; this one is the lease.
-            with contextlib.suppress(LockHeldException):
-                lock.backend.acquire_lease(key, "stormlock-api", remember, lease.id)
+            value = json.dumps([lease.resource, lease.id])
+            Records(lock.backend, _REQUESTS).claim(key, remember, value)
         return lease, False
 
     def renew(

@@ -54,8 +54,8 @@ from ..backend import (
     LockExpiredException,
     LockHeldException,
     iso,
+    retained_since,
     trips,
-    utcnow,
 )
 from ..errors import (
     BackendUnavailable,
@@ -426,9 +426,7 @@ class Http(LeaseBackend):
     ) -> list[Event]:
         """The API server's history (its store keeps it, for its retention;
         a shorter `history` in this config hides older events)."""
-        if self.history_retention is not None:
-            oldest = utcnow() - self.history_retention
-            since = max(since, oldest) if since else oldest
+        since = retained_since(since, self.history_retention)
         query = {
             "resource": resource,
             "since": iso(since) if since else None,

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from slack_bolt import App
 
+from ..records import Records
 from .core import Core
 from .identity import Directory
 from .ledger import Ledger
 from .listeners import register
 from .outbox import SLACK_TIMEOUT, Outbox, web_client
 from .pipeline import Pipeline
-from .records import Records
 from .reminders import Reminders
 from .service import LeaseService
 from .settings import BotSettings

@@ -17,7 +17,7 @@ from ..errors import (
     EXIT_UNKNOWN_BACKEND,
     EXIT_USAGE,
     ConfigError,
-    UnknownBackendError,
+    missing_extra,
     run_main,
 )
 from .settings import BotSettings
@@ -209,13 +209,7 @@ def _with_extra(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").split(".")[0]
-        if missing not in _BOT_EXTRA:
-            raise
-        raise UnknownBackendError(
-            f"the bot needs packages that are not installed ({missing}); "
-            "install them with: pip install 'stormlock[bot]'"
-        ) from None
+        raise missing_extra(exc, _BOT_EXTRA, "the bot", "bot") from None
 
 
 def _run(args: argparse.Namespace) -> int:

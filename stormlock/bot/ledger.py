@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from ..backend import Lease, utcnow
 from ..names import RECORD_PREFIX
-from .records import Records
+from ..records import Records
 
 SENT_TTL = timedelta(days=7)
 _PREFIX = "sent/"

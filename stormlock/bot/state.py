@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ..backend import Lease, utcnow
-from .records import Records
+from ..records import Records
 
 _WAIT_TTL = timedelta(days=30)
 # An origin outlives its lease by a day, so its expiry can still be told.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stormlock.bot.records import Records
+from stormlock.records import Records
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.localslack import Call, LocalSlack
 from stormlock.testing.slack import (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from stormlock.backend import utcnow
-from stormlock.bot.records import Records
+from stormlock.records import Records
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.localslack import Call, LocalSlack
 from stormlock.testing.slack import (

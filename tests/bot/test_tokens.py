@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from stormlock.backend import utcnow
-from stormlock.bot.records import Records
+from stormlock.records import Records
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.slack import (

@@ -1,7 +1,8 @@
-"""The bot's durable records, kept as leases in the lease backend itself.
+"""Durable records, kept as leases in the lease backend itself.
 
-Wait lists, "already sent" markers, board message ids and expiry watches
-live under the reserved prefix `.stormlock/`. An acquire is an atomic
+The bot's wait lists, "already sent" markers, board message ids and expiry
+watches, and the API's tokens and request ids, live under the reserved
+prefix `.stormlock/`. An acquire is an atomic
 put-if-absent, so a marker can be claimed by exactly one replica; this works
 on every backend, plugins included, and survives restarts.
 """
@@ -10,20 +11,24 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..backend import Backend, Lease, LockExpiredException, LockHeldException
-from ..names import RECORD_PREFIX
+from .backend import Backend, Lease, LockExpiredException, LockHeldException
+from .names import RECORD_PREFIX
 
 OWNER = "stormlock-bot"
 
 
 class Records:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, owner: str = OWNER) -> None:
         self.backend = backend
+        self.owner = owner
+        """The principal the records are held by (who wrote them)."""
 
     def claim(self, key: str, ttl: timedelta, value: str | None = None) -> Lease | None:
         """Create `key` if absent; None if it exists (someone else has it)."""
         try:
-            return self.backend.acquire_lease(RECORD_PREFIX + key, OWNER, ttl, value)
+            return self.backend.acquire_lease(
+                RECORD_PREFIX + key, self.owner, ttl, value
+            )
         except LockHeldException:
             return None
 
