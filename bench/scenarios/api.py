@@ -202,7 +202,7 @@ API_NOTE = (
     "on the same 2 cores as the clients. Each API call is one HTTP round trip "
     "plus the server's work: the token check (one store read), then the same "
     "store calls as a direct client (an acquire with a request id adds one "
-    "read and one write, for its replay record). A CI job pays this once per "
+    "write, its replay record). A CI job pays this once per "
     "operation; `run` renews at a third of the TTL. With many clients one "
     "worker is CPU-bound (Flask, pydantic and the token check per request, on "
     "cores the clients share): `stormlock serve --workers N` adds processes."
