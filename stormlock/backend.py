@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -57,6 +57,9 @@ class Lease(NamedTuple):
     """Why the holder took the lease."""
     fence: int = 0
     """Fencing token: strictly increases with every acquisition of a resource."""
+    members: tuple[str, ...] = ()
+    """For a lease on a set of resources: all of them, sorted (each member's
+    lease has the same id and its own fence). Empty for one resource."""
 
 
 class Clock(StrEnum):
@@ -79,6 +82,8 @@ class Feature(StrEnum):
     SETUP = "setup"
     DOCTOR = "doctor"
     HISTORY = "history"
+    SETS = "sets"
+    """Several resources in one lease, all or nothing, in one transaction."""
 
 
 _FEATURE_METHODS = {
@@ -88,6 +93,7 @@ _FEATURE_METHODS = {
     Feature.SETUP: "setup",
     Feature.DOCTOR: "doctor",
     Feature.HISTORY: "history",
+    Feature.SETS: "acquire_set",
 }
 
 
@@ -148,6 +154,23 @@ class LockExpiredException(StormlockError):
         )
 
 
+class SetHeld(LockHeldException):
+    """A member of the set is held, so none of it was taken; `holders` are
+    the members' leases that were found."""
+
+    def __init__(self, name: str, holders: list[Lease]) -> None:
+        self.holders = holders
+        super().__init__(name, holders[0] if holders else None)
+        if holders:
+            listed = "; ".join(describe_holder(h.resource, h) for h in holders)
+            self.message = f"nothing taken: {listed}"
+        else:
+            self.message = (
+                f"nothing taken: a member of {name!r} is held by someone else; "
+                "try again"
+            )
+
+
 def describe_holder(resource: str, lease: Lease | None) -> str:
     if lease is None:
         return f"{resource!r} is held by someone else; try again"
@@ -173,6 +196,21 @@ def new_lease_id() -> str:
     import uuid  # only acquiring needs it
 
     return str(uuid.uuid4())
+
+
+def new_set_id() -> str:
+    """A lease id for a set: random like `new_lease_id`, but a version 8
+    UUID, so that an operation given one member can tell it covers more."""
+    import secrets
+
+    digits = f"{secrets.randbits(128):032x}"
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return _hyphenate(digits[:12] + "8" + digits[13:16] + variant + digits[17:])
+
+
+def is_set_id(canonical: str) -> bool:
+    """Whether a canonical lease id is one that `new_set_id` made."""
+    return len(canonical) == 36 and canonical[14] == "8"
 
 
 def _hyphenate(digits: str) -> str:
@@ -372,6 +410,44 @@ class Backend(ABC):
             f"the {type(self).__name__} backend keeps no history"
         )
 
+    # -- sets: several resources in one lease (see stormlock.sets) ----------
+    # `resources` come sorted, distinct and valid (`sets.check_set`). The
+    # fallback takes the members one by one in that order and gives back
+    # what it took if one is held; its lease id joins the members' ids.
+
+    def acquire_set(
+        self,
+        resources: Sequence[str],
+        principal: str,
+        ttl: timedelta,
+        note: str | None = None,
+    ) -> list[Lease]:
+        """One lease on every resource, or `SetHeld` and none: the members'
+        leases, sorted, with one id and each its own fence."""
+        from .sets import acquire_each
+
+        return acquire_each(self, resources, principal, ttl, note)
+
+    def renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease]:
+        """Renew every member; `LockExpiredException` unless all are active."""
+        from .sets import renew_each
+
+        return renew_each(self, resources, lease_id, ttl)
+
+    def release_set(self, resources: Sequence[str], lease_id: str) -> bool | None:
+        """Release every member (idempotent); whether a lease was released."""
+        from .sets import release_each
+
+        return release_each(self, resources, lease_id)
+
+    def is_current_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        """Whether `lease_id` is the active lease of every member."""
+        from .sets import is_current_each
+
+        return is_current_each(self, resources, lease_id)
+
     def setup(self) -> list[str]:
         """Create what the store needs (tables, indexes); idempotent.
 
@@ -402,7 +478,10 @@ class Backend(ABC):
     def supports(cls, feature: Feature | str) -> bool:
         """Whether the class implements an optional feature natively (else
         the fallback serves it)."""
-        method = _FEATURE_METHODS[Feature(feature)]
+        feature = Feature(feature)
+        method = _FEATURE_METHODS[feature]
+        if feature is Feature.SETS and issubclass(cls, LeaseBackend):
+            return cls._acquire_set is not LeaseBackend._acquire_set
         return getattr(cls, method) is not getattr(Backend, method)
 
 
@@ -536,6 +615,32 @@ class LeaseBackend(Backend):
     def _list_expiring(self, before: datetime) -> list[Lease]:
         return Backend.list_expiring(self, before)
 
+    # Sets, natively: one script or transaction each. A backend without them
+    # falls back to Backend's one-by-one (and `supports(Feature.SETS)` is no).
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        """Take every resource if all are free, with `lease_id` and `members`
+        set: (True, their leases), else (False, the holders found) and
+        nothing changed."""
+        raise NotImplementedError
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        """Renew every member, or none (None) unless all hold `lease_id`."""
+        raise NotImplementedError
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        """Release every member that holds `lease_id`, in one change."""
+        raise NotImplementedError
+
     def _story(self, resource: str) -> Story | None:
         """What to record with a change of `resource`; None: record nothing
         (history is off, or the resource is one of the bot's own records)."""
@@ -575,6 +680,77 @@ class LeaseBackend(Backend):
 
     # -- the contract, over the hooks -------------------------------------
 
+    def _native_sets(self) -> bool:
+        return type(self).supports(Feature.SETS)
+
+    def _members(self, resource: str, canonical: str) -> tuple[str, ...] | None:
+        """The set a member's lease covers, if `canonical` is a set's id and
+        `resource`'s active lease: so `renew db ID` renews the whole set."""
+        if not is_set_id(canonical) or not self._native_sets():
+            return None
+        with self._operation():
+            lease = self._current(resource)
+        if lease is None or lease.id != canonical or not lease.members:
+            return None
+        return lease.members
+
+    def acquire_set(
+        self,
+        resources: Sequence[str],
+        principal: str,
+        ttl: timedelta,
+        note: str | None = None,
+    ) -> list[Lease]:
+        if not self._native_sets():
+            return super().acquire_set(resources, principal, ttl, note)
+        name = ",".join(resources)
+        with self._operation():
+            for _ in range(3):
+                acquired, leases = self._acquire_set(
+                    resources, new_set_id(), principal, ttl, note
+                )
+                if acquired:
+                    return sorted(leases, key=lambda lease: lease.resource)
+                if leases:
+                    raise SetHeld(name, sorted(leases, key=lambda x: x.resource))
+                holders = [h for h in map(self._current, resources) if h is not None]
+                if holders:
+                    raise SetHeld(name, holders)
+                # Released between the attempt and the lookup: try again.
+        raise SetHeld(name, [])
+
+    def renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease]:
+        if not self._native_sets():
+            return super().renew_set(resources, lease_id, ttl)
+        canonical = canonical_lease_id(lease_id)
+        leases = None
+        if canonical is not None:
+            with self._operation():
+                leases = self._renew_set(resources, canonical, ttl)
+        if not leases:
+            raise LockExpiredException(",".join(resources))
+        return sorted(leases, key=lambda lease: lease.resource)
+
+    def release_set(self, resources: Sequence[str], lease_id: str) -> bool | None:
+        if not self._native_sets():
+            return super().release_set(resources, lease_id)
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return False
+        with self._operation():
+            return self._release_set(resources, canonical)
+
+    def is_current_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        if not self._native_sets():
+            return super().is_current_set(resources, lease_id)
+        canonical = canonical_lease_id(lease_id)
+        if canonical is None:
+            return False
+        with self._operation():
+            return all(self._is_current(r, canonical) for r in resources)
+
     def acquire_lease(
         self, resource: str, principal: str, ttl: timedelta, note: str | None = None
     ) -> Lease:
@@ -592,6 +768,12 @@ class LeaseBackend(Backend):
     def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
         canonical = canonical_lease_id(lease_id)
         lease = None
+        if canonical is not None and is_set_id(canonical):
+            with self._operation():  # one budget for the lookup and the change
+                members = self._members(resource, canonical)
+                if members:
+                    leases = self.renew_set(members, canonical, ttl)
+                    return next(x for x in leases if x.resource == resource)
         if canonical is not None:
             with self._operation():
                 lease = self._renew(resource, canonical, ttl)
@@ -604,6 +786,9 @@ class LeaseBackend(Backend):
         if canonical is None:
             return False
         with self._operation():
+            members = self._members(resource, canonical)
+            if members:
+                return self.release_set(members, canonical) is not False
             return self._release(resource, canonical)
 
     def current(self, resource: str) -> Lease | None:
@@ -615,6 +800,9 @@ class LeaseBackend(Backend):
         if canonical is None:
             return False
         with self._operation():
+            members = self._members(resource, canonical)
+            if members:
+                return self.is_current_set(members, canonical)
             return self._is_current(resource, canonical)
 
     def list_leases(self) -> list[Lease]:

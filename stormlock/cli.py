@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from . import errors
-from .backend import Backend, Feature
+from .backend import Backend, Feature, Lease
 from .config import Config, load_config
-from .lock import StormLock, list_all, lock_from_config
+from .lock import StormLock, list_all, lock_from_config, settings_for
 from .names import validate_resource
 from .render import (
     lease_cols,
@@ -92,7 +92,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="id (default: the lease id alone) or json (id, resource, fence, "
         "expires, members)",
     )
-    acquire.add_argument("resource")
+    acquire.add_argument(
+        "resource",
+        nargs="+",
+        help="a resource, a pool, a group, or several resources: one lease on "
+        "all of them or on none",
+    )
 
     release = command("release", "release a lease (idempotent)")
     release.add_argument("resource")
@@ -220,9 +225,14 @@ def _backend(config: Config, name: str) -> Backend:
 
 
 def _lock(config: Config, resource: str) -> StormLock:
-    resource = validate_resource(resource)
-    backend = _backend(config, config.settings(resource).backend)
-    return lock_from_config(config, resource, backend)
+    """The lock `resource` names: a resource, a pool, or a set ("a,b" or a
+    group); a set's members are checked before any backend is built."""
+    backend = _backend(config, settings_for(config, resource).backend)
+    try:
+        return lock_from_config(config, resource, backend)
+    except errors.StormlockError:
+        backend.close()
+        raise
 
 
 def _err(message: str) -> None:
@@ -249,19 +259,21 @@ def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> in
         import json
 
         from .backend import iso
+        from .sets import SetLock
 
-        print(
-            json.dumps(
-                {
-                    "id": lease.id,
-                    "resource": lease.resource,
-                    "fence": lease.fence,
-                    "expires": iso(lease.expires) if lease.expires else None,
-                    "members": [lease.resource],
-                    "pool": lock.resource if lock.resource != lease.resource else None,
-                }
-            )
-        )
+        each = lock.leases if isinstance(lock, SetLock) else [lease]
+        record = {
+            "id": lease.id,
+            "resource": lease.resource,
+            "fence": lease.fence,
+            "expires": iso(lease.expires) if lease.expires else None,
+            "members": [member.resource for member in each],
+            "pool": lock.resource if lock.resource != lease.resource else None,
+        }
+        if isinstance(lock, SetLock):
+            record["fences"] = {member.resource: member.fence for member in each}
+            record["group"] = lock.group
+        print(json.dumps(record))
     else:
         print(lease.id)
     return 0
@@ -269,11 +281,13 @@ def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> in
 
 def _current(lock: StormLock, args: argparse.Namespace) -> int:
     from .pool import PoolLock
+    from .sets import SetLock
 
-    if isinstance(lock, PoolLock):  # each held member, one per line
+    if isinstance(lock, PoolLock | SetLock):  # each held member, one per line
         held = lock.held()
         if not held:
-            _err(f"no member of pool {lock.resource!r} is held")
+            kind = "pool" if isinstance(lock, PoolLock) else "set"
+            _err(f"no member of {kind} {lock.resource!r} is held")
             return errors.EXIT_NOT_HELD
         fmt = "id" if args.id_only else args.format
         print("\n".join(CURRENT_FORMATS[fmt](lease) for lease in held))
@@ -283,8 +297,24 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
         _err(f"no active lease on {lock.resource!r}")
         return errors.EXIT_NOT_HELD
     fmt = "id" if args.id_only else args.format
+    if lease.members and fmt != "id":  # one lease on a set: show all of it
+        found = [lock.backend.current(m) for m in lease.members]
+        leases = [x for x in found if x is not None and x.id == lease.id] or [lease]
+        print("\n".join(CURRENT_FORMATS[fmt](x) for x in leases))
+        return 0
     print(CURRENT_FORMATS[fmt](lease))
     return 0
+
+
+def _groups(config: Config, leases: list[Lease]) -> dict[str, str]:
+    """Member -> the pool it is in, or the group (else "a,b,...") whose one
+    lease holds it: what `list` groups by."""
+    groups = {m: pool.name for pool in config.pools().values() for m in pool.members}
+    named = {group.members: group.name for group in config.groups().values()}
+    for lease in leases:
+        if lease.members:
+            groups[lease.resource] = named.get(lease.members, ",".join(lease.members))
+    return groups
 
 
 def _list(config: Config, args: argparse.Namespace) -> int:
@@ -299,8 +329,7 @@ def _list(config: Config, args: argparse.Namespace) -> int:
 
         print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
     elif leases:
-        pools = {m: pool.name for pool in config.pools().values() for m in pool.members}
-        print(lease_table(leases, args.ids, pools))
+        print(lease_table(leases, args.ids, _groups(config, leases)))
     else:
         _err("no active leases")
     return 0
@@ -449,11 +478,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .history import set_default_source  # changes are recorded
 
         set_default_source("cli")
+    if args.cmd == "acquire":
+        from .sets import check_set, split_names
+
+        names = split_names(args.resource)
+        if len(args.resource) > 1 or len(names) > 1:
+            args.resource = ",".join(check_set(names))
+        else:
+            args.resource = args.resource[0]
     lock = _lock(config, args.resource)
     try:
         implicit = config.path is None
         if args.cmd == "acquire":
-            code = _acquire(lock, args, config.settings(lock.resource).backend)
+            code = _acquire(lock, args, settings_for(config, args.resource).backend)
             if implicit:
                 _private_store_note(lock.backend)
             return code

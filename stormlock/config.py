@@ -31,8 +31,9 @@ BOT_SECTION = "bot"
 API_SECTION = "api"
 BACKEND_PREFIX = "backend."
 POOL_PREFIX = "pool."
+GROUP_PREFIX = "group."
 # A section prefix a later version may give a meaning: never a resource.
-_RESERVED_PREFIXES = (BACKEND_PREFIX, POOL_PREFIX, "group.")
+_RESERVED_PREFIXES = (BACKEND_PREFIX, POOL_PREFIX, GROUP_PREFIX)
 _NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION, API_SECTION)
 
 
@@ -84,6 +85,14 @@ class Pool(NamedTuple):
     members: tuple[str, ...]
 
 
+class Group(NamedTuple):
+    """`[group.NAME]`: acquiring NAME takes every member in one lease."""
+
+    name: str
+    members: tuple[str, ...]
+    """Sorted: the one order every client takes them in."""
+
+
 class ResourceSettings(NamedTuple):
     resource: str
     backend: str
@@ -112,6 +121,12 @@ class Config:
                 self._pool_of.setdefault(name, section)
                 for member in _members(parser.get(section, "members", fallback="")):
                     self._pool_of.setdefault(member, section)
+        self._groups: dict[str, Group] | None = None
+        self._group_section = {
+            unicodedata.normalize("NFC", section[len(GROUP_PREFIX) :]): section
+            for section in parser.sections()
+            if section.startswith(GROUP_PREFIX)
+        }
 
     @property
     def source(self) -> str:
@@ -124,6 +139,8 @@ class Config:
         sections = [section] if section and self.is_resource_section(section) else []
         if name in self._pool_of:  # a pool, or a member of one: the pool's section
             sections.append(self._pool_of[name])
+        if name in self._group_section:
+            sections.append(self._group_section[name])
         sections += [*fallbacks, DEFAULT_SECTION]
         for section in sections:
             if self.parser.has_option(section, key):
@@ -217,6 +234,94 @@ class Config:
                     f"{owner[name]!r}; pools do not nest"
                 )
         return pools
+
+    def groups(self) -> dict[str, Group]:
+        """Every `[group.NAME]`, checked: members listed, valid, distinct, at
+        most MAX_SET, on one backend; no group named like a resource or a
+        pool, and no pool or group among the members."""
+        if self._groups is None:
+            self._groups = self._checked_groups()
+        return self._groups
+
+    def group(self, name: str) -> Group | None:
+        if not self._group_section:
+            return None
+        return self.groups().get(unicodedata.normalize("NFC", name))
+
+    def _checked_groups(self) -> dict[str, Group]:
+        from .errors import InvalidInput, InvalidResourceName
+        from .sets import check_set
+
+        resources = {unicodedata.normalize("NFC", r) for r in self.resource_sections()}
+        pools = self.pools()
+        groups: dict[str, Group] = {}
+        for name, section in self._group_section.items():
+            where = f"{self.source}: [{section}]"
+            members = _members(self.parser.get(section, "members", fallback=""))
+            if not members:
+                raise ConfigError(
+                    f"{where} has no members; list them: members = prod-db, prod-api"
+                )
+            try:
+                from .names import validate_resource
+
+                validate_resource(name)
+                checked = check_set(members)
+            except (InvalidInput, InvalidResourceName) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            if name in resources or name in pools:
+                kind = "resource" if name in resources else "pool"
+                raise ConfigError(f"{where}: {name!r} is also a {kind}; rename one")
+            for member in checked:
+                if member in pools or member in self._group_section:
+                    kind = "pool" if member in pools else "group"
+                    raise ConfigError(
+                        f"{where}: member {member!r} is a {kind}; a group lists "
+                        "resources (groups and pools do not nest)"
+                    )
+            try:
+                self.set_backend(checked, name)
+            except InvalidResourceName as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            groups[name] = Group(name, checked)
+        return groups
+
+    def set_backend(self, members: tuple[str, ...], group: str | None = None) -> str:
+        """The one backend every member lives on (a group's own, if it names
+        one); else InvalidResourceName: one lease is one store's transaction."""
+        wanted = self.value(group, "backend") if group else None
+        backends = {m: self.value(m, "backend") or DEFAULT_BACKEND for m in members}
+        chosen = wanted or backends[members[0]]
+        for member, backend in backends.items():
+            if backend != chosen:
+                from .errors import InvalidResourceName
+
+                raise InvalidResourceName(
+                    f"{member!r} lives on backend {backend!r}, {members[0]!r} on "
+                    f"{chosen!r}; one lease is one store's transaction, so lock "
+                    "resources of one backend together"
+                )
+        return chosen
+
+    def set_settings(
+        self, members: tuple[str, ...], group: str | None = None
+    ) -> ResourceSettings:
+        """Settings for one lease on `members`: the group's section first;
+        else the shortest of the members' TTLs, and the strictest max_ttl."""
+        backend = self.set_backend(members, group)
+        each = [self.settings(member) for member in members]
+        own = self.settings(group) if group else None
+        ttl = (own.ttl if own and self.value(group, "ttl") else None) or min(
+            s.ttl for s in each
+        )
+        limits = [s.max_ttl for s in [*each, *([own] if own else [])] if s.max_ttl]
+        max_ttl = min(limits) if limits else None
+        if max_ttl is not None and ttl > max_ttl:
+            ttl = max_ttl
+        principal = (own or each[0]).principal
+        return ResourceSettings(
+            group or ",".join(members), backend, principal, ttl, max_ttl
+        )
 
     def resource_sections(self) -> list[str]:
         return [s for s in self.parser.sections() if self.is_resource_section(s)]

@@ -56,7 +56,11 @@ EXIT_CODES = (
         "bad command line (unknown command, missing argument, a note that is "
         "not UTF-8 text, holds a control character or is over 1,000 characters)",
     ),
-    ExitCode(str(EXIT_BAD_RESOURCE), "invalid resource name"),
+    ExitCode(
+        str(EXIT_BAD_RESOURCE),
+        "invalid resource name, or set of resources (one named twice, over 25, "
+        "or on several backends)",
+    ),
     ExitCode(str(EXIT_BAD_TTL), "invalid TTL or duration"),
     ExitCode(
         str(EXIT_CONFIG),

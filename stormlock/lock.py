@@ -18,10 +18,11 @@ from .backend import (
     plausible_lease_id,
     utcnow,
 )
-from .config import DEFAULT_TTL, Config, load_config
+from .config import DEFAULT_TTL, Config, ResourceSettings, load_config
 from .errors import (
     BackendUnavailable,
     InvalidInput,
+    InvalidResourceName,
     StormlockError,
     UnsupportedOperation,
 )
@@ -250,9 +251,8 @@ def load_lock(
     `conf_file` defaults to $STORMLOCK_CONFIG, then the search path; with no
     file at all, the embedded SQLite backend and built-in defaults are used.
     """
-    resource = validate_resource(resource)
     config = load_config(conf_file)
-    backend = config.backend(config.settings(resource).backend)
+    backend = config.backend(settings_for(config, resource).backend)
     try:
         return lock_from_config(config, resource, backend)
     except StormlockError:
@@ -266,8 +266,23 @@ def lock_from_config(
     """A `StormLock` with the resource's settings, on an already built backend.
 
     `principal` overrides the configured one (the bot's users, say). A
-    pool's name gives a `PoolLock`: any one free member.
+    pool's name gives a `PoolLock`: any one free member. A group's name, or
+    names joined by commas, give a `SetLock`: all of them in one lease.
     """
+    members = set_members(config, resource)
+    if members is not None:
+        from .sets import SetLock
+
+        settings = config.set_settings(*members)
+        return SetLock(
+            backend,
+            members[0],
+            principal or settings.principal,
+            settings.ttl,
+            settings.max_ttl,
+            members[1],
+        )
+    resource = validate_resource(resource)
     settings = config.settings(resource)
     pool = config.pool(resource)
     if pool is not None:
@@ -287,6 +302,34 @@ def lock_from_config(
         settings.ttl,
         settings.max_ttl,
     )
+
+
+def set_members(config: Config, name: str) -> tuple[tuple[str, ...], str | None] | None:
+    """The members of the set `name` means (and its group's name), or None
+    when it means one resource or a pool: "a,b,c", or a `[group.NAME]`."""
+    from .sets import check_set, split_names
+
+    group = config.group(name) if "," not in name else None
+    if group is not None:
+        return group.members, group.name
+    if "," not in name:
+        return None
+    members = check_set(split_names([name]))
+    for member in members:
+        if config.pool(member) is not None or config.group(member) is not None:
+            kind = "pool" if config.pool(member) is not None else "group"
+            raise InvalidResourceName(
+                f"{member!r} is a {kind}; a set lists resources, so name them"
+            )
+    return members, None
+
+
+def settings_for(config: Config, name: str) -> ResourceSettings:
+    """The settings of what `name` means: a resource, a pool or a set."""
+    members = set_members(config, name)
+    if members is not None:
+        return config.set_settings(*members)
+    return config.settings(validate_resource(name))
 
 
 def list_all(config: Config, backends: Mapping[str, Backend]) -> list[Lease]:

@@ -29,6 +29,8 @@ def lease_dict(lease: Lease, with_id: bool = True) -> dict[str, Any]:
         "note": lease.note,
         "fence": lease.fence,
     }
+    if lease.members:
+        data["members"] = list(lease.members)
     if with_id:
         data["id"] = lease.id
     return data
@@ -78,8 +80,8 @@ def lease_table(
     with_ids: bool = False,
     pools: Mapping[str, str] | None = None,
 ) -> str:
-    """Leases as a table; with `pools` (member -> pool), a pool's members
-    are listed together, under a POOL column."""
+    """Leases as a table; with `pools` (member -> pool or group), a pool's
+    or a set's members are listed together, under a GROUP column."""
     pools = pools or {}
     grouped = any(lease.resource in pools for lease in leases)
     if grouped:
@@ -92,7 +94,7 @@ def lease_table(
         )
     headers = ["RESOURCE", "PRINCIPAL", "SINCE", "EXPIRES", "NOTE"]
     if grouped:
-        headers.insert(1, "POOL")
+        headers.insert(1, "GROUP")
     if with_ids:
         headers.append("LEASE ID")
     rows = [headers]

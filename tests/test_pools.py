@@ -125,7 +125,7 @@ def test_the_cli_takes_a_pool(
     message = one_line_error(full.stderr)
     assert all(f"staging-{n}" in message for n in (1, 2, 3))
     listed = run("list").stdout
-    assert "POOL" in listed and listed.count("staging ") >= 3
+    assert "GROUP" in listed and listed.count("staging ") >= 3
     current = run("current", "staging")
     assert current.returncode == 0 and len(current.stdout.splitlines()) == 3
     assert run("release", "staging", taken["id"]).returncode == 0

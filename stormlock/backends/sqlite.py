@@ -8,13 +8,16 @@ through release and expiry.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, ConfigError, StormlockError, detail
@@ -23,6 +26,10 @@ from ..paths import default_state_dir
 # What the statement that changed a row asks its history trigger to record
 # (all NULL when history is off): set by every changing statement, so a row
 # never carries a stale request.
+# Columns added since the first release: a database from before gets them.
+_ADDED_COLUMNS = {
+    "members": "TEXT",  # a set's lease: every member, JSON, on each member's row
+}
 _STORY_COLUMNS = {
     "h_event": "TEXT",
     "h_actor": "TEXT",
@@ -50,7 +57,8 @@ _SCHEMA = (
         created   REAL,
         expires   REAL,
         note      TEXT,
-        fence     INTEGER NOT NULL
+        fence     INTEGER NOT NULL,
+        members   TEXT
     )""",
     """CREATE INDEX IF NOT EXISTS stormlock_leases_expires
         ON stormlock_leases (expires) WHERE lease_id IS NOT NULL""",
@@ -82,17 +90,17 @@ _SCHEMA = (
 # below one it gave before. One statement, its history event included.
 _ACQUIRE = """
 INSERT INTO stormlock_leases
-    (resource, lease_id, principal, created, expires, note, fence,
+    (resource, lease_id, principal, created, expires, note, fence, members,
      h_event, h_actor, h_source, h_at, h_keep)
 VALUES (:resource, :lease_id, :principal, :now, :expires, :note, :clock_fence,
-        :h_event, :h_actor, :h_source, :now, :h_keep)
+        :members, :h_event, :h_actor, :h_source, :now, :h_keep)
 ON CONFLICT (resource) DO UPDATE SET
-    (lease_id, principal, created, expires, note, fence,
+    (lease_id, principal, created, expires, note, fence, members,
      h_event, h_actor, h_source, h_at, h_keep) = (
         excluded.lease_id, excluded.principal, excluded.created, excluded.expires,
         excluded.note, max(stormlock_leases.fence + 1, :clock_fence),
-        excluded.h_event, excluded.h_actor, excluded.h_source, excluded.h_at,
-        excluded.h_keep
+        excluded.members, excluded.h_event, excluded.h_actor, excluded.h_source,
+        excluded.h_at, excluded.h_keep
     )
 WHERE stormlock_leases.lease_id IS NULL OR stormlock_leases.expires <= :now
 RETURNING fence
@@ -103,7 +111,7 @@ UPDATE stormlock_leases SET expires = :expires,
     h_event = :h_event, h_actor = :h_actor, h_source = :h_source,
     h_at = :now, h_keep = :h_keep
 WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
-RETURNING resource, principal, created, lease_id, expires, note, fence
+RETURNING resource, principal, created, lease_id, expires, note, fence, members
 """
 
 _RELEASE = """
@@ -125,7 +133,7 @@ FROM stormlock_history WHERE at >= :since ORDER BY at DESC, rowid DESC LIMIT :li
 """
 
 _CURRENT = """
-SELECT resource, principal, created, lease_id, expires, note, fence
+SELECT resource, principal, created, lease_id, expires, note, fence, members
 FROM stormlock_leases
 WHERE resource = :resource AND lease_id IS NOT NULL AND expires > :now
 """
@@ -136,21 +144,24 @@ WHERE resource = :resource AND lease_id = :lease_id AND expires > :now
 """
 
 _LIST = """
-SELECT resource, principal, created, lease_id, expires, note, fence
+SELECT resource, principal, created, lease_id, expires, note, fence, members
 FROM stormlock_leases WHERE lease_id IS NOT NULL AND expires > :now
 """
 
 _PREFIX = """
-SELECT resource, principal, created, lease_id, expires, note, fence
+SELECT resource, principal, created, lease_id, expires, note, fence, members
 FROM stormlock_leases WHERE resource >= :start AND resource < :end
 AND lease_id IS NOT NULL AND expires > :now
 """
 
 _EXPIRING = """
-SELECT resource, principal, created, lease_id, expires, note, fence
+SELECT resource, principal, created, lease_id, expires, note, fence, members
 FROM stormlock_leases WHERE lease_id IS NOT NULL
 AND expires > :now AND expires <= :before ORDER BY expires
 """
+
+
+_T = TypeVar("_T")
 
 
 def _moment(seconds: float) -> datetime:
@@ -176,6 +187,7 @@ def _lease(row: sqlite3.Row) -> Lease:
         expires=_moment(row["expires"]),
         note=row["note"],
         fence=row["fence"],
+        members=tuple(json.loads(row["members"])) if row["members"] else (),
     )
 
 
@@ -285,7 +297,7 @@ class SQLite(LeaseBackend):
                         row[1]
                         for row in conn.execute("PRAGMA table_info(stormlock_leases)")
                     }
-                    for column, kind in _STORY_COLUMNS.items():
+                    for column, kind in {**_ADDED_COLUMNS, **_STORY_COLUMNS}.items():
                         if column not in have:
                             add = f"ADD COLUMN {column} {kind}"
                             conn.execute(f"ALTER TABLE stormlock_leases {add}")
@@ -393,6 +405,7 @@ class SQLite(LeaseBackend):
             "expires": now + ttl.total_seconds(),
             "note": note,
             "clock_fence": int(now * 1_000_000),
+            "members": None,
             **self._story_params(resource, "acquired"),
         }
         rows = self._run(_ACQUIRE, params)
@@ -420,6 +433,113 @@ class SQLite(LeaseBackend):
             **self._story_params(resource, None),
         }
         return bool(self._run(_RELEASE, params))
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], tuple[bool, _T]]) -> _T:
+        """Run `fn` in one write transaction: committed if it says so (its
+        first value), else rolled back, so that nothing of it is kept."""
+        conn = self._connect()
+        self._ensure_schema(conn)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                keep, result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT" if keep else "ROLLBACK")
+            return result
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise self._permission_problem() or BackendUnavailable(
+                f"SQLite database {str(self.path)!r} failed: {detail(exc)}; "
+                "retry, or raise [backend.sqlite] timeout"
+            ) from None
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        now = time.time()
+        members = json.dumps(list(resources))
+
+        def take(conn: sqlite3.Connection) -> tuple[bool, tuple[bool, list[Lease]]]:
+            taken = []
+            for resource in resources:
+                params: dict[str, object] = {
+                    "resource": resource,
+                    "lease_id": lease_id,
+                    "principal": principal,
+                    "now": now,
+                    "expires": now + ttl.total_seconds(),
+                    "note": note,
+                    "clock_fence": int(now * 1_000_000),
+                    "members": members,
+                    **self._story_params(resource, "acquired"),
+                }
+                row = conn.execute(_ACQUIRE, params).fetchone()
+                if row is None:
+                    held = conn.execute(_CURRENT, {"resource": resource, "now": now})
+                    return False, (False, [_lease(r) for r in held.fetchall()])
+                lease = Lease(
+                    principal,
+                    _moment(now),
+                    lease_id,
+                    resource,
+                    _moment(now + ttl.total_seconds()),
+                    note,
+                    row["fence"],
+                    tuple(resources),
+                )
+                taken.append(lease)
+            return True, (True, taken)
+
+        return self._transaction(take)
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        now = time.time()
+
+        def renew(conn: sqlite3.Connection) -> tuple[bool, list[Lease] | None]:
+            renewed = []
+            for resource in resources:
+                params: dict[str, object] = {
+                    "resource": resource,
+                    "lease_id": lease_id,
+                    "now": now,
+                    "expires": now + ttl.total_seconds(),
+                    **self._story_params(resource, "renewed"),
+                }
+                row = conn.execute(_RENEW, params).fetchone()
+                if row is None:
+                    return False, None
+                renewed.append(_lease(row))
+            return True, renewed
+
+        return self._transaction(renew)
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        now = time.time()
+
+        def release(conn: sqlite3.Connection) -> tuple[bool, bool]:
+            released = False
+            for resource in resources:
+                params: dict[str, object] = {
+                    "resource": resource,
+                    "lease_id": lease_id,
+                    "now": now,
+                    **self._story_params(resource, None),
+                }
+                released |= conn.execute(_RELEASE, params).fetchone() is not None
+            return True, released
+
+        return self._transaction(release)
 
     def _history(
         self, resource: str | None, since: datetime | None, limit: int | None
