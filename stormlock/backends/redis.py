@@ -13,6 +13,7 @@ scripts (EVALSHA), current and is_current one command each.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -50,7 +51,7 @@ if fence < clock then
 end
 """
 
-_FIELDS = "'id', 'principal', 'created', 'expires', 'note', 'fence'"
+_FIELDS = "'id', 'principal', 'created', 'expires', 'note', 'fence', 'members'"
 
 # History: an entry in the resource's stream and in the stream of all, in
 # the script of the change (no extra round trip); entries older than the
@@ -148,6 +149,91 @@ return out
 )
 
 
+# Sets: each member's keys are four in a row (lease, fence, index, history),
+# then the history of all. One script: every member or none.
+# ARGV: id, principal, ttl_ms, note, members (JSON), keep_ms, actor, source,
+# then the member names.
+_ACQUIRE_SET = (
+    _NOW_MS
+    + _LOG
+    + f"""
+local n = #ARGV - 8
+for i = 1, n do
+    if redis.call('EXISTS', KEYS[i * 4 - 3]) == 1 then
+        return {{0, ARGV[8 + i], redis.call('HMGET', KEYS[i * 4 - 3], {_FIELDS})}}
+    end
+end
+local expires = now + tonumber(ARGV[3])
+local clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fences = {{}}
+for i = 1, n do
+    local fence = redis.call('INCR', KEYS[i * 4 - 2])
+    if fence < clock then
+        fence = clock
+        redis.call('SET', KEYS[i * 4 - 2], string.format('%d', fence))
+    end
+    local f = string.format('%d', fence)
+    redis.call('HSET', KEYS[i * 4 - 3], 'id', ARGV[1], 'principal', ARGV[2],
+               'created', now, 'expires', expires, 'note', ARGV[4], 'fence', f,
+               'members', ARGV[5])
+    redis.call('PEXPIREAT', KEYS[i * 4 - 3], expires - 1)
+    redis.call('ZADD', KEYS[i * 4 - 1], expires, ARGV[8 + i])
+    log(KEYS[i * 4], KEYS[n * 4 + 1], ARGV[6], ARGV[7], ARGV[8], 'acquired',
+        ARGV[8 + i], ARGV[2], ARGV[4], f, tostring(expires))
+    table.insert(fences, f)
+end
+return {{1, tostring(now), tostring(expires), fences}}
+"""
+)
+
+# Keys as for _ACQUIRE_SET, without the fences (three a member).
+# ARGV: id, ttl_ms, keep_ms, actor, source, then the member names.
+_RENEW_SET = (
+    _NOW_MS
+    + _LOG
+    + f"""
+local n = #ARGV - 5
+for i = 1, n do
+    if redis.call('HGET', KEYS[i * 3 - 2], 'id') ~= ARGV[1] then return false end
+end
+local expires = now + tonumber(ARGV[2])
+local out = {{}}
+for i = 1, n do
+    redis.call('HSET', KEYS[i * 3 - 2], 'expires', expires)
+    redis.call('PEXPIREAT', KEYS[i * 3 - 2], expires - 1)
+    redis.call('ZADD', KEYS[i * 3 - 1], expires, ARGV[5 + i])
+    local lease = redis.call('HMGET', KEYS[i * 3 - 2], {_FIELDS})
+    log(KEYS[i * 3], KEYS[n * 3 + 1], ARGV[3], ARGV[4], ARGV[5], 'renewed',
+        ARGV[5 + i], lease[2], lease[5], lease[6], tostring(expires))
+    table.insert(out, lease)
+end
+return out
+"""
+)
+
+# Keys as for _RENEW_SET. ARGV: id, keep_ms, actor, source, event, then the
+# member names. Releases every member that holds the id.
+_RELEASE_SET = (
+    _NOW_MS
+    + _LOG
+    + """
+local n = #ARGV - 5
+local released = 0
+for i = 1, n do
+    if redis.call('HGET', KEYS[i * 3 - 2], 'id') == ARGV[1] then
+        local lease = redis.call('HMGET', KEYS[i * 3 - 2], 'principal', 'note', 'fence')
+        redis.call('DEL', KEYS[i * 3 - 2])
+        redis.call('ZREM', KEYS[i * 3 - 1], ARGV[5 + i])
+        log(KEYS[i * 3], KEYS[n * 3 + 1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+            ARGV[5 + i], lease[1], lease[2], lease[3], '')
+        released = 1
+    end
+end
+return released
+"""
+)
+
+
 def _moment(ms: bytes | str) -> datetime:
     return datetime.fromtimestamp(int(ms) / 1000, UTC)
 
@@ -159,7 +245,8 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 def _lease(resource: str, fields: Sequence[bytes | str | None]) -> Lease | None:
-    lease_id, principal, created, expires, note, fence = (_text(f) for f in fields)
+    values = [_text(f) for f in fields] + [None] * (7 - len(fields))
+    lease_id, principal, created, expires, note, fence, members = values
     if lease_id is None or created is None or expires is None or fence is None:
         return None
     return Lease(
@@ -170,6 +257,7 @@ def _lease(resource: str, fields: Sequence[bytes | str | None]) -> Lease | None:
         expires=_moment(expires),
         note=note or None,
         fence=int(fence),
+        members=tuple(json.loads(members)) if members else (),
     )
 
 
@@ -254,6 +342,9 @@ class Redis(LeaseBackend):
         self._renew_script = self.client.register_script(_RENEW)
         self._release_script = self.client.register_script(_RELEASE)
         self._list_script = self.client.register_script(_LIST)
+        self._acquire_set_script = self.client.register_script(_ACQUIRE_SET)
+        self._renew_set_script = self.client.register_script(_RENEW_SET)
+        self._release_set_script = self.client.register_script(_RELEASE_SET)
 
     capabilities = Capabilities(
         Clock.SERVER,
@@ -332,6 +423,67 @@ class Redis(LeaseBackend):
         )
         return bool(released)
 
+    def _set_keys(self, resources: Sequence[str], fences: bool) -> list[str]:
+        keys = []
+        for resource in resources:
+            keys.append(self._key(resource))
+            if fences:
+                keys.append(f"{self.prefix}fence:{resource}")
+            keys += [self._index_for(resource), self._history_keys(resource)[0]]
+        return [*keys, self._history_keys("")[1]]
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        args: list[str | int] = [lease_id, principal, _ttl_ms(ttl), note or ""]
+        args += [json.dumps(list(resources)), *self._story_args(resources[0])]
+        reply = cast(
+            list[Any],
+            self._acquire_set_script(
+                keys=self._set_keys(resources, True), args=[*args, *resources]
+            ),
+        )
+        if not reply[0]:
+            holder = _lease(_text(reply[1]) or "", reply[2])
+            return False, [holder] if holder else []
+        created, expires, fences = _moment(reply[1]), _moment(reply[2]), reply[3]
+        members = tuple(resources)
+        return True, [
+            Lease(principal, created, lease_id, r, expires, note, int(f), members)
+            for r, f in zip(resources, fences, strict=True)
+        ]
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        story = self._story_args(resources[0])
+        reply = self._renew_set_script(
+            keys=self._set_keys(resources, False),
+            args=[lease_id, _ttl_ms(ttl), *story, *resources],
+        )
+        if not reply:
+            return None
+        leases = [_lease(r, f) for r, f in zip(resources, reply, strict=True)]
+        return [lease for lease in leases if lease is not None]
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        told = self._story(resources[0])
+        released = self._release_set_script(
+            keys=self._set_keys(resources, False),
+            args=[
+                lease_id,
+                *self._story_args(resources[0]),
+                told.released_as() if told else "",
+                *resources,
+            ],
+        )
+        return bool(released)
+
     def _history(
         self, resource: str | None, since: datetime | None, limit: int | None
     ) -> list[Event]:
@@ -343,7 +495,7 @@ class Redis(LeaseBackend):
     def _current(self, resource: str) -> Lease | None:
         fields = self.client.hmget(
             self._key(resource),
-            ["id", "principal", "created", "expires", "note", "fence"],
+            ["id", "principal", "created", "expires", "note", "fence", "members"],
         )
         return _lease(resource, fields)
 
