@@ -135,15 +135,24 @@ class LeaseOut(BaseModel):
     note: str | None
     fence: int
     id: str | None = Field(None, description="only for its holder")
+    members: list[str] | None = Field(
+        None, description="a lease on a set: every resource it covers"
+    )
 
 
 class AcquiredOut(BaseModel):
     lease: LeaseOut
     replayed: bool = Field(description="granted to an earlier try of this request")
+    leases: list[LeaseOut] | None = Field(
+        None, description="a set ('a,b' or a group): each member's lease and fence"
+    )
 
 
 class MaybeLeaseOut(BaseModel):
     lease: LeaseOut | None
+    leases: list[LeaseOut] | None = Field(
+        None, description="a set's renewal: each member's lease"
+    )
 
 
 class LeasesOut(BaseModel):
@@ -382,7 +391,7 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
     def acquire(body: AcquireIn) -> Response:
         """Acquire a lease (optionally waiting up to 60 s); the id is in it."""
         who = caller(body.principal, body.context, body.record)
-        lease, replayed = service.acquire(
+        lease, replayed, each = service.acquire(
             who,
             body.resource,
             _duration(body.ttl),
@@ -390,7 +399,10 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
             _duration(body.wait),
             body.request_id,
         )
-        return jsonify({"lease": _lease(lease, who), "replayed": replayed})
+        answer: dict[str, Any] = {"lease": _lease(lease, who), "replayed": replayed}
+        if each:
+            answer["leases"] = [_lease(member, who) for member in each]
+        return jsonify(answer)
 
     @app.post(
         "/v1/renew",
@@ -400,8 +412,11 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
     def renew(body: RenewIn) -> Response:
         """Renew a lease for another TTL from now."""
         who = caller(body.principal, body.context, body.record)
-        lease = service.renew(who, body.resource, body.id, _duration(body.ttl))
-        return jsonify({"lease": _lease(lease, who)})
+        lease, each = service.renew(who, body.resource, body.id, _duration(body.ttl))
+        answer: dict[str, Any] = {"lease": _lease(lease, who)}
+        if each:
+            answer["leases"] = [_lease(member, who) for member in each]
+        return jsonify(answer)
 
     @app.post(
         "/v1/release", security=_SECURITY, responses={200: ReleasedOut, **_ERRORS}

@@ -27,7 +27,7 @@ from ..errors import (
     UsageError,
 )
 from ..history import ACQUIRED, RELEASED, SOURCES, Event, acting
-from ..lock import StormLock, list_all, lock_from_config
+from ..lock import StormLock, list_all, lock_from_config, set_members, settings_for
 from ..names import (
     RECORD_PREFIX,
     RULE,
@@ -37,6 +37,7 @@ from ..names import (
 )
 from ..pool import PoolLock
 from ..records import Records
+from ..sets import SetLock
 from ..tokens import API_RECORDS, Token, Tokens, digest
 from ..ttl import check_ttl
 
@@ -279,10 +280,16 @@ class ApiService:
 
     # -- leases ------------------------------------------------------------
 
+    def _check(self, caller: Caller, resource: str | None, write: bool) -> None:
+        """The token's scope, member by member for a set ("a,b" or a group)."""
+        members = set_members(self.config, resource) if resource else None
+        for name in members[0] if members else [resource]:
+            caller.check(name, write)
+
     def _lock_for(self, resource: str, caller: Caller) -> StormLock:
-        if not caller.token.delegate:
-            resource = validate_resource(resource)
-            backend = self.backend(self.config.settings(resource).backend)
+        if not caller.token.delegate or set_members(self.config, resource):
+            settings = settings_for(self.config, resource)
+            backend = self.backend(settings.backend)
             return lock_from_config(self.config, resource, backend, caller.principal)
         resource = _any_name(resource)
         settings = self.config.settings(resource)
@@ -315,6 +322,8 @@ class ApiService:
         lease = lock.backend.current(resource) if resource else None
         if lease is None or lease.id != lease_id:
             return None
+        if isinstance(lock, SetLock):
+            return lock.current()
         return lease._replace(resource=lease.resource or resource)
 
     def acquire(
@@ -325,10 +334,11 @@ class ApiService:
         note: str | None,
         wait: timedelta | None,
         request_id: str | None,
-    ) -> tuple[Lease, bool]:
-        """The lease, and whether it was granted to an earlier try of this
-        request (a retry after a lost answer)."""
-        caller.check(resource, write=True)
+    ) -> tuple[Lease, bool, builtins.list[Lease]]:
+        """The lease, whether it was granted to an earlier try of this
+        request (a retry after a lost answer), and for a set each member's
+        lease (with its own fence)."""
+        self._check(caller, resource, write=True)
         if wait is not None and wait > MAX_WAIT:
             raise UsageError(
                 f"wait is at most {int(MAX_WAIT.total_seconds())} s per request; "
@@ -341,33 +351,37 @@ class ApiService:
         if key is not None and isinstance(lock, PoolLock):
             replayed = self._replayed(lock, key)
             if replayed is not None:
-                return replayed, True
+                return replayed, True, []
         try:
             with caller.acting(self._channel(lock.resource)):
                 lease = lock.acquire_lease(ttl, note, wait)
         except LockHeldException:
             replayed = self._replayed(lock, key) if key is not None else None
             if replayed is not None:  # the earlier try, or a twin, won
-                return replayed, True
+                each = lock.leases if isinstance(lock, SetLock) else []
+                return replayed, True, each
             raise
         self._tell(ACQUIRED, lease, caller)
         if key is not None:
             remember = min(REQUEST_TTL, lock.ttl if ttl is None else ttl)
             # A twin try may have recorded its own first; this one is the lease.
-            value = json.dumps([lease.resource, lease.id])
+            first = lease.members[0] if isinstance(lock, SetLock) else lease.resource
+            value = json.dumps([first, lease.id])
             Records(lock.backend, _REQUESTS).claim(key, remember, value)
-        return lease, False
+        return lease, False, lock.leases if isinstance(lock, SetLock) else []
 
     def renew(
         self, caller: Caller, resource: str, lease_id: str, ttl: timedelta | None
-    ) -> Lease:
-        caller.check(resource, write=True)
+    ) -> tuple[Lease, builtins.list[Lease]]:
+        """The renewed lease, and for a set each member's."""
+        self._check(caller, resource, write=True)
         lock = self._lock_for(resource, caller)
         with caller.acting(self._channel(lock.resource)):
-            return lock.renew(lease_id, ttl)
+            lease = lock.renew(lease_id, ttl)
+        return lease, lock.leases if isinstance(lock, SetLock) else []
 
     def release(self, caller: Caller, resource: str, lease_id: str) -> bool | None:
-        caller.check(resource, write=True)
+        self._check(caller, resource, write=True)
         lock = self._lock_for(resource, caller)
         channel = caller.channel(self._channel(lock.resource))
         before = lock.current() if channel and self.announce else None
@@ -390,11 +404,11 @@ class ApiService:
             log.exception("announcing an API change failed")
 
     def current(self, caller: Caller, resource: str) -> Lease | None:
-        caller.check(resource, write=False)
+        self._check(caller, resource, write=False)
         return self._lock_for(resource, caller).current()
 
     def is_held(self, caller: Caller, resource: str, lease_id: str) -> bool:
-        caller.check(resource, write=False)
+        self._check(caller, resource, write=False)
         return self._lock_for(resource, caller).is_current(lease_id)
 
     def leases(
@@ -434,7 +448,7 @@ class ApiService:
         principal: str | None,
         limit: int | None,
     ) -> builtins.list[Event]:
-        caller.check(resource, write=False)
+        self._check(caller, resource, write=False)
         if resource is not None:
             resource = validate_resource(resource)
             names = [self.config.settings(resource).backend]

@@ -32,6 +32,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ def _lease(data: dict[str, Any]) -> Lease:
         expires=_time(data.get("expires")),
         note=data.get("note"),
         fence=int(data.get("fence") or 0),
+        members=tuple(data.get("members") or ()),
     )
 
 
@@ -337,6 +339,51 @@ class Http(LeaseBackend):
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None
     ) -> tuple[bool, Lease | None]:
+        answer = self._take(resource, principal, ttl, note)
+        if isinstance(answer, dict):
+            return True, _lease(answer["lease"])
+        return False, answer
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        # The server takes the set in its store's one transaction, with an
+        # id of its own (lease_id is not sent).
+        answer = self._take(",".join(resources), principal, ttl, note)
+        if isinstance(answer, dict):
+            return True, [_lease(each) for each in answer.get("leases") or []]
+        return False, [answer] if answer is not None else []
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        body = self._context(
+            {
+                "resource": ",".join(resources),
+                "id": lease_id,
+                "ttl": ttl.total_seconds(),
+            }
+        )
+        try:
+            data = self._call("POST", "/v1/renew", body)
+        except _Failure as failure:
+            if failure.code == "expired":
+                return None
+            raise
+        return [_lease(each) for each in data.get("leases") or []] or None
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        return self._release(",".join(resources), lease_id)
+
+    def _take(
+        self, resource: str, principal: str, ttl: timedelta, note: str | None
+    ) -> dict[str, Any] | Lease | None:
+        """POST an acquire: the answer if taken, else the holder (if told)."""
         body = self._context(
             {
                 "resource": resource,
@@ -368,7 +415,7 @@ class Http(LeaseBackend):
                     f"your name since {iso(holder.created)}; it may be yours "
                     f"(check with 'stormlock current {resource}')"
                 ) from None
-            return False, holder
+            return holder
         except _NoAnswer as exc:
             raise BackendUnavailable(
                 f"cannot tell whether the lease on {resource!r} was acquired: the "
@@ -376,7 +423,7 @@ class Http(LeaseBackend):
                 f"{self.timeout:g}s ({exc}); if it was, it is yours until it "
                 f"expires: check with 'stormlock current {resource}'"
             ) from None
-        return True, _lease(data["lease"])
+        return data
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         body = self._context(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -41,8 +41,11 @@ _CREATE = (
         created   timestamptz,
         expires   timestamptz,
         note      text,
-        fence     bigint NOT NULL
+        fence     bigint NOT NULL,
+        members   text[]
     )""",
+    # A table from before sets: every member of a set's lease, on each row.
+    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS members text[]",
     "CREATE INDEX IF NOT EXISTS {index} ON {table} (expires) "
     "WHERE lease_id IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS {history} (
@@ -70,7 +73,7 @@ _DURABILITY = {
     "full_page_writes": "set full_page_writes = on",
 }
 
-_COLUMNS = "resource, principal, created, lease_id, expires, note, fence"
+_COLUMNS = "resource, principal, created, lease_id, expires, note, fence, members"
 # The server clock in microseconds: a fence never falls below it, so a table
 # restored from an old backup still never hands out a fence it gave before.
 _CLOCK_FENCE = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
@@ -81,14 +84,15 @@ _CLOCK_FENCE = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 _ACQUIRE = """
 WITH taken AS (
     INSERT INTO {table} AS l
-        (resource, lease_id, principal, created, expires, note, fence)
+        (resource, lease_id, principal, created, expires, note, fence, members)
     VALUES (%(resource)s, %(lease_id)s, %(principal)s, clock_timestamp(),
             clock_timestamp() + make_interval(secs => %(ttl)s), %(note)s,
-            {clock_fence})
+            {clock_fence}, NULL)
     ON CONFLICT (resource) DO UPDATE SET
-        (lease_id, principal, created, expires, note, fence) = (
+        (lease_id, principal, created, expires, note, fence, members) = (
             excluded.lease_id, excluded.principal, excluded.created,
-            excluded.expires, excluded.note, greatest(l.fence + 1, {clock_fence})
+            excluded.expires, excluded.note, greatest(l.fence + 1, {clock_fence}),
+            NULL
         )
     WHERE l.lease_id IS NULL OR l.expires <= clock_timestamp()
     RETURNING {columns}
@@ -144,6 +148,74 @@ WITH released AS (
 logged AS (__LOG__)
 SELECT fence FROM released
 """
+
+# Sets: one statement takes every member, in the array's (sorted) order, so
+# two overlapping sets lock their rows in one order and never deadlock. The
+# caller rolls back unless it took them all.
+_ACQUIRE_SET = """
+WITH taken AS (
+    INSERT INTO {table} AS l
+        (resource, lease_id, principal, created, expires, note, fence, members)
+    SELECT m.resource, %(lease_id)s, %(principal)s, now.t,
+           now.t + make_interval(secs => %(ttl)s), %(note)s, {clock_fence},
+           %(members)s::text[]
+    FROM unnest(%(members)s::text[]) WITH ORDINALITY AS m(resource, i),
+         (SELECT clock_timestamp() AS t) AS now
+    ORDER BY m.i
+    ON CONFLICT (resource) DO UPDATE SET
+        (lease_id, principal, created, expires, note, fence, members) = (
+            excluded.lease_id, excluded.principal, excluded.created,
+            excluded.expires, excluded.note, greatest(l.fence + 1, {clock_fence}),
+            excluded.members
+        )
+    WHERE l.lease_id IS NULL OR l.expires <= excluded.created
+    RETURNING {columns}
+)__LOGGED__
+SELECT {columns} FROM taken
+"""
+
+# The members' rows are locked in sorted order first, for the same reason.
+_RENEW_SET = """
+WITH locked AS MATERIALIZED (
+    SELECT resource FROM {table} WHERE resource = ANY(%(members)s::text[])
+    ORDER BY resource FOR UPDATE
+),
+renewed AS (
+    UPDATE {table} SET expires = clock_timestamp() + make_interval(secs => %(ttl)s)
+    WHERE resource IN (SELECT resource FROM locked) AND lease_id = %(lease_id)s
+      AND expires > clock_timestamp()
+    RETURNING {columns}
+)__LOGGED__
+SELECT {columns} FROM renewed
+"""
+
+_RELEASE_SET = """
+WITH locked AS MATERIALIZED (
+    SELECT resource FROM {table} WHERE resource = ANY(%(members)s::text[])
+    ORDER BY resource FOR UPDATE
+),
+released AS (
+    UPDATE {table} SET lease_id = NULL
+    WHERE resource IN (SELECT resource FROM locked) AND lease_id = %(lease_id)s
+      AND expires > clock_timestamp()
+    RETURNING resource, principal, note, fence
+)__LOGGED__
+SELECT fence FROM released
+"""
+
+_HELD_SET = """
+SELECT {columns} FROM {table}
+WHERE resource = ANY(%(members)s::text[]) AND lease_id IS NOT NULL
+  AND expires > clock_timestamp()
+"""
+
+
+def _set_statement(statement: str, changed: str, until: str, log: bool) -> str:
+    if not log:
+        return statement.replace("__LOGGED__", "")
+    logged = ",\nlogged AS (__LOG__),\ntrimmed AS (__TRIM__)"
+    return _logged(statement.replace("__LOGGED__", logged), changed, until)
+
 
 _HISTORY_OF = """
 SELECT at, resource, event, principal, actor, note, fence, source, until
@@ -220,6 +292,7 @@ def _lease(row: dict[str, Any]) -> Lease:
         expires=row["expires"],
         note=row["note"],
         fence=row["fence"],
+        members=tuple(row.get("members") or ()),
     )
 
 
@@ -301,6 +374,16 @@ class Postgresql(LeaseBackend):
                 ("renew_logged", _logged(_RENEW_LOGGED, "renewed", "expires")),
                 ("release_logged", _logged(_RELEASE_LOGGED, "released", "NULL")),
                 ("history_of", _HISTORY_OF),
+                ("held_set", _HELD_SET),
+                *(
+                    (name + suffix, _set_statement(text, changed, until, log))
+                    for name, text, changed, until in (
+                        ("acquire_set", _ACQUIRE_SET, "taken", "expires"),
+                        ("renew_set", _RENEW_SET, "renewed", "expires"),
+                        ("release_set", _RELEASE_SET, "released", "NULL"),
+                    )
+                    for suffix, log in (("", False), ("_logged", True))
+                ),
                 ("history_all", _HISTORY_ALL),
             )
         }
@@ -374,7 +457,7 @@ class Postgresql(LeaseBackend):
             try:
                 with self.pool.connection(timeout=self._checkout_timeout()) as conn:
                     return fn(conn)
-            except psycopg.errors.UndefinedTable:
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
                 if attempt or self._schema_ready:
                     raise
                 self.setup()
@@ -443,6 +526,70 @@ class Postgresql(LeaseBackend):
     def _release(self, resource: str, lease_id: str) -> bool:
         params = {"resource": resource, "lease_id": lease_id}
         return bool(self._rows(*self._with_story("release", resource, params, None)))
+
+    def _in_transaction(
+        self,
+        name: str,
+        resource: str,
+        params: dict[str, Any],
+        event: str | None,
+        want: int,
+    ) -> list[dict[str, Any]] | None:
+        """Run a set's statement in a transaction: committed if it changed
+        `want` rows, else rolled back (None)."""
+        statement, params = self._with_story(name, resource, params, event)
+
+        def run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
+            rows: list[dict[str, Any]] = []
+            with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(self._sql[statement], params)
+                rows = cursor.fetchall()
+                if len(rows) != want:
+                    raise psycopg.Rollback  # nothing of it is kept
+            return rows if len(rows) == want else None
+
+        return self._run(run)
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        params = {
+            "members": list(resources),
+            "lease_id": lease_id,
+            "principal": principal,
+            "ttl": ttl.total_seconds(),
+            "note": note,
+        }
+        rows = self._in_transaction(
+            "acquire_set", resources[0], params, ACQUIRED, len(resources)
+        )
+        if rows is not None:
+            return True, [_lease(row) for row in rows]
+        held = self._rows("held_set", {"members": list(resources)})
+        return False, [_lease(row) for row in held]
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        params = {
+            "members": list(resources),
+            "lease_id": lease_id,
+            "ttl": ttl.total_seconds(),
+        }
+        rows = self._in_transaction(
+            "renew_set", resources[0], params, RENEWED, len(resources)
+        )
+        return None if rows is None else [_lease(row) for row in rows]
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        params = {"members": list(resources), "lease_id": lease_id}
+        statement, params = self._with_story("release_set", resources[0], params, None)
+        return bool(self._rows(statement, params))
 
     def _with_story(
         self, name: str, resource: str, params: dict[str, Any], event: str | None
