@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -63,6 +63,7 @@ def _lease(item: dict[str, Any]) -> Lease:
         expires=_moment(item["expires"]),
         note=item.get("note"),
         fence=int(item["fence"]),
+        members=tuple(item.get("members") or ()),
     )
 
 
@@ -358,10 +359,10 @@ class DynamoDB(LeaseBackend):
             ":one": 1,
         }
         if note:
-            update += ", note = :note"
+            update += ", note = :note REMOVE members"
             values[":note"] = note
         else:
-            update += " REMOVE note"
+            update += " REMOVE note, members"
         client = self.resource.meta.client
         try:
             result = self._call(
@@ -440,6 +441,132 @@ class DynamoDB(LeaseBackend):
         told = self._story(resource)
         if told is not None:
             self._log(told, told.released_as(), result["Attributes"], None)
+        return True
+
+    # -- sets: TransactWriteItems, every member or none -------------------------
+
+    def _transact(
+        self, resources: Sequence[str], update: str, condition: str, values: Any
+    ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+        """Update every member in one transaction: (their items after it,
+        []), or (None, the items that failed their condition) if cancelled."""
+        # The resource's client converts values both ways (but not in errors).
+        client = self.resource.meta.client
+        items: Any = [
+            {
+                "Update": {
+                    "TableName": self.table_name,
+                    "Key": {"resource": resource},
+                    "UpdateExpression": update,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeValues": values,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+            for resource in resources
+        ]
+        cancelled: list[dict[str, Any]] = []
+        try:
+            self._call(lambda: client.transact_write_items(TransactItems=items))
+        except client.exceptions.TransactionCanceledException as exc:
+            for reason in exc.response.get("CancellationReasons") or []:
+                raw: Any = reason.get("Item")
+                if reason.get("Code") == "ConditionalCheckFailed" and raw:
+                    cancelled.append({k: self._deserialize(v) for k, v in raw.items()})
+            return None, cancelled
+        gets: Any = [
+            {"Get": {"TableName": self.table_name, "Key": {"resource": r}}}
+            for r in resources
+        ]
+        got = self._call(lambda: client.transact_get_items(TransactItems=gets))
+        return [answer.get("Item") or {} for answer in got.get("Responses") or []], (
+            cancelled
+        )
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        now = _now_ms()
+        expires = now + max(1, round(ttl.total_seconds() * 1000))
+        update = (
+            "SET lease_id = :id, principal = :principal, created = :now, "
+            "expires = :expires, active = :active, purge_at = :purge, "
+            "members = :members, fence = if_not_exists(fence, :base) + :one"
+        )
+        values: dict[str, Any] = {
+            ":id": lease_id,
+            ":principal": principal,
+            ":now": now,
+            ":expires": expires,
+            ":active": "1",
+            ":purge": expires // 1000 + _PURGE_AFTER,
+            ":base": Decimal(now) * 1000,
+            ":one": 1,
+            ":members": list(resources),
+        }
+        if note:
+            update += ", note = :note"
+            values[":note"] = note
+        else:
+            update += " REMOVE note"
+        condition = "attribute_not_exists(lease_id) OR expires <= :now"
+        items, cancelled = self._transact(resources, update, condition, values)
+        if items is None:
+            return False, [_lease(i) for i in cancelled if _live(i, now)]
+        told = self._story(resources[0])
+        leases = []
+        for resource, item in zip(resources, items, strict=True):
+            if item.get("lease_id") != lease_id:  # released and taken since
+                item = {**item, "lease_id": lease_id, "resource": resource}
+            self._log(told, ACQUIRED, item, expires)
+            leases.append(_lease({**item, "expires": expires, "created": now}))
+        return True, leases
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        now = _now_ms()
+        expires = now + max(1, round(ttl.total_seconds() * 1000))
+        values = {
+            ":id": lease_id,
+            ":now": now,
+            ":expires": expires,
+            ":purge": expires // 1000 + _PURGE_AFTER,
+        }
+        items, _ = self._transact(
+            resources,
+            "SET expires = :expires, purge_at = :purge",
+            "lease_id = :id AND expires > :now",
+            values,
+        )
+        if items is None:
+            return None
+        told = self._story(resources[0])
+        for item in items:
+            self._log(told, RENEWED, item, expires)
+        return [_lease({**item, "expires": expires}) for item in items]
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        values = {":id": lease_id, ":now": _now_ms()}
+        items, _ = self._transact(
+            resources,
+            "REMOVE lease_id, active",
+            "lease_id = :id AND expires > :now",
+            values,
+        )
+        if items is None:
+            # A member expired (or was never taken): release the rest one by
+            # one, each still conditional on the id.
+            return any([self._release(r, lease_id) for r in resources])
+        told = self._story(resources[0])
+        if told is not None:
+            for item in items:
+                self._log(told, told.released_as(), item, None)
         return True
 
     def _current(self, resource: str) -> Lease | None:

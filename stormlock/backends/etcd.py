@@ -31,6 +31,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -273,6 +274,7 @@ class Etcd(LeaseBackend):
             expires=datetime.fromtimestamp(value["expires"], UTC),
             note=value.get("note"),
             fence=int(value.get("epoch", 0)) + int(kv["create_revision"]),
+            members=tuple(value.get("members") or ()),
         )
         return lease, value
 
@@ -289,6 +291,7 @@ class Etcd(LeaseBackend):
                     "note": lease.note,
                     "etcd_lease": etcd_lease,
                     "epoch": epoch,
+                    **({"members": list(lease.members)} if lease.members else {}),
                 }
             )
         )
@@ -315,6 +318,7 @@ class Etcd(LeaseBackend):
         lease: Lease,
         epoch: int | None,
         until: datetime | None,
+        trim: bool = True,
     ) -> list[dict[str, Any]]:
         """The txn operations that record `event` (none with history off).
         With `epoch`, the fence is the epoch plus the event's own create
@@ -344,6 +348,8 @@ class Etcd(LeaseBackend):
         prefixes = (self._history_prefix(lease.resource), self._history_prefix(None))
         for prefix in prefixes:
             ops.append({"request_put": {"key": _b64(prefix + stamp), "value": value}})
+            if not trim:  # a set's other members: one trim a change keeps it short
+                continue
             ops.append(
                 {
                     "request_delete_range": {
@@ -583,6 +589,193 @@ class Etcd(LeaseBackend):
         )
         self._revoke_quietly(str(value["etcd_lease"]))
         return bool(data.get("succeeded"))
+
+    # -- sets: every member in one transaction, under one etcd lease ------------
+
+    def _read_all(self, resources: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Each member's key, read in one transaction (one revision)."""
+        data = self._call(
+            "/v3/kv/txn",
+            {
+                "success": [
+                    {"request_range": {"key": _b64(self._key(r))}} for r in resources
+                ]
+            },
+        )
+        found = []
+        for response in data.get("responses") or []:
+            kvs = response.get("response_range", {}).get("kvs") or []
+            found.append(kvs[0] if kvs else None)
+        return found
+
+    def _log_set(
+        self, told: Story | None, event: str, leases: Sequence[Lease], **how: Any
+    ) -> list[dict[str, Any]]:
+        ops: list[dict[str, Any]] = []
+        for i, lease in enumerate(leases):
+            ops += self._log_ops(told, event, lease, trim=i == 0, **how)
+        return ops
+
+    def _acquire_set(
+        self,
+        resources: Sequence[str],
+        lease_id: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool, list[Lease]]:
+        epoch = self._epoch if self._epoch is not None else self._load_epoch()
+        etcd_lease, granted = self._grant(ttl)
+        now = datetime.now(UTC)
+        members = tuple(resources)
+        expires = now + timedelta(seconds=granted)
+        leases = [
+            Lease(principal, now, lease_id, r, expires, note, 0, members)
+            for r in resources
+        ]
+        keys = [_b64(self._key(r)) for r in resources]
+        free = [
+            {"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+            for k in keys
+        ]
+        same_epoch = {
+            "key": self._epoch_key(),
+            "result": "EQUAL",
+            "target": "VALUE",
+            "value": _b64(str(epoch)),
+        }
+        puts = [
+            {
+                "request_put": {
+                    "key": k,
+                    "value": self._value(lease, etcd_lease, epoch),
+                    "lease": etcd_lease,
+                }
+            }
+            for k, lease in zip(keys, leases, strict=True)
+        ]
+        told = self._story(resources[0])
+        try:
+            data = self._call(
+                "/v3/kv/txn",
+                {
+                    "compare": [*free, same_epoch],
+                    "success": [
+                        *puts,
+                        *self._log_set(
+                            told, ACQUIRED, leases, epoch=epoch, until=expires
+                        ),
+                    ],
+                    "failure": [
+                        *({"request_range": {"key": k}} for k in keys),
+                        {"request_range": {"key": self._epoch_key()}},
+                    ],
+                },
+            )
+        except BaseException:
+            self._revoke_quietly(etcd_lease)
+            raise
+        if data.get("succeeded"):
+            fence = epoch + int(data["header"]["revision"])
+            return True, [lease._replace(fence=fence) for lease in leases]
+        self._revoke_quietly(etcd_lease)
+        ranges = [
+            r.get("response_range", {}).get("kvs") or [] for r in data["responses"]
+        ]
+        stored_epoch = ranges.pop()
+        holders = [self._lease(kvs[0])[0] for kvs in ranges if kvs]
+        holders = [lease for lease in holders if not _past(lease)]
+        if not stored_epoch or int(_unb64(stored_epoch[0]["value"])) != epoch:
+            self._epoch = None  # etcd lost its data (or was never used): reload
+        return False, holders
+
+    def _owned_all(
+        self, resources: Sequence[str], lease_id: str
+    ) -> list[tuple[dict[str, Any], Lease, dict[str, Any]]]:
+        owned = []
+        for kv in self._read_all(resources):
+            if kv is None:
+                continue
+            lease, value = self._lease(kv)
+            if lease.id == lease_id and not _past(lease):
+                owned.append((kv, lease, value))
+        return owned
+
+    @staticmethod
+    def _unchanged(kvs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "key": kv["key"],
+                "result": "EQUAL",
+                "target": "MOD",
+                "mod_revision": kv["mod_revision"],
+            }
+            for kv in kvs
+        ]
+
+    def _renew_set(
+        self, resources: Sequence[str], lease_id: str, ttl: timedelta
+    ) -> list[Lease] | None:
+        owned = self._owned_all(resources, lease_id)
+        if len(owned) != len(resources):
+            return None
+        etcd_lease, granted = self._grant(ttl)
+        expires = datetime.now(UTC) + timedelta(seconds=granted)
+        renewed = [lease._replace(expires=expires) for _, lease, _ in owned]
+        puts = [
+            {
+                "request_put": {
+                    "key": kv["key"],
+                    "value": self._value(new, etcd_lease, int(value.get("epoch", 0))),
+                    "lease": etcd_lease,
+                }
+            }
+            for (kv, _, value), new in zip(owned, renewed, strict=True)
+        ]
+        told = self._story(resources[0])
+        data = self._call(
+            "/v3/kv/txn",
+            {
+                "compare": self._unchanged([kv for kv, _, _ in owned]),
+                "success": [
+                    *puts,
+                    *self._log_set(told, RENEWED, renewed, epoch=None, until=expires),
+                ],
+            },
+        )
+        if not data.get("succeeded"):
+            self._revoke_quietly(etcd_lease)
+            return None
+        for old in {str(value["etcd_lease"]) for _, _, value in owned}:
+            self._revoke_quietly(old)
+        return renewed
+
+    def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
+        told = self._story(resources[0])
+        event = told.released_as() if told else ""
+        for _ in range(3):  # a member changed (expired) since it was read: again
+            owned = self._owned_all(resources, lease_id)
+            if not owned:
+                return False
+            leases = [lease for _, lease, _ in owned]
+            deletes = [
+                {"request_delete_range": {"key": kv["key"]}} for kv, _, _ in owned
+            ]
+            data = self._call(
+                "/v3/kv/txn",
+                {
+                    "compare": self._unchanged([kv for kv, _, _ in owned]),
+                    "success": [
+                        *deletes,
+                        *self._log_set(told, event, leases, epoch=None, until=None),
+                    ],
+                },
+            )
+            if data.get("succeeded"):
+                for old in {str(value["etcd_lease"]) for _, _, value in owned}:
+                    self._revoke_quietly(old)
+                return True
+        return False
 
     def _current(self, resource: str) -> Lease | None:
         kv = self._read(resource)

@@ -593,3 +593,7 @@ def test_history_retention_hides_old_events_and_none_turns_it_off(
     lease = backend.acquire_lease(resource, "carol", timedelta(minutes=5))
     backend.release_lease(resource, lease.id)
     assert all(e.principal != "carol" for e in backend.history(resource))
+
+
+# Sets (one lease on several resources) are part of the kit.
+from stormlock.testing.conformance_sets import *  # noqa: E402, F403

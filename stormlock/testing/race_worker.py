@@ -50,3 +50,57 @@ def race_pool(
             results.put((worker, None, None))
     finally:
         lock.close()
+
+
+def race_sets(
+    name: str,
+    options: dict[str, str],
+    pool: list[str],
+    seconds: float,
+    barrier: Barrier,
+    results: Any,
+    worker: int,
+) -> None:
+    """Take random sets of 2-4 of `pool` until `seconds` pass, each held a
+    few milliseconds; report every hold (monotonic times: from after the
+    acquire returned to before the release began) and any refused try that
+    left a member of the set in this worker's name."""
+    import random
+    import time
+
+    from stormlock.backend import SetHeld
+    from stormlock.sets import check_set
+
+    backend = build_backend(name, options)
+    me = f"worker-{worker}"
+    chance = random.Random(worker)
+    try:
+        barrier.wait(timeout=120)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            wanted = check_set(chance.sample(pool, chance.randint(2, 4)))
+            try:
+                leases = backend.acquire_set(wanted, me, timedelta(minutes=1))
+            except SetHeld:
+                mine = [
+                    member
+                    for member in wanted
+                    if (lease := backend.current(member)) is not None
+                    and lease.principal == me
+                ]
+                if mine:
+                    results.put(("part", worker, mine))
+                time.sleep(chance.uniform(0.001, 0.01))  # back off, as --wait does
+                continue
+            start = time.monotonic()
+            assert backend.is_current_set(wanted, leases[0].id)
+            time.sleep(chance.uniform(0.002, 0.02))  # the work under the lease
+            end = time.monotonic()
+            backend.release_set(wanted, leases[0].id)
+            fences = {lease.resource: lease.fence for lease in leases}
+            results.put(("held", worker, wanted, fences, start, end))
+        results.put(("done", worker))
+    except Exception as exc:  # reported, so the test fails with the reason
+        results.put(("error", worker, f"{type(exc).__name__}: {exc}"))
+    finally:
+        backend.close()
