@@ -89,13 +89,14 @@ def acquire_each(
     note: str | None,
 ) -> list[Lease]:
     taken: list[Lease] = []
+    resource = ""
     try:
         for resource in resources:
             lease = backend.acquire_lease(resource, principal, ttl, note)
             taken.append(complete(lease, resource))
     except LockHeldException as held:
         _give_back(backend, taken)
-        holders = [held.lease] if held.lease is not None else []
+        holders = [complete(held.lease, resource)] if held.lease is not None else []
         raise SetHeld(",".join(resources), holders) from None
     except BaseException:
         _give_back(backend, taken)

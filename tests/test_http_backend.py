@@ -41,3 +41,9 @@ def backend_config(store_api: ApiServer, tmp_path: Path) -> BackendConfig:
         store_api.token(f"kit-{uuid.uuid4().hex[:8]}", "kit", delegate=True)
     )
     return BackendConfig("http", {"url": store_api.url, "token_file": str(token)})
+
+
+@pytest.fixture
+def set_race_seconds() -> float:
+    # Five stores behind the API: the direct kit runs the full 30 s on each.
+    return 10.0
