@@ -158,10 +158,27 @@ class SetHeld(LockHeldException):
     """A member of the set is held, so none of it was taken; `holders` are
     the members' leases that were found."""
 
-    def __init__(self, name: str, holders: list[Lease]) -> None:
+    def __init__(
+        self, name: str, holders: list[Lease], principal: str | None = None
+    ) -> None:
         self.holders = holders
         super().__init__(name, holders[0] if holders else None)
-        if holders:
+        members = {h.resource for h in holders}
+        if (
+            principal is not None
+            and len({h.id for h in holders}) == 1
+            and all(h.principal == principal for h in holders)
+            and members == set(holders[0].members or members)
+            and ",".join(sorted(members)) == name
+        ):
+            # A retry after a lost answer finds the set it took: not "nothing".
+            self.message = (
+                f"{name!r} is held, all of it, in your name ({principal}) since "
+                f"{iso(holders[0].created)}: by an earlier command, or by this one "
+                f"if its answer was lost; check with 'stormlock current "
+                f"{holders[0].resource}'"
+            )
+        elif holders:
             listed = "; ".join(describe_holder(h.resource, h) for h in holders)
             self.message = f"nothing taken: {listed}"
         else:
@@ -711,11 +728,10 @@ class LeaseBackend(Backend):
                 )
                 if acquired:
                     return sorted(leases, key=lambda lease: lease.resource)
-                if leases:
-                    raise SetHeld(name, sorted(leases, key=lambda x: x.resource))
                 holders = [h for h in map(self._current, resources) if h is not None]
-                if holders:
-                    raise SetHeld(name, holders)
+                if holders or leases:
+                    found = holders or sorted(leases, key=lambda x: x.resource)
+                    raise SetHeld(name, found, principal)
                 # Released between the attempt and the lookup: try again.
         raise SetHeld(name, [])
 

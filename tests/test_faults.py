@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stormlock import Backend
-from stormlock.backend import Feature
+from stormlock.backend import Feature, SetHeld
 from stormlock.errors import BackendUnavailable
 from stormlock.testing.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from stormlock.testing.env import CliRunner
@@ -26,8 +26,20 @@ SLACK = 0.75
 ID = str(uuid.uuid4())
 
 
-def operations(backend: Backend, lease_id: str) -> dict[str, Callable[[], object]]:
+SET = ("f-set-1", "f-set-2", "f-set-3")
+
+
+def operations(
+    backend: Backend, lease_id: str, set_id: str | None = None
+) -> dict[str, Callable[[], object]]:
+    if set_id is None:  # the fallback's ids join the members' (one each)
+        set_id = ID if backend.supports(Feature.SETS) else "+".join([ID] * len(SET))
     ops: dict[str, Callable[[], object]] = {
+        "acquire_set": lambda: backend.acquire_set(
+            ("f-new-1", "f-new-2"), "bob", timedelta(minutes=5)
+        ),
+        "renew_set": lambda: backend.renew_set(SET, set_id, timedelta(minutes=5)),
+        "release_set": lambda: backend.release_set(SET, set_id),
         "acquire": lambda: backend.acquire_lease("f-new", "bob", timedelta(minutes=5)),
         "renew": lambda: backend.renew_lease("f-held", lease_id, timedelta(minutes=5)),
         "release": lambda: backend.release_lease("f-held", lease_id),
@@ -76,9 +88,10 @@ def test_a_server_that_goes_silent_mid_connection_costs_one_timeout(
         backend = BackendConfig(name, moved).create()
         try:
             held = backend.acquire_lease("f-held", "alice", timedelta(minutes=5))
+            taken = backend.acquire_set(SET, "alice", timedelta(minutes=5))
             backend.current("f-held")  # pooled connections are established
             proxy.freeze()
-            for operation in operations(backend, held.id).values():
+            for operation in operations(backend, held.id, taken[0].id).values():
                 assert_bounded(operation)
             proxy.thaw()
             # The same object recovers. (The held requests arrive late, as
@@ -118,3 +131,40 @@ def test_cli_against_a_silent_server_exits_70_within_the_timeout(
             one_line_error(result.stderr)
             # The interpreter's start-up comes on top of the store's budget.
             assert elapsed < TIMEOUT + SLACK + 2.0, f"{args}: {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
+def test_an_answer_lost_while_taking_a_set_leaves_all_of_it_or_none(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The store takes the set (or not) and the answer never comes: after,
+    every member is held with one id, or none is; never a part. (A plugin's
+    fallback cannot promise it: a member whose answer was lost stays taken
+    until its TTL, as docs/backends.md says.)"""
+    if name == "fivemethods":
+        return
+    config, port = network_backend(name, request, tmp_path)
+    with partition_proxy(port) as proxy:
+        moved = redirect(name, config.options, proxy.port)
+        moved["timeout"] = str(TIMEOUT)
+        backend = BackendConfig(name, moved).create()
+        direct = config.create()
+        try:
+            for round_ in range(4):
+                names = tuple(f"lost-{round_}-{i}" for i in range(3))
+                backend.current(names[0])  # pooled connections are established
+                proxy.lose_answers(round_ + 1)  # the first, or later, exchanges
+                try:
+                    backend.acquire_set(names, "alice", timedelta(minutes=5))
+                except BackendUnavailable:
+                    pass  # unknown, and said to be
+                except SetHeld as held:  # a retry found what the first try took
+                    assert "in your name" in str(held)
+                proxy.lose_answers(0)
+                found = [direct.current(n) for n in names]
+                held = [lease for lease in found if lease is not None]
+                assert len(held) in (0, len(names)), f"part of the set: {held}"
+                assert len({lease.id for lease in held}) <= 1
+        finally:
+            backend.close()
+            direct.close()

@@ -292,17 +292,27 @@ class _RetryBrokenConnection(Retry):
     def __init__(self) -> None:
         super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
 
-    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+    def call_with_retry(
+        self,
+        do: Any,
+        fail: Any,
+        is_retryable: Any = None,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
         started = time.monotonic()
 
-        def quick(_error: Exception) -> bool:
+        def quick(error: Exception) -> bool:
+            if is_retryable is not None and not is_retryable(error):
+                return False
             left = LeaseBackend.time_left()
             elapsed = time.monotonic() - started
             return LeaseBackend.failed_fast(started) and (
                 left is None or left > elapsed
             )
 
-        return super().call_with_retry(do, fail, quick)
+        # redis-py 6+ passes more (with_failure_count): hand it all on.
+        return super().call_with_retry(do, fail, quick, *more, **options)
 
 
 # Where fences come from, as the capability table says.
