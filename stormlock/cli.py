@@ -297,7 +297,7 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
         _err(f"no active lease on {lock.resource!r}")
         return errors.EXIT_NOT_HELD
     fmt = "id" if args.id_only else args.format
-    if lease.members and fmt != "id":  # one lease on a set: show all of it
+    if lease.members and fmt not in ("id", "json"):  # a set's lease: all of it
         found = [lock.backend.current(m) for m in lease.members]
         leases = [x for x in found if x is not None and x.id == lease.id] or [lease]
         print("\n".join(CURRENT_FORMATS[fmt](x) for x in leases))

@@ -105,10 +105,19 @@ STUBBORN = (
 )
 
 
+@pytest.mark.parametrize(
+    ("target", "probe"), [("part", "part"), ("part-a,part-b,part-c", "part-b")]
+)
 @pytest.mark.parametrize("name", NETWORK_BACKENDS)
 def test_run_stops_the_command_before_another_client_can_acquire(
-    name: str, request: pytest.FixtureRequest, tmp_path: Path, home: Path
+    name: str,
+    target: str,
+    probe: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    home: Path,
 ) -> None:
+    """Over one resource or a set: before any member is someone else's."""
     config_, port = network_backend(name, request, tmp_path)
     options = config_.options
     direct = config_.create()
@@ -125,7 +134,7 @@ def test_run_stops_the_command_before_another_client_can_acquire(
                 "run",
                 "-t",
                 "4s",
-                "part",
+                target,
                 "--",
                 "sh",
                 "-c",
@@ -141,7 +150,7 @@ def test_run_stops_the_command_before_another_client_can_acquire(
             wait_until(lambda: (home / "pid").exists(), timeout=30)
             pid = int((home / "pid").read_text())
             proxy.freeze()  # the holder's renewals go nowhere from now on
-            take_when_free(direct, "part")
+            take_when_free(direct, probe)
             assert not alive(pid), "the command still ran when bob took the lease"
             _, stderr = run.communicate(timeout=30)
             assert run.returncode == 71, stderr
