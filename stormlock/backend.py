@@ -111,6 +111,8 @@ class Capabilities(NamedTuple):
     resource, at most (the holder's renew and is_current fail right at it)."""
     history: str = ""
     """How a change's history event is written ("same script", ...)."""
+    sets: str = ""
+    """How a set (several resources in one lease) is taken atomically."""
 
 
 class Finding(NamedTuple):

@@ -40,6 +40,12 @@ def _history(cls: type[Backend]) -> str:
     return f"yes ({cls.capabilities.history})" if cls.capabilities.history else "yes"
 
 
+def _sets(cls: type[Backend]) -> str:
+    if not cls.supports(Feature.SETS):
+        return "fallback (one by one, in order)"
+    return f"atomic ({cls.capabilities.sets})" if cls.capabilities.sets else "atomic"
+
+
 def capability_table(names: list[str] | None = None) -> str:
     """A Markdown table: one row per backend, one column per guarantee."""
     header = [
@@ -51,6 +57,7 @@ def capability_table(names: list[str] | None = None) -> str:
         "fencing token",
         "list",
         "history",
+        "sets (all or nothing)",
         "round trips (" + ", ".join(OPERATIONS) + ")",
     ]
     rows = [header, ["---"] * len(header)]
@@ -68,6 +75,7 @@ def capability_table(names: list[str] | None = None) -> str:
                 cls.capabilities.fence_source,
                 "O(active)" if cls.supports(Feature.LIST) else "config sections",
                 _history(cls),
+                _sets(cls),
                 trips,
             ]
         )

@@ -135,6 +135,7 @@ class DynamoDB(LeaseBackend):
         # A change and then its history event (history on by default).
         trips(acquire=2, renew=2, release=2, current=1, is_current=1, list=1),
         history="second write",
+        sets="TransactWriteItems",
     )
 
     client_errors = (

@@ -158,6 +158,7 @@ class Etcd(LeaseBackend):
         _ROUND_TRIPS,
         _PRECISION,
         history="same transaction",
+        sets="one txn, one etcd lease",
     )
 
     def _post(

@@ -219,6 +219,7 @@ class Http(LeaseBackend):
         trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1),
         timedelta(seconds=1),
         history="by the API server's store",
+        sets="as the API server's store does",
     )
 
     # -- transport ------------------------------------------------------------

@@ -420,6 +420,7 @@ class Postgresql(LeaseBackend):
         _FENCES,
         ONE_TRIP,
         history="same statement",
+        sets="one statement in a transaction",
     )
 
     client_errors = (

@@ -362,6 +362,7 @@ class Redis(LeaseBackend):
         _FENCES,
         ONE_TRIP,
         history="same script",
+        sets="one script",
     )
 
     def _key(self, resource: str) -> str:

@@ -220,6 +220,7 @@ class SQLite(LeaseBackend):
         _FENCES,
         ONE_TRIP,
         history="same statement, by trigger",
+        sets="one transaction",
     )
 
     def _connect(self) -> sqlite3.Connection:
