@@ -129,6 +129,11 @@ class Story(NamedTuple):
     def released_as(self) -> str:
         return FORCED if self.forced else RELEASED
 
+    def quiet(self) -> Story:
+        """The story of a set's other members: without the channel, so the
+        bot owes one announcement for the set, the first member's."""
+        return self._replace(source=self.source.partition(CHANNEL_MARK)[0])
+
 
 def current_context() -> Acting:
     """Who acts and from where, as a change made now would be recorded."""

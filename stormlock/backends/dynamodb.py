@@ -525,6 +525,7 @@ class DynamoDB(LeaseBackend):
             if item.get("lease_id") != lease_id:  # released and taken since
                 item = {**item, "lease_id": lease_id, "resource": resource}
             self._log(told, ACQUIRED, item, expires)
+            told = told.quiet() if told is not None else None
             leases.append(_lease({**item, "expires": expires, "created": now}))
         return True, leases
 
@@ -550,6 +551,7 @@ class DynamoDB(LeaseBackend):
         told = self._story(resources[0])
         for item in items:
             self._log(told, RENEWED, item, expires)
+            told = told.quiet() if told is not None else None
         return [_lease({**item, "expires": expires}) for item in items]
 
     def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
@@ -568,6 +570,7 @@ class DynamoDB(LeaseBackend):
         if told is not None:
             for item in items:
                 self._log(told, told.released_as(), item, None)
+                told = told.quiet()
         return True
 
     def _current(self, resource: str) -> Lease | None:

@@ -614,7 +614,8 @@ class Etcd(LeaseBackend):
     ) -> list[dict[str, Any]]:
         ops: list[dict[str, Any]] = []
         for i, lease in enumerate(leases):
-            ops += self._log_ops(told, event, lease, trim=i == 0, **how)
+            said = told.quiet() if told is not None and i else told
+            ops += self._log_ops(said, event, lease, trim=i == 0, **how)
         return ops
 
     def _acquire_set(

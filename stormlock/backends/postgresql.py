@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
 from ..errors import BackendUnavailable, ConfigError, InvalidInput, StormlockError
-from ..history import ACQUIRED, RENEWED, Event, from_row
+from ..history import ACQUIRED, CHANNEL_MARK, RENEWED, Event, from_row
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
@@ -214,7 +214,10 @@ def _set_statement(statement: str, changed: str, until: str, log: bool) -> str:
     if not log:
         return statement.replace("__LOGGED__", "")
     logged = ",\nlogged AS (__LOG__),\ntrimmed AS (__TRIM__)"
-    return _logged(statement.replace("__LOGGED__", logged), changed, until)
+    text = _logged(statement.replace("__LOGGED__", logged), changed, until)
+    # The channel goes with the first member's event only (Story.quiet).
+    quiet = "CASE WHEN resource = %(first)s THEN %(source)s ELSE %(quiet)s END"
+    return text.replace("%(source)s", quiet)
 
 
 _HISTORY_OF = """
@@ -539,6 +542,7 @@ class Postgresql(LeaseBackend):
         """Run a set's statement in a transaction: committed if it changed
         `want` rows, else rolled back (None)."""
         statement, params = self._with_story(name, resource, params, event)
+        self._quiet(params, resource)
 
         def run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]] | None:
             rows: list[dict[str, Any]] = []
@@ -590,7 +594,13 @@ class Postgresql(LeaseBackend):
     def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
         params = {"members": list(resources), "lease_id": lease_id}
         statement, params = self._with_story("release_set", resources[0], params, None)
+        self._quiet(params, resources[0])
         return bool(self._rows(statement, params))
+
+    def _quiet(self, params: dict[str, Any], first: str) -> None:
+        if "source" in params:
+            params["first"] = first
+            params["quiet"] = str(params["source"]).partition(CHANNEL_MARK)[0]
 
     def _with_story(
         self, name: str, resource: str, params: dict[str, Any], event: str | None

@@ -150,17 +150,18 @@ return out
 
 
 # Sets: each member's keys are four in a row (lease, fence, index, history),
-# then the history of all. One script: every member or none.
+# then the history of all. One script: every member or none. Only the first
+# member's event keeps the channel (Story.quiet): the set is one announcement.
 # ARGV: id, principal, ttl_ms, note, members (JSON), keep_ms, actor, source,
-# then the member names.
+# quiet source, then the member names.
 _ACQUIRE_SET = (
     _NOW_MS
     + _LOG
     + f"""
-local n = #ARGV - 8
+local n = #ARGV - 9
 for i = 1, n do
     if redis.call('EXISTS', KEYS[i * 4 - 3]) == 1 then
-        return {{0, ARGV[8 + i], redis.call('HMGET', KEYS[i * 4 - 3], {_FIELDS})}}
+        return {{0, ARGV[9 + i], redis.call('HMGET', KEYS[i * 4 - 3], {_FIELDS})}}
     end
 end
 local expires = now + tonumber(ARGV[3])
@@ -177,9 +178,11 @@ for i = 1, n do
                'created', now, 'expires', expires, 'note', ARGV[4], 'fence', f,
                'members', ARGV[5])
     redis.call('PEXPIREAT', KEYS[i * 4 - 3], expires - 1)
-    redis.call('ZADD', KEYS[i * 4 - 1], expires, ARGV[8 + i])
-    log(KEYS[i * 4], KEYS[n * 4 + 1], ARGV[6], ARGV[7], ARGV[8], 'acquired',
-        ARGV[8 + i], ARGV[2], ARGV[4], f, tostring(expires))
+    redis.call('ZADD', KEYS[i * 4 - 1], expires, ARGV[9 + i])
+    local source = ARGV[9]
+    if i == 1 then source = ARGV[8] end
+    log(KEYS[i * 4], KEYS[n * 4 + 1], ARGV[6], ARGV[7], source, 'acquired',
+        ARGV[9 + i], ARGV[2], ARGV[4], f, tostring(expires))
     table.insert(fences, f)
 end
 return {{1, tostring(now), tostring(expires), fences}}
@@ -187,12 +190,12 @@ return {{1, tostring(now), tostring(expires), fences}}
 )
 
 # Keys as for _ACQUIRE_SET, without the fences (three a member).
-# ARGV: id, ttl_ms, keep_ms, actor, source, then the member names.
+# ARGV: id, ttl_ms, keep_ms, actor, source, quiet source, then the names.
 _RENEW_SET = (
     _NOW_MS
     + _LOG
     + f"""
-local n = #ARGV - 5
+local n = #ARGV - 6
 for i = 1, n do
     if redis.call('HGET', KEYS[i * 3 - 2], 'id') ~= ARGV[1] then return false end
 end
@@ -201,31 +204,35 @@ local out = {{}}
 for i = 1, n do
     redis.call('HSET', KEYS[i * 3 - 2], 'expires', expires)
     redis.call('PEXPIREAT', KEYS[i * 3 - 2], expires - 1)
-    redis.call('ZADD', KEYS[i * 3 - 1], expires, ARGV[5 + i])
+    redis.call('ZADD', KEYS[i * 3 - 1], expires, ARGV[6 + i])
     local lease = redis.call('HMGET', KEYS[i * 3 - 2], {_FIELDS})
-    log(KEYS[i * 3], KEYS[n * 3 + 1], ARGV[3], ARGV[4], ARGV[5], 'renewed',
-        ARGV[5 + i], lease[2], lease[5], lease[6], tostring(expires))
+    local source = ARGV[6]
+    if i == 1 then source = ARGV[5] end
+    log(KEYS[i * 3], KEYS[n * 3 + 1], ARGV[3], ARGV[4], source, 'renewed',
+        ARGV[6 + i], lease[2], lease[5], lease[6], tostring(expires))
     table.insert(out, lease)
 end
 return out
 """
 )
 
-# Keys as for _RENEW_SET. ARGV: id, keep_ms, actor, source, event, then the
-# member names. Releases every member that holds the id.
+# Keys as for _RENEW_SET. ARGV: id, keep_ms, actor, source, quiet source,
+# event, then the member names. Releases every member that holds the id.
 _RELEASE_SET = (
     _NOW_MS
     + _LOG
     + """
-local n = #ARGV - 5
+local n = #ARGV - 6
 local released = 0
 for i = 1, n do
     if redis.call('HGET', KEYS[i * 3 - 2], 'id') == ARGV[1] then
         local lease = redis.call('HMGET', KEYS[i * 3 - 2], 'principal', 'note', 'fence')
         redis.call('DEL', KEYS[i * 3 - 2])
-        redis.call('ZREM', KEYS[i * 3 - 1], ARGV[5 + i])
-        log(KEYS[i * 3], KEYS[n * 3 + 1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-            ARGV[5 + i], lease[1], lease[2], lease[3], '')
+        redis.call('ZREM', KEYS[i * 3 - 1], ARGV[6 + i])
+        local source = ARGV[5]
+        if i == 1 then source = ARGV[4] end
+        log(KEYS[i * 3], KEYS[n * 3 + 1], ARGV[2], ARGV[3], source, ARGV[6],
+            ARGV[6 + i], lease[1], lease[2], lease[3], '')
         released = 1
     end
 end
@@ -434,6 +441,12 @@ class Redis(LeaseBackend):
         )
         return bool(released)
 
+    def _set_story(self, first: str) -> list[str | int]:
+        """keep_ms, actor, source, and the source of the other members'
+        events: the same without the channel."""
+        keep, actor, source = self._story_args(first)
+        return [keep, actor, source, str(source).partition("#")[0]]
+
     def _set_keys(self, resources: Sequence[str], fences: bool) -> list[str]:
         keys = []
         for resource in resources:
@@ -452,7 +465,7 @@ class Redis(LeaseBackend):
         note: str | None,
     ) -> tuple[bool, list[Lease]]:
         args: list[str | int] = [lease_id, principal, _ttl_ms(ttl), note or ""]
-        args += [json.dumps(list(resources)), *self._story_args(resources[0])]
+        args += [json.dumps(list(resources)), *self._set_story(resources[0])]
         reply = cast(
             list[Any],
             self._acquire_set_script(
@@ -472,7 +485,7 @@ class Redis(LeaseBackend):
     def _renew_set(
         self, resources: Sequence[str], lease_id: str, ttl: timedelta
     ) -> list[Lease] | None:
-        story = self._story_args(resources[0])
+        story = self._set_story(resources[0])
         reply = self._renew_set_script(
             keys=self._set_keys(resources, False),
             args=[lease_id, _ttl_ms(ttl), *story, *resources],
@@ -488,7 +501,7 @@ class Redis(LeaseBackend):
             keys=self._set_keys(resources, False),
             args=[
                 lease_id,
-                *self._story_args(resources[0]),
+                *self._set_story(resources[0]),
                 told.released_as() if told else "",
                 *resources,
             ],

@@ -374,9 +374,14 @@ class SQLite(LeaseBackend):
             )
         ]
 
-    def _story_params(self, resource: str, event: str | None) -> dict[str, object]:
-        """What the history trigger records (all None: nothing)."""
+    def _story_params(
+        self, resource: str, event: str | None, quiet: bool = False
+    ) -> dict[str, object]:
+        """What the history trigger records (all None: nothing); `quiet`: a
+        set's member after the first (see Story.quiet)."""
         told = self._story(resource)
+        if told is not None and quiet:
+            told = told.quiet()
         if told is None:
             return {"h_event": None, "h_actor": None, "h_source": None, "h_keep": None}
         return {
@@ -471,7 +476,7 @@ class SQLite(LeaseBackend):
 
         def take(conn: sqlite3.Connection) -> tuple[bool, tuple[bool, list[Lease]]]:
             taken = []
-            for resource in resources:
+            for n, resource in enumerate(resources):
                 params: dict[str, object] = {
                     "resource": resource,
                     "lease_id": lease_id,
@@ -481,7 +486,7 @@ class SQLite(LeaseBackend):
                     "note": note,
                     "clock_fence": int(now * 1_000_000),
                     "members": members,
-                    **self._story_params(resource, "acquired"),
+                    **self._story_params(resource, "acquired", n > 0),
                 }
                 row = conn.execute(_ACQUIRE, params).fetchone()
                 if row is None:
@@ -509,13 +514,13 @@ class SQLite(LeaseBackend):
 
         def renew(conn: sqlite3.Connection) -> tuple[bool, list[Lease] | None]:
             renewed = []
-            for resource in resources:
+            for n, resource in enumerate(resources):
                 params: dict[str, object] = {
                     "resource": resource,
                     "lease_id": lease_id,
                     "now": now,
                     "expires": now + ttl.total_seconds(),
-                    **self._story_params(resource, "renewed"),
+                    **self._story_params(resource, "renewed", n > 0),
                 }
                 row = conn.execute(_RENEW, params).fetchone()
                 if row is None:
@@ -530,12 +535,12 @@ class SQLite(LeaseBackend):
 
         def release(conn: sqlite3.Connection) -> tuple[bool, bool]:
             released = False
-            for resource in resources:
+            for n, resource in enumerate(resources):
                 params: dict[str, object] = {
                     "resource": resource,
                     "lease_id": lease_id,
                     "now": now,
-                    **self._story_params(resource, None),
+                    **self._story_params(resource, None, n > 0),
                 }
                 released |= conn.execute(_RELEASE, params).fetchone() is not None
             return True, released

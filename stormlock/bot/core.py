@@ -172,6 +172,13 @@ Answer = (
 # same change gives the same key whether the outcome or history tells it.
 
 
+def _first(lease: Lease) -> str:
+    """Whose change a notice is keyed by: a set's first member (its fence is
+    the set lease's, and only its history event carries the channel), so
+    the live notice and one recovered from history share one key."""
+    return lease.members[0] if lease.members else lease.resource
+
+
 @dataclass(frozen=True)
 class TookLease:
     """For a channel: someone took a lease."""
@@ -183,7 +190,7 @@ class TookLease:
 
     @property
     def key(self) -> str:
-        return f"told/{self.lease.fence}/{ACQUIRED}/{self.lease.resource}"
+        return f"told/{self.lease.fence}/{ACQUIRED}/{_first(self.lease)}"
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,7 @@ class GaveUpLease:
     @property
     def key(self) -> str:
         event = FORCED if self.forced else RELEASED
-        return f"told/{self.lease.fence}/{event}/{self.lease.resource}"
+        return f"told/{self.lease.fence}/{event}/{_first(self.lease)}"
 
 
 @dataclass(frozen=True)

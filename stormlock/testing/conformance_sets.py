@@ -21,6 +21,7 @@ import pytest
 from stormlock import Backend
 from stormlock import LockExpiredException as LockExpired
 from stormlock.backend import Feature, SetHeld, complete
+from stormlock.history import acting
 from stormlock.sets import MAX_SET, check_set
 from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry
 from stormlock.testing.race_worker import race_sets
@@ -32,6 +33,7 @@ __all__ = [
     "test_a_set_is_all_or_nothing",
     "test_a_set_is_one_lease_with_a_fence_per_member",
     "test_a_set_of_the_most_members",
+    "test_a_sets_history_is_one_change_announced_once",
     "test_expiry_frees_every_member",
     "test_fences_rise_for_every_member",
     "test_overlapping_sets_race_without_two_holders_or_parts",
@@ -226,3 +228,21 @@ def test_overlapping_sets_race_without_two_holders_or_parts(
             assert start >= end, f"{name}: workers {who} and {whom} held it at once"
             assert later > fence, f"{name}: the fence fell from {fence} to {later}"
     assert all(backend.current(name) is None for name in pool)
+
+
+def test_a_sets_history_is_one_change_announced_once(backend: Backend) -> None:
+    """Every member's event is written with the change; only the first
+    member's carries the channel, so the bot owes one announcement."""
+    if not backend.supports(Feature.HISTORY):
+        return  # documented: a plugin without history records nothing
+    names = members()
+    with acting("alice", "slack", channel="C0SETS"):
+        lease_id = backend.acquire_set(names, "alice", timedelta(minutes=5))[0].id
+        backend.release_set(names, lease_id)
+    events = [e for e in backend.history() if e.resource in names]
+    assert sorted((e.resource, e.event) for e in events) == sorted(
+        (name, event) for name in names for event in ("acquired", "released")
+    )
+    announced = {(e.resource, e.event) for e in events if e.channel == "C0SETS"}
+    assert announced == {(names[0], "acquired"), (names[0], "released")}
+    assert {e.source for e in events} == {"slack"}
