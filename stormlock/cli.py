@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from . import errors
-from .backend import Backend, Feature, Lease
+from .backend import Backend, Feature
 from .config import Config, load_config
 from .lock import StormLock, list_all, lock_from_config, settings_for
 from .names import validate_resource
@@ -306,17 +306,6 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
     return 0
 
 
-def _groups(config: Config, leases: list[Lease]) -> dict[str, str]:
-    """Member -> the pool it is in, or the group (else "a,b,...") whose one
-    lease holds it: what `list` groups by."""
-    groups = {m: pool.name for pool in config.pools().values() for m in pool.members}
-    named = {group.members: group.name for group in config.groups().values()}
-    for lease in leases:
-        if lease.members:
-            groups[lease.resource] = named.get(lease.members, ",".join(lease.members))
-    return groups
-
-
 def _list(config: Config, args: argparse.Namespace) -> int:
     backends = {name: _backend(config, name) for name in config.backend_names()}
     try:
@@ -329,7 +318,9 @@ def _list(config: Config, args: argparse.Namespace) -> int:
 
         print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
     elif leases:
-        print(lease_table(leases, args.ids, _groups(config, leases)))
+        from .sets import group_labels
+
+        print(lease_table(leases, args.ids, group_labels(config, leases)))
     else:
         _err("no active leases")
     return 0

@@ -34,6 +34,7 @@ from .lock import StormLock
 from .names import validate_resource
 
 if TYPE_CHECKING:
+    from .config import Config
     from .history import Event as HistoryEvent
 
 #: The most resources one lease may cover: DynamoDB's TransactWriteItems took
@@ -69,6 +70,33 @@ def check_set(resources: Sequence[str]) -> tuple[str, ...]:
             f"{MAX_SET} items in one): split the work or lock fewer"
         )
     return tuple(sorted(members))
+
+
+def group_labels(config: Config, leases: Iterable[Lease]) -> dict[str, str]:
+    """Member -> the pool it is in, or the group (else "a,b,...") whose one
+    lease holds it: what listings group by."""
+    labels = {m: pool.name for pool in config.pools().values() for m in pool.members}
+    named = {group.members: group.name for group in config.groups().values()}
+    for lease in leases:
+        if lease.members:
+            labels[lease.resource] = named.get(lease.members, ",".join(lease.members))
+    return labels
+
+
+def one_per_lease(leases: Iterable[Lease], labels: dict[str, str]) -> list[Lease]:
+    """A set's leases as one (its first member's, named as the set): so a
+    reminder warns once per lease, not once per member."""
+    seen: set[str] = set()
+    out = []
+    for lease in leases:
+        if not lease.members:
+            out.append(lease)
+        elif lease.id not in seen and lease.members[0] == lease.resource:
+            seen.add(lease.id)
+            out.append(
+                lease._replace(resource=labels.get(lease.resource, lease.resource))
+            )
+    return out
 
 
 # -- the fallback, for plugins: one member at a time -----------------------

@@ -388,7 +388,8 @@ def _lease_sections(
     for lease in leases[:limit]:
         line = _lease_line(lease, namer, note_limit)
         if lease.resource in pools:
-            line = f"{line} · pool *{escape(pools[lease.resource])}*"
+            kind = "set" if lease.members else "pool"
+            line = f"{line} · {kind} *{escape(pools[lease.resource])}*"
         line = line[: MAX_TEXT - 10]
         if size + len(line) + 1 > MAX_TEXT:
             if len(blocks) + 2 >= max_blocks:

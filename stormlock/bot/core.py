@@ -360,7 +360,7 @@ class Core:
         except StormlockError as exc:  # the rest of the Home still helps
             log.warning("App Home history: %s", exc)
             recent = []
-        return Home(everyone, mine, recent, self.service.pools())
+        return Home(everyone, mine, recent, self.service.pools(everyone))
 
     def verify(self, ask: Ask) -> Outcome | None:
         """What became of a change whose outcome was unknown, told as its
@@ -439,7 +439,8 @@ class Core:
         if name == "help":
             return Outcome(Help(command.unknown))
         if name == "list":
-            return Outcome(Listing(self.service.list_leases(), self.service.pools()))
+            leases = self.service.list_leases()
+            return Outcome(Listing(leases, self.service.pools(leases)))
         resource = command.resource or ""
         if name == "current":
             return Outcome(Current(resource, self.service.current(resource)))

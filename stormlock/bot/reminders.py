@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ..backend import Lease, utcnow
 from ..errors import StormlockError
 from ..names import RECORD_PREFIX
+from ..sets import one_per_lease
 from . import blocks
 from .core import Core, ForcedOff, Notice, notices_of
 from .identity import Directory
@@ -156,7 +157,9 @@ class Reminders:
 
     def _warn(self, stats: RunStats) -> None:
         now = utcnow()
-        due_soon = self.service.expiring(now + self._horizon())
+        due = self.service.expiring(now + self._horizon())
+        # A set is one lease: warned once, by the set's name.
+        due_soon = one_per_lease(due, self.service.pools(due))
         stats.due = len(due_soon)
         for lease in due_soon:
             if self.stopping.is_set():
@@ -381,7 +384,9 @@ class Reminders:
 
     def post_board(self, channel: str) -> str | None:
         leases = self.service.list_leases()
-        message = blocks.board(leases, self.directory.display, self.service.pools())
+        message = blocks.board(
+            leases, self.directory.display, self.service.pools(leases)
+        )
         try:
             posted = self.outbox.client.chat_postMessage(
                 channel=channel, **message.kwargs()
@@ -408,7 +413,9 @@ class Reminders:
         if stats is not None and digest == self._board_digest:
             return  # nothing changed since this replica last drew them
         self._board_digest = digest
-        message = blocks.board(leases, self.directory.display, self.service.pools())
+        message = blocks.board(
+            leases, self.directory.display, self.service.pools(leases)
+        )
         for key, record in boards:
             channel = key[len("board/") :]
             try:

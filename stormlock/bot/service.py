@@ -10,6 +10,7 @@ import difflib
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -32,7 +33,7 @@ from ..errors import (
     UnsupportedOperation,
 )
 from ..history import Event, acting
-from ..lock import StormLock, list_all, lock_from_config
+from ..lock import StormLock, list_all, lock_from_config, set_members, settings_for
 from ..names import RECORD_PREFIX, validate_resource
 from ..pool import PoolLock
 from ..tokens import Tokens
@@ -149,13 +150,28 @@ class LeaseService:
             self._backends.clear()
 
     def check_resource(self, resource: str) -> str:
-        resource = validate_resource(resource)
+        """The name as the bot uses it, if allowed: a resource, a pool, or a
+        set (a group's name, or members joined by commas, every one allowed)."""
+        members = set_members(self.config, resource)
+        if members is None:
+            return self._allowed(validate_resource(resource))
+        names, group = members
+        if group is not None and (
+            not self.settings.resources or group in self.settings.resources
+        ):
+            return group
+        for member in names:
+            self._allowed(member)
+        return group or ",".join(names)
+
+    def _allowed(self, resource: str) -> str:
         allowed = self.settings.resources
-        # A listed pool admits its members too (its leases' buttons name them).
+        # A listed pool or group admits its members too (its leases' buttons
+        # name them).
         pooled = {
             member
             for name in allowed
-            if (pool := self.config.pool(name)) is not None
+            if (pool := self.config.pool(name) or self.config.group(name)) is not None
             for member in pool.members
         }
         if allowed and resource not in allowed and resource not in pooled:
@@ -170,8 +186,12 @@ class LeaseService:
 
     def lock(self, person: Person, resource: str) -> StormLock:
         resource = self.check_resource(resource)
-        backend = self.backend(self.config.settings(resource).backend)
+        backend = self.backend_of(resource)
         return lock_from_config(self.config, resource, backend, person.principal)
+
+    def backend_of(self, resource: str) -> Backend:
+        """The backend of a resource, a pool or a set."""
+        return self.backend(settings_for(self.config, resource).backend)
 
     def ready(self) -> tuple[bool, list[str]]:
         """Whether the default backend answers, and what is unsafe about the
@@ -262,13 +282,12 @@ class LeaseService:
             raise NoLease(f"{resource!r} changed hands meanwhile; look again")
         return Released(lease, forced)
 
-    def pools(self) -> dict[str, str]:
-        """Member -> pool, for every configured pool."""
-        return {
-            member: pool.name
-            for pool in self.config.pools().values()
-            for member in pool.members
-        }
+    def pools(self, leases: Iterable[Lease] = ()) -> dict[str, str]:
+        """Member -> pool, for every configured pool; with `leases`, also a
+        set's member -> its group's name (or "a,b,...")."""
+        from ..sets import group_labels
+
+        return group_labels(self.config, leases)
 
     def _member(
         self, person: Person, resource: str, lease_id: str | None = None
@@ -324,13 +343,16 @@ class LeaseService:
     def lease_of(self, resource: str) -> Lease | None:
         """The active lease on any resource, allowed in the bot or not (the
         scheduler follows leases taken with the CLI too)."""
+        if set_members(self.config, resource) is not None:
+            lock = lock_from_config(self.config, resource, self.backend_of(resource))
+            return lock.current()
         backend = self.backend(self.config.settings(resource).backend)
         return StormLock(backend, resource, "").current()
 
     def is_held(self, resource: str, lease_id: str) -> bool:
         resource = self.check_resource(resource)
-        backend = self.backend(self.config.settings(resource).backend)
-        return StormLock(backend, resource, "").is_current(lease_id)
+        backend = self.backend_of(resource)
+        return lock_from_config(self.config, resource, backend).is_current(lease_id)
 
     def history(self, resource: str, limit: int) -> list[Event]:
         """The last `limit` events of an allowed resource."""
@@ -358,7 +380,7 @@ class LeaseService:
     def keeps_channel(self, lease: Lease) -> bool:
         """Whether the history of the lease's backend records the channel a
         change is announced in (`channel_of` finds it)."""
-        backend = self.backend(self.config.settings(lease.resource).backend)
+        backend = self.backend_of(lease.resource)
         return (
             isinstance(backend, LeaseBackend)
             and backend.history_retention is not None
@@ -366,7 +388,11 @@ class LeaseService:
         )
 
     def channel_of(self, resource: str, fence: int) -> str | None:
-        """The channel the bot announced a lease in, from its history."""
+        """The channel the bot announced a lease in, from its history (a
+        set's: its first member's)."""
+        members = set_members(self.config, resource)
+        if members is not None:
+            resource = members[0][0]
         backend = self.backend(self.config.settings(resource).backend)
         if not backend.supports(Feature.HISTORY):
             return None
