@@ -64,10 +64,11 @@ def run_seed_scenario(cli: CliRunner, env: dict[str, str]) -> None:
     res2 = cli("acquire", r2, env=env)
     assert res2.returncode == 0
     assert cli("release", r1, id1, env=env).returncode == 0
-    id2 = cli("acquire", r1, "-t", "4 seconds", env=env).stdout.strip()
+    # Long enough for two CLI runs on a loaded machine; the renew shortens it.
+    id2 = cli("acquire", r1, "-t", "20 seconds", env=env).stdout.strip()
     assert id2 and id2 != id1
     assert cli("is-held", r1, id1, env=env).returncode == 1
-    assert cli("renew", r1, id2, "-t", "4 seconds", env=env).returncode == 0
+    assert cli("renew", r1, id2, "-t", "5 seconds", env=env).returncode == 0
     assert cli("acquire", r1, env=env).returncode == 2
     wait_until(lambda: cli("is-held", r1, id2, env=env).returncode == 1)
     renew = cli("renew", r1, id2, "-t", "4 seconds", env=env)

@@ -156,8 +156,8 @@ def test_an_answer_lost_while_taking_a_set_leaves_all_of_it_or_none(
                     backend.acquire_set(names, "alice", timedelta(minutes=5))
                 except BackendUnavailable:
                     pass  # unknown, and said to be
-                except SetHeld as held:  # a retry found what the first try took
-                    assert "in your name" in str(held)
+                except SetHeld as refused:  # a retry found what the first took
+                    assert "in your name" in str(refused)
                 proxy.lose_answers(0)
                 found = [direct.current(n) for n in names]
                 held = [lease for lease in found if lease is not None]

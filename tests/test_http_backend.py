@@ -43,7 +43,7 @@ def backend_config(store_api: ApiServer, tmp_path: Path) -> BackendConfig:
     return BackendConfig("http", {"url": store_api.url, "token_file": str(token)})
 
 
-@pytest.fixture
-def set_race_seconds() -> float:
+@pytest.fixture(name="set_race_seconds")
+def short_set_race() -> float:
     # Five stores behind the API: the direct kit runs the full 30 s on each.
     return 10.0
