@@ -36,6 +36,7 @@ from bench.scenarios import (
     history,
     pools,
     scheduler_scaling,
+    sets,
 )
 from stormlock.backend import Backend, Lease
 from stormlock.backends import build_backend
@@ -43,7 +44,9 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,history,contention,pools,api,bot,reply,overload,scheduler,cli"
+ALL_SECTIONS = (
+    "backends,history,contention,pools,sets,api,bot,reply,overload,scheduler,cli"
+)
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -352,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda r: contention.section(r, options_for, 3 if quick else 100),
         ),
         ("pools", lambda r: pools.section(r, options_for, 5 if quick else 200)),
+        ("sets", lambda r: sets.section(r, options_for, 5 if quick else 200)),
         (
             "api",
             lambda r: api.section(

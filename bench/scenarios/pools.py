@@ -38,7 +38,7 @@ def _pool_run(name: str, options: dict[str, str], size: int, n: int) -> list[flo
         backend.close()
 
 
-def _single_run(name: str, options: dict[str, str], n: int) -> list[float]:
+def single_run(name: str, options: dict[str, str], n: int) -> list[float]:
     backend = build_backend(name, options)
     try:
         samples = []
@@ -64,7 +64,7 @@ def section(
         options = options_for(name, running, "pools")
         if options is None:
             continue
-        base = _single_run(name, options, n)
+        base = single_run(name, options, n)
         base50 = statistics.median(base)
         rows.append(
             [name, "one named resource", ms(base50), ms(percentile(base, 99)), "1.0"]
