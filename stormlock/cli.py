@@ -136,7 +136,9 @@ def _build_parser() -> argparse.ArgumentParser:
     history = command(
         "history", "who held what, when and why (the last events, oldest first)"
     )
-    history.add_argument("resource", nargs="?", help="one resource (default: all)")
+    history.add_argument(
+        "resource", nargs="?", help="a resource, pool, group or a,b (default: all)"
+    )
     history.add_argument(
         "--since", metavar="WHEN", help="a duration ago (7d, 2h) or an ISO time"
     )
@@ -382,8 +384,6 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise errors.UsageError("--limit must be 0 (all) or more")
     since = _since(args.since)
-    if args.resource is not None:
-        args.resource = validate_resource(args.resource)
     events = lease_history(
         args.resource, since, args.principal, args.limit or None, config
     )

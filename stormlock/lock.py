@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -324,6 +325,18 @@ def set_members(config: Config, name: str) -> tuple[tuple[str, ...], str | None]
     return members, None
 
 
+def resources_of(config: Config, name: str) -> tuple[str, ...]:
+    """The resources `name` stands for: a set's or a pool's members, or the
+    one resource it names."""
+    members = set_members(config, name)
+    if members is not None:
+        return members[0]
+    pool = config.pool(name)
+    if pool is not None:
+        return pool.members
+    return (validate_resource(name),)
+
+
 def settings_for(config: Config, name: str) -> ResourceSettings:
     """The settings of what `name` means: a resource, a pool or a set."""
     members = set_members(config, name)
@@ -362,9 +375,31 @@ def lease_history(
     every resource (merged, oldest first), the last `limit` events at or after
     `since`, about `principal` (as holder or actor) if given."""
     config = config or load_config()
+    with ExitStack() as opened:
+        return read_history(
+            config,
+            lambda name: opened.enter_context(config.backend(name)),
+            resource,
+            since,
+            principal,
+            limit,
+        )
+
+
+def read_history(
+    config: Config,
+    backend_for: Callable[[str], Backend],
+    resource: str | None,
+    since: datetime | None,
+    principal: str | None,
+    limit: int | None,
+) -> list[HistoryEvent]:
+    """`lease_history` through `backend_for` (which opens, or reuses, the
+    backend of a name). A pool's or a set's history is its members', merged."""
+    wanted: tuple[str | None, ...] = (None,)
     if resource is not None:
-        resource = validate_resource(resource)
-        names = [config.settings(resource).backend]
+        wanted = resources_of(config, resource)
+        names = [settings_for(config, resource).backend]
     else:
         names = config.backend_names()
     from .backend import Feature
@@ -372,11 +407,12 @@ def lease_history(
     events: list[HistoryEvent] = []
     kept = 0
     for name in names:
-        with config.backend(name) as backend:
-            if resource is None and not backend.supports(Feature.HISTORY):
-                continue  # a plugin without history: the others still answer
-            events += backend.history(resource, since, principal, limit)
-            kept += 1
+        backend = backend_for(name)
+        if resource is None and not backend.supports(Feature.HISTORY):
+            continue  # a plugin without history: the others still answer
+        for one in wanted:
+            events += backend.history(one, since, principal, limit)
+        kept += 1
     if not kept:
         raise UnsupportedOperation(f"the {', '.join(names)} backend keeps no history")
     events.sort(key=lambda event: event.time)

@@ -636,3 +636,39 @@ def test_a_pool_through_the_api(tmp_path: Path) -> None:
         )
         retried = call(api, "POST", "/v1/acquire", token, json=body).json()
         assert retried["replayed"] and retried["lease"]["id"] == again["lease"]["id"]
+
+
+def test_a_set_through_the_api_is_one_lease_within_the_tokens_scope(
+    tmp_path: Path,
+) -> None:
+    group = "\n[group.stack]\nmembers = staging-1, staging-db\n"
+    with run_api(tmp_path, group) as api:
+        scoped = api.token("stg", "ci", resources="staging-*")
+        # A glob that covers one member does not cover the set.
+        mixed = {"resource": "staging-1,prod-db"}
+        refused = call(api, "POST", "/v1/acquire", scoped, json=mixed)
+        assert refused.status_code == 403 and "prod-db" in error_of(refused)["message"]
+        assert call(api, "GET", "/v1/leases", scoped).json()["leases"] == []
+        taken = call(api, "POST", "/v1/acquire", scoped, json={"resource": "stack"})
+        assert taken.status_code == 200, taken.text
+        body = taken.json()
+        lease_id = body["lease"]["id"]
+        assert body["lease"]["members"] == ["staging-1", "staging-db"]
+        fences = {one["resource"]: one["fence"] for one in body["leases"]}
+        assert set(fences) == {"staging-1", "staging-db"}
+        assert all(one["id"] == lease_id for one in body["leases"])
+        # Any member's name reaches the whole lease.
+        held = {"resource": "staging-db", "id": lease_id}
+        assert call(api, "POST", "/v1/is-held", scoped, json=held).json()["held"]
+        renewed = call(
+            api, "POST", "/v1/renew", scoped, json={**held, "ttl": "2h"}
+        ).json()
+        assert len(renewed["leases"]) == 2
+        assert call(api, "POST", "/v1/release", scoped, json=held).json() == {
+            "released": True
+        }
+        current = call(api, "GET", "/v1/current?resource=staging-1", scoped)
+        assert current.json()["lease"] is None
+        events = call(api, "GET", "/v1/history?resource=stack", scoped).json()["events"]
+        assert sorted({e["resource"] for e in events}) == ["staging-1", "staging-db"]
+        assert {e["event"] for e in events} == {"acquired", "renewed", "released"}

@@ -74,6 +74,21 @@ def test_the_cli_takes_several_resources_in_one_lease(
     assert run("current", "prod").returncode == 1
     for member in ("prod-db", "prod-api", "cache"):
         assert run("current", member).returncode == 1
+    # The group's history is its members', merged: one change, three events.
+    history = run("history", "prod", "-f", "json")
+    assert history.returncode == 0, history.stderr
+    events = [json.loads(line) for line in history.stdout.splitlines()]
+    assert sorted((e["event"], e["resource"]) for e in events) == sorted(
+        (kind, member)
+        for kind in ("acquired", "renewed", "released")
+        for member in ("cache", "prod-api", "prod-db")
+    )
+    assert lease_id not in history.stdout
+    # A pool's too.
+    taken = run("acquire", "staging", "-f", "json")
+    member = json.loads(taken.stdout)["resource"]
+    pool_events = run("history", "staging", "-f", "json").stdout.splitlines()
+    assert [json.loads(line)["resource"] for line in pool_events] == [member]
 
 
 def test_acquire_json_has_the_members_and_each_fence(

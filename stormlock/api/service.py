@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from ..backend import MAX_RESOURCE_LENGTH, Backend, Feature, Lease, LockHeldException
+from ..backend import MAX_RESOURCE_LENGTH, Backend, Lease, LockHeldException
 from ..config import API_SECTION, BOT_SECTION, Config
 from ..errors import (
     ConfigError,
@@ -27,13 +27,19 @@ from ..errors import (
     UsageError,
 )
 from ..history import ACQUIRED, RELEASED, SOURCES, Event, acting
-from ..lock import StormLock, list_all, lock_from_config, set_members, settings_for
+from ..lock import (
+    StormLock,
+    list_all,
+    lock_from_config,
+    read_history,
+    set_members,
+    settings_for,
+)
 from ..names import (
     RECORD_PREFIX,
     RULE,
     normal,
     validate_principal,
-    validate_resource,
 )
 from ..pool import PoolLock
 from ..records import Records
@@ -378,7 +384,12 @@ class ApiService:
         lock = self._lock_for(resource, caller)
         with caller.acting(self._channel(lock.resource)):
             lease = lock.renew(lease_id, ttl)
-        return lease, lock.leases if isinstance(lock, SetLock) else []
+        if isinstance(lock, SetLock):
+            return lease, lock.leases
+        if len(lease.members) > 1:  # a set renewed by one member's name
+            found = [lock.backend.current(member) for member in lease.members]
+            return lease, [one for one in found if one is not None]
+        return lease, []
 
     def release(self, caller: Caller, resource: str, lease_id: str) -> bool | None:
         self._check(caller, resource, write=True)
@@ -449,19 +460,10 @@ class ApiService:
         limit: int | None,
     ) -> builtins.list[Event]:
         self._check(caller, resource, write=False)
-        if resource is not None:
-            resource = validate_resource(resource)
-            names = [self.config.settings(resource).backend]
-        else:
-            names = self.config.backend_names()
         # A scoped token's events are filtered after reading: read them all.
         want = limit if not caller.token.resources else None
-        events: list[Event] = []
-        for name in names:
-            backend = self.backend(name)
-            if resource is None and not backend.supports(Feature.HISTORY):
-                continue  # a plugin without history: the others still answer
-            events += backend.history(resource, since, principal, want)
+        events = read_history(
+            self.config, self.backend, resource, since, principal, want
+        )
         events = [event for event in events if caller.token.covers(event.resource)]
-        events.sort(key=lambda event: event.time)
         return events[-limit:] if limit else events

@@ -515,8 +515,34 @@ def history(resource: str, events: Sequence[Event], namer: Namer) -> Message:
         text = f"No history for *{escape(resource)}* yet."
         return Message(f"No history for {resource}", _render([_section(text)]))
     header = HeaderBlock(text=f"History of {resource}"[:150])
-    lines = [event_line(event, namer) for event in events]
+    if all(event.resource == resource for event in events):
+        lines = [event_line(event, namer) for event in events]
+    else:  # a pool's or a set's members: name them, a set's change once
+        lines = [
+            event_line(event._replace(resource=", ".join(names)), namer, True)
+            for event, names in _changes(events)
+        ]
     return Message(f"History of {resource}", _render([header, *_text_sections(lines)]))
+
+
+def _changes(events: Sequence[Event]) -> list[tuple[Event, list[str]]]:
+    """Events merged into changes: a set's members' events (alike, written
+    within a second of each other) become one, naming every member."""
+    changes: list[tuple[Event, list[str]]] = []
+    for event in events:
+        if changes:
+            first, names = changes[-1]
+            alike = (first.event, first.principal, first.actor, first.note) == (
+                event.event,
+                event.principal,
+                event.actor,
+                event.note,
+            )
+            if alike and event.time - first.time < timedelta(seconds=1):
+                names.append(event.resource)
+                continue
+        changes.append((event, [event.resource]))
+    return changes
 
 
 def home(

@@ -37,7 +37,7 @@ ALIASES = {
 }
 
 USAGE = {
-    "acquire": "/stormlock acquire <resource> [ttl] [note…]"
+    "acquire": "/stormlock acquire <resource|pool|group|a,b> [ttl] [note…]"
     "  e.g. /stormlock acquire prod-db 2h applying terraform",
     "release": "/stormlock release <resource> [lease-id] [--force]",
     "renew": "/stormlock renew <resource> [ttl]  e.g. /stormlock renew prod-db 1h",

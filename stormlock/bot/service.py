@@ -33,7 +33,14 @@ from ..errors import (
     UnsupportedOperation,
 )
 from ..history import Event, acting
-from ..lock import StormLock, list_all, lock_from_config, set_members, settings_for
+from ..lock import (
+    StormLock,
+    list_all,
+    lock_from_config,
+    resources_of,
+    set_members,
+    settings_for,
+)
 from ..names import RECORD_PREFIX, validate_resource
 from ..pool import PoolLock
 from ..tokens import Tokens
@@ -355,10 +362,17 @@ class LeaseService:
         return lock_from_config(self.config, resource, backend).is_current(lease_id)
 
     def history(self, resource: str, limit: int) -> list[Event]:
-        """The last `limit` events of an allowed resource."""
+        """The last `limit` events of an allowed resource (of a pool's or a
+        set's members, merged)."""
         resource = self.check_resource(resource)
-        backend = self.backend(self.config.settings(resource).backend)
-        return backend.history(resource, limit=limit)
+        backend = self.backend_of(resource)
+        events = [
+            event
+            for member in resources_of(self.config, resource)
+            for event in backend.history(member, limit=limit)
+        ]
+        events.sort(key=lambda e: e.time)
+        return events[-limit:]
 
     def recent_of(self, person: Person, scan: int, limit: int) -> list[Event]:
         """`person`'s events among the last `scan` of every backend: bounded,

@@ -62,6 +62,17 @@ def test_a_group_is_taken_whole_announced_once_and_released(
     released = text_of(bot.reply(ALICE, "release prod"))
     assert "prod" in released
     assert all(backend.current(m) is None for m in ("cache", "prod-api", "prod-db"))
+    # The members' history, merged: the set's change is one line naming all.
+    reply = bot.reply(ALICE, "history prod")
+    lines = [
+        line
+        for block in reply.payload["blocks"]
+        if block["type"] == "section"
+        for line in block["text"]["text"].splitlines()
+    ]
+    assert len(lines) == 2, lines
+    assert "*cache, prod-api, prod-db*: <@U01ALICE> took it" in lines[0]
+    assert "*cache, prod-api, prod-db*: <@U01ALICE> released it" in lines[1]
     backend.close()
 
 
