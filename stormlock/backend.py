@@ -84,6 +84,9 @@ class Feature(StrEnum):
     HISTORY = "history"
     SETS = "sets"
     """Several resources in one lease, all or nothing, in one transaction."""
+    LINE = "line"
+    """A fair line of waiters per resource (stormlock/line.py): kept in the
+    store's own records, so wherever records can be listed and fenced."""
 
 
 _FEATURE_METHODS = {
@@ -94,6 +97,7 @@ _FEATURE_METHODS = {
     Feature.DOCTOR: "doctor",
     Feature.HISTORY: "history",
     Feature.SETS: "acquire_set",
+    Feature.LINE: "list_leases",
 }
 
 
@@ -141,6 +145,22 @@ class LockHeldException(StormlockError):
     @property
     def principal(self) -> str | None:
         return self.lease.principal if self.lease else None
+
+
+class InLine(LockHeldException):
+    """Others are waiting in the resource's line, so only the first of them
+    may take it (`lease` is the holder's, if it is held)."""
+
+    def __init__(self, resource: str, lease: Lease | None, waiting: int) -> None:
+        self.waiting = waiting
+        super().__init__(resource, lease)
+        people = "1 is" if waiting == 1 else f"{waiting} are"
+        held = str(self) if lease is not None else f"{resource!r} is kept for the line"
+        self.message = (
+            f"{held}; {people} waiting in line before you: join it with "
+            "`--wait DURATION`"
+        )
+        self.args = (self.message,)
 
 
 class LockExpiredException(StormlockError):
@@ -312,6 +332,9 @@ class Backend(ABC):
 
     #: What the store guarantees (the capability table is generated from it).
     capabilities: ClassVar[Capabilities] = Capabilities()
+    keeps_lines: ClassVar[bool] = True
+    """False where the line's records cannot be kept (the `http` backend:
+    the API server keeps the line, and its clients wait as before)."""
 
     #: How long events are kept (`history` in [default]); None: no history.
     history_retention: timedelta | None = timedelta(days=90)  # DEFAULT_RETENTION
@@ -501,6 +524,12 @@ class Backend(ABC):
         method = _FEATURE_METHODS[feature]
         if feature is Feature.SETS and issubclass(cls, LeaseBackend):
             return cls._acquire_set is not LeaseBackend._acquire_set
+        if feature is Feature.LINE:
+            return (
+                cls.keeps_lines
+                and cls.supports(Feature.FENCING)
+                and (issubclass(cls, LeaseBackend) or cls.supports(Feature.LIST))
+            )
         return getattr(cls, method) is not getattr(Backend, method)
 
 

@@ -44,7 +44,8 @@ EXIT_CODES = (
     ExitCode(
         str(EXIT_HELD),
         "`acquire`/`run`: the resource is held by someone else (the holder, "
-        "since, until and note on stderr; never their lease id)",
+        "since, until and note on stderr; never their lease id), or others "
+        "are waiting in its line (join it with `--wait`)",
     ),
     ExitCode(
         str(EXIT_EXPIRED),
@@ -85,8 +86,9 @@ EXIT_CODES = (
     ),
     ExitCode(
         str(EXIT_RATE_LIMITED),
-        "the `http` backend: too many failed authentications from this address "
-        "(HTTP 429); wait a minute",
+        "try again later: the `http` backend saw too many failed "
+        "authentications from this address (HTTP 429; wait a minute), or a "
+        "resource's line is full (100 waiting)",
     ),
     ExitCode(
         str(EXIT_NOT_ALLOWED),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .backend import (
     MAX_NOTE_LENGTH,
     Backend,
+    InLine,
     Lease,
     LockExpiredException,
     LockHeldException,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from .history import Event as HistoryEvent
     from .hold import Hold
+    from .line import Line
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
 _FIRST_RETRY = 0.1
@@ -149,6 +151,9 @@ class StormLock:
         (the lease cannot expire sooner than that plus its TTL)."""
         ttl = self._ttl(ttl)
         note = check_note(note)
+        line = self._line()
+        if line is not None:
+            return self._acquire_in_line(line, ttl, note, wait, cancel)
         deadline = time.monotonic() + wait.total_seconds() if wait else None
         delay = _FIRST_RETRY
         while True:
@@ -180,6 +185,43 @@ class StormLock:
                 else:
                     time.sleep(pause)
                 delay = min(delay * 2, _MAX_RETRY)
+
+    def _line(self) -> Line | None:
+        """The resource's line, where the backend keeps lines."""
+        from .line import Line, has_line
+
+        return Line(self.backend, self.resource) if has_line(self.backend) else None
+
+    def _acquire_in_line(
+        self,
+        line: Line,
+        ttl: timedelta,
+        note: str | None,
+        wait: timedelta | None,
+        cancel: Event | None,
+    ) -> tuple[Lease, float]:
+        """Take the lease if nobody waits for it; else, with `wait`, join
+        the line and take it in turn."""
+        started = time.monotonic()
+        try:
+            waiting = line.waiting()
+            if not waiting:
+                return self._attempt(ttl, note), started
+            if not wait:
+                holder = self.backend.current(self.resource)
+                raise InLine(self.resource, holder, len(waiting))
+        except LockHeldException:
+            if not wait:
+                raise
+        except BackendUnavailable as failed:
+            if not wait or not failed.nothing_sent:
+                raise  # it may have gone through: never try blindly again
+        from .line import wait_in_line
+
+        assert wait is not None
+        return wait_in_line(
+            self, line, ttl, note, started + wait.total_seconds(), cancel
+        )
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         """One try at the lease (a pool tries its members)."""

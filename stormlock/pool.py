@@ -105,6 +105,10 @@ class PoolLock(StormLock):
         seen = sorted((m for m in free if m in last), key=lambda m: last[m])
         return unseen[start:] + unseen[:start] + seen
 
+    def _line(self) -> None:
+        """A pool waits with backoff: its line is not built yet."""
+        return None
+
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         held = self.held()
         for member in self.order(held):

@@ -210,6 +210,10 @@ class SetLock(StormLock):
             expires=min(expires) if expires else None,
         )
 
+    def _line(self) -> None:
+        """A set waits with backoff: its line is not built yet."""
+        return None
+
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         leases = self.backend.acquire_set(self.members, self.principal, ttl, note)
         return self._whole(leases)

@@ -212,6 +212,7 @@ class Http(LeaseBackend):
             "[backend.http] (create one with 'stormlock token create' on the server)"
         )
 
+    keeps_lines = False  # the API server keeps the line; its clients back off
     capabilities = Capabilities(
         Clock.SERVER,
         timedelta(0),

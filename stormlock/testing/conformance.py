@@ -596,4 +596,6 @@ def test_history_retention_hides_old_events_and_none_turns_it_off(
 
 
 # Sets (one lease on several resources) are part of the kit.
+# The line (first in, first out, with handoff) too.
+from stormlock.testing.conformance_line import *  # noqa: E402, F403
 from stormlock.testing.conformance_sets import *  # noqa: E402, F403

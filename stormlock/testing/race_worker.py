@@ -104,3 +104,39 @@ def race_sets(
         results.put(("error", worker, f"{type(exc).__name__}: {exc}"))
     finally:
         backend.close()
+
+
+def wait_in_line(
+    name: str,
+    options: dict[str, str],
+    resource: str,
+    go: Any,
+    results: Any,
+    worker: int,
+    ticket_seconds: float | None = None,
+) -> None:
+    """When `go` is set, wait in `resource`'s line (the library's `wait`);
+    report when the lease was taken (monotonic) and its fence, hold it a
+    moment, and report its release."""
+    import time
+
+    from stormlock import line
+    from stormlock.lock import StormLock
+
+    if ticket_seconds is not None:  # a short ticket, for the killed-waiter test
+        line.TICKET_TTL = timedelta(seconds=ticket_seconds)
+    backend = build_backend(name, options)
+    lock = StormLock(backend, resource, f"waiter-{worker}", timedelta(minutes=5))
+    try:
+        go.wait(timeout=120)
+        lease = lock.acquire_lease(wait=timedelta(minutes=2))
+        taken = time.monotonic()
+        results.put(("took", worker, taken, lease.fence))
+        time.sleep(0.01)  # the work under the lease
+        released = time.monotonic()
+        lock.release(lease.id)
+        results.put(("released", worker, released, lease.fence))
+    except Exception as exc:  # reported, so the test fails with it
+        results.put(("failed", worker, repr(exc), 0))
+    finally:
+        backend.close()

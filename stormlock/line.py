@@ -1,0 +1,326 @@
+"""A fair line per resource: first in, first out, in the order the store
+numbers the tickets.
+
+A ticket is a record in the lease backend itself (`.stormlock/line/...`),
+held by the waiter with a short TTL that the waiter keeps renewing: a waiter
+that dies drops out within that TTL. Tickets are numbered by the fence of a
+counter record, taken for a moment to number each ticket, so arrival order
+is decided by the store (its fences rise), never by client clocks. This works
+on every backend that can list leases by prefix, plugins included; only the
+head of the line may take a free resource (`StormLock` checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from .backend import (
+    Backend,
+    Feature,
+    InLine,
+    Lease,
+    LockExpiredException,
+    LockHeldException,
+    iso,
+    utcnow,
+)
+from .errors import (
+    EXIT_RATE_LIMITED,
+    BackendUnavailable,
+    InvalidInput,
+    StormlockError,
+)
+from .names import RECORD_PREFIX
+
+if TYPE_CHECKING:
+    from .lock import StormLock
+
+TICKET_TTL = timedelta(seconds=10)
+"""How long a waiter that stops renewing (killed, cut off) keeps its place."""
+MAX_LINE = 100
+"""The longest line: past it, joining is refused (say so, and why)."""
+_LINE = RECORD_PREFIX + "line/"
+_COUNTER = RECORD_PREFIX + "line-seq/"
+_COUNTER_TTL = timedelta(seconds=5)  # a numberer that dies blocks joins this long
+_JOIN_BUDGET = 10.0  # seconds of contention for the counter, at most
+
+
+class LineFull(StormlockError):
+    exit_code = EXIT_RATE_LIMITED  # EX_TEMPFAIL: try again later
+
+    def __init__(self, resource: str) -> None:
+        super().__init__(
+            f"the line for {resource!r} is full ({MAX_LINE} waiting); "
+            "try again later, or ask its holder"
+        )
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A place in a resource's line."""
+
+    resource: str
+    seq: int
+    """The store's number: a lower one arrived first."""
+    principal: str
+    since: datetime
+    note: str | None
+    source: str
+    record: Lease
+    """The ticket's record (its id is the waiter's secret)."""
+
+    def as_dict(self, position: int) -> dict[str, object]:
+        return {
+            "position": position,
+            "principal": self.principal,
+            "since": iso(self.since),
+            "source": self.source,
+            "note": self.note,
+        }
+
+
+def has_line(backend: Backend) -> bool:
+    """Whether `backend` keeps lines (it can list its records by prefix)."""
+    return backend.supports(Feature.LINE)
+
+
+class Line:
+    """The line for one resource."""
+
+    def __init__(self, backend: Backend, resource: str) -> None:
+        self.backend = backend
+        self.resource = resource
+        self._prefix = f"{_LINE}{resource}/"
+
+    def waiting(self) -> list[Ticket]:
+        """The tickets still alive, first in line first."""
+        tickets = [
+            ticket
+            for record in self.backend.list_prefix(self._prefix)
+            if (ticket := self._ticket(record)) is not None
+        ]
+        return sorted(tickets, key=lambda ticket: ticket.seq)
+
+    def _ticket(self, record: Lease) -> Ticket | None:
+        seq = record.resource[len(self._prefix) :]
+        if not seq.isdigit():
+            return None
+        try:
+            about = json.loads(record.note or "{}")
+            since = datetime.fromisoformat(about.get("since") or iso(record.created))
+        except (ValueError, TypeError):
+            about, since = {}, record.created
+        return Ticket(
+            self.resource,
+            int(seq),
+            record.principal,
+            since,
+            about.get("note"),
+            str(about.get("source") or "library"),
+            record,
+        )
+
+    def join(
+        self,
+        principal: str,
+        note: str | None = None,
+        source: str = "library",
+        ttl: timedelta | None = None,
+    ) -> Ticket:
+        """A new ticket at the back of the line (kept `ttl`, by default
+        TICKET_TTL, unless renewed)."""
+        if len(self.waiting()) >= MAX_LINE:
+            raise LineFull(self.resource)
+        counter = self._number(principal)
+        try:
+            about = json.dumps(
+                {"since": iso(utcnow()), "source": source, "note": note},
+                separators=(",", ":"),
+            )
+            record = self.backend.acquire_lease(
+                f"{self._prefix}{counter.fence:015d}",
+                principal,
+                ttl or TICKET_TTL,
+                about,
+            )
+        finally:
+            self._release_quietly(counter)
+        ticket = self._ticket(record)
+        assert ticket is not None  # its name is ours
+        return ticket
+
+    def _number(self, principal: str) -> Lease:
+        """The counter record, held: its fence numbers the next ticket."""
+        if not self.backend.supports(Feature.FENCING):
+            raise InvalidInput(
+                f"the {type(self.backend).__name__} backend has no fencing "
+                "tokens, so it cannot number a line"
+            )
+        deadline = time.monotonic() + _JOIN_BUDGET
+        while True:
+            try:
+                return self.backend.acquire_lease(
+                    f"{_COUNTER}{self.resource}", principal, _COUNTER_TTL
+                )
+            except LockHeldException:
+                if time.monotonic() > deadline:
+                    raise BackendUnavailable(
+                        f"could not join the line for {self.resource!r}: too "
+                        "many joining at once; try again",
+                        nothing_sent=True,
+                    ) from None
+                time.sleep(random.uniform(0.002, 0.02))  # noqa: S311 - jitter
+
+    def _release_quietly(self, record: Lease) -> None:
+        with contextlib.suppress(StormlockError):  # else it lapses soon
+            self.backend.release_lease(record.resource, record.id)
+
+    def keep(self, ticket: Ticket, ttl: timedelta | None = None) -> bool:
+        """Keep a ticket alive; False if it lapsed (the waiter lost its place)."""
+        try:
+            self.backend.renew_lease(
+                ticket.record.resource, ticket.record.id, ttl or TICKET_TTL
+            )
+        except LockExpiredException:
+            return False
+        return True
+
+    def leave(self, ticket: Ticket) -> bool:
+        """Leave the line; whether the ticket was still in it."""
+        return bool(
+            self.backend.release_lease(ticket.record.resource, ticket.record.id)
+        )
+
+    def position(self, ticket: Ticket) -> int | None:
+        """1 for the head of the line; None if the ticket is not in it."""
+        for place, other in enumerate(self.waiting(), 1):
+            if other.seq == ticket.seq:
+                return place
+        return None
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st..."""
+    if 10 <= n % 100 <= 20:
+        return f"{n}th"
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th') }"
+
+
+# The head of the line polls the resource this often (handoff within it plus a
+# round trip); the others check their place less often.
+HEAD_POLL = 0.05
+BEHIND_POLL = 0.25
+
+
+def wait_in_line(
+    lock: StormLock,
+    line: Line,
+    ttl: timedelta,
+    note: str | None,
+    deadline: float,
+    cancel: threading.Event | None,
+) -> tuple[Lease, float]:
+    """Join `line`, keep the ticket alive, and take the lease once first in
+    line and the resource is free; leave the line however this ends.
+
+    Raises the last refusal when `deadline` (monotonic) passes. A store that
+    did not answer an acquire is never retried blindly (it may have gone
+    through): that `BackendUnavailable` is raised.
+    """
+    from .history import current_context
+
+    source = current_context().source or "library"
+    keep_every = TICKET_TTL.total_seconds() / 3
+    ticket: Ticket | None = None
+    head = False
+    ahead = 0
+    last: LockHeldException | BackendUnavailable | None = None
+    next_keep = 0.0
+    try:
+        with _leave_on_sigterm():
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    if last is not None:
+                        raise last
+                    raise InLine(lock.resource, None, ahead)
+                try:
+                    if ticket is None:
+                        ticket, head = line.join(lock.principal, note, source), False
+                        next_keep = time.monotonic() + keep_every
+                    elif now >= next_keep:
+                        if not line.keep(ticket):  # lapsed (cut off too long)
+                            ticket = None
+                            continue  # join again, at the back
+                        next_keep = now + keep_every
+                    if not head:
+                        seqs = [other.seq for other in line.waiting()]
+                        if ticket.seq not in seqs:
+                            ticket = None
+                            continue
+                        ahead = seqs.index(ticket.seq)
+                        head = ahead == 0
+                    if head:
+                        started = time.monotonic()
+                        try:
+                            lease = lock.backend.acquire_lease(
+                                lock.resource, lock.principal, ttl, note
+                            )
+                        except BackendUnavailable as failed:
+                            if not failed.nothing_sent:
+                                raise  # it may have gone through: never blindly again
+                            raise _Transient(failed) from failed
+                        return lease, started
+                except LockHeldException as held:
+                    last = held
+                except _Transient as failed:
+                    last = failed.cause
+                except BackendUnavailable as failed:  # joining, keeping, reading
+                    last = failed
+                pause = min(
+                    HEAD_POLL if head else BEHIND_POLL, deadline - time.monotonic()
+                )
+                if cancel is not None:
+                    if cancel.wait(max(pause, 0)):
+                        raise last or InLine(lock.resource, None, ahead)
+                elif pause > 0:
+                    time.sleep(pause)
+    finally:
+        if ticket is not None:
+            with contextlib.suppress(StormlockError):  # else it lapses
+                line.leave(ticket)
+
+
+class _Transient(Exception):
+    def __init__(self, cause: BackendUnavailable) -> None:
+        self.cause = cause
+
+
+@contextlib.contextmanager
+def _leave_on_sigterm() -> Iterator[None]:
+    """SIGTERM while waiting ends the wait as Ctrl-C does, so the ticket is
+    given up at once (where nobody else handles SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
