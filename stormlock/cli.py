@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
@@ -120,6 +120,12 @@ def _build_parser() -> argparse.ArgumentParser:
     is_held = command("is-held", "exit 0 if the lease is active, else 1")
     is_held.add_argument("resource")
     is_held.add_argument("lease_id")
+
+    queue = command(
+        "queue", "who waits in a resource's line, first first (join with --wait)"
+    )
+    queue.add_argument("-f", "--format", choices=["table", "json"], default="table")
+    queue.add_argument("resource")
 
     list_ = command("list", "list every active lease")
     list_.add_argument("-f", "--format", choices=["table", "json"], default="table")
@@ -295,16 +301,27 @@ def _current(lock: StormLock, args: argparse.Namespace) -> int:
         print("\n".join(CURRENT_FORMATS[fmt](lease) for lease in held))
         return 0
     lease = lock.current()
-    if lease is None:
-        _err(f"no active lease on {lock.resource!r}")
-        return errors.EXIT_NOT_HELD
     fmt = "id" if args.id_only else args.format
+    line = lock._line() if fmt != "id" else None
+    waiting = len(line.waiting()) if line is not None else 0
+    # On stderr: the formats on stdout stay the original tool's.
+    in_line = f"; {waiting} waiting in line (stormlock queue {lock.resource})"
+    if lease is None:
+        _err(f"no active lease on {lock.resource!r}" + (in_line if waiting else ""))
+        return errors.EXIT_NOT_HELD
     if lease.members and fmt not in ("id", "json"):  # a set's lease: all of it
         found = [lock.backend.current(m) for m in lease.members]
         leases = [x for x in found if x is not None and x.id == lease.id] or [lease]
         print("\n".join(CURRENT_FORMATS[fmt](x) for x in leases))
         return 0
+    if fmt == "json":
+        import json
+
+        print(json.dumps({**lease_dict(lease), "waiting": waiting}))
+        return 0
     print(CURRENT_FORMATS[fmt](lease))
+    if waiting:
+        _err(in_line[2:])
     return 0
 
 
@@ -312,19 +329,62 @@ def _list(config: Config, args: argparse.Namespace) -> int:
     backends = {name: _backend(config, name) for name in config.backend_names()}
     try:
         leases = list_all(config, backends)
+        waiting = _waiting(backends.values())
     finally:
         for backend in backends.values():
             backend.close()
     if args.format == "json":
         import json
 
-        print(json.dumps([lease_dict(lease, args.ids) for lease in leases], indent=2))
+        records = [lease_dict(lease, args.ids) for lease in leases]
+        for record in records:
+            record["waiting"] = waiting.get(record["resource"], 0)
+        print(json.dumps(records, indent=2))
     elif leases:
         from .sets import group_labels
 
-        print(lease_table(leases, args.ids, group_labels(config, leases)))
+        labels = group_labels(config, leases)
+        print(lease_table(leases, args.ids, labels, waiting))
     else:
         _err("no active leases")
+    return 0
+
+
+def _waiting(backends: Iterable[Backend]) -> dict[str, int]:
+    """How many wait in each line, over `backends`."""
+    from .line import waiting_counts
+
+    counts: dict[str, int] = {}
+    for backend in backends:
+        counts.update(waiting_counts(backend))
+    return counts
+
+
+def _queue(lock: StormLock, args: argparse.Namespace) -> int:
+    from .line import has_line
+    from .render import line_table
+
+    line = lock._line()
+    if line is None:
+        kind = type(lock).__name__
+        if has_line(lock.backend):  # a pool or a set
+            raise errors.UnsupportedOperation(
+                f"{lock.resource!r} has no line of its own yet ({kind}); "
+                "`--wait` retries with backoff"
+            )
+        raise errors.UnsupportedOperation(
+            f"the {type(lock.backend).__name__} backend keeps no line; "
+            "`--wait` retries with backoff"
+        )
+    tickets = line.waiting()
+    if args.format == "json":
+        import json
+
+        print(json.dumps([t.as_dict(n) for n, t in enumerate(tickets, 1)]))
+    elif tickets:
+        print(line_table(tickets))
+    else:
+        _err(f"nobody is waiting for {lock.resource!r}")
     return 0
 
 
@@ -494,6 +554,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         if args.cmd == "current":
             return _current(lock, args)
+        if args.cmd == "queue":
+            return _queue(lock, args)
         if args.cmd == "is-held":
             return 0 if lock.is_current(args.lease_id) else errors.EXIT_NOT_HELD
         if args.cmd == "run":

@@ -324,3 +324,15 @@ def _leave_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def waiting_counts(backend: Backend) -> dict[str, int]:
+    """How many wait in each resource's line, in one read of every line."""
+    counts: dict[str, int] = {}
+    if not has_line(backend):
+        return counts
+    for record in backend.list_prefix(_LINE):
+        resource, _, seq = record.resource[len(_LINE) :].rpartition("/")
+        if resource and seq.isdigit():
+            counts[resource] = counts.get(resource, 0) + 1
+    return counts

@@ -11,6 +11,7 @@ from .errors import one_line, printable
 
 if TYPE_CHECKING:
     from .history import Event
+    from .line import Ticket
     from .tokens import Token
 
 
@@ -79,9 +80,11 @@ def lease_table(
     leases: Sequence[Lease],
     with_ids: bool = False,
     pools: Mapping[str, str] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> str:
     """Leases as a table; with `pools` (member -> pool or group), a pool's
-    or a set's members are listed together, under a GROUP column."""
+    or a set's members are listed together, under a GROUP column; with
+    `waiting` (resource -> how many are in its line), a WAITING column."""
     pools = pools or {}
     grouped = any(lease.resource in pools for lease in leases)
     if grouped:
@@ -95,6 +98,8 @@ def lease_table(
     headers = ["RESOURCE", "PRINCIPAL", "SINCE", "EXPIRES", "NOTE"]
     if grouped:
         headers.insert(1, "GROUP")
+    if waiting:
+        headers.append("WAITING")
     if with_ids:
         headers.append("LEASE ID")
     rows = [headers]
@@ -108,9 +113,27 @@ def lease_table(
         ]
         if grouped:
             row.insert(1, printable(pools.get(lease.resource, "-")))
+        if waiting:
+            row.append(str(waiting.get(lease.resource, 0)))
         if with_ids:
             row.append(lease.id)
         rows.append(row)
+    return _aligned(rows)
+
+
+def line_table(tickets: Sequence[Ticket]) -> str:
+    """A resource's line, first in line first."""
+    rows = [["POSITION", "PRINCIPAL", "SINCE", "SOURCE", "NOTE"]]
+    for position, ticket in enumerate(tickets, 1):
+        rows.append(
+            [
+                str(position),
+                printable(ticket.principal),
+                short_time(ticket.since),
+                printable(ticket.source),
+                printable(one_line(ticket.note or "-")),
+            ]
+        )
     return _aligned(rows)
 
 
