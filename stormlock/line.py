@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .backend import (
     Backend,
@@ -64,8 +62,7 @@ class LineFull(StormlockError):
         )
 
 
-@dataclass(frozen=True)
-class Ticket:
+class Ticket(NamedTuple):
     """A place in a resource's line."""
 
     resource: str
@@ -135,12 +132,14 @@ class Line:
         note: str | None = None,
         source: str = "library",
         ttl: timedelta | None = None,
+        deadline: float | None = None,
     ) -> Ticket:
         """A new ticket at the back of the line (kept `ttl`, by default
-        TICKET_TTL, unless renewed)."""
+        TICKET_TTL, unless renewed); waiting for others joining at once
+        until `deadline` (monotonic) at most."""
         if len(self.waiting()) >= MAX_LINE:
             raise LineFull(self.resource)
-        counter = self._number(principal)
+        counter = self._number(principal, deadline)
         try:
             about = json.dumps(
                 {"since": iso(utcnow()), "source": source, "note": note},
@@ -158,14 +157,15 @@ class Line:
         assert ticket is not None  # its name is ours
         return ticket
 
-    def _number(self, principal: str) -> Lease:
+    def _number(self, principal: str, deadline: float | None) -> Lease:
         """The counter record, held: its fence numbers the next ticket."""
         if not self.backend.supports(Feature.FENCING):
             raise InvalidInput(
                 f"the {type(self.backend).__name__} backend has no fencing "
                 "tokens, so it cannot number a line"
             )
-        deadline = time.monotonic() + _JOIN_BUDGET
+        budget = time.monotonic() + _JOIN_BUDGET
+        deadline = budget if deadline is None else min(deadline, budget)
         while True:
             try:
                 return self.backend.acquire_lease(
@@ -178,6 +178,8 @@ class Line:
                         "many joining at once; try again",
                         nothing_sent=True,
                     ) from None
+                import random  # only contention needs it; start-up stays lean
+
                 time.sleep(random.uniform(0.002, 0.02))  # noqa: S311 - jitter
 
     def _release_quietly(self, record: Lease) -> None:
@@ -255,7 +257,10 @@ def wait_in_line(
                     raise InLine(lock.resource, None, ahead)
                 try:
                     if ticket is None:
-                        ticket, head = line.join(lock.principal, note, source), False
+                        ticket = line.join(
+                            lock.principal, note, source, deadline=deadline
+                        )
+                        head = False
                         next_keep = time.monotonic() + keep_every
                     elif now >= next_keep:
                         if not line.keep(ticket):  # lapsed (cut off too long)
