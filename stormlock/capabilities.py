@@ -46,6 +46,12 @@ def _sets(cls: type[Backend]) -> str:
     return f"atomic ({cls.capabilities.sets})" if cls.capabilities.sets else "atomic"
 
 
+def _line(cls: type[Backend]) -> str:
+    if not cls.supports(Feature.LINE):
+        return "no (`--wait` backs off)"
+    return "yes (tickets in its records; the head polls every 50 ms)"
+
+
 def capability_table(names: list[str] | None = None) -> str:
     """A Markdown table: one row per backend, one column per guarantee."""
     header = [
@@ -58,6 +64,7 @@ def capability_table(names: list[str] | None = None) -> str:
         "list",
         "history",
         "sets (all or nothing)",
+        "line (first in, first out)",
         "round trips (" + ", ".join(OPERATIONS) + ")",
     ]
     rows = [header, ["---"] * len(header)]
@@ -76,6 +83,7 @@ def capability_table(names: list[str] | None = None) -> str:
                 "O(active)" if cls.supports(Feature.LIST) else "config sections",
                 _history(cls),
                 _sets(cls),
+                _line(cls),
                 trips,
             ]
         )
