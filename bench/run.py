@@ -33,6 +33,7 @@ from bench.scenarios import (
     bot_overload,
     bot_reply,
     contention,
+    handoff,
     history,
     pools,
     scheduler_scaling,
@@ -44,9 +45,7 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = (
-    "backends,history,contention,pools,sets,api,bot,reply,overload,scheduler,cli"
-)
+ALL_SECTIONS = "backends,history,contention,handoff,pools,sets,api,bot,reply,overload,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -354,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             "contention",
             lambda r: contention.section(r, options_for, 3 if quick else 100),
         ),
+        ("handoff", lambda r: handoff.section(r, options_for, 2 if quick else 15)),
         ("pools", lambda r: pools.section(r, options_for, 5 if quick else 200)),
         ("sets", lambda r: sets.section(r, options_for, 5 if quick else 200)),
         (
