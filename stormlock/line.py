@@ -48,6 +48,9 @@ MAX_LINE = 100
 """The longest line: past it, joining is refused (say so, and why)."""
 _LINE = RECORD_PREFIX + "line/"
 _COUNTER = RECORD_PREFIX + "line-seq/"
+# Held while anyone may wait, so that an acquire reads one record, not the
+# line, when nobody waits (the common case).
+_MARK = RECORD_PREFIX + "lined/"
 _COUNTER_TTL = timedelta(seconds=5)  # a numberer that dies blocks joins this long
 _JOIN_BUDGET = 10.0  # seconds of contention for the counter, at most
 
@@ -74,6 +77,10 @@ class Ticket(NamedTuple):
     source: str
     record: Lease
     """The ticket's record (its id is the waiter's secret)."""
+    user: str | None = None
+    """A Slack waiter's user id: who is DMed when it is their turn."""
+    channel: str | None = None
+    """Where a Slack waiter joined: where their turn is announced."""
 
     def as_dict(self, position: int) -> dict[str, object]:
         return {
@@ -83,6 +90,10 @@ class Ticket(NamedTuple):
             "source": self.source,
             "note": self.note,
         }
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def has_line(backend: Backend) -> bool:
@@ -97,6 +108,7 @@ class Line:
         self.backend = backend
         self.resource = resource
         self._prefix = f"{_LINE}{resource}/"
+        self._mark = f"{_MARK}{resource}"
 
     def waiting(self) -> list[Ticket]:
         """The tickets still alive, first in line first."""
@@ -124,6 +136,8 @@ class Line:
             about.get("note"),
             str(about.get("source") or "library"),
             record,
+            _text(about.get("user")),
+            _text(about.get("channel")),
         )
 
     def join(
@@ -133,6 +147,8 @@ class Line:
         source: str = "library",
         ttl: timedelta | None = None,
         deadline: float | None = None,
+        user: str | None = None,
+        channel: str | None = None,
     ) -> Ticket:
         """A new ticket at the back of the line (kept `ttl`, by default
         TICKET_TTL, unless renewed); waiting for others joining at once
@@ -141,10 +157,10 @@ class Line:
             raise LineFull(self.resource)
         counter = self._number(principal, deadline)
         try:
-            about = json.dumps(
-                {"since": iso(utcnow()), "source": source, "note": note},
-                separators=(",", ":"),
-            )
+            fields = {"since": iso(utcnow()), "source": source, "note": note}
+            if user:
+                fields |= {"user": user, "channel": channel}
+            about = json.dumps(fields, separators=(",", ":"))
             record = self.backend.acquire_lease(
                 f"{self._prefix}{counter.fence:015d}",
                 principal,
@@ -155,6 +171,7 @@ class Line:
             self._release_quietly(counter)
         ticket = self._ticket(record)
         assert ticket is not None  # its name is ours
+        self.mark(principal, ttl or TICKET_TTL)
         return ticket
 
     def _number(self, principal: str, deadline: float | None) -> Lease:
@@ -188,19 +205,58 @@ class Line:
 
     def keep(self, ticket: Ticket, ttl: timedelta | None = None) -> bool:
         """Keep a ticket alive; False if it lapsed (the waiter lost its place)."""
+        ttl = ttl or TICKET_TTL
         try:
-            self.backend.renew_lease(
-                ticket.record.resource, ticket.record.id, ttl or TICKET_TTL
-            )
+            self.backend.renew_lease(ticket.record.resource, ticket.record.id, ttl)
         except LockExpiredException:
             return False
+        self.mark(ticket.principal, ttl)
         return True
 
     def leave(self, ticket: Ticket) -> bool:
-        """Leave the line; whether the ticket was still in it."""
-        return bool(
+        """Leave the line; whether the ticket was still in it. The last to
+        leave takes the mark down (a joiner at that moment puts it back
+        with its next keep, or the bot's next pass)."""
+        left = bool(
             self.backend.release_lease(ticket.record.resource, ticket.record.id)
         )
+        if not self.waiting():
+            mark = self.backend.current(self._mark)
+            if mark is not None:
+                self.backend.release_lease(self._mark, mark.id)
+        return left
+
+    def may_have_waiters(self) -> bool:
+        """One read: False means nobody waits (no mark), so an acquire need
+        not read the line (on some stores, a scan of every record)."""
+        return self.backend.current(self._mark) is not None
+
+    def remark(self, tickets: list[Ticket], principal: str) -> None:
+        """Put the mark back for `tickets` (the line as just read), in case
+        the last to leave took it down while someone joined."""
+        ends = [t.record.expires for t in tickets if t.record.expires is not None]
+        if ends:
+            self.mark(principal, max(ends) - utcnow())
+
+    def mark(self, principal: str, ttl: timedelta) -> None:
+        """Make the line's mark outlive `ttl` from now (never shorten it)."""
+        for _ in range(3):
+            mark = self.backend.current(self._mark)
+            try:
+                if mark is None:
+                    self.backend.acquire_lease(self._mark, principal, ttl)
+                elif mark.expires is not None and mark.expires < utcnow() + ttl:
+                    self.backend.renew_lease(self._mark, mark.id, ttl)
+                return
+            except (LockHeldException, LockExpiredException):
+                continue  # another waiter marked it, or it just lapsed: look again
+
+    def of(self, principal: str) -> tuple[int, Ticket] | None:
+        """`principal`'s place (1: first) and ticket, if in line."""
+        for place, ticket in enumerate(self.waiting(), 1):
+            if ticket.principal.lower() == principal.lower():
+                return place, ticket
+        return None
 
     def position(self, ticket: Ticket) -> int | None:
         """1 for the head of the line; None if the ticket is not in it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
     from .history import Event as HistoryEvent
     from .hold import Hold
-    from .line import Line
+    from .line import Line, Ticket
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
 _FIRST_RETRY = 0.1
@@ -204,7 +205,10 @@ class StormLock:
         the line and take it in turn."""
         started = time.monotonic()
         try:
-            waiting = line.waiting()
+            try:
+                waiting = line.waiting() if line.may_have_waiters() else []
+            except BackendUnavailable as failed:  # a read: nothing changed
+                raise BackendUnavailable(failed.message, nothing_sent=True) from failed
             if not waiting:
                 return self._attempt(ttl, note), started
             if not wait:
@@ -222,6 +226,30 @@ class StormLock:
         return wait_in_line(
             self, line, ttl, note, started + wait.total_seconds(), cancel
         )
+
+    def take_turn(
+        self, ticket: Ticket, ttl: timedelta | None = None, note: str | None = None
+    ) -> Lease:
+        """Take the lease with the ticket of the first in line (a Slack
+        waiter's "Take it"), and leave the line. Raises `InLine` if the
+        ticket is not first (it lapsed, or someone is ahead), or
+        `LockHeldException` if the resource is held."""
+        line = self._line()
+        ttl, note = self._ttl(ttl), check_note(note)
+        waiting = line.waiting() if line is not None else []
+        if not waiting or waiting[0].seq != ticket.seq:
+            ahead = next(
+                (n for n, t in enumerate(waiting) if t.seq == ticket.seq), None
+            )
+            holder = self.backend.current(self.resource)
+            raise InLine(
+                self.resource, holder, len(waiting) if ahead is None else ahead
+            )
+        lease = self.backend.acquire_lease(self.resource, self.principal, ttl, note)
+        assert line is not None
+        with contextlib.suppress(StormlockError):  # else it lapses soon
+            line.leave(ticket)
+        return lease
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         """One try at the lease (a pool tries its members)."""

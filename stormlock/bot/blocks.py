@@ -48,6 +48,9 @@ ACTION_RENEW = "lease_renew"
 ACTION_RELEASE = "lease_release"
 ACTION_NOTIFY = "lease_notify"
 ACTION_ACQUIRE = "lease_acquire"
+ACTION_QUEUE = "lease_queue"
+ACTION_TAKE = "lease_take"
+ACTION_PASS = "lease_pass"  # noqa: S105 - a button, not a password
 
 Namer = Callable[[str], str]
 """Turns a principal into what readers see: a mention, or escaped text."""
@@ -173,6 +176,9 @@ _BUTTONS = (
     (ACTION_RELEASE, "release"),
     (ACTION_NOTIFY, "notify"),
     (ACTION_ACQUIRE, "acquire"),
+    (ACTION_QUEUE, "queue"),
+    (ACTION_TAKE, "take-turn"),
+    (ACTION_PASS, "pass-turn"),
 )
 
 
@@ -271,10 +277,18 @@ def pool_held(pool: str, holders: Sequence[Lease], namer: Namer) -> Message:
 
 
 def held(
-    lease: Lease | None, resource: str, namer: Namer, can_wait: bool = True
+    lease: Lease | None,
+    resource: str,
+    namer: Namer,
+    can_wait: bool = True,
+    waiting: int = 0,
+    can_queue: bool = False,
 ) -> Message:
-    """To someone who tried to take a held resource."""
-    if lease is None:
+    """To someone who tried to take a held resource (or one kept for the
+    first in its line)."""
+    if lease is None and waiting:
+        text = f":no_entry: *{escape(resource)}* is kept for the first in its line."
+    elif lease is None:
         text = f":no_entry: *{escape(resource)}* is held by someone else; try again."
     else:
         text = (
@@ -283,15 +297,132 @@ def held(
         )
         if lease.note:
             text += f"\n_{escape(lease.note)}_"
+    if waiting:
+        people = "1 person is" if waiting == 1 else f"{waiting} people are"
+        text += f"\n{people} waiting in line: join it to take your turn."
     shown: list[Block] = [_section(text)]
-    if can_wait:
-        button = ButtonElement(
-            text="Notify me when free",
-            action_id=ACTION_NOTIFY,
-            value=_value(resource=resource),
+    buttons: list[ButtonElement] = []
+    if can_queue:
+        buttons.append(
+            ButtonElement(
+                text="Join the line",
+                action_id=ACTION_QUEUE,
+                value=_value(resource=resource),
+                style="primary",
+            )
         )
-        shown.append(ActionsBlock(elements=[button]))
+    if can_wait:
+        buttons.append(
+            ButtonElement(
+                text="Notify me when free",
+                action_id=ACTION_NOTIFY,
+                value=_value(resource=resource),
+            )
+        )
+    if buttons:
+        shown.append(ActionsBlock(elements=buttons))
     return Message(f"{resource} is held by someone else", _render(shown))
+
+
+def queued(
+    resource: str, position: int, usual: timedelta | None, already: bool
+) -> Message:
+    from ..line import ordinal
+
+    place = f"{ordinal(position)} in line for *{escape(resource)}*"
+    text = (
+        f":hourglass: You're already {place}: you keep your place."
+        if already
+        else f":hourglass: You're {place}."
+    )
+    if usual is not None:
+        text += f" It is usually held for {format_duration(_rounded(usual))}."
+    text += " I'll DM you when it is your turn."
+    leave = ButtonElement(
+        text="Leave the line",
+        action_id=ACTION_PASS,
+        value=_value(resource=resource),
+    )
+    return Message(
+        f"You're {ordinal(position)} in line for {resource}",
+        _render([_section(text), ActionsBlock(elements=[leave])]),
+    )
+
+
+def _rounded(length: timedelta) -> timedelta:
+    """To the minute (to the second under one)."""
+    if length >= timedelta(minutes=1):
+        return timedelta(minutes=round(length.total_seconds() / 60))
+    return timedelta(seconds=max(1, round(length.total_seconds())))
+
+
+def left_line(resource: str, was_in: bool) -> Message:
+    if not was_in:
+        text = (
+            f"You are not in the line for *{escape(resource)}*, so there was "
+            "nothing to leave."
+        )
+        return Message(
+            f"You are not in the line for {resource}", _render([_section(text)])
+        )
+    text = f":wave: You left the line for *{escape(resource)}*."
+    return Message(f"You left the line for {resource}", _render([_section(text)]))
+
+
+def line_free(resource: str) -> Message:
+    button = ButtonElement(
+        text=f"Acquire {resource}"[:75],
+        action_id=ACTION_ACQUIRE,
+        value=_value(resource=resource),
+        style="primary",
+    )
+    text = (
+        f"*{escape(resource)}* is free and nobody waits for it: take it now "
+        "instead of joining a line."
+    )
+    return Message(
+        f"{resource} is free",
+        _render([_section(text), ActionsBlock(elements=[button])]),
+    )
+
+
+def passed(resource: str) -> Message:
+    text = f":fast_forward: You passed: *{escape(resource)}* goes to the next in line."
+    return Message(f"You passed on {resource}", _render([_section(text)]))
+
+
+def your_turn(resource: str, seq: int, window: timedelta) -> Message:
+    """To the first in line, when the resource is free."""
+    take = ButtonElement(
+        text="Take it",
+        action_id=ACTION_TAKE,
+        value=_value(resource=resource, fence=seq),
+        style="primary",
+    )
+    give = ButtonElement(
+        text="Pass",
+        action_id=ACTION_PASS,
+        value=_value(resource=resource, fence=seq),
+    )
+    text = (
+        f":bell: You're up for *{escape(resource)}*. It is kept for you for "
+        f"{format_duration(window)}: take it, or pass it to the next in line."
+    )
+    return Message(
+        f"You're up for {resource}",
+        _render([_section(text), ActionsBlock(elements=[take, give])]),
+    )
+
+
+def announce_up(
+    resource: str, principal: str, namer: Namer, window: timedelta
+) -> Message:
+    """For the resource's channel: whose turn it is."""
+    text = (
+        f":bell: {namer(principal)} is up for *{escape(resource)}*: it is kept for "
+        f"them for {format_duration(window)}."
+    )
+    return Message(f"{principal} is up for {resource}", _render([_section(text)]))
 
 
 def released(resource: str) -> Message:
@@ -757,8 +888,16 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return released(resource)
         case core.Held(resource, lease, can_wait, holders) if holders:
             return pool_held(resource, holders, namer)
-        case core.Held(resource, lease, can_wait):
-            return held(lease, resource, namer, can_wait)
+        case core.Held(resource, lease, can_wait, _, count, can_queue):
+            return held(lease, resource, namer, can_wait, count, can_queue)
+        case core.Queued(resource, position, usual, already):
+            return queued(resource, position, usual, already)
+        case core.LeftLine(resource, was_in):
+            return left_line(resource, was_in)
+        case core.LineFree(resource):
+            return line_free(resource)
+        case core.Passed(resource):
+            return passed(resource)
         case core.Current(resource, lease):
             return current(resource, lease, namer)
         case core.IsHeld(resource, active):

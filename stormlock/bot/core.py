@@ -16,7 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from ..backend import Lease, LockHeldException
+from ..backend import InLine, Lease, LockHeldException
 from ..errors import BackendUnavailable, NotAllowed, StormlockError
 from ..history import ACQUIRED, FORCED, RELEASED, Event
 from ..pool import PoolHeld
@@ -87,6 +87,10 @@ class Held:
     """Whether a wait list can be offered (not in the shell)."""
     holders: Sequence[Lease] = ()
     """For a pool: every member's lease (all are held)."""
+    waiting: int = 0
+    """How many wait in its line."""
+    can_queue: bool = False
+    """Whether it has a line to join."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,35 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """In a resource's line: your place, and how long it is usually held."""
+
+    resource: str
+    position: int
+    usual: timedelta | None = None
+    already: bool = False
+    """You were in it already: you keep your place."""
+
+
+@dataclass(frozen=True)
+class LeftLine:
+    resource: str
+    was_in: bool = True
+
+
+@dataclass(frozen=True)
+class LineFree:
+    """Nobody holds it and nobody waits: take it instead."""
+
+    resource: str
+
+
+@dataclass(frozen=True)
+class Passed:
+    resource: str
+
+
+@dataclass(frozen=True)
 class TokenCreated:
     """A new API token: its secret goes to its creator alone, once."""
 
@@ -161,8 +194,10 @@ class TokenRevoked:
 
 
 Answer = (
-    Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem
-) | (Waiting | History | NotHere | TokenCreated | TokenList | TokenRevoked)
+    (Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem)
+    | (Waiting | History | NotHere | TokenCreated | TokenList | TokenRevoked)
+    | (Queued | LeftLine | LineFree | Passed)
+)
 
 
 # -- notices: who else is told ---------------------------------------------------
@@ -331,13 +366,18 @@ class Core:
         except LockHeldException as held:
             waits = self.state is not None
             holders = held.holders if isinstance(held, PoolHeld) else ()
-            return Outcome(Held(held.resource, held.lease, waits, holders), "held")
+            waiting = held.waiting if isinstance(held, InLine) else 0
+            lined = waits and self.service.has_line(held.resource)
+            return Outcome(
+                Held(held.resource, held.lease, waits, holders, waiting, lined), "held"
+            )
         except PersonUnknown as exc:
             return Outcome(Problem(f"{exc.message}; nothing changed."), "unavailable")
         except BackendUnavailable as exc:
             # Which host failed is for the operator's log, not for Slack.
             log.warning("%s: the store failed: %s", ask.command.name, exc)
-            if ask.command.name in CHANGES and not isinstance(exc, CoolingDown):
+            unsure = not exc.nothing_sent and not isinstance(exc, CoolingDown)
+            if ask.command.name in CHANGES and unsure:
                 # Sent, maybe applied, not confirmed: say so, and look again.
                 return Outcome(Problem(UNKNOWN), "unavailable", verify=True)
             return Outcome(Problem(UNREACHABLE), "unavailable")
@@ -463,7 +503,41 @@ class Core:
             return Outcome(Renewed(lease, offer), changed=True)
         if name == "release":
             return self._release(person, ask, resource)
+        if name == "queue":
+            return self._queue(person, ask, resource)
+        if name == "take-turn":
+            lease, channel = self.service.take_turn(
+                person,
+                resource,
+                ask.fence,
+                command.ttl,
+                self._announce_in(resource, ask),
+            )
+            return self._took(ask, lease, channel)
+        if name == "pass-turn":
+            if not self.service.leave_line(person, resource, ask.fence):
+                return Outcome(LeftLine(resource, was_in=False), "rejected")
+            return Outcome(Passed(resource), freed=resource, changed=True)
         return Outcome(Help(name))
+
+    def _queue(self, person: Person, ask: Ask, resource: str) -> Outcome:
+        command = ask.command
+        if command.cancel:
+            left = self.service.leave_line(person, resource)
+            # The next in line may be up now.
+            return Outcome(
+                LeftLine(resource, left), "ok" if left else "rejected", freed=resource
+            )
+        line = self.service.line(resource)
+        if not line.waiting() and self.service.current(resource) is None:
+            return Outcome(LineFree(resource), "rejected")
+        channel = self._announce_in(resource, ask)
+        place, _ticket, already = self.service.join_line(
+            person, resource, command.note, channel, self.settings.queue_ttl
+        )
+        usual = self.service.usual_hold(resource)
+        # Free, with you first: your turn is offered at once.
+        return Outcome(Queued(resource, place, usual, already), freed=resource)
 
     def _announce_in(self, resource: str, ask: Ask) -> str | None:
         """The resource's own channel, else the one it was asked in."""
@@ -477,11 +551,11 @@ class Core:
         )
         return self._took(ask, lease)
 
-    def _took(self, ask: Ask, lease: Lease) -> Outcome:
+    def _took(self, ask: Ask, lease: Lease, channel: str | None = None) -> Outcome:
         """A lease `ask` took: the answer, the announcement, the origin."""
         offer = self.renew_offer(lease, ask.command.ttl)
         outcome = Outcome(Acquired(lease, offer), changed=True)
-        channel = self._announce_in(lease.resource, ask)
+        channel = channel or self._announce_in(lease.resource, ask)
         asked = ask.command.resource
         pool = asked if asked and asked != lease.resource else None
         if channel:

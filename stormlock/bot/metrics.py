@@ -43,7 +43,7 @@ SLACK_ERRORS = Counter(
 )
 NOTIFICATIONS = Counter(
     "stormlock_notifications_sent_total",
-    "Messages the scheduler sent: warnings, expiry notices, wait-list DMs.",
+    "Messages the scheduler sent: warnings, expiry notices, wait-list DMs, turns.",
     ["kind"],
 )
 

@@ -29,6 +29,9 @@ ALIASES = {
     "ls": "list",
     "help": "help",
     "notify": "notify",
+    "queue": "queue",
+    "wait": "queue",
+    "line": "queue",
     "board": "board",
     "history": "history",
     "log": "history",
@@ -45,6 +48,8 @@ USAGE = {
     "is-held": "/stormlock is-held <resource> <lease-id>",
     "list": "/stormlock list",
     "notify": "/stormlock notify <resource> [--cancel]",
+    "queue": "/stormlock queue <resource> [note…] | queue <resource> --leave"
+    "  e.g. /stormlock queue prod-db deploy #42",
     "board": "/stormlock board",
     "history": "/stormlock history <resource>",
     "help": "/stormlock help",
@@ -187,6 +192,8 @@ def parse(text: str) -> Command:
         elif word in ("--note", "-n") and name == "acquire":
             flags["note"] = " ".join(args[index + 1 :])
             break
+        elif word == "--leave" and name == "queue":
+            flags["cancel"] = True
         elif word.startswith("--note=") and name == "acquire":
             flags["note"] = " ".join([word.split("=", 1)[1], *args[index + 1 :]])
             break
@@ -210,6 +217,10 @@ def parse(text: str) -> Command:
             ttl, rest = _take_ttl(rest)
         if rest:
             note = " ".join([*rest, note] if note else rest)
+    elif name == "queue":
+        note = " ".join(rest) if rest and not flags.get("cancel") else None
+        if rest and flags.get("cancel"):
+            raise UsageError(f"--leave takes no note; {USAGE[name]}")
     elif name == "renew":
         if ttl is None and rest:
             ttl, rest = _take_ttl(rest)

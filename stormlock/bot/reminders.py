@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ..backend import Lease, utcnow
 from ..errors import StormlockError
+from ..line import Line, Ticket, waiting_counts
 from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
 from . import blocks
@@ -60,6 +61,7 @@ class RunStats:
     warnings: int = 0
     expiries: int = 0
     waiters: int = 0
+    turns: int = 0
     due: int = 0
     recovered: int = 0
     errors: list[str] = field(default_factory=list)
@@ -139,7 +141,7 @@ class Reminders:
         """One reconcile pass. Safe to run concurrently on several replicas."""
         with self._run_lock:
             stats = RunStats()
-            steps = (self._warn, self._expire, self._recover, self._free)
+            steps = (self._warn, self._expire, self._recover, self._free, self._turns)
             for step in (*steps, self.refresh_boards):
                 try:
                     step(stats)
@@ -341,9 +343,50 @@ class Reminders:
         for resource, entries in self.state.waiting().items():
             stats.waiters += self._notify_waiters(resource, entries)
 
+    # -- the line ----------------------------------------------------------------
+
+    def _turns(self, stats: RunStats) -> None:
+        for name in self.service.config.backend_names():
+            for resource in waiting_counts(self.service.backend(name)):
+                stats.turns += self.offer_turn(resource)
+
+    def offer_turn(self, resource: str) -> int:
+        """If `resource` is free and the first in its line waits in Slack,
+        DM them that it is their turn (once, across replicas) and announce
+        it; their ticket then lasts the claim window, so a pass or silence
+        hands the turn to the next in line."""
+        try:
+            line = self.service.line(resource)
+        except StormlockError:
+            return 0  # not one the bot serves (a CLI user's line)
+        waiting = line.waiting()
+        line.remark(waiting, self.records.owner)
+        if not waiting or waiting[0].user is None:
+            return 0  # nobody, or a CLI waiter: it takes the lease itself
+        if self.service.current(resource) is not None:
+            return 0
+        head, window = waiting[0], self.settings.claim_window(resource)
+        return int(
+            self.once(f"up/{resource}/{head.seq}", self._offer, line, head, window)
+        )
+
+    def _offer(self, line: Line, head: Ticket, window: timedelta) -> None:
+        if not line.keep(head, window):
+            return  # it lapsed meanwhile: the next one's turn has a key of its own
+        assert head.user is not None
+        self._dm(head.user, blocks.your_turn(head.resource, head.seq, window))
+        NOTIFICATIONS.labels("turn").inc()
+        channel = self.settings.announce_channel(head.resource) or head.channel
+        if channel:
+            up = blocks.announce_up(
+                head.resource, head.principal, self.directory.display, window
+            )
+            self._post(channel, up)
+
     def notify_waiters(self, resource: str) -> int:
         """DM everyone waiting for `resource` if it is free; in order, once.
         One read when nobody waits (the common case after a release)."""
+        self.offer_turn(resource)
         if not self.state.anyone_waiting(resource):
             return 0
         sent = self._notify_waiters(resource, self.state.waiting().get(resource, []))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from ..backend import (
     LeaseBackend,
     LockExpiredException,
     canonical_lease_id,
+    utcnow,
 )
 from ..config import Config
 from ..errors import (
@@ -32,9 +34,11 @@ from ..errors import (
     StormlockError,
     UnsupportedOperation,
 )
-from ..history import Event, acting
+from ..history import ACQUIRED, EXPIRED, FORCED, RELEASED, Event, acting
+from ..line import Line, Ticket
 from ..lock import (
     StormLock,
+    check_note,
     list_all,
     lock_from_config,
     resources_of,
@@ -94,6 +98,10 @@ _DOCTOR_EVERY = 60.0
 
 
 class NoLease(StormlockError):
+    exit_code = EXIT_NOT_HELD
+
+
+class NotInLine(StormlockError):
     exit_code = EXIT_NOT_HELD
 
 
@@ -250,6 +258,100 @@ class LeaseService:
         `channel`: where it is announced (recorded with the change)."""
         with acting(person.principal, SOURCE, channel=channel):
             return self.lock(person, resource).acquire_lease(ttl, note)
+
+    # -- the line ----------------------------------------------------------------
+
+    def line(self, resource: str) -> Line:
+        """The line of an allowed resource; `UnsupportedOperation` where the
+        store keeps none (or for a pool or a set: not built yet)."""
+        resource = self.check_resource(resource)
+        lock = lock_from_config(self.config, resource, self.backend_of(resource), "-")
+        line = lock._line()
+        if line is None:
+            raise UnsupportedOperation(
+                f"{resource} has no line (a pool, a set, or a store without "
+                "lines); /stormlock notify tells you when it is free"
+            )
+        return line
+
+    def has_line(self, resource: str) -> bool:
+        """Whether `resource` has a line to join (no store call)."""
+        try:
+            self.line(resource)
+        except StormlockError:
+            return False
+        return True
+
+    def join_line(
+        self,
+        person: Person,
+        resource: str,
+        note: str | None,
+        channel: str | None,
+        ttl: timedelta,
+    ) -> tuple[int, Ticket, bool]:
+        """Join the line (or keep your place): your position, your ticket,
+        and whether you were in it already."""
+        line = self.line(resource)
+        mine = line.of(person.principal)
+        if mine is not None:
+            return mine[0], mine[1], True
+        ticket = line.join(
+            person.principal,
+            check_note(note),
+            SOURCE,
+            ttl,
+            user=person.user_id,
+            channel=channel,
+        )
+        return line.position(ticket) or len(line.waiting()), ticket, False
+
+    def leave_line(self, person: Person, resource: str, seq: int | None = None) -> bool:
+        """Leave the line; with `seq` (a button's), only from that place."""
+        line = self.line(resource)
+        mine = line.of(person.principal)
+        if mine is None or (seq is not None and mine[1].seq != seq):
+            return False
+        return line.leave(mine[1])
+
+    def take_turn(
+        self,
+        person: Person,
+        resource: str,
+        seq: int | None,
+        ttl: timedelta | None,
+        channel: str | None,
+    ) -> tuple[Lease, str | None]:
+        """Take the lease as the first in line ("Take it"); and where it is
+        announced: `channel`, else where the waiter joined the line."""
+        line = self.line(resource)
+        mine = line.of(person.principal)
+        if mine is None or (seq is not None and mine[1].seq != seq):
+            raise NotInLine(
+                f"your turn for {resource} has passed (you are not in its line "
+                "now); /stormlock acquire or /stormlock queue it again"
+            )
+        lock = self.lock(person, resource)
+        channel = channel or mine[1].channel
+        with acting(person.principal, SOURCE, channel=channel):
+            return lock.take_turn(mine[1], ttl, mine[1].note), channel
+
+    def usual_hold(self, resource: str) -> timedelta | None:
+        """The median length of the resource's leases over the last 30 days
+        of history, or None where there is none."""
+        backend = self.backend_of(resource)
+        if not backend.supports(Feature.HISTORY):
+            return None
+        since = utcnow() - timedelta(days=30)
+        began: dict[int, datetime] = {}
+        lengths: list[float] = []
+        for event in backend.history(resource, since=since):
+            if event.event == ACQUIRED:
+                began[event.fence] = event.time
+            elif event.fence in began and event.event in (RELEASED, FORCED, EXPIRED):
+                held = event.time - began.pop(event.fence)
+                lengths.append(held.total_seconds())
+        return timedelta(seconds=statistics.median(lengths)) if lengths else None
 
     def release(
         self,

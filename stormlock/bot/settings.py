@@ -146,6 +146,18 @@ class BotSettings:
             )
         return raw or timedelta(seconds=15)
 
+    def claim_window(self, resource: str) -> timedelta:
+        """How long a free resource is kept for the Slack waiter first in
+        its line to take it or pass (per resource, or [bot])."""
+        raw = self.config.duration(resource, "claim_window", BOT_SECTION)
+        return raw or timedelta(minutes=10)
+
+    @property
+    def queue_ttl(self) -> timedelta:
+        """How long a Slack waiter keeps a place in line before their turn."""
+        raw = self.config.duration(None, "queue_ttl", BOT_SECTION)
+        return raw or timedelta(hours=8)
+
     @property
     def claim_ttl(self) -> timedelta:
         """How long a replica's claim on a message holds before others retry it."""

@@ -53,6 +53,7 @@ class PartitionProxy:
         self._sockets: list[socket.socket] = []
         self._lost = 0
         self._on_lost: Callable[[], object] | None = None
+        self._passing: int | None = None
         self._lost_lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -78,6 +79,22 @@ class PartitionProxy:
 
     def freeze(self) -> None:
         self._flowing.clear()
+
+    def freeze_after(self, requests: int) -> None:
+        """Let `requests` more requests through (a request: what one read
+        from the client brings), then partition."""
+        with self._lost_lock:
+            self._passing = requests
+
+    def _gate(self) -> None:
+        with self._lost_lock:
+            if self._passing is None:
+                return
+            if self._passing <= 0:
+                self._passing = None
+                self._flowing.clear()
+                return
+            self._passing -= 1
 
     def thaw(self) -> None:
         self._flowing.set()
@@ -115,6 +132,8 @@ class PartitionProxy:
         with contextlib.suppress(OSError):
             while True:
                 data = source.recv(65536)
+                if not answers:
+                    self._gate()
                 self._flowing.wait()  # held, not dropped, while partitioned
                 if not data or self._closed.is_set():
                     break

@@ -1,4 +1,5 @@
-"""Buttons: Renew, Release, Notify me when free, Acquire."""
+"""Buttons: Renew, Release, Notify me when free, Acquire, and the line's
+Join the line, Take it and Pass."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..pipeline import Pipeline
 
 
 def register(app: App, pipeline: Pipeline) -> None:
-    @app.action(re.compile(r"^lease_(renew|release|notify|acquire)"))
+    @app.action(re.compile(r"^lease_(renew|release|notify|acquire|queue|take|pass)"))
     def lease_button(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
         ack()
         pipeline.button(body, action)
