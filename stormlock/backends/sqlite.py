@@ -326,7 +326,7 @@ class SQLite(LeaseBackend):
             except sqlite3.OperationalError as exc:
                 # The schema is created (or brought up to date) on first use,
                 # not checked on every start.
-                if "no such table" not in str(exc) and "no column" not in str(exc):
+                if "no such table" not in str(exc) and "no such column" not in str(exc):
                     raise
                 self._ensure_schema(conn)
                 return conn.execute(sql, params).fetchall()

@@ -53,7 +53,7 @@ class PartitionProxy:
         self._sockets: list[socket.socket] = []
         self._lost = 0
         self._on_lost: Callable[[], object] | None = None
-        self._passing: int | None = None
+        self._marker: bytes | None = None
         self._lost_lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -80,21 +80,18 @@ class PartitionProxy:
     def freeze(self) -> None:
         self._flowing.clear()
 
-    def freeze_after(self, requests: int) -> None:
-        """Let `requests` more requests through (a request: what one read
-        from the client brings), then partition."""
+    def freeze_on(self, marker: bytes) -> None:
+        """Partition when a request carrying `marker` (a note, a key)
+        arrives: that request and everything after it are held."""
         with self._lost_lock:
-            self._passing = requests
+            self._marker = marker
 
-    def _gate(self) -> None:
+    def _gate(self, data: bytes) -> None:
         with self._lost_lock:
-            if self._passing is None:
-                return
-            if self._passing <= 0:
-                self._passing = None
+            if self._marker is not None and self._marker in data:
+                self._marker = None
                 self._flowing.clear()
                 return
-            self._passing -= 1
 
     def thaw(self) -> None:
         self._flowing.set()
@@ -133,7 +130,7 @@ class PartitionProxy:
             while True:
                 data = source.recv(65536)
                 if not answers:
-                    self._gate()
+                    self._gate(data)
                 self._flowing.wait()  # held, not dropped, while partitioned
                 if not data or self._closed.is_set():
                     break

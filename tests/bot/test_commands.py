@@ -45,7 +45,7 @@ def test_acquire_gives_the_id_privately_and_tells_the_channel(bot: BotServer) ->
     assert lease_id not in shown
 
 
-def test_contention_names_the_holder_and_offers_notify(bot: BotServer) -> None:
+def test_contention_names_the_holder_and_offers_the_line(bot: BotServer) -> None:
     bot.reply(ALICE, "lock prod-db 1h db patch")
     reply = bot.reply(BOB, "acquire prod-db")
     shown = text_of(reply)
@@ -58,7 +58,10 @@ def test_contention_names_the_holder_and_offers_notify(bot: BotServer) -> None:
         if b["type"] == "actions"
         for e in b["elements"]
     ]
-    assert [b["text"]["text"] for b in buttons] == ["Notify me when free"]
+    assert [b["text"]["text"] for b in buttons] == [
+        "Join the line",
+        "Notify me when free",
+    ]
 
 
 def test_release_by_holder_without_lease_id(bot: BotServer) -> None:

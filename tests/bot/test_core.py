@@ -181,12 +181,12 @@ def test_a_timed_out_acquire_is_unknown_and_found_out_later(
             f"{key} = {value}\n" for key, value in options.items()
         )
         c = make_core(tmp_path, backend=ini)
-        ask = Ask("U1", acquire(), channel="C1")
+        ask = Ask("U1", acquire(note="held-in-flight"), channel="C1")
         # Connected, and the store knows the acquire script, before it parts.
         assert isinstance(
             c.handle(Ask("U3", acquire("warm"), "C1")).answer, core.Acquired
         )
-        proxy.freeze_after(1)  # the read of the line's mark; the acquire is held
+        proxy.freeze_on(b"held-in-flight")  # the acquire, by its note
         outcome = c.handle(ask)
         assert outcome.verify and isinstance(outcome.answer, core.Problem)
         assert "cannot tell whether that went through" in outcome.answer.text
