@@ -31,7 +31,7 @@ from ..tokens import Token
 from ..ttl import format_duration
 from . import core
 from .parsing import USAGE, Command
-from .settings import CHANNEL_ID
+from .settings import CHANNEL_ID, USER_ID
 
 # Slack's limits: 50 blocks a message (100 in a view), 3000 characters a text.
 MAX_BLOCKS = 50
@@ -51,6 +51,11 @@ ACTION_ACQUIRE = "lease_acquire"
 ACTION_QUEUE = "lease_queue"
 ACTION_TAKE = "lease_take"
 ACTION_PASS = "lease_pass"  # noqa: S105 - a button, not a password
+ACTION_ASK = "lease_ask"
+# The holder's answers to an ask (not prefixes of one another, nor of the above).
+ACTION_REPLY_RELEASE = "lease_reply_release"
+ACTION_REPLY_KEEP = "lease_reply_keep"
+ACTION_REPLY_ON_IT = "lease_reply_onit"
 
 Namer = Callable[[str], str]
 """Turns a principal into what readers see: a mention, or escaped text."""
@@ -179,6 +184,10 @@ _BUTTONS = (
     (ACTION_QUEUE, "queue"),
     (ACTION_TAKE, "take-turn"),
     (ACTION_PASS, "pass-turn"),
+    (ACTION_ASK, "ask"),
+    (ACTION_REPLY_RELEASE, "ask-release"),
+    (ACTION_REPLY_KEEP, "ask-keep"),
+    (ACTION_REPLY_ON_IT, "ask-onit"),
 )
 
 
@@ -191,11 +200,12 @@ def read_button(action_id: str, value: str) -> tuple[Command, int | None] | None
         resource = str(data["resource"])
         fence = int(data["fence"]) if "fence" in data else None
         ttl = timedelta(seconds=float(data["ttl"])) if "ttl" in data else None
+        asker = str(data["asker"]) if "asker" in data else None
     except (ValueError, KeyError, TypeError, OverflowError):  # 1e300, NaN, junk
         return None
-    if name is None:
+    if name is None or (asker is not None and not USER_ID.match(asker)):
         return None
-    return Command(name, resource=resource, ttl=ttl), fence
+    return Command(name, resource=resource, ttl=ttl, asker=asker), fence
 
 
 def _lease_line(lease: Lease, namer: Namer, note_limit: int | None = None) -> str:
@@ -283,6 +293,7 @@ def held(
     can_wait: bool = True,
     waiting: int = 0,
     can_queue: bool = False,
+    can_ask: bool = False,
 ) -> Message:
     """To someone who tried to take a held resource (or one kept for the
     first in its line)."""
@@ -309,6 +320,14 @@ def held(
                 action_id=ACTION_QUEUE,
                 value=_value(resource=resource),
                 style="primary",
+            )
+        )
+    if can_ask and lease is not None:
+        buttons.append(
+            ButtonElement(
+                text="Ask the holder to release",
+                action_id=ACTION_ASK,
+                value=_value(resource=resource, fence=lease.fence),
             )
         )
     if can_wait:
@@ -423,6 +442,99 @@ def announce_up(
         f"them for {format_duration(window)}."
     )
     return Message(f"{principal} is up for {resource}", _render([_section(text)]))
+
+
+# -- asking the holder -----------------------------------------------------------
+
+
+def asked(resource: str, holder: str, namer: Namer, already: bool) -> Message:
+    """To the asker."""
+    what = f"{namer(holder)} to release *{escape(resource)}*"
+    text = (
+        f":speech_balloon: You asked {what} already; I'll tell you what they choose."
+        if already
+        else f":speech_balloon: I asked {what}. I'll tell you what they choose."
+    )
+    return Message(f"Asked the holder of {resource}", _render([_section(text)]))
+
+
+def ask_holder(lease: Lease, asker: str) -> Message:
+    """To the holder, in private: release, keep it a while, or on it."""
+    value = _value(resource=lease.resource, fence=lease.fence, asker=asker)
+    choices = [
+        ButtonElement(
+            text="Release now",
+            action_id=ACTION_REPLY_RELEASE,
+            value=value,
+            style="danger",
+        ),
+        ButtonElement(
+            text="Keep it 30 more minutes", action_id=ACTION_REPLY_KEEP, value=value
+        ),
+        ButtonElement(text="I'm on it", action_id=ACTION_REPLY_ON_IT, value=value),
+    ]
+    text = (
+        f":raising_hand: <@{asker}> asks you to release *{escape(lease.resource)}*"
+        f" (yours since {when(lease.created)} until {when(lease.expires)})."
+    )
+    if lease.note:
+        text += f"\n_{escape(lease.note)}_"
+    return Message(
+        f"You are asked to release {lease.resource}",
+        _render([_section(text), ActionsBlock(elements=choices)]),
+    )
+
+
+def on_it(resource: str, asker: str) -> Message:
+    text = (
+        f":construction: I told <@{asker}> you're on it; release "
+        f"*{escape(resource)}* when you're done."
+    )
+    return Message(f"Told them you're on {resource}", _render([_section(text)]))
+
+
+def ask_answered(
+    resource: str,
+    holder: str,
+    reply: str,
+    until: datetime | None,
+    namer: Namer,
+) -> Message:
+    """To the asker: what became of the ask."""
+    who, name = namer(holder), f"*{escape(resource)}*"
+    texts = {
+        "released": f":unlock: {who} released {name} for you.",
+        "keeping": f":hourglass: {who} keeps {name} 30 more minutes, until "
+        f"{when(until)}.",
+        "on-it": f":construction: {who} is on it and will release {name} soon.",
+        "unanswered": f":mute: {who} has not answered your ask to release {name}.",
+        "ended": f":unlock: {who}'s lease on {name} ended before they answered.",
+    }
+    shown: list[Block] = [_section(texts.get(reply, texts["unanswered"]))]
+    if reply in ("released", "ended"):
+        shown.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=f"Acquire {resource}"[:75],
+                        action_id=ACTION_ACQUIRE,
+                        value=_value(resource=resource),
+                        style="primary",
+                    )
+                ]
+            )
+        )
+    return Message(f"About your ask to release {resource}", _render(shown))
+
+
+def ask_escalated(resource: str, holder: str, asker: str, namer: Namer) -> Message:
+    """To admins (`[bot] escalate`): an ask the holder left unanswered."""
+    text = (
+        f":rotating_light: <@{asker}> asked {namer(holder)} to release "
+        f"*{escape(resource)}*, and they have not answered. "
+        f"`/stormlock release {escape(resource)} --force` frees it."
+    )
+    return Message(f"An unanswered ask for {resource}", _render([_section(text)]))
 
 
 def released(resource: str) -> Message:
@@ -567,7 +679,13 @@ def help_message(unknown: str | None = None) -> Message:
     lines[0] += "*Stormlock* gives leases on named resources:"
     lines += [f"• `{escape(usage)}`" for usage in USAGE.values()]
     lines.append(
-        "Aliases: lock, unlock, extend, status, who. TTLs: 30m, 2h, 1h30m, 1 days."
+        "Busy? `queue` joins its line (first in, first out, with the CLI's "
+        "waiters): when you're up I DM you, and it is kept for you for a while "
+        "(the claim window) to *Take it* or *Pass*."
+    )
+    lines.append(
+        "Aliases: lock, unlock, extend, status, who, wait, line. "
+        "TTLs: 30m, 2h, 1h30m, 1 days."
     )
     return Message("Stormlock help", _render([_section("\n".join(lines))]))
 
@@ -888,8 +1006,12 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return released(resource)
         case core.Held(resource, lease, can_wait, holders) if holders:
             return pool_held(resource, holders, namer)
-        case core.Held(resource, lease, can_wait, _, count, can_queue):
-            return held(lease, resource, namer, can_wait, count, can_queue)
+        case core.Held(resource, lease, can_wait, _, count, can_queue, can_ask):
+            return held(lease, resource, namer, can_wait, count, can_queue, can_ask)
+        case core.Asked(resource, holder, already):
+            return asked(resource, holder, namer, already)
+        case core.OnIt(resource, asker):
+            return on_it(resource, asker)
         case core.Queued(resource, position, usual, already):
             return queued(resource, position, usual, already)
         case core.LeftLine(resource, was_in):
@@ -922,7 +1044,7 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return token_revoked(name, principal, namer)
 
 
-def notice(told: core.Notice, namer: Namer) -> Message:
+def notice(told: core.Told, namer: Namer) -> Message:
     """What a channel or a holder is told."""
     match told:
         case core.TookLease(_channel, lease, pool):
@@ -931,3 +1053,7 @@ def notice(told: core.Notice, namer: Namer) -> Message:
             return announce_released(lease, namer, actor, forced)
         case core.ForcedOff(_holder, lease, by):
             return force_released_notice(lease, namer, by)
+        case core.AskHolder(_holder, asker, lease):
+            return ask_holder(lease, asker)
+        case core.AskAnswered(_asker, holder, resource, _fence, reply, until):
+            return ask_answered(resource, holder, reply, until, namer)

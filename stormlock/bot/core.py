@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -58,6 +58,8 @@ class Ask:
 class People(Protocol):
     def person(self, user_id: str) -> Person: ...
 
+    def user_id_for(self, principal: str, strict: bool = False) -> str | None: ...
+
 
 # -- answers: what the asker is told ---------------------------------------------
 
@@ -91,6 +93,8 @@ class Held:
     """How many wait in its line."""
     can_queue: bool = False
     """Whether it has a line to join."""
+    can_ask: bool = False
+    """Whether its holder can be asked, in Slack, to release it."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,23 @@ class Passed:
 
 
 @dataclass(frozen=True)
+class Asked:
+    """The holder was asked to release (or had been, by you, already)."""
+
+    resource: str
+    holder: str
+    already: bool = False
+
+
+@dataclass(frozen=True)
+class OnIt:
+    """To a holder who answered "I'm on it"."""
+
+    resource: str
+    asker: str
+
+
+@dataclass(frozen=True)
 class TokenCreated:
     """A new API token: its secret goes to its creator alone, once."""
 
@@ -196,7 +217,7 @@ class TokenRevoked:
 Answer = (
     (Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem)
     | (Waiting | History | NotHere | TokenCreated | TokenList | TokenRevoked)
-    | (Queued | LeftLine | LineFree | Passed)
+    | (Queued | LeftLine | LineFree | Passed | Asked | OnIt)
 )
 
 
@@ -259,6 +280,53 @@ class ForcedOff:
 Notice = TookLease | GaveUpLease | ForcedOff
 
 
+@dataclass(frozen=True)
+class AskHolder:
+    """For the holder, in private: someone asks them to release."""
+
+    holder: str
+    """The holder's Slack user id."""
+    asker: str
+    lease: Lease
+
+    @property
+    def key(self) -> str:
+        return f"ask/{self.lease.fence}/{self.lease.resource}/{self.asker}"
+
+
+class Reply(StrEnum):
+    """What became of an ask, as its asker is told."""
+
+    RELEASED = "released"
+    KEEPING = "keeping"
+    ON_IT = "on-it"
+    UNANSWERED = "unanswered"
+    ENDED = "ended"
+    """The lease ended (expired, or released elsewhere) before an answer."""
+
+
+@dataclass(frozen=True)
+class AskAnswered:
+    """For the asker, in private: what the holder chose (or did not)."""
+
+    asker: str
+    holder: str
+    """The holder's principal."""
+    resource: str
+    fence: int
+    reply: Reply
+    until: datetime | None = None
+    """Keeping: until when."""
+
+    @property
+    def key(self) -> str:
+        return f"asked/{self.fence}/{self.resource}/{self.asker}"
+
+
+Told = Notice | AskHolder | AskAnswered
+"""Everything an outcome may have to tell someone other than the asker."""
+
+
 def notices_of(event: Event, pools: Mapping[str, str] | None = None) -> list[Notice]:
     """The notices the bot owes for a change it recorded in history: the
     same as its outcome carried (`Core._took`, `Core._release`), so one
@@ -306,7 +374,7 @@ class Outcome:
     answer: Answer
     status: str = "ok"
     """For metrics: ok, held, rejected, unavailable, error."""
-    notices: list[Notice] = field(default_factory=list)
+    notices: list[Told] = field(default_factory=list)
     freed: str | None = None
     """A resource that may be free now: its wait list is told."""
     changed: bool = False
@@ -314,6 +382,13 @@ class Outcome:
     verify: bool = False
     """The change's outcome is unknown: look again (`Core.verify`) later."""
 
+
+# A holder's buttons, as commands.
+ASK_REPLIES = {
+    "ask-release": Reply.RELEASED,
+    "ask-keep": Reply.KEEPING,
+    "ask-onit": Reply.ON_IT,
+}
 
 # `/stormlock history` shows this many of the resource's last events.
 HISTORY_SHOWN = 20
@@ -330,6 +405,12 @@ UNKNOWN = (
 UNREACHABLE = (
     "The lease store is unreachable, so nothing changed. Try again in a moment."
 )
+NO_ASKS = (
+    "Asking the holder lives in Slack, where I can DM them; here, look "
+    "again with current."
+)
+# "Keep it 30 more minutes": the holder's lease then ends this long from now.
+KEEP_MORE = timedelta(minutes=30)
 NO_WAIT_LISTS = (
     "Wait lists live in Slack, where I can DM you when it is free; "
     "here, look again with current."
@@ -368,9 +449,17 @@ class Core:
             holders = held.holders if isinstance(held, PoolHeld) else ()
             waiting = held.waiting if isinstance(held, InLine) else 0
             lined = waits and self.service.has_line(held.resource)
-            return Outcome(
-                Held(held.resource, held.lease, waits, holders, waiting, lined), "held"
+            askable = (
+                waits
+                and held.lease is not None
+                and not holders
+                and self.people.user_id_for(held.lease.principal)
+                not in (None, ask.user_id)
             )
+            answer = Held(
+                held.resource, held.lease, waits, holders, waiting, lined, askable
+            )
+            return Outcome(answer, "held")
         except PersonUnknown as exc:
             return Outcome(Problem(f"{exc.message}; nothing changed."), "unavailable")
         except BackendUnavailable as exc:
@@ -514,6 +603,10 @@ class Core:
                 self._announce_in(resource, ask),
             )
             return self._took(ask, lease, channel)
+        if name == "ask":
+            return self._ask(person, ask, resource)
+        if name in ASK_REPLIES:
+            return self._reply(person, ask, resource, ASK_REPLIES[name])
         if name == "pass-turn":
             if not self.service.leave_line(person, resource, ask.fence):
                 return Outcome(LeftLine(resource, was_in=False), "rejected")
@@ -538,6 +631,73 @@ class Core:
         usual = self.service.usual_hold(resource)
         # Free, with you first: your turn is offered at once.
         return Outcome(Queued(resource, place, usual, already), freed=resource)
+
+    # -- asking the holder ------------------------------------------------------
+
+    def _ask(self, person: Person, ask: Ask, resource: str) -> Outcome:
+        """DM the holder of `resource` that `person` asks them to release it
+        (once per asker per lease); they choose, and the asker is told."""
+        if self.state is None:
+            return Outcome(Problem(NO_ASKS), "rejected")
+        lease = self.service.current(resource)
+        if lease is None or (ask.fence is not None and lease.fence != ask.fence):
+            if lease is None:
+                return Outcome(LineFree(resource), "rejected")
+            # The lease the button was for has ended: ask anew about this one.
+            return Outcome(Held(resource, lease, True, (), 0, False, True), "held")
+        if person.is_principal(lease.principal):
+            return Outcome(Problem(f"You hold {resource} yourself."), "rejected")
+        holder = self.people.user_id_for(lease.principal)
+        if holder is None:
+            return Outcome(
+                Problem(
+                    f"{lease.principal} is not someone I can reach in Slack; ask "
+                    "them another way, or an admin can release it with --force."
+                ),
+                "rejected",
+            )
+        timeout = self.settings.ask_timeout
+        if not self.state.ask(lease, ask.user_id, holder, timeout):
+            return Outcome(Asked(resource, lease.principal, already=True), "rejected")
+        outcome = Outcome(Asked(resource, lease.principal))
+        outcome.notices.append(AskHolder(holder, ask.user_id, lease))
+        return outcome
+
+    def _reply(self, person: Person, ask: Ask, resource: str, reply: Reply) -> Outcome:
+        """The holder's answer to an ask: done, and told to the asker once."""
+        asker, fence = ask.command.asker, ask.fence
+        if self.state is None or asker is None or fence is None:
+            return Outcome(Problem(NO_ASKS), "rejected")
+        asked = self.state.asked(fence, asker, resource)
+        lease = self.service.lease_of(resource)
+        if asked is None or lease is None or lease.fence != fence:
+            return Outcome(
+                Problem(f"That lease on {resource} has ended; nothing to answer."),
+                "rejected",
+            )
+        if not person.is_principal(lease.principal):
+            raise NotAllowed(f"only the holder of {resource} can answer this")
+        claim = self.state.answer(asked, reply.value)
+        if claim is None:
+            return Outcome(
+                Problem(f"You answered this already; {asker} was told."), "rejected"
+            )
+        try:
+            if reply is Reply.RELEASED:
+                outcome = self._release(person, ask, resource)
+            elif reply is Reply.KEEPING:
+                lease = self.service.renew(person, resource, KEEP_MORE, fence)
+                outcome = Outcome(Renewed(lease, self.renew_offer(lease)), changed=True)
+            else:
+                outcome = Outcome(OnIt(resource, asker))
+        except Exception:
+            self.state.unanswer(claim)  # not done: they may answer again
+            raise
+        until = lease.expires if reply is Reply.KEEPING else None
+        outcome.notices.append(
+            AskAnswered(asker, lease.principal, resource, fence, reply, until)
+        )
+        return outcome
 
     def _announce_in(self, resource: str, ask: Ask) -> str | None:
         """The resource's own channel, else the one it was asked in."""

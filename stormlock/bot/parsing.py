@@ -32,6 +32,7 @@ ALIASES = {
     "queue": "queue",
     "wait": "queue",
     "line": "queue",
+    "ask": "ask",
     "board": "board",
     "history": "history",
     "log": "history",
@@ -50,6 +51,7 @@ USAGE = {
     "notify": "/stormlock notify <resource> [--cancel]",
     "queue": "/stormlock queue <resource> [note…] | queue <resource> --leave"
     "  e.g. /stormlock queue prod-db deploy #42",
+    "ask": "/stormlock ask <resource>  (asks its holder to release it)",
     "board": "/stormlock board",
     "history": "/stormlock history <resource>",
     "help": "/stormlock help",
@@ -81,6 +83,8 @@ class Command:
     expires: timedelta | None = None
     principal: str | None = None
     """`token --as`: a service principal (admins only)."""
+    asker: str | None = None
+    """A holder's answer button: the Slack user who asked them to release."""
 
     def __post_init__(self) -> None:
         if self.resource is not None:  # one lock for "café" however it was typed

@@ -26,10 +26,12 @@ from .core import (
     Acquired,
     Answer,
     Ask,
+    AskHolder,
     Core,
     ForcedOff,
     GaveUpLease,
     Notice,
+    OnIt,
     Outcome,
     Released,
     Renewed,
@@ -73,7 +75,7 @@ Reply = Callable[[Message, Answer | None], None]
 """Sends the asker a message; told which answer it renders, if any."""
 # A button's answer replaces its message when it is the button's result;
 # a refusal comes as a new message and leaves the buttons for another try.
-_REPLACES = (Acquired, Renewed, Released)
+_REPLACES = (Acquired, Renewed, Released, OnIt)
 
 
 class Pipeline:
@@ -275,6 +277,10 @@ class Pipeline:
             elif isinstance(told, ForcedOff):
                 task = self._dm_task(told.holder, message, told.key)
                 outbox.submit(Priority.NOTICE, task)
+            elif isinstance(told, AskHolder):
+                outbox.dm(told.holder, message, told.key)
+            else:  # AskAnswered
+                outbox.dm(told.asker, message, told.key)
         if outcome.freed is not None:
             freed = outcome.freed
             outbox.submit(Priority.NOTICE, lambda: self._tell_waiters(freed))

@@ -30,12 +30,12 @@ from ..line import Line, Ticket, waiting_counts
 from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
 from . import blocks
-from .core import Core, ForcedOff, Notice, notices_of
+from .core import AskAnswered, AskHolder, Core, ForcedOff, Notice, Reply, notices_of
 from .identity import Directory
 from .ledger import SENT_TTL, Ledger
 from .metrics import NOTIFICATIONS, RECONCILE_RUNS
 from .outbox import Outbox
-from .state import BotState
+from .state import AskRecord, BotState
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class RunStats:
     turns: int = 0
     due: int = 0
     recovered: int = 0
+    asks: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -141,7 +142,10 @@ class Reminders:
         """One reconcile pass. Safe to run concurrently on several replicas."""
         with self._run_lock:
             stats = RunStats()
-            steps = (self._warn, self._expire, self._recover, self._free, self._turns)
+            steps = (
+                *(self._warn, self._expire, self._recover),
+                *(self._free, self._turns, self._asks),
+            )
             for step in (*steps, self.refresh_boards):
                 try:
                     step(stats)
@@ -382,6 +386,65 @@ class Reminders:
                 head.resource, head.principal, self.directory.display, window
             )
             self._post(channel, up)
+
+    # -- asks to release ----------------------------------------------------------
+
+    def _asks(self, stats: RunStats) -> None:
+        """Tell each asker what their ask came to when no holder will: the
+        lease ended unanswered, or the holder let `ask_timeout` pass (and,
+        with `escalate`, the admins). Send what a bot that died owed."""
+        now = utcnow()
+        settled = now - self.settings.recover_after
+        for asked in self.state.asks():
+            if self.stopping.is_set():
+                return
+            lease = self.service.lease_of(asked.resource)
+            live = lease if lease is not None and lease.fence == asked.fence else None
+            reply = self.state.answer_of(asked)
+            told = self._asked(asked, Reply.UNANSWERED).key
+            if reply is not None:  # answered: its DM to the asker is owed
+                until = live.expires if live and reply == Reply.KEEPING else None
+                notice = self._asked(asked, Reply(reply), until)
+                if asked.at < settled and not self.ledger.done(notice.key):
+                    self.notices.dm(asked.asker, self._render(notice), notice.key)
+                    stats.asks += 1
+                elif live is None:
+                    self.state.forget_ask(asked)
+                continue
+            if live is None:  # ended unanswered
+                notice = self._asked(asked, Reply.ENDED)
+                if self.once(notice.key, self._dm, asked.asker, self._render(notice)):
+                    stats.asks += 1
+                self.state.forget_ask(asked)
+                continue
+            to_holder = AskHolder(asked.holder_id, asked.asker, live)
+            if asked.at < settled and not self.ledger.done(to_holder.key):
+                # Its sender died before the holder was DMed.
+                message = self._render(to_holder)
+                self.notices.dm(asked.holder_id, message, to_holder.key)
+            if now - asked.at >= self.settings.ask_timeout:
+                late = self._asked(asked, Reply.UNANSWERED)
+                stats.asks += int(self.once(f"late/{told}", self._unanswered, late))
+
+    def _asked(
+        self, asked: AskRecord, reply: Reply, until: datetime | None = None
+    ) -> AskAnswered:
+        return AskAnswered(
+            asked.asker, asked.holder, asked.resource, asked.fence, reply, until
+        )
+
+    def _render(self, told: AskAnswered | AskHolder) -> blocks.Message:
+        return blocks.notice(told, self.directory.display)
+
+    def _unanswered(self, late: AskAnswered) -> None:
+        self._dm(late.asker, self._render(late))
+        NOTIFICATIONS.labels("ask").inc()
+        if self.settings.escalate:
+            message = blocks.ask_escalated(
+                late.resource, late.holder, late.asker, self.directory.display
+            )
+            for admin in sorted(self.settings.admins):
+                self._dm(admin, message)
 
     def notify_waiters(self, resource: str) -> int:
         """DM everyone waiting for `resource` if it is free; in order, once.

@@ -159,6 +159,19 @@ class BotSettings:
         return raw or timedelta(hours=8)
 
     @property
+    def ask_timeout(self) -> timedelta:
+        """How long a holder asked to release has to answer before the asker
+        (and, with `escalate`, the admins) is told they did not."""
+        raw = self.config.duration(None, "ask_timeout", BOT_SECTION)
+        return raw or timedelta(minutes=30)
+
+    @property
+    def escalate(self) -> bool:
+        """`[bot] escalate = yes`: admins are DMed about unanswered asks."""
+        raw = self.config.value(None, "escalate", BOT_SECTION) or "no"
+        return raw.strip().lower() in ("yes", "true", "on", "1")
+
+    @property
     def claim_ttl(self) -> timedelta:
         """How long a replica's claim on a message holds before others retry it."""
         raw = self.config.duration(None, "claim_ttl", BOT_SECTION)

@@ -18,7 +18,7 @@ from ..config import Config
 from ..errors import StormlockError, printable
 from . import blocks
 from .blocks import Message
-from .core import Ask, Core, ForcedOff, Outcome, Via
+from .core import Ask, AskAnswered, AskHolder, Core, ForcedOff, Outcome, Via
 from .parsing import parse
 from .service import LeaseService, Person
 from .settings import BotSettings
@@ -53,6 +53,11 @@ class LocalPeople:
     def person(self, user_id: str) -> Person:
         name = self.names.get(user_id, user_id)
         return Person(user_id, f"{name}@{self.host}", frozenset({user_id}))
+
+    def user_id_for(self, principal: str, strict: bool = False) -> str | None:
+        name, _, host = principal.partition("@")
+        user_id = _user_id(name)
+        return user_id if host == self.host and user_id in self.names else None
 
     def display(self, principal: str) -> str:
         name, _, host = principal.partition("@")
@@ -129,8 +134,10 @@ class Shell:
             )
         for told in outcome.notices:
             message = blocks.notice(told, display)
-            if isinstance(told, ForcedOff):
+            if isinstance(told, ForcedOff | AskHolder):
                 self._message(f"DM to {display(told.holder)}", message)
+            elif isinstance(told, AskAnswered):
+                self._message(f"DM to {display(told.asker)}", message)
             else:
                 self._message(f"#{told.channel}", message)
         if ask.via is Via.HOME:

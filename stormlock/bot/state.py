@@ -3,7 +3,9 @@ each lease was taken in. Chat-free: a waiter is an opaque user id."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from ..backend import Lease, utcnow
 from ..records import Records
@@ -11,6 +13,26 @@ from ..records import Records
 _WAIT_TTL = timedelta(days=30)
 # An origin outlives its lease by a day, so its expiry can still be told.
 _ORIGIN_GRACE = timedelta(days=1)
+# An ask outlives its lease by this, so an unanswered one can still be told.
+_ASK_GRACE = timedelta(hours=1)
+
+
+class AskRecord(NamedTuple):
+    """Someone asked the holder of a lease to release it."""
+
+    resource: str
+    fence: int
+    asker: str
+    holder: str
+    """The holder's principal."""
+    holder_id: str
+    """The holder's Slack user id (the DM's recipient)."""
+    at: datetime
+    record: Lease
+
+    @property
+    def suffix(self) -> str:
+        return f"{self.fence}/{self.asker}/{self.resource}"
 
 
 class BotState:
@@ -67,3 +89,64 @@ class BotState:
     def origin(self, fence: int, resource: str) -> str | None:
         record = self.records.get(f"origin/{fence}/{resource}")
         return record.note if record is not None else None
+
+    # -- asks to release ----------------------------------------------------------
+
+    def ask(self, lease: Lease, asker: str, holder_id: str, timeout: timedelta) -> bool:
+        """Record that `asker` asked the holder of `lease` to release it;
+        False if they had already (one ask per asker per lease)."""
+        left = (lease.expires - utcnow()) if lease.expires else timedelta(days=1)
+        ttl = max(left, timedelta(0)) + timeout + _ASK_GRACE
+        value = json.dumps(
+            {"holder": lease.principal, "id": holder_id, "at": utcnow().isoformat()}
+        )
+        key = f"ask/{lease.fence}/{asker}/{lease.resource}"
+        return self.records.claim(key, ttl, value) is not None
+
+    def asks(self) -> list[AskRecord]:
+        """Every ask on record, answered or not."""
+        found = []
+        for key, record in self.records.list("ask/"):
+            asked = _ask_of(key, record)
+            if asked is None:
+                self.records.drop(record)  # not one this version wrote
+            else:
+                found.append(asked)
+        return found
+
+    def asked(self, fence: int, asker: str, resource: str) -> AskRecord | None:
+        key = f"ask/{fence}/{asker}/{resource}"
+        record = self.records.get(key)
+        return _ask_of(key, record) if record is not None else None
+
+    def answer(self, asked: AskRecord, reply: str) -> Lease | None:
+        """Claim the one answer to an ask; None if it has one already."""
+        ttl = asked.record.expires - utcnow() if asked.record.expires else _ASK_GRACE
+        return self.records.claim(
+            f"answered/{asked.suffix}", max(ttl, timedelta(minutes=1)), reply
+        )
+
+    def answer_of(self, asked: AskRecord) -> str | None:
+        record = self.records.get(f"answered/{asked.suffix}")
+        return record.note if record is not None else None
+
+    def unanswer(self, claim: Lease) -> None:
+        """The answer did not take effect: the holder may answer again."""
+        self.records.drop(claim)
+
+    def forget_ask(self, asked: AskRecord) -> None:
+        answered = self.records.get(f"answered/{asked.suffix}")
+        if answered is not None:
+            self.records.drop(answered)
+        self.records.drop(asked.record)
+
+
+def _ask_of(key: str, record: Lease) -> AskRecord | None:
+    try:
+        fence, asker, resource = key[len("ask/") :].split("/", 2)
+        data = json.loads(record.note or "")
+        at = datetime.fromisoformat(data["at"])
+        holder, holder_id = str(data["holder"]), str(data["id"])
+        return AskRecord(resource, int(fence), asker, holder, holder_id, at, record)
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -60,6 +60,7 @@ def test_contention_names_the_holder_and_offers_the_line(bot: BotServer) -> None
     ]
     assert [b["text"]["text"] for b in buttons] == [
         "Join the line",
+        "Ask the holder to release",
         "Notify me when free",
     ]
 

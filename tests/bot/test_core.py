@@ -31,6 +31,10 @@ class People:
             raise PersonUnknown("Slack could not tell me who you are just now")
         return Person(user_id, f"{user_id.lower()}@example.com")
 
+    def user_id_for(self, principal: str, strict: bool = False) -> str | None:
+        name, _, domain = principal.partition("@")
+        return name.upper() if domain == "example.com" else None
+
 
 def make_core(
     tmp_path: Path, bot: str = "", backend: str = "", people: People | None = None
