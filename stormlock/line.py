@@ -40,6 +40,7 @@ from .errors import (
 from .names import RECORD_PREFIX
 
 if TYPE_CHECKING:
+    from .history import Event
     from .lock import StormLock
 
 TICKET_TTL = timedelta(seconds=10)
@@ -52,6 +53,19 @@ _COUNTER = RECORD_PREFIX + "line-seq/"
 # line, when nobody waits (the common case).
 _MARK = RECORD_PREFIX + "lined/"
 _COUNTER_TTL = timedelta(seconds=5)  # a numberer that dies blocks joins this long
+# The line's history: one record per event, kept as long as `stormlock
+# history` shows them (the lease history proper is the backend's own).
+_LOG = RECORD_PREFIX + "line-log/"
+LOG_TTL = timedelta(days=30)
+JOINED = "joined"
+LEFT = "left"
+HANDED = "handed"
+"""The resource was freed and kept for the first in line (a Slack waiter)."""
+PASSED = "passed"
+TOOK = "took"
+"""The first in line took its turn (the lease's own "acquired" follows)."""
+LINE_EVENTS = (JOINED, LEFT, HANDED, PASSED, TOOK)
+_STAMP = "%Y%m%dT%H%M%S%fZ"
 _JOIN_BUDGET = 10.0  # seconds of contention for the counter, at most
 
 
@@ -172,7 +186,31 @@ class Line:
         ticket = self._ticket(record)
         assert ticket is not None  # its name is ours
         self.mark(principal, ttl or TICKET_TTL)
+        self.log(JOINED, ticket)
         return ticket
+
+    def log(self, event: str, ticket: Ticket, actor: str | None = None) -> None:
+        """Record `event` of `ticket` in the line's history. Best effort: the
+        line has moved either way, and a waiter must not fail for it."""
+        retention = getattr(self.backend, "history_retention", None)
+        if retention is None or not self.backend.supports(Feature.HISTORY):
+            return  # history is off, or this store keeps none
+        at = utcnow()
+        about = {
+            "event": event,
+            "at": iso(at),
+            "actor": actor or ticket.principal,
+            "note": ticket.note,
+            "source": ticket.source,
+        }
+        name = f"{_LOG}{self.resource}/{at.strftime(_STAMP)}-{ticket.seq}-{event}"
+        with contextlib.suppress(StormlockError):
+            self.backend.acquire_lease(
+                name,
+                ticket.principal,
+                min(LOG_TTL, retention),
+                json.dumps(about, separators=(",", ":")),
+            )
 
     def _number(self, principal: str, deadline: float | None) -> Lease:
         """The counter record, held: its fence numbers the next ticket."""
@@ -213,13 +251,16 @@ class Line:
         self.mark(ticket.principal, ttl)
         return True
 
-    def leave(self, ticket: Ticket) -> bool:
-        """Leave the line; whether the ticket was still in it. The last to
-        leave takes the mark down (a joiner at that moment puts it back
-        with its next keep, or the bot's next pass)."""
+    def leave(self, ticket: Ticket, event: str = LEFT) -> bool:
+        """Leave the line (recorded as `event`: left, passed, took); whether
+        the ticket was still in it. The last to leave takes the mark down (a
+        joiner at that moment puts it back with its next keep, or the bot's
+        next pass)."""
         left = bool(
             self.backend.release_lease(ticket.record.resource, ticket.record.id)
         )
+        if left:
+            self.log(event, ticket)
         if not self.waiting():
             mark = self.backend.current(self._mark)
             if mark is not None:
@@ -303,6 +344,7 @@ def wait_in_line(
     ahead = 0
     last: LockHeldException | BackendUnavailable | None = None
     next_keep = 0.0
+    took = False
     try:
         with _leave_on_sigterm():
             while True:
@@ -340,6 +382,7 @@ def wait_in_line(
                             if not failed.nothing_sent:
                                 raise  # it may have gone through: never blindly again
                             raise _Transient(failed) from failed
+                        took = True
                         return lease, started
                 except LockHeldException as held:
                     last = held
@@ -358,7 +401,7 @@ def wait_in_line(
     finally:
         if ticket is not None:
             with contextlib.suppress(StormlockError):  # else it lapses
-                line.leave(ticket)
+                line.leave(ticket, TOOK if took else LEFT)
 
 
 class _Transient(Exception):
@@ -389,11 +432,54 @@ def _leave_on_sigterm() -> Iterator[None]:
 
 def waiting_counts(backend: Backend) -> dict[str, int]:
     """How many wait in each resource's line, in one read of every line."""
-    counts: dict[str, int] = {}
+    return {resource: len(line) for resource, line in all_lines(backend).items()}
+
+
+def all_lines(backend: Backend) -> dict[str, list[Ticket]]:
+    """Every resource's line, first in line first, in one read."""
+    lines: dict[str, list[Ticket]] = {}
     if not has_line(backend):
-        return counts
+        return lines
     for record in backend.list_prefix(_LINE):
-        resource, _, seq = record.resource[len(_LINE) :].rpartition("/")
-        if resource and seq.isdigit():
-            counts[resource] = counts.get(resource, 0) + 1
-    return counts
+        resource, _, _seq = record.resource[len(_LINE) :].rpartition("/")
+        ticket = Line(backend, resource)._ticket(record) if resource else None
+        if ticket is not None:
+            lines.setdefault(resource, []).append(ticket)
+    for tickets in lines.values():
+        tickets.sort(key=lambda ticket: ticket.seq)
+    return lines
+
+
+def line_events(backend: Backend, resource: str | None = None) -> list[Event]:
+    """The line's history (of `resource`, or of every line), oldest first."""
+    from .history import Event
+
+    if not has_line(backend):
+        return []
+    prefix = _LOG + (f"{resource}/" if resource is not None else "")
+    events = []
+    for record in backend.list_prefix(prefix):
+        name, _, last = record.resource[len(_LOG) :].rpartition("/")
+        _stamp, _, rest = last.partition("-")
+        seq, _, _event = rest.partition("-")
+        try:
+            about = json.loads(record.note or "")
+            at = datetime.fromisoformat(about["at"])
+            event = str(about["event"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not one we wrote
+        if not name or not seq.isdigit() or event not in LINE_EVENTS:
+            continue
+        events.append(
+            Event(
+                at,
+                name,
+                event,
+                record.principal,
+                _text(about.get("actor")) or record.principal,
+                _text(about.get("note")),
+                int(seq),
+                _text(about.get("source")) or "library",
+            )
+        )
+    return sorted(events, key=lambda event: event.time)

@@ -247,8 +247,10 @@ class StormLock:
             )
         lease = self.backend.acquire_lease(self.resource, self.principal, ttl, note)
         assert line is not None
+        from .line import TOOK
+
         with contextlib.suppress(StormlockError):  # else it lapses soon
-            line.leave(ticket)
+            line.leave(ticket, TOOK)
         return lease
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
@@ -473,6 +475,8 @@ def read_history(
     else:
         names = config.backend_names()
     from .backend import Feature
+    from .history import filtered
+    from .line import line_events
 
     events: list[HistoryEvent] = []
     kept = 0
@@ -482,6 +486,7 @@ def read_history(
             continue  # a plugin without history: the others still answer
         for one in wanted:
             events += backend.history(one, since, principal, limit)
+            events += filtered(line_events(backend, one), since, principal, limit)
         kept += 1
     if not kept:
         raise UnsupportedOperation(f"the {', '.join(names)} backend keeps no history")

@@ -583,15 +583,42 @@ def renewed(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
     )
 
 
-def current(resource: str, lease: Lease | None, namer: Namer) -> Message:
-    if lease is None:
+def current(
+    resource: str,
+    lease: Lease | None,
+    namer: Namer,
+    line: Sequence[str] = (),
+    place: int | None = None,
+) -> Message:
+    """Who holds it; who waits in its line, and your place in it."""
+    if lease is None and not line:
         return Message(
             f"{resource} is free",
             _render([_section(f":white_check_mark: *{escape(resource)}* is free.")]),
         )
-    return Message(
-        f"{resource} is held", _render([_section(_lease_line(lease, namer))])
-    )
+    if lease is None:
+        text = (
+            f":white_check_mark: *{escape(resource)}* is free, kept for the "
+            "first in its line."
+        )
+    else:
+        text = _lease_line(lease, namer)
+    if line:
+        shown = ", ".join(
+            f"{n}. {namer(principal)}" for n, principal in enumerate(line[:10], 1)
+        )
+        more = f" and {len(line) - 10} more" if len(line) > 10 else ""
+        text += f"\n:hourglass: {len(line)} in line: {shown}{more}."
+    if place is not None:
+        text += f"\nYou're {_place(place, len(line))}."
+    summary = f"{resource} is held" if lease else f"{resource} is kept for its line"
+    return Message(summary, _render([_section(text)]))
+
+
+def _place(place: int, of: int) -> str:
+    from ..line import ordinal
+
+    return f"{ordinal(place)} in line of {of}"
 
 
 def is_held(resource: str, active: bool) -> Message:
@@ -611,6 +638,7 @@ def _lease_sections(
     limit: int | None = None,
     note_limit: int | None = None,
     pools: Mapping[str, str] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> list[Block]:
     """Leases as a few sections, each under Slack's text limit; the rest (past
     the block budget or `limit` leases) summarised. With `pools` (member ->
@@ -633,6 +661,8 @@ def _lease_sections(
         if lease.resource in pools:
             kind = "set" if lease.members else "pool"
             line = f"{line} · {kind} *{escape(pools[lease.resource])}*"
+        if waiting and waiting.get(lease.resource):
+            line = f"{line} · :hourglass: {waiting[lease.resource]} in line"
         line = line[: MAX_TEXT - 10]
         if size + len(line) + 1 > MAX_TEXT:
             if len(blocks) + 2 >= max_blocks:
@@ -659,7 +689,10 @@ def _lease_sections(
 
 
 def lease_list(
-    leases: Sequence[Lease], namer: Namer, pools: Mapping[str, str] | None = None
+    leases: Sequence[Lease],
+    namer: Namer,
+    pools: Mapping[str, str] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> Message:
     if not leases:
         return Message(
@@ -669,7 +702,7 @@ def lease_list(
     header = HeaderBlock(text=f"{len(leases)} held right now")
     blocks: list[Block] = [
         header,
-        *_lease_sections(leases, namer, MAX_BLOCKS - 1, pools=pools),
+        *_lease_sections(leases, namer, MAX_BLOCKS - 1, pools=pools, waiting=waiting),
     ]
     return Message(f"{len(leases)} leases held", _render(blocks))
 
@@ -709,6 +742,11 @@ _EVENT_ICONS = {
     "released": ":unlock:",
     "forced": ":warning:",
     "expired": ":alarm_clock:",
+    "joined": ":hourglass:",
+    "left": ":wave:",
+    "handed": ":bell:",
+    "passed": ":fast_forward:",
+    "took": ":arrow_right:",
 }
 
 
@@ -726,7 +764,12 @@ def event_line(
         "released": f"{holder} released it",
         "forced": f"{namer(event.actor)} force-released it from {holder}",
         "expired": f"{holder}'s lease expired",
-    }.get(event.event, f"{event.event} ({holder})")
+        "joined": f"{holder} joined its line",
+        "left": f"{holder} left its line",
+        "handed": f"it was kept for {holder}, first in line",
+        "passed": f"{holder} passed their turn",
+        "took": f"{holder} took their turn",
+    }.get(event.event, f"{escape(event.event)} ({holder})")
     if event.event == "released" and event.actor.lower() != event.principal.lower():
         what = f"{namer(event.actor)} released {holder}'s lease (with its id)"
     line = f"{_EVENT_ICONS.get(event.event, '•')} {when(event.time)}: "
@@ -801,12 +844,25 @@ def home(
     renew_choices: Callable[[Lease], Sequence[timedelta]],
     recent: Sequence[Event] = (),
     pools: Mapping[str, str] | None = None,
+    lines: Mapping[str, Sequence[str]] | None = None,
+    places: Sequence[tuple[str, int, int]] = (),
 ) -> dict[str, Any]:
-    """The App Home tab: your leases with buttons, your recent ones, then
-    everything held; within Slack's view size, by cutting long notes first."""
+    """The App Home tab: your leases with buttons, your places in lines, your
+    recent ones, then everything held; within Slack's view size, by cutting
+    long notes first."""
+    waiting = {resource: len(line) for resource, line in (lines or {}).items()}
     for note_limit, held_limit in _HOME_FITS:
         view = _home(
-            everyone, mine, namer, renew_choices, recent, note_limit, held_limit, pools
+            everyone,
+            mine,
+            namer,
+            renew_choices,
+            recent,
+            note_limit,
+            held_limit,
+            pools,
+            waiting,
+            places,
         )
         if len(json.dumps(view).encode()) <= MAX_VIEW_BYTES:
             break
@@ -826,6 +882,8 @@ def _home(
     note_limit: int | None,
     held_limit: int,
     pools: Mapping[str, str] | None = None,
+    waiting: Mapping[str, int] | None = None,
+    places: Sequence[tuple[str, int, int]] = (),
 ) -> dict[str, Any]:
     blocks: list[Block] = [HeaderBlock(text="Your leases")]
     if not mine:
@@ -838,6 +896,14 @@ def _home(
     if len(mine) > HOME_OWN_LIMIT:
         more = len(mine) - HOME_OWN_LIMIT
         blocks.append(_section(f"…and {more} more of yours: `/stormlock list`."))
+    if places:
+        blocks.append(HeaderBlock(text="Your places in line"))
+        blocks += _text_sections(
+            [
+                f"• *{escape(resource)}*: {_place(place, of)}"
+                for resource, place, of in places[:HOME_OWN_LIMIT]
+            ]
+        )
     if recent:
         blocks.append(HeaderBlock(text="Your recent leases"))
         lines = [
@@ -849,7 +915,7 @@ def _home(
     if everyone:
         budget = MAX_VIEW_BLOCKS - len(blocks)
         blocks += _lease_sections(
-            everyone, namer, budget, held_limit, note_limit, pools
+            everyone, namer, budget, held_limit, note_limit, pools, waiting
         )
     else:
         blocks.append(_section("Nothing is held right now."))
@@ -865,7 +931,14 @@ def home_of(
     if isinstance(drawn, core.Problem):
         return {"type": "home", "blocks": problem(drawn.text).blocks}
     return home(
-        drawn.everyone, drawn.mine, namer, renew_choices, drawn.recent, drawn.pools
+        drawn.everyone,
+        drawn.mine,
+        namer,
+        renew_choices,
+        drawn.recent,
+        drawn.pools,
+        drawn.lines,
+        drawn.places,
     )
 
 
@@ -929,14 +1002,19 @@ def waiting(resource: str, cancelled: bool = False) -> Message:
 
 
 def board(
-    leases: Sequence[Lease], namer: Namer, pools: Mapping[str, str] | None = None
+    leases: Sequence[Lease],
+    namer: Namer,
+    pools: Mapping[str, str] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> Message:
     """The live status board: every active lease, kept current."""
     header = HeaderBlock(text="Stormlock: held right now")
     if not leases:
         body: list[Block] = [_section("Nothing is held right now.")]
     else:
-        body = _lease_sections(leases, namer, MAX_BLOCKS - 2, pools=pools)
+        body = _lease_sections(
+            leases, namer, MAX_BLOCKS - 2, pools=pools, waiting=waiting
+        )
     updated = ContextBlock(
         elements=[MarkdownTextObject(text=f"Updated {when(datetime.now(UTC))}")]
     )
@@ -1020,12 +1098,12 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return line_free(resource)
         case core.Passed(resource):
             return passed(resource)
-        case core.Current(resource, lease):
-            return current(resource, lease, namer)
+        case core.Current(resource, lease, line, place):
+            return current(resource, lease, namer, line, place)
         case core.IsHeld(resource, active):
             return is_held(resource, active)
-        case core.Listing(leases, pools):
-            return lease_list(leases, namer, pools)
+        case core.Listing(leases, pools, counts):
+            return lease_list(leases, namer, pools, counts)
         case core.Help(unknown):
             return help_message(unknown)
         case core.Waiting(resource, cancelled):

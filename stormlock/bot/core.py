@@ -101,6 +101,10 @@ class Held:
 class Current:
     resource: str
     lease: Lease | None
+    line: Sequence[str] = ()
+    """Who waits in its line (principals), first first."""
+    place: int | None = None
+    """The asker's place in that line, if in it."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Listing:
     leases: Sequence[Lease]
     pools: Mapping[str, str] = field(default_factory=dict)
     """Member -> pool, to list a pool's members together."""
+    waiting: Mapping[str, int] = field(default_factory=dict)
+    """How many wait in each resource's line."""
 
 
 @dataclass(frozen=True)
@@ -367,6 +373,10 @@ class Home:
     mine: Sequence[Lease]
     recent: Sequence[Event]
     pools: Mapping[str, str] = field(default_factory=dict)
+    lines: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Who waits in each line (principals), first first."""
+    places: Sequence[tuple[str, int, int]] = ()
+    """The person's places: (resource, place, how many in that line)."""
 
 
 @dataclass
@@ -489,7 +499,20 @@ class Core:
         except StormlockError as exc:  # the rest of the Home still helps
             log.warning("App Home history: %s", exc)
             recent = []
-        return Home(everyone, mine, recent, self.service.pools(everyone))
+        try:
+            lines = self.service.lines()
+        except StormlockError as exc:
+            log.warning("App Home lines: %s", exc)
+            lines = {}
+        places = [
+            (resource, place, len(line))
+            for resource, line in sorted(lines.items())
+            for place, ticket in enumerate(line, 1)
+            if ticket.user == user_id or person.is_principal(ticket.principal)
+        ]
+        waiting = {r: [t.principal for t in line] for r, line in lines.items()}
+        pools = self.service.pools(everyone)
+        return Home(everyone, mine, recent, pools, waiting, places)
 
     def verify(self, ask: Ask) -> Outcome | None:
         """What became of a change whose outcome was unknown, told as its
@@ -569,10 +592,11 @@ class Core:
             return Outcome(Help(command.unknown))
         if name == "list":
             leases = self.service.list_leases()
-            return Outcome(Listing(leases, self.service.pools(leases)))
+            counts = {r: len(line) for r, line in self.service.lines().items()}
+            return Outcome(Listing(leases, self.service.pools(leases), counts))
         resource = command.resource or ""
         if name == "current":
-            return Outcome(Current(resource, self.service.current(resource)))
+            return self._current(ask, resource)
         if name == "is-held":
             active = self.service.is_held(resource, command.lease_id or "")
             return Outcome(IsHeld(resource, active))
@@ -613,13 +637,46 @@ class Core:
             return Outcome(Passed(resource), freed=resource, changed=True)
         return Outcome(Help(name))
 
+    def _current(self, ask: Ask, resource: str) -> Outcome:
+        lease = self.service.current(resource)
+        line = self.service.line(resource).waiting() if self._lined(resource) else []
+        place = next(
+            (n for n, ticket in enumerate(line, 1) if ticket.user == ask.user_id),
+            None,
+        )
+        if place is None and line:
+            try:  # a CLI waiter with the asker's principal is the asker too
+                person = self.people.person(ask.user_id)
+            except PersonUnknown:
+                person = None
+            if person is not None:
+                place = next(
+                    (
+                        n
+                        for n, ticket in enumerate(line, 1)
+                        if person.is_principal(ticket.principal)
+                    ),
+                    None,
+                )
+        principals = tuple(ticket.principal for ticket in line)
+        return Outcome(Current(resource, lease, principals, place))
+
+    def _lined(self, resource: str) -> bool:
+        """Whether `resource` has a line that someone may wait in (one read)."""
+        if not self.service.has_line(resource):
+            return False
+        return self.service.line(resource).may_have_waiters()
+
     def _queue(self, person: Person, ask: Ask, resource: str) -> Outcome:
         command = ask.command
         if command.cancel:
             left = self.service.leave_line(person, resource)
             # The next in line may be up now.
             return Outcome(
-                LeftLine(resource, left), "ok" if left else "rejected", freed=resource
+                LeftLine(resource, left),
+                "ok" if left else "rejected",
+                freed=resource,
+                changed=left,  # boards show how many wait
             )
         line = self.service.line(resource)
         if not line.waiting() and self.service.current(resource) is None:
@@ -630,7 +687,11 @@ class Core:
         )
         usual = self.service.usual_hold(resource)
         # Free, with you first: your turn is offered at once.
-        return Outcome(Queued(resource, place, usual, already), freed=resource)
+        return Outcome(
+            Queued(resource, place, usual, already),
+            freed=resource,
+            changed=not already,
+        )
 
     # -- asking the holder ------------------------------------------------------
 

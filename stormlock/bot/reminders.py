@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ..backend import Lease, utcnow
 from ..errors import StormlockError
-from ..line import Line, Ticket, waiting_counts
+from ..line import HANDED, Line, Ticket, waiting_counts
 from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
 from . import blocks
@@ -380,6 +380,7 @@ class Reminders:
         assert head.user is not None
         self._dm(head.user, blocks.your_turn(head.resource, head.seq, window))
         NOTIFICATIONS.labels("turn").inc()
+        line.log(HANDED, head)
         channel = self.settings.announce_channel(head.resource) or head.channel
         if channel:
             up = blocks.announce_up(
@@ -491,7 +492,7 @@ class Reminders:
     def post_board(self, channel: str) -> str | None:
         leases = self.service.list_leases()
         message = blocks.board(
-            leases, self.directory.display, self.service.pools(leases)
+            leases, self.directory.display, self.service.pools(leases), self._counts()
         )
         try:
             posted = self.outbox.client.chat_postMessage(
@@ -503,6 +504,10 @@ class Reminders:
         self._boards = None  # read afresh on the next redraw
         return None
 
+    def _counts(self) -> dict[str, int]:
+        """How many wait in each line: a board shows it by the lease."""
+        return {r: len(line) for r, line in self.service.lines().items()}
+
     def refresh_boards(self, stats: RunStats | None = None) -> None:
         """Redraw every board. The reconcile pass (`stats` given) reads which
         boards exist; a change uses what the last pass read, so it costs no
@@ -513,14 +518,16 @@ class Reminders:
         if not boards:
             return
         leases = self.service.list_leases()
+        counts = self._counts()
         digest = json.dumps(
             [(x.resource, x.principal, str(x.expires), x.note) for x in leases]
+            + sorted(counts.items())
         )
         if stats is not None and digest == self._board_digest:
             return  # nothing changed since this replica last drew them
         self._board_digest = digest
         message = blocks.board(
-            leases, self.directory.display, self.service.pools(leases)
+            leases, self.directory.display, self.service.pools(leases), counts
         )
         for key, record in boards:
             channel = key[len("board/") :]

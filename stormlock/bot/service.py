@@ -35,7 +35,7 @@ from ..errors import (
     UnsupportedOperation,
 )
 from ..history import ACQUIRED, EXPIRED, FORCED, RELEASED, Event, acting
-from ..line import Line, Ticket
+from ..line import LEFT, PASSED, Line, Ticket, all_lines, line_events
 from ..lock import (
     StormLock,
     check_note,
@@ -274,6 +274,13 @@ class LeaseService:
             )
         return line
 
+    def lines(self) -> dict[str, list[Ticket]]:
+        """Every line of every store, first in line first (one read each)."""
+        found: dict[str, list[Ticket]] = {}
+        for name in self.config.backend_names():
+            found.update(all_lines(self.backend(name)))
+        return found
+
     def has_line(self, resource: str) -> bool:
         """Whether `resource` has a line to join (no store call)."""
         try:
@@ -312,7 +319,8 @@ class LeaseService:
         mine = line.of(person.principal)
         if mine is None or (seq is not None and mine[1].seq != seq):
             return False
-        return line.leave(mine[1])
+        # A turn's Pass names its ticket; leaving from anywhere else does not.
+        return line.leave(mine[1], PASSED if seq is not None else LEFT)
 
     def take_turn(
         self,
@@ -472,6 +480,7 @@ class LeaseService:
             event
             for member in resources_of(self.config, resource)
             for event in backend.history(member, limit=limit)
+            + line_events(backend, member)[-limit:]
         ]
         events.sort(key=lambda e: e.time)
         return events[-limit:]

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from stormlock import Backend
-from stormlock.backend import InLine
-from stormlock.line import Line, has_line
+from stormlock.backend import Feature, InLine
+from stormlock.line import Line, has_line, line_events
 from stormlock.lock import StormLock
 from stormlock.names import RECORD_PREFIX
 from stormlock.testing.backends import BackendConfig
@@ -37,6 +37,7 @@ __all__ = [
     "test_a_killed_waiter_stalls_the_line_only_until_its_ticket_lapses",
     "test_a_wait_in_line_leaves_nothing_behind",
     "test_only_the_head_of_the_line_may_take_a_free_resource",
+    "test_the_line_is_in_history",
     "test_waiters_are_served_once_each_in_arrival_order",
 ]
 
@@ -57,10 +58,12 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
 
 
 def _leftovers(backend: Backend, resource: str) -> list[str]:
+    """The line's records of `resource` still there (its history aside)."""
     return [
         lease.resource
         for lease in backend.list_prefix(RECORD_PREFIX + "line")
         if lease.resource.rstrip("/").split("/")[2] == resource
+        and not lease.resource.startswith(RECORD_PREFIX + "line-log/")
     ]
 
 
@@ -160,6 +163,42 @@ def test_a_wait_in_line_leaves_nothing_behind(backend: Backend) -> None:
     if has_line(backend):
         assert _leftovers(backend, resource) == []
         assert Line(backend, resource).waiting() == []
+
+
+def test_the_line_is_in_history(backend: Backend) -> None:
+    """Joining, leaving and taking a turn are history: who, when, why."""
+    if not has_line(backend) or not backend.supports(Feature.HISTORY):
+        return  # documented: no line, or no history to keep it in
+    resource = _name()
+    holder = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    line = Line(backend, resource)
+    dave = line.join("dave", "just looking", "cli")
+    assert line.leave(dave)
+    taken: list[object] = []
+    waiter = threading.Thread(
+        target=lambda: taken.append(
+            StormLock(backend, resource, "bob").acquire_lease(
+                note="deploy", wait=timedelta(seconds=60)
+            )
+        )
+    )
+    waiter.start()
+    _until(lambda: len(line.waiting()) == 1, "bob is in line")
+    backend.release_lease(resource, holder.id)
+    waiter.join(timeout=90)
+    assert taken
+    told = [(e.event, e.principal) for e in line_events(backend, resource)]
+    assert told == [
+        ("joined", "dave"),
+        ("left", "dave"),
+        ("joined", "bob"),
+        ("took", "bob"),
+    ]
+    events = line_events(backend, resource)
+    assert events[0].note == "just looking" and events[0].source == "cli"
+    assert events[2].fence == events[3].fence > events[0].fence  # ticket numbers
+    assert [e.time for e in events] == sorted(e.time for e in events)
+    assert line_events(backend, _name()) == []  # another resource's: none
 
 
 def test_waiters_are_served_once_each_in_arrival_order(
