@@ -102,6 +102,23 @@ def test_a_waiter_is_in_the_line_for_all_to_see_and_takes_it_in_turn(
     assert json.loads(holder.stdout)["id"] == out.strip()
     assert waiting(run) == []  # its ticket went with the wait
     assert "nobody is waiting" in run("carol", "queue", "db").stderr
+    # History: the lease's events and the line's, merged in order.
+    story = run("carol", "history", "db", "-f", "json").stdout.splitlines()
+    events = [(e["event"], e["principal"]) for e in map(json.loads, story)]
+    assert events == [
+        ("acquired", "alice"),
+        ("joined", "bob"),
+        ("released", "alice"),
+        ("took", "bob"),
+        ("acquired", "bob"),
+    ] or events == [  # the take's record and the lease's may share a tick
+        ("acquired", "alice"),
+        ("joined", "bob"),
+        ("released", "alice"),
+        ("acquired", "bob"),
+        ("took", "bob"),
+    ]
+    assert [json.loads(line)["note"] for line in story][1] == "next"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -119,6 +136,11 @@ def test_a_stopped_waiter_leaves_the_line_at_once(
     assert bob.returncode == EXIT_INTERRUPTED
     assert one_line_error(err) == "stormlock: interrupted"
     assert waiting(run) == []  # gone now, not once its ticket lapses
+    left = run("carol", "history", "db", "--principal", "bob", "-f", "json")
+    assert [json.loads(e)["event"] for e in left.stdout.splitlines()] == [
+        "joined",
+        "left",
+    ]
 
 
 def test_run_waits_in_the_same_line(

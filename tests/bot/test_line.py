@@ -198,3 +198,21 @@ def test_bad_line_requests_get_one_clear_reply(bot: BotServer) -> None:
     said["bad"] = text_of(bot.reply(ALICE, "queue bad/../name"))
     assert "Traceback" not in said["bad"]
     assert line_of(bot, "scratch") == []
+
+
+def test_the_line_is_shown_where_the_lease_is(
+    bot: BotServer, slack: LocalSlack
+) -> None:
+    bot.reply(ALICE, "acquire db 1h")
+    bot.reply(BOB, "queue db first")
+    bot.reply(CAROL, "queue db")
+    now = text_of(bot.reply(CAROL, "current db"))
+    assert f"2 in line: 1. <@{BOB.id}>, 2. <@{CAROL.id}>" in now
+    assert "You're 2nd in line of 2" in now
+    assert "You're" not in text_of(bot.reply(DAVE, "current db"))
+    assert "2 in line" in text_of(bot.reply(DAVE, "list"))
+    bot.reply(BOB, "queue db --leave")
+    story = text_of(bot.reply(DAVE, "history db"))
+    assert f"<@{BOB.id}> joined its line" in story
+    assert f"<@{BOB.id}> left its line" in story
+    assert f"<@{CAROL.id}> joined its line" in story
