@@ -202,6 +202,7 @@ class Line:
             "actor": actor or ticket.principal,
             "note": ticket.note,
             "source": ticket.source,
+            "channel": ticket.channel,
         }
         name = f"{_LOG}{self.resource}/{at.strftime(_STAMP)}-{ticket.seq}-{event}"
         with contextlib.suppress(StormlockError):
@@ -480,6 +481,7 @@ def line_events(backend: Backend, resource: str | None = None) -> list[Event]:
                 _text(about.get("note")),
                 int(seq),
                 _text(about.get("source")) or "library",
+                channel=_text(about.get("channel")),
             )
         )
     return sorted(events, key=lambda event: event.time)

@@ -444,6 +444,20 @@ def announce_up(
     return Message(f"{principal} is up for {resource}", _render([_section(text)]))
 
 
+def announce_turn_ended(
+    resource: str, principal: str, how: str, namer: Namer
+) -> Message:
+    """For the resource's channel: a turn that ended without a take."""
+    said = {
+        "passed": f":fast_forward: {namer(principal)} passed their turn for",
+        "left": f":wave: {namer(principal)} left the line for",
+    }.get(how, f":hourglass: {namer(principal)}'s turn lapsed for")
+    text = f"{said} *{escape(resource)}*; it goes to the next in line."
+    return Message(
+        f"{principal}'s turn for {resource} ended", _render([_section(text)])
+    )
+
+
 # -- asking the holder -----------------------------------------------------------
 
 

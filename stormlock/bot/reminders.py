@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ..backend import Lease, utcnow
 from ..errors import StormlockError
-from ..line import HANDED, Line, Ticket, waiting_counts
+from ..line import HANDED, LEFT, PASSED, TOOK, Line, Ticket, line_events, waiting_counts
 from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
 from . import blocks
@@ -365,6 +365,7 @@ class Reminders:
             return 0  # not one the bot serves (a CLI user's line)
         waiting = line.waiting()
         line.remark(waiting, self.records.owner)
+        self._turns_ended(line, waiting)
         if not waiting or waiting[0].user is None:
             return 0  # nobody, or a CLI waiter: it takes the lease itself
         if self.service.current(resource) is not None:
@@ -373,6 +374,35 @@ class Reminders:
         return int(
             self.once(f"up/{resource}/{head.seq}", self._offer, line, head, window)
         )
+
+    def _turns_ended(self, line: Line, waiting: list[Ticket]) -> None:
+        """Announce, once, each turn offered that ended without a take: a
+        pass, a leave or a lapse (the line's history says which). Its "up"
+        marker then goes: that ticket can never be offered again."""
+        resource = line.resource
+        alive = {ticket.seq for ticket in waiting}
+        ended = [
+            (int(tail), marker)
+            for key, marker in self.ledger.claimed(f"up/{resource}/")
+            if (tail := key.rpartition("/")[2]).isdigit()
+            and key == f"up/{resource}/{tail}"  # not "up/db/x/..." of db/x
+            and int(tail) not in alive
+        ]
+        if not ended:
+            return
+        log = {(e.fence, e.event): e for e in line_events(line.backend, resource)}
+        for seq, marker in ended:
+            handed = log.get((seq, HANDED))
+            how = next((e for e in (TOOK, PASSED, LEFT) if (seq, e) in log), "lapsed")
+            channel = self.settings.announce_channel(resource) or (
+                handed.channel if handed else None
+            )
+            if how != TOOK and handed is not None and channel:
+                message = blocks.announce_turn_ended(
+                    resource, handed.principal, how, self.directory.display
+                )
+                self.once(f"ended/{resource}/{seq}", self._post, channel, message)
+            self.records.drop(marker)
 
     def _offer(self, line: Line, head: Ticket, window: timedelta) -> None:
         if not line.keep(head, window):

@@ -144,6 +144,27 @@ def test_a_pass_or_silence_hands_the_turn_on(bot: BotServer, slack: LocalSlack) 
     press(bot, DAVE, dave_up, "Take it", "You hold *db*")
     bot.settle()
     assert len(dms_to(slack, CAROL.id, "You're up")) == 1
+    # The channel heard each step, in order, once.
+    said = [
+        text_of(c)
+        for c in slack.of("chat.postMessage")
+        if c.payload["channel"] == "C0OPS"
+    ]
+    steps = [
+        f"<@{BOB.id}> is up for *db*",
+        f"<@{BOB.id}> passed their turn for *db*",
+        f"<@{CAROL.id}> is up for *db*",
+        f"<@{CAROL.id}>'s turn lapsed for *db*",
+        f"<@{DAVE.id}> is up for *db*",
+        f"<@{DAVE.id}> took *db*",
+    ]
+    found = [next(i for i, text in enumerate(said) if step in text) for step in steps]
+    assert found == sorted(found), said
+    for step in steps:
+        assert sum(step in text for text in said) == 1, step
+    story = text_of(bot.reply(ALICE, "history db"))
+    assert f"<@{BOB.id}> passed their turn" in story
+    assert f"<@{DAVE.id}> took their turn" in story
 
 
 def test_an_expired_lease_hands_the_resource_to_the_next(
