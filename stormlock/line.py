@@ -376,9 +376,7 @@ def wait_in_line(
                     if head:
                         started = time.monotonic()
                         try:
-                            lease = lock.backend.acquire_lease(
-                                lock.resource, lock.principal, ttl, note
-                            )
+                            lease = lock._take_as_head(ttl, note)
                         except BackendUnavailable as failed:
                             if not failed.nothing_sent:
                                 raise  # it may have gone through: never blindly again

@@ -212,8 +212,7 @@ class StormLock:
             if not waiting:
                 return self._attempt(ttl, note), started
             if not wait:
-                holder = self.backend.current(self.resource)
-                raise InLine(self.resource, holder, len(waiting))
+                raise self._in_line(len(waiting))
         except LockHeldException:
             if not wait:
                 raise
@@ -252,6 +251,14 @@ class StormLock:
         with contextlib.suppress(StormlockError):  # else it lapses soon
             line.leave(ticket, TOOK)
         return lease
+
+    def _in_line(self, waiting: int) -> InLine:
+        """The refusal of someone not in line while `waiting` wait."""
+        return InLine(self.resource, self.backend.current(self.resource), waiting)
+
+    def _take_as_head(self, ttl: timedelta, note: str | None) -> Lease:
+        """The first in line's try at the lease (polled: keep it cheap)."""
+        return self.backend.acquire_lease(self.resource, self.principal, ttl, note)
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         """One try at the lease (a pool tries its members)."""

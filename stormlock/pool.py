@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .backend import (
     Backend,
     Feature,
+    InLine,
     Lease,
     LockExpiredException,
     LockHeldException,
@@ -29,6 +30,7 @@ from .lock import StormLock
 if TYPE_CHECKING:
     from .config import Pool
     from .history import Event as HistoryEvent
+    from .line import Line
 
 
 class PoolHeld(LockHeldException):
@@ -105,9 +107,40 @@ class PoolLock(StormLock):
         seen = sorted((m for m in free if m in last), key=lambda m: last[m])
         return unseen[start:] + unseen[:start] + seen
 
-    def _line(self) -> None:
-        """A pool waits with backoff: its line is not built yet."""
-        return None
+    def _line(self) -> Line | None:
+        """The pool's own line (under its name): its head takes the first
+        member freed."""
+        from .line import Line, has_line
+
+        return Line(self.backend, self.pool.name) if has_line(self.backend) else None
+
+    def _members_held(self) -> list[Lease]:
+        """One read per member (not a listing of every lease)."""
+        held = []
+        for member in self.members:
+            lease = self.backend.current(member)
+            if lease is not None:
+                held.append(lease._replace(resource=lease.resource or member))
+        return held
+
+    def _in_line(self, waiting: int) -> InLine:
+        refused = InLine(self.pool.name, None, waiting)
+        held = self._members_held()
+        if len(held) == len(self.members):  # else a freed one is kept for the line
+            every = PoolHeld(self.pool.name, held).message
+            refused.message = refused.message.replace(
+                f"{self.pool.name!r} is kept for the line", every, 1
+            )
+            refused.args = (refused.message,)
+        return refused
+
+    def _take_as_head(self, ttl: timedelta, note: str | None) -> Lease:
+        # Polled every 50 ms: cheap reads while every member is held, the
+        # fair choice once one is free.
+        held = self._members_held()
+        if len(held) == len(self.members):
+            raise PoolHeld(self.pool.name, held)
+        return self._attempt(ttl, note)
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
         held = self.held()

@@ -176,9 +176,11 @@ def test_run_waits_in_the_same_line(
 
 
 def test_queue_says_what_has_no_line_in_one_line(run: Run) -> None:
-    pool = run("carol", "queue", "staging")
-    assert pool.returncode == EXIT_UNSUPPORTED
-    assert "no line of its own" in one_line_error(pool.stderr)
+    pool = run("carol", "queue", "staging")  # a pool has a line of its own
+    assert pool.returncode == 0 and "nobody is waiting" in pool.stderr
+    group = run("carol", "queue", "st-1,st-2")
+    assert group.returncode == EXIT_UNSUPPORTED
+    assert "no line of its own" in one_line_error(group.stderr)
     bad = run("carol", "queue", "bad name!")
     assert bad.returncode == 65
     one_line_error(bad.stderr)

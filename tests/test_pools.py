@@ -8,16 +8,18 @@ import queue
 import subprocess
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from stormlock.line import Line
 from stormlock.lock import load_lock
 from stormlock.pool import PoolHeld, PoolLock
 from stormlock.testing.backends import BackendConfig, wait_for_expiry
 from stormlock.testing.env import CliRunner
 from stormlock.testing.race_worker import race_pool
-from tests.support import one_line_error
+from tests.support import one_line_error, wait_until
 
 POOL = "\n[pool.staging]\nmembers = staging-1, staging-2, staging-3\nttl = 1h\n"
 
@@ -170,3 +172,55 @@ def test_a_wait_on_a_full_pool_gets_the_first_member_freed(pool_config: Path) ->
         assert lock.release(leases[1].id)
         waiter.join(timeout=60)
         assert got == [leases[1].resource]
+
+
+def test_a_full_pool_serves_its_line_in_order(pool_config: Path) -> None:
+    """Waiters on a full pool join the pool's line; each member freed goes
+    to the first in it; someone not in line is refused, holders named."""
+    import threading
+
+    from stormlock.backend import InLine
+
+    with load_lock("staging", pool_config) as lock:
+        assert isinstance(lock, PoolLock)
+        held = [lock.acquire_lease() for _ in range(3)]
+        line = lock._line()
+        assert line is not None, "every built-in backend keeps lines"
+        got: list[tuple[int, str]] = []
+        threads = []
+
+        def wait(i: int) -> None:
+            with load_lock("staging", pool_config) as other:
+                lease = other.acquire_lease(wait=timedelta(seconds=60))
+                got.append((i, lease.resource))
+
+        for i in range(4):
+            threads.append(threading.Thread(target=wait, args=(i,)))
+            threads[-1].start()
+            wait_until(partial(_in_line, line, i + 1))
+        with pytest.raises(InLine) as refused:
+            lock.acquire_lease()
+        message = str(refused.value)
+        assert "every member of pool 'staging' is held" in message
+        assert "4 are waiting in line" in message
+        for n, lease in enumerate(held):
+            assert lock.release(lease.id)
+            wait_until(partial(_served, got, n + 1))
+        assert [i for i, _ in got] == [0, 1, 2]
+        assert [member for _, member in got] == [lease.resource for lease in held]
+        with load_lock(got[0][1], pool_config) as member:
+            lease0 = member.current()
+            assert lease0 is not None
+            assert member.backend.release_lease(got[0][1], lease0.id)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [i for i, _ in got] == [0, 1, 2, 3]
+        assert line.waiting() == []
+
+
+def _in_line(line: Line, count: int) -> bool:
+    return len(line.waiting()) == count
+
+
+def _served(got: list[tuple[int, str]], count: int) -> bool:
+    return len(got) == count
