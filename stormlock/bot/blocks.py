@@ -728,7 +728,8 @@ def help_message(unknown: str | None = None) -> Message:
     lines.append(
         "Busy? `queue` joins its line (first in, first out, with the CLI's "
         "waiters): when you're up I DM you, and it is kept for you for a while "
-        "(the claim window) to *Take it* or *Pass*."
+        "(the claim window) to *Take it* or *Pass*. Or `ask` its holder to "
+        "release it: they choose, and I tell you what they chose."
     )
     lines.append(
         "Aliases: lock, unlock, extend, status, who, wait, line. "

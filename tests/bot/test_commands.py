@@ -138,7 +138,11 @@ def test_current_is_held_and_list(bot: BotServer) -> None:
 def test_unknown_and_empty_commands_get_help(bot: BotServer) -> None:
     assert "I don't know `frobnicate`" in text_of(bot.reply(ALICE, "frobnicate db"))
     assert "/stormlock acquire" in text_of(bot.reply(ALICE, ""))
-    assert "/stormlock acquire" in text_of(bot.reply(ALICE, "help"))
+    shown = text_of(bot.reply(ALICE, "help"))
+    assert "/stormlock acquire" in shown
+    # The line, its claim window, and asking the holder are explained.
+    assert "/stormlock queue" in shown and "claim window" in shown
+    assert "/stormlock ask" in shown and "Take it" in shown
 
 
 def test_bad_input_gets_a_one_line_explanation(bot: BotServer) -> None:
