@@ -17,9 +17,9 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .backend import (
     Backend,
@@ -321,6 +321,26 @@ HEAD_POLL = 0.05
 BEHIND_POLL = 0.25
 
 
+class Wake(Protocol):
+    """A store's notice that a resource was freed (Redis: pub/sub)."""
+
+    def wait(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def _wake_for(lock: StormLock) -> Wake | None:
+    """The store's own wake-up for the head of the line, where it has one;
+    None: poll. Never fails the wait: a watch that cannot open is polling."""
+    watch: Callable[[str], Wake] | None = getattr(lock.backend, "watch_freed", None)
+    if watch is None or hasattr(lock, "pool"):  # a pool's head polls its members
+        return None
+    try:
+        return watch(lock.resource)
+    except Exception:  # any failure: poll instead
+        return None
+
+
 def wait_in_line(
     lock: StormLock,
     line: Line,
@@ -346,6 +366,7 @@ def wait_in_line(
     last: LockHeldException | BackendUnavailable | None = None
     next_keep = 0.0
     took = False
+    wake: Wake | None = None
     try:
         with _leave_on_sigterm():
             while True:
@@ -373,6 +394,8 @@ def wait_in_line(
                             continue
                         ahead = seqs.index(ticket.seq)
                         head = ahead == 0
+                        if head and wake is None:
+                            wake = _wake_for(lock)
                     if head:
                         started = time.monotonic()
                         try:
@@ -395,9 +418,13 @@ def wait_in_line(
                 if cancel is not None:
                     if cancel.wait(max(pause, 0)):
                         raise last or InLine(lock.resource, None, ahead)
+                elif pause > 0 and head and wake is not None:
+                    wake.wait(pause)  # a release ends the pause at once
                 elif pause > 0:
                     time.sleep(pause)
     finally:
+        if wake is not None:
+            wake.close()
         if ticket is not None:
             with contextlib.suppress(StormlockError):  # else it lapses
                 line.leave(ticket, TOOK if took else LEFT)

@@ -13,7 +13,7 @@ import pytest
 
 from stormlock import Backend
 from stormlock.backend import Feature, SetHeld
-from stormlock.errors import BackendUnavailable
+from stormlock.errors import BackendUnavailable, StormlockError
 from stormlock.testing.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from stormlock.testing.env import CliRunner
 from stormlock.testing.faults import partition_proxy, redirect, silent_server
@@ -164,5 +164,57 @@ def test_an_answer_lost_while_taking_a_set_leaves_all_of_it_or_none(
                 assert len(held) in (0, len(names)), f"part of the set: {held}"
                 assert len({lease.id for lease in held}) <= 1
         finally:
+            backend.close()
+            direct.close()
+
+
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
+def test_a_partition_while_waiting_in_line_costs_the_wait_and_a_timeout(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The first in line (Redis: subscribed to the release) is cut off:
+    its wait ends by its deadline plus one timeout, never a hang."""
+    import threading
+
+    from stormlock.line import Line, has_line
+    from stormlock.lock import StormLock
+
+    config, port = network_backend(name, request, tmp_path)
+    with partition_proxy(port) as proxy:
+        moved = redirect(name, config.options, proxy.port)
+        moved["timeout"] = str(TIMEOUT)
+        backend = BackendConfig(name, moved).create()
+        direct = config.create()
+        resource = f"f-line-{uuid.uuid4().hex[:8]}"
+        try:
+            direct.acquire_lease(resource, "alice", timedelta(minutes=5))
+            wait = 3.0
+            outcome: list[BaseException | object] = []
+
+            def waiter() -> None:
+                lock = StormLock(backend, resource, "bob", timedelta(minutes=5))
+                try:
+                    outcome.append(lock.acquire_lease(wait=timedelta(seconds=wait)))
+                except BaseException as exc:  # reported below
+                    outcome.append(exc)
+
+            started = time.monotonic()
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            deadline = time.monotonic() + 30
+            # (Without a line, as over http, bob retries with backoff.)
+            while has_line(direct) and not Line(direct, resource).waiting():
+                assert time.monotonic() < deadline, "bob never joined the line"
+                time.sleep(0.02)
+            proxy.freeze()
+            thread.join(timeout=wait + 4 * TIMEOUT + 10)
+            elapsed = time.monotonic() - started
+            assert not thread.is_alive(), "the wait hung in the partition"
+            assert elapsed < wait + 3 * TIMEOUT + SLACK + 1, f"{elapsed:.1f}s"
+            assert outcome and isinstance(outcome[0], StormlockError), outcome
+            assert "\n" not in str(outcome[0])
+            assert direct.current(resource).principal == "alice"  # type: ignore[union-attr]
+        finally:
+            proxy.thaw()
             backend.close()
             direct.close()

@@ -13,6 +13,7 @@ scripts (EVALSHA), current and is_current one command each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -127,6 +128,7 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 log(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[2], lease[1],
     lease[2], lease[3], '')
+redis.call('PUBLISH', KEYS[1], 'freed')  -- wakes the first in its line
 return 1
 """
 )
@@ -228,6 +230,7 @@ for i = 1, n do
     if redis.call('HGET', KEYS[i * 3 - 2], 'id') == ARGV[1] then
         local lease = redis.call('HMGET', KEYS[i * 3 - 2], 'principal', 'note', 'fence')
         redis.call('DEL', KEYS[i * 3 - 2])
+        redis.call('PUBLISH', KEYS[i * 3 - 2], 'freed')
         redis.call('ZREM', KEYS[i * 3 - 1], ARGV[6 + i])
         local source = ARGV[5]
         if i == 1 then source = ARGV[4] end
@@ -374,6 +377,12 @@ class Redis(LeaseBackend):
 
     def _key(self, resource: str) -> str:
         return f"{self.prefix}lease:{resource}"
+
+    def watch_freed(self, resource: str) -> FreedWatch:
+        """Woken when a release frees `resource` (the release script
+        publishes on the lease's key); an expiry publishes nothing, so the
+        line still polls, only no longer waits out its poll on a release."""
+        return FreedWatch(self.client, self._key(resource))
 
     client_errors = (redis.RedisError,)
 
@@ -630,3 +639,23 @@ def _eviction(where: str, settings: dict[str | None, str]) -> Finding:
 
 
 BACKEND = Redis
+
+
+class FreedWatch:
+    """A subscription to one lease's releases (see `stormlock.line`)."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._pubsub = pubsub
+        self._pubsub.subscribe(channel)
+
+    def wait(self, timeout: float) -> bool:
+        """Whether a release came within `timeout` seconds (at most that)."""
+        try:
+            return self._pubsub.get_message(timeout=timeout) is not None
+        except (redis.RedisError, OSError):
+            return False  # the caller polls the store itself anyway
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):  # a failed one
+            self._pubsub.close()

@@ -35,6 +35,7 @@ from stormlock.testing.race_worker import wait_in_line
 
 __all__ = [
     "test_a_killed_waiter_stalls_the_line_only_until_its_ticket_lapses",
+    "test_a_release_wakes_the_first_in_line_where_the_store_can",
     "test_a_wait_in_line_leaves_nothing_behind",
     "test_only_the_head_of_the_line_may_take_a_free_resource",
     "test_the_line_is_in_history",
@@ -199,6 +200,28 @@ def test_the_line_is_in_history(backend: Backend) -> None:
     assert events[2].fence == events[3].fence > events[0].fence  # ticket numbers
     assert [e.time for e in events] == sorted(e.time for e in events)
     assert line_events(backend, _name()) == []  # another resource's: none
+
+
+def test_a_release_wakes_the_first_in_line_where_the_store_can(
+    backend: Backend,
+) -> None:
+    """A store with its own notice (`watch_freed`: Redis pub/sub) wakes the
+    head on a release, not on its next poll; only on a release."""
+    watch_freed = getattr(backend, "watch_freed", None)
+    if watch_freed is None:
+        return  # documented: the head polls every 50 ms
+    resource, other = _name(), _name()
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    unrelated = backend.acquire_lease(other, "bob", timedelta(minutes=5))
+    watch = watch_freed(resource)
+    try:
+        assert not watch.wait(0.2), "woken with nothing freed"
+        assert backend.release_lease(other, unrelated.id)
+        assert not watch.wait(0.2), "woken by another resource's release"
+        assert backend.release_lease(resource, lease.id)
+        assert watch.wait(10), "the release did not wake the watch"
+    finally:
+        watch.close()
 
 
 def test_waiters_are_served_once_each_in_arrival_order(
