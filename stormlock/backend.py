@@ -151,11 +151,21 @@ class InLine(LockHeldException):
     """Others are waiting in the resource's line, so only the first of them
     may take it (`lease` is the holder's, if it is held)."""
 
-    def __init__(self, resource: str, lease: Lease | None, waiting: int) -> None:
+    def __init__(
+        self,
+        resource: str,
+        lease: Lease | None,
+        waiting: int,
+        held: str | None = None,
+    ) -> None:
+        """`held`: who holds it, when not one `lease` (a pool's holders)."""
         self.waiting = waiting
         super().__init__(resource, lease)
         people = "1 is" if waiting == 1 else f"{waiting} are"
-        held = str(self) if lease is not None else f"{resource!r} is kept for the line"
+        if held is None:
+            held = (
+                str(self) if lease is not None else f"{resource!r} is kept for the line"
+            )
         self.message = (
             f"{held}; {people} waiting in line before you: join it with "
             "`--wait DURATION`"

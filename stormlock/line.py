@@ -329,14 +329,14 @@ class Wake(Protocol):
     def close(self) -> None: ...
 
 
-def _wake_for(lock: StormLock) -> Wake | None:
-    """The store's own wake-up for the head of the line, where it has one;
+def wake_for(backend: Backend, resource: str) -> Wake | None:
+    """The store's own wake-up on a release of `resource`, where it has one;
     None: poll. Never fails the wait: a watch that cannot open is polling."""
-    watch: Callable[[str], Wake] | None = getattr(lock.backend, "watch_freed", None)
-    if watch is None or hasattr(lock, "pool"):  # a pool's head polls its members
+    watch: Callable[[str], Wake] | None = getattr(backend, "watch_freed", None)
+    if watch is None:
         return None
     try:
-        return watch(lock.resource)
+        return watch(resource)
     except Exception:  # any failure: poll instead
         return None
 
@@ -395,7 +395,7 @@ def wait_in_line(
                         ahead = seqs.index(ticket.seq)
                         head = ahead == 0
                         if head and wake is None:
-                            wake = _wake_for(lock)
+                            wake = lock._wake()
                     if head:
                         started = time.monotonic()
                         try:

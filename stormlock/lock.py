@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from .history import Event as HistoryEvent
     from .hold import Hold
-    from .line import Line, Ticket
+    from .line import Line, Ticket, Wake
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
 _FIRST_RETRY = 0.1
@@ -251,6 +251,12 @@ class StormLock:
         with contextlib.suppress(StormlockError):  # else it lapses soon
             line.leave(ticket, TOOK)
         return lease
+
+    def _wake(self) -> Wake | None:
+        """What wakes the first in line when the resource is released."""
+        from .line import wake_for
+
+        return wake_for(self.backend, self.resource)
 
     def _in_line(self, waiting: int) -> InLine:
         """The refusal of someone not in line while `waiting` wait."""

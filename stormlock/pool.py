@@ -123,16 +123,16 @@ class PoolLock(StormLock):
                 held.append(lease._replace(resource=lease.resource or member))
         return held
 
+    def _wake(self) -> None:
+        """The head polls each member: no one release to be woken by."""
+        return None
+
     def _in_line(self, waiting: int) -> InLine:
-        refused = InLine(self.pool.name, None, waiting)
         held = self._members_held()
+        every = None
         if len(held) == len(self.members):  # else a freed one is kept for the line
             every = PoolHeld(self.pool.name, held).message
-            refused.message = refused.message.replace(
-                f"{self.pool.name!r} is kept for the line", every, 1
-            )
-            refused.args = (refused.message,)
-        return refused
+        return InLine(self.pool.name, None, waiting, every)
 
     def _take_as_head(self, ttl: timedelta, note: str | None) -> Lease:
         # Polled every 50 ms: cheap reads while every member is held, the

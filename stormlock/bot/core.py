@@ -9,6 +9,7 @@ shell) sends them. Commands and buttons take the same path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,14 @@ from enum import StrEnum
 from typing import Protocol
 
 from ..backend import InLine, Lease, LockHeldException
-from ..errors import BackendUnavailable, NotAllowed, StormlockError
+from ..errors import (
+    BackendUnavailable,
+    NotAllowed,
+    StormlockError,
+    UnsupportedOperation,
+)
 from ..history import ACQUIRED, FORCED, RELEASED, Event
+from ..line import Ticket
 from ..pool import PoolHeld
 from ..tokens import Token
 from .metrics import CoolingDown
@@ -431,6 +438,14 @@ OUR_FAULT = (
 )
 
 
+def _yours(ticket: Ticket, user_id: str, person: Person | None) -> bool:
+    """Whether `ticket` is the asker's: joined from Slack as them, or with
+    their principal (the CLI)."""
+    return ticket.user == user_id or (
+        person is not None and person.is_principal(ticket.principal)
+    )
+
+
 def _state_of(resource: str, lease: Lease | None, mine: bool) -> str:
     if lease is None:
         return f"{resource} is free"
@@ -508,7 +523,7 @@ class Core:
             (resource, place, len(line))
             for resource, line in sorted(lines.items())
             for place, ticket in enumerate(line, 1)
-            if ticket.user == user_id or person.is_principal(ticket.principal)
+            if _yours(ticket, user_id, person)
         ]
         waiting = {r: [t.principal for t in line] for r, line in lines.items()}
         pools = self.service.pools(everyone)
@@ -639,33 +654,24 @@ class Core:
 
     def _current(self, ask: Ask, resource: str) -> Outcome:
         lease = self.service.current(resource)
-        line = self.service.line(resource).waiting() if self._lined(resource) else []
+        try:
+            line = self.service.line(resource)
+        except UnsupportedOperation:  # a pool, a set, a store without lines
+            tickets = []
+        else:  # one read when nobody waits
+            tickets = line.waiting() if line.may_have_waiters() else []
+        person = None
+        # A CLI waiter with the asker's principal is the asker too; one Slack
+        # cannot name now is known by their Slack id alone.
+        if tickets:
+            with contextlib.suppress(PersonUnknown):
+                person = self.people.person(ask.user_id)
         place = next(
-            (n for n, ticket in enumerate(line, 1) if ticket.user == ask.user_id),
+            (n for n, t in enumerate(tickets, 1) if _yours(t, ask.user_id, person)),
             None,
         )
-        if place is None and line:
-            try:  # a CLI waiter with the asker's principal is the asker too
-                person = self.people.person(ask.user_id)
-            except PersonUnknown:
-                person = None
-            if person is not None:
-                place = next(
-                    (
-                        n
-                        for n, ticket in enumerate(line, 1)
-                        if person.is_principal(ticket.principal)
-                    ),
-                    None,
-                )
-        principals = tuple(ticket.principal for ticket in line)
+        principals = tuple(ticket.principal for ticket in tickets)
         return Outcome(Current(resource, lease, principals, place))
-
-    def _lined(self, resource: str) -> bool:
-        """Whether `resource` has a line that someone may wait in (one read)."""
-        if not self.service.has_line(resource):
-            return False
-        return self.service.line(resource).may_have_waiters()
 
     def _queue(self, person: Person, ask: Ask, resource: str) -> Outcome:
         command = ask.command
@@ -705,7 +711,7 @@ class Core:
             if lease is None:
                 return Outcome(LineFree(resource), "rejected")
             # The lease the button was for has ended: ask anew about this one.
-            return Outcome(Held(resource, lease, True, (), 0, False, True), "held")
+            return Outcome(Held(resource, lease, can_ask=True), "held")
         if person.is_principal(lease.principal):
             return Outcome(Problem(f"You hold {resource} yourself."), "rejected")
         holder = self.people.user_id_for(lease.principal)

@@ -432,7 +432,6 @@ class Reminders:
             lease = self.service.lease_of(asked.resource)
             live = lease if lease is not None and lease.fence == asked.fence else None
             reply = self.state.answer_of(asked)
-            told = self._asked(asked, Reply.UNANSWERED).key
             if reply is not None:  # answered: its DM to the asker is owed
                 until = live.expires if live and reply == Reply.KEEPING else None
                 notice = self._asked(asked, Reply(reply), until)
@@ -455,7 +454,7 @@ class Reminders:
                 self.notices.dm(asked.holder_id, message, to_holder.key)
             if now - asked.at >= self.settings.ask_timeout:
                 late = self._asked(asked, Reply.UNANSWERED)
-                stats.asks += int(self.once(f"late/{told}", self._unanswered, late))
+                stats.asks += int(self.once(f"late/{late.key}", self._unanswered, late))
 
     def _asked(
         self, asked: AskRecord, reply: Reply, until: datetime | None = None
