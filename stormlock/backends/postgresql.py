@@ -11,6 +11,7 @@ The table is created on first use, or up front with `stormlock setup`.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -676,7 +677,16 @@ class Postgresql(LeaseBackend):
 
     def close(self) -> None:
         if self._opened:
-            self.pool.close()
+            # Not waiting for the pool's workers: one may be in a connect to
+            # a silent server, which libpq holds for at least 2 s whatever
+            # `timeout` says. It is a daemon thread, and gives up on its own.
+            pool_log = logging.getLogger("psycopg.pool")
+            level = pool_log.level
+            pool_log.setLevel(logging.ERROR)  # "couldn't stop thread": expected
+            try:
+                self.pool.close(timeout=0)
+            finally:
+                pool_log.setLevel(level)
             self._opened = False
 
 
