@@ -21,9 +21,10 @@ from slack_bolt import Ack, App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 
-from stormlock.backend import LockHeldException
+from stormlock.backends import configured_backend
 from stormlock.bot.web import WSGIApp, serve
 from stormlock.config import load_config
+from stormlock.contract import LockHeldException
 from stormlock.errors import StormlockError
 from stormlock.lock import lock_from_config
 from stormlock.ttl import parse_duration
@@ -31,7 +32,7 @@ from stormlock.ttl import parse_duration
 
 def build() -> WSGIApp:
     config = load_config(os.environ["STORMLOCK_CONFIG"])
-    backend = config.backend(config.default_backend)
+    backend = configured_backend(config, config.default_backend)
     # Bolt asks auth.test once, at the first request; nothing else is called.
     client = WebClient(
         token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"]

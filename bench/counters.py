@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import psycopg
 import redis
 
-from stormlock.backend import Backend
+from stormlock.contract import Backend
 from stormlock.testing.servers import Server
 
 METHOD = (

@@ -39,8 +39,8 @@ from bench.scenarios import (
     scheduler_scaling,
     sets,
 )
-from stormlock.backend import Backend, Lease
 from stormlock.backends import build_backend
+from stormlock.contract import Backend, Lease
 from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 

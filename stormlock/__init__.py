@@ -6,8 +6,8 @@
 >>> lock.release(lease_id)
 """
 
-from .backend import Backend, Lease, LockExpiredException, LockHeldException
 from .backends import get_backend
+from .contract import Backend, Lease, LockExpiredException, LockHeldException
 from .errors import StormlockError
 from .lock import StormLock, lease_history, load_lock
 

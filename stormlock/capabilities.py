@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 
-from .backend import Backend, Feature
 from .backends import builtin_backends, find_backend
+from .contract import Backend, Feature
 from .ttl import format_duration
 
 OPERATIONS = ("acquire", "renew", "release", "current", "is_current", "list")

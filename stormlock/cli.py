@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from . import errors
-from .backend import Backend, Feature
+from .backends import configured_backend
 from .config import Config, load_config
-from .lock import StormLock, list_all, lock_from_config, settings_for
+from .contract import Backend, Feature
+from .lock import StormLock, Target, list_all, lock_for, resolve
 from .names import validate_resource
 from .render import (
     lease_cols,
@@ -229,15 +230,15 @@ def _backend(config: Config, name: str) -> Backend:
         import logging
 
         logging.getLogger().addHandler(logging.NullHandler())
-    return config.backend(name)
+    return configured_backend(config, name)
 
 
-def _lock(config: Config, resource: str) -> StormLock:
-    """The lock `resource` names: a resource, a pool, or a set ("a,b" or a
-    group); a set's members are checked before any backend is built."""
-    backend = _backend(config, settings_for(config, resource).backend)
+def _lock(config: Config, target: Target) -> StormLock:
+    """The lock of a resolved name (a resource, a pool, or a set: its members
+    were checked when it was resolved, before any backend is built)."""
+    backend = _backend(config, target.settings.backend)
     try:
-        return lock_from_config(config, resource, backend)
+        return lock_for(target, backend)
     except errors.StormlockError:
         backend.close()
         raise
@@ -266,8 +267,8 @@ def _acquire(lock: StormLock, args: argparse.Namespace, backend_name: str) -> in
     if args.format == "json":
         import json
 
-        from .backend import iso
         from .sets import SetLock
+        from .times import iso
 
         each = lock.leases if isinstance(lock, SetLock) else [lease]
         record = {
@@ -421,7 +422,7 @@ def _since(text: str | None) -> datetime | None:
     """`--since`: a duration ago, or an ISO 8601 time (UTC if no zone)."""
     if text is None:
         return None
-    from .backend import utcnow
+    from .times import utcnow
 
     try:
         return utcnow() - parse_duration(text)
@@ -537,11 +538,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.resource = ",".join(check_set(names))
         else:
             args.resource = args.resource[0]
-    lock = _lock(config, args.resource)
+    target = resolve(config, args.resource)
+    lock = _lock(config, target)
     try:
         implicit = config.path is None
         if args.cmd == "acquire":
-            code = _acquire(lock, args, settings_for(config, args.resource).backend)
+            code = _acquire(lock, args, target.settings.backend)
             if implicit:
                 _private_store_note(lock.backend)
             return code

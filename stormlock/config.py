@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
-from .backend import Backend
 from .errors import ConfigError, InvalidTTL
 from .names import control_characters
 from .paths import search_paths
@@ -378,12 +377,6 @@ class Config:
         if not self.parser.has_section(section):
             return {}
         return {key: self.parser.get(section, key) for key in self.parser[section]}
-
-    def backend(self, name: str) -> Backend:
-        """Build backend `name` from its `[backend.NAME]` section."""
-        from .backends import build_backend
-
-        return build_backend(name, self.backend_options(name), self)
 
     def section(self, name: str) -> dict[str, str] | None:
         """The keys of section `name`, or None if the file has no such section."""

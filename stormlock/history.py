@@ -66,7 +66,7 @@ class Event(NamedTuple):
     """Where the bot announced the change, if it made it."""
 
     def as_dict(self) -> dict[str, Any]:
-        from .backend import iso
+        from .times import iso
 
         record: dict[str, Any] = {
             name: getattr(self, name) for name in FIELDS if name != "time"

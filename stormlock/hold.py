@@ -21,13 +21,29 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .backend import Lease, LockExpiredException
+from .contract import Lease, LockExpiredException
 from .errors import StormlockError
 
-if TYPE_CHECKING:
-    from .lock import StormLock
+
+class Holdable(Protocol):
+    """What a hold needs of a lock (`StormLock`, a pool's or a set's)."""
+
+    resource: str
+    ttl: timedelta
+
+    def acquire_timed(
+        self,
+        ttl: timedelta | None = None,
+        note: str | None = None,
+        wait: timedelta | None = None,
+    ) -> tuple[Lease, float]: ...
+
+    def renew(self, lease_id: str, ttl: timedelta | None = None) -> Lease: ...
+
+    def release(self, lease_id: str) -> bool | None: ...
+
 
 # Renew three times per safe window, and at least every minute so a lost
 # lease (force-released, say) is noticed soon.
@@ -50,7 +66,7 @@ class Hold:
 
     def __init__(
         self,
-        lock: StormLock,
+        lock: Holdable,
         lease: Lease,
         ttl: timedelta,
         confirmed_at: float,
@@ -154,7 +170,7 @@ class Hold:
 
 @contextmanager
 def hold(
-    lock: StormLock,
+    lock: Holdable,
     ttl: timedelta | None = None,
     note: str | None = None,
     wait: timedelta | None = None,
@@ -182,7 +198,7 @@ def hold(
         release_quietly(lock, held.lease)
 
 
-def release_quietly(lock: StormLock, lease: Lease) -> None:
+def release_quietly(lock: Holdable, lease: Lease) -> None:
     """Release after the work; a failure must not hide the work's own result."""
     try:
         lock.release(lease.id)

@@ -21,15 +21,13 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from .backend import (
+from .contract import (
     Backend,
     Feature,
     InLine,
     Lease,
     LockExpiredException,
     LockHeldException,
-    iso,
-    utcnow,
 )
 from .errors import (
     EXIT_RATE_LIMITED,
@@ -37,7 +35,8 @@ from .errors import (
     InvalidInput,
     StormlockError,
 )
-from .names import RECORD_PREFIX
+from .names import LINE_MARK, RECORD_PREFIX
+from .times import iso, utcnow
 
 if TYPE_CHECKING:
     from .history import Event
@@ -51,7 +50,7 @@ _LINE = RECORD_PREFIX + "line/"
 _COUNTER = RECORD_PREFIX + "line-seq/"
 # Held while anyone may wait, so that an acquire reads one record, not the
 # line, when nobody waits (the common case).
-_MARK = RECORD_PREFIX + "lined/"
+_MARK = LINE_MARK
 _COUNTER_TTL = timedelta(seconds=5)  # a numberer that dies blocks joins this long
 # The line's history: one record per event, kept as long as `stormlock
 # history` shows them (the lease history proper is the backend's own).

@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from .backend import (
+from .backends import configured_backend
+from .config import DEFAULT_TTL, Config, Pool, ResourceSettings, load_config
+from .contract import (
     MAX_NOTE_LENGTH,
     Backend,
     InLine,
@@ -18,10 +20,7 @@ from .backend import (
     LockExpiredException,
     LockHeldException,
     complete,
-    plausible_lease_id,
-    utcnow,
 )
-from .config import DEFAULT_TTL, Config, ResourceSettings, load_config
 from .errors import (
     BackendUnavailable,
     InvalidInput,
@@ -29,12 +28,14 @@ from .errors import (
     StormlockError,
     UnsupportedOperation,
 )
+from .ids import plausible_lease_id
 from .names import (
     RECORD_PREFIX,
     control_characters,
     validate_principal,
     validate_resource,
 )
+from .times import utcnow
 from .ttl import check_ttl
 
 if TYPE_CHECKING:
@@ -338,12 +339,65 @@ def load_lock(
     file at all, the embedded SQLite backend and built-in defaults are used.
     """
     config = load_config(conf_file)
-    backend = config.backend(settings_for(config, resource).backend)
+    target = resolve(config, resource)
+    backend = configured_backend(config, target.settings.backend)
     try:
-        return lock_from_config(config, resource, backend)
+        return lock_for(target, backend)
     except StormlockError:
         backend.close()
         raise
+
+
+class Target(NamedTuple):
+    """What a name means in a config, resolved once per operation: its
+    settings, and a set's members or a pool."""
+
+    name: str
+    """The resource or pool (checked, NFC), or the set's name."""
+    settings: ResourceSettings
+    members: tuple[str, ...] | None = None
+    """A set's members, sorted; None for a resource or a pool."""
+    group: str | None = None
+    """The `[group.NAME]` a set came from."""
+    pool: Pool | None = None
+
+
+def resolve(config: Config, name: str) -> Target:
+    """What `name` means: "a,b,c" or a group (a set), a pool, or a resource.
+    Raises for a bad name, before any backend is built."""
+    members = set_members(config, name)
+    if members is not None:
+        names, group = members
+        return Target(
+            group or ",".join(names), config.set_settings(names, group), names, group
+        )
+    name = validate_resource(name)
+    return Target(name, config.settings(name), pool=config.pool(name))
+
+
+def lock_for(
+    target: Target, backend: Backend, principal: str | None = None
+) -> StormLock:
+    """The lock of a resolved name, on an already built backend; `principal`
+    overrides the configured one (the bot's users, say)."""
+    settings = target.settings
+    principal = principal or settings.principal
+    if target.members is not None:
+        from .sets import SetLock
+
+        return SetLock(
+            backend,
+            target.members,
+            principal,
+            settings.ttl,
+            settings.max_ttl,
+            target.group,
+        )
+    if target.pool is not None:
+        from .pool import PoolLock
+
+        return PoolLock(backend, target.pool, principal, settings.ttl, settings.max_ttl)
+    return StormLock(backend, target.name, principal, settings.ttl, settings.max_ttl)
 
 
 def lock_from_config(
@@ -355,39 +409,7 @@ def lock_from_config(
     pool's name gives a `PoolLock`: any one free member. A group's name, or
     names joined by commas, give a `SetLock`: all of them in one lease.
     """
-    members = set_members(config, resource)
-    if members is not None:
-        from .sets import SetLock
-
-        settings = config.set_settings(*members)
-        return SetLock(
-            backend,
-            members[0],
-            principal or settings.principal,
-            settings.ttl,
-            settings.max_ttl,
-            members[1],
-        )
-    resource = validate_resource(resource)
-    settings = config.settings(resource)
-    pool = config.pool(resource)
-    if pool is not None:
-        from .pool import PoolLock
-
-        return PoolLock(
-            backend,
-            pool,
-            principal or settings.principal,
-            settings.ttl,
-            settings.max_ttl,
-        )
-    return StormLock(
-        backend,
-        resource,
-        principal or settings.principal,
-        settings.ttl,
-        settings.max_ttl,
-    )
+    return lock_for(resolve(config, resource), backend, principal)
 
 
 def set_members(config: Config, name: str) -> tuple[tuple[str, ...], str | None] | None:
@@ -424,10 +446,7 @@ def resources_of(config: Config, name: str) -> tuple[str, ...]:
 
 def settings_for(config: Config, name: str) -> ResourceSettings:
     """The settings of what `name` means: a resource, a pool or a set."""
-    members = set_members(config, name)
-    if members is not None:
-        return config.set_settings(*members)
-    return config.settings(validate_resource(name))
+    return resolve(config, name).settings
 
 
 def list_all(config: Config, backends: Mapping[str, Backend]) -> list[Lease]:
@@ -463,7 +482,7 @@ def lease_history(
     with ExitStack() as opened:
         return read_history(
             config,
-            lambda name: opened.enter_context(config.backend(name)),
+            lambda name: opened.enter_context(configured_backend(config, name)),
             resource,
             since,
             principal,
@@ -487,7 +506,7 @@ def read_history(
         names = [settings_for(config, resource).backend]
     else:
         names = config.backend_names()
-    from .backend import Feature
+    from .contract import Feature
     from .history import filtered
     from .line import line_events
 

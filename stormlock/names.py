@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .backend import MAX_RESOURCE_LENGTH
+from .contract import MAX_RESOURCE_LENGTH
 from .errors import InvalidInput, InvalidResourceName
 
 RULE = (
@@ -13,6 +13,9 @@ RULE = (
 )
 # The bot keeps its own records (wait lists, sent markers) as leases here.
 RECORD_PREFIX = ".stormlock/"
+# Held while a resource's line has anyone in it (stormlock/line.py); a store
+# that wakes the line's head on a release checks it first.
+LINE_MARK = RECORD_PREFIX + "lined/"
 
 
 def normal(name: str) -> str:
@@ -21,8 +24,18 @@ def normal(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+class ResourceName(str):
+    """A name `validate_resource` has checked (and put in NFC): checking it
+    again costs nothing, so an operation checks a name once however many
+    layers it passes through."""
+
+    __slots__ = ()
+
+
 def validate_resource(name: str) -> str:
     """Return `name`, in NFC, if it is a valid resource name; raise otherwise."""
+    if type(name) is ResourceName:
+        return name
     if not isinstance(name, str) or not name:
         raise InvalidResourceName(f"resource name is empty; use {RULE}")
     name = normal(name)
@@ -44,7 +57,7 @@ def validate_resource(name: str) -> str:
         raise InvalidResourceName(
             f"resource names starting with {RECORD_PREFIX!r} are reserved; use {RULE}"
         )
-    return name
+    return ResourceName(name)
 
 
 def control_characters(text: str) -> bool:

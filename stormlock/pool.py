@@ -14,7 +14,7 @@ import random
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from .backend import (
+from .contract import (
     Backend,
     Feature,
     InLine,
@@ -22,9 +22,9 @@ from .backend import (
     LockExpiredException,
     LockHeldException,
     describe_holder,
-    plausible_lease_id,
 )
 from .errors import UnsupportedOperation
+from .ids import plausible_lease_id
 from .lock import StormLock
 
 if TYPE_CHECKING:

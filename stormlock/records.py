@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from .backend import Backend, Lease, LockExpiredException, LockHeldException
+from .contract import Backend, Lease, LockExpiredException, LockHeldException
 from .names import RECORD_PREFIX
 
 OWNER = "stormlock-bot"

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .backend import Lease, iso
+from .contract import Lease
 from .errors import one_line, printable
+from .times import iso
 
 if TYPE_CHECKING:
     from .history import Event

@@ -20,16 +20,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from .backend import (
+from .contract import (
     Backend,
     Lease,
     LockExpiredException,
     LockHeldException,
     SetHeld,
     complete,
-    plausible_lease_id,
 )
 from .errors import InvalidResourceName, StormlockError
+from .ids import plausible_lease_id
 from .lock import StormLock
 from .names import validate_resource
 

@@ -30,12 +30,7 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from .backend import (
-    MAX_NOTE_LENGTH,
-    Backend,
-    iso,
-    utcnow,
-)
+from .contract import MAX_NOTE_LENGTH, Backend
 from .errors import (
     InvalidInput,
     NotAllowed,
@@ -44,6 +39,7 @@ from .errors import (
 )
 from .names import validate_principal
 from .records import Records
+from .times import iso, utcnow
 
 PREFIX = "stl_"
 #: Every token's form: the bot's and the API's log redaction uses it.

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from stormlock import Backend, Lease, load_lock
-from stormlock.backends import options_for_signature
+from stormlock.backends import configured_backend, options_for_signature
 from stormlock.backends.sqlite import SQLite
 from stormlock.config import DEFAULT_TTL, find_config_file, load_config
 from stormlock.errors import ConfigError, UnknownBackendError
@@ -31,7 +31,7 @@ def test_no_config_anywhere_means_builtin_defaults(isolated: Path) -> None:
     assert settings.backend == "sqlite"
     assert settings.ttl == DEFAULT_TTL
     assert "@" in settings.principal
-    backend = config.backend("sqlite")
+    backend = configured_backend(config, "sqlite")
     assert isinstance(backend, SQLite)
     assert backend.path == isolated / ".local/state/stormlock/locks.db"
 
@@ -40,7 +40,7 @@ def test_xdg_state_home_moves_the_default_database(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    backend = load_config().backend("sqlite")
+    backend = configured_backend(load_config(), "sqlite")
     assert isinstance(backend, SQLite)
     assert backend.path == tmp_path / "state/stormlock/locks.db"
 

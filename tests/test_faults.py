@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stormlock import Backend
-from stormlock.backend import Feature, SetHeld
+from stormlock.contract import Feature, SetHeld
 from stormlock.errors import BackendUnavailable, StormlockError
 from stormlock.testing.backends import NETWORK_BACKENDS, BackendConfig, network_backend
 from stormlock.testing.env import CliRunner

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stormlock.backend import Feature
 from stormlock.backends import find_backend
+from stormlock.contract import Feature
 from stormlock.errors import EXIT_HELD, EXIT_INTERRUPTED, EXIT_UNSUPPORTED
 from stormlock.testing.env import STORMLOCK, CliRunner, clean_env
 from tests.support import one_line_error, wait_until

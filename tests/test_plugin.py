@@ -17,8 +17,8 @@ import pytest
 
 import stormlock.backends as backends_package
 from stormlock import get_backend
-from stormlock.backend import Feature
 from stormlock.backends import available_backends, builtin_backends, find_backend
+from stormlock.contract import Feature
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.env import CliRunner
 from tests.support import one_line_error, run_seed_scenario

@@ -179,7 +179,7 @@ def test_a_full_pool_serves_its_line_in_order(pool_config: Path) -> None:
     to the first in it; someone not in line is refused, holders named."""
     import threading
 
-    from stormlock.backend import InLine
+    from stormlock.contract import InLine
 
     with load_lock("staging", pool_config) as lock:
         assert isinstance(lock, PoolLock)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stormlock.backend import SetHeld
+from stormlock.contract import SetHeld
 from stormlock.lock import load_lock
 from stormlock.sets import MAX_SET, SetLock
 from stormlock.testing.backends import BackendConfig

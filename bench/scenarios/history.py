@@ -14,8 +14,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from stormlock.backend import Backend
 from stormlock.backends import build_backend
+from stormlock.contract import Backend
 from stormlock.history import DEFAULT_RETENTION
 from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import Server

@@ -19,11 +19,12 @@ from flask_openapi3.models.info import Info
 from flask_openapi3.openapi import OpenAPI
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from ..backend import Lease, LockHeldException, iso
 from ..config import API_SECTION, Config
+from ..contract import Lease, LockHeldException
 from ..errors import EXIT_INTERNAL, ConfigError, InvalidTTL, StormlockError, one_line
 from ..history import Event
 from ..render import lease_dict
+from ..times import iso
 from ..ttl import parse_duration
 from .errors import BY_CODE, for_exit
 from .service import ApiService, Caller, Context

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from ..backends import configured_backend
 from ..config import Config
 from ..errors import ConfigError, UnknownBackendError, UsageError, missing_extra
 
@@ -27,7 +28,9 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
             "the API cannot serve from the http backend (it would call itself); "
             "configure the store's backend on the server"
         )
-    config.backend(config.default_backend).close()  # a bad store config fails now
+    configured_backend(
+        config, config.default_backend
+    ).close()  # a bad store config fails now
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together; give both or neither")
     tls = None

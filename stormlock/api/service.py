@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from ..backend import MAX_RESOURCE_LENGTH, Backend, Lease, LockHeldException
+from ..backends import configured_backend
 from ..config import API_SECTION, BOT_SECTION, Config
+from ..contract import MAX_RESOURCE_LENGTH, Backend, Lease, LockHeldException
 from ..errors import (
     ConfigError,
     InvalidResourceName,
@@ -30,10 +31,10 @@ from ..history import ACQUIRED, RELEASED, SOURCES, Event, acting
 from ..lock import (
     StormLock,
     list_all,
-    lock_from_config,
+    lock_for,
     read_history,
+    resolve,
     set_members,
-    settings_for,
 )
 from ..names import (
     RECORD_PREFIX,
@@ -248,7 +249,7 @@ class ApiService:
         with self._lock:
             backend = self._backends.get(name)
             if backend is None:
-                backend = self._backends[name] = self.config.backend(name)
+                backend = self._backends[name] = configured_backend(self.config, name)
             return backend
 
     def close(self) -> None:
@@ -294,9 +295,9 @@ class ApiService:
 
     def _lock_for(self, resource: str, caller: Caller) -> StormLock:
         if not caller.token.delegate or set_members(self.config, resource):
-            settings = settings_for(self.config, resource)
-            backend = self.backend(settings.backend)
-            return lock_from_config(self.config, resource, backend, caller.principal)
+            target = resolve(self.config, resource)
+            backend = self.backend(target.settings.backend)
+            return lock_for(target, backend, caller.principal)
         resource = _any_name(resource)
         settings = self.config.settings(resource)
         return _AnyName(

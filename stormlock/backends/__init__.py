@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..backend import Backend
+from ..contract import Backend
 from ..errors import ConfigError, UnknownBackendError
 
 if TYPE_CHECKING:
@@ -80,6 +80,11 @@ def find_backend(name: str) -> type[Backend]:
     raise UnknownBackendError(
         f"unknown backend {name!r}; available: {', '.join(available_backends())}"
     )
+
+
+def configured_backend(config: Config, name: str) -> Backend:
+    """Build backend `name` from its `[backend.NAME]` section of `config`."""
+    return build_backend(name, config.backend_options(name), config)
 
 
 def get_backend(name: str, **kwargs: Any) -> Backend:

@@ -835,6 +835,14 @@ class Etcd(LeaseBackend):
             )
         return findings
 
+    def watch_freed(self, resource: str) -> FreedWatch:
+        """Woken when the lease's key is deleted: a release, or an expiry
+        (etcd deletes the key with its lease)."""
+        headers = {"Content-Type": "application/json"}
+        if self._user:
+            headers["Authorization"] = self._authenticate()
+        return FreedWatch(self, _b64(self._key(resource)), headers)
+
     def close(self) -> None:
         self.http.clear()
 
@@ -842,6 +850,52 @@ class Etcd(LeaseBackend):
         """The etcd lease IDs that exist now (for leak checks)."""
         data = self._call("/v3/lease/leases", {})
         return [str(item["ID"]) for item in data.get("leases") or []]
+
+
+class FreedWatch:
+    """A watch on one lease's key, over the gateway's `/v3/watch` stream
+    (one JSON object a line), read by a thread of its own."""
+
+    def __init__(self, etcd: Etcd, key: str, headers: dict[str, str]) -> None:
+        body = {"create_request": {"key": key, "filters": ["NOPUT"]}}
+        self._freed = threading.Event()
+        self._response = etcd.http.request(
+            "POST",
+            etcd.base + "/v3/watch",
+            body=json.dumps(body).encode(),
+            headers=headers,
+            preload_content=False,
+            # Connecting is bounded; the stream then stays open until close.
+            timeout=urllib3.Timeout(connect=etcd.timeout, read=None),
+        )
+        if self._response.status != 200:
+            self._response.release_conn()
+            raise BackendUnavailable(f"etcd refused a watch: {self._response.status}")
+        self._reader = threading.Thread(
+            target=self._read, name="stormlock-etcd-watch", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(HTTPError, OSError, ValueError):
+            for line in self._response:
+                result = json.loads(line).get("result") or {}
+                if any(e.get("type") == "DELETE" for e in result.get("events", ())):
+                    self._freed.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the key was deleted within `timeout` seconds."""
+        if self._freed.wait(timeout):
+            self._freed.clear()
+            return True
+        return False
+
+    def close(self) -> None:
+        with contextlib.suppress(HTTPError, OSError):
+            self._response.shutdown()  # ends the reader's blocked read
+            self._response.close()  # the stream's connection is not reused
+            self._response.release_conn()
+        self._reader.join(timeout=1)
 
 
 BACKEND = Etcd

@@ -54,8 +54,6 @@ from ..backend import (
     LeaseBackend,
     LockExpiredException,
     LockHeldException,
-    iso,
-    retained_since,
     trips,
 )
 from ..errors import (
@@ -72,6 +70,7 @@ from ..errors import (
     one_line,
 )
 from ..history import Event, current_context
+from ..times import iso, retained_since
 
 TOKEN_ENV = "STORMLOCK_TOKEN"  # noqa: S105 - a variable name, not a secret
 _LOOPBACK_NAMES = ("localhost",)

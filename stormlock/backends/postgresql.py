@@ -11,6 +11,7 @@ The table is created on first use, or up front with `stormlock setup`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -28,8 +29,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBackend
+from ..budget import budget
 from ..errors import BackendUnavailable, ConfigError, InvalidInput, StormlockError
 from ..history import ACQUIRED, CHANNEL_MARK, RENEWED, Event, from_row
+from ..names import LINE_MARK
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _T = TypeVar("_T")
@@ -147,7 +150,7 @@ WITH released AS (
     RETURNING resource, principal, note, fence
 ),
 logged AS (__LOG__)
-SELECT fence FROM released
+SELECT fence, {notify} FROM released
 """
 
 # Sets: one statement takes every member, in the array's (sorted) order, so
@@ -201,7 +204,7 @@ released AS (
       AND expires > clock_timestamp()
     RETURNING resource, principal, note, fence
 )__LOGGED__
-SELECT fence FROM released
+SELECT fence, {notify} FROM released
 """
 
 _HELD_SET = """
@@ -245,11 +248,24 @@ RETURNING {columns}
 """
 
 _RELEASE = """
-UPDATE {table} SET lease_id = NULL
-WHERE resource = %(resource)s AND lease_id = %(lease_id)s
-  AND expires > clock_timestamp()
-RETURNING fence
+WITH released AS (
+    UPDATE {table} SET lease_id = NULL
+    WHERE resource = %(resource)s AND lease_id = %(lease_id)s
+      AND expires > clock_timestamp()
+    RETURNING resource, fence
+)
+SELECT fence, {notify} FROM released
 """
+
+# A release wakes the first in the resource's line (stormlock/line.py) where
+# the line's mark says someone waits: NOTIFY serialises commits, so it is
+# not paid by releases nobody waits for.
+_NOTIFY = """
+CASE WHEN EXISTS (
+    SELECT 1 FROM {table} AS mark
+    WHERE mark.resource = {lined} || released.resource
+      AND mark.lease_id IS NOT NULL AND mark.expires > clock_timestamp()
+) THEN pg_notify({freed}, released.resource) END"""
 
 _CURRENT = """
 SELECT {columns} FROM {table}
@@ -323,8 +339,9 @@ class _BoundedConnection(psycopg.Connection[Any]):
         timeout: float | None = None,
     ) -> _T:
         left = LeaseBackend.time_left()
-        if left is not None:
-            timeout = max(0.0, left) if timeout is None else min(timeout, left)
+        if left is None:  # no budget (a watch's own timed wait): psycopg's
+            return super().wait(gen, interval, timeout)
+        timeout = max(0.0, left) if timeout is None else min(timeout, left)
         try:
             return super().wait(gen, interval, timeout)
         except _WaitTimeout:
@@ -354,6 +371,10 @@ class Postgresql(LeaseBackend):
     ) -> None:
         self.table = _plain_identifier(table)
         self._set_timeout(timeout)
+        # A release NOTIFYs here (the payload is the resource), so the first
+        # in its line takes it at once instead of at its next poll.
+        self.freed_channel = f"{self.table}_freed"[:63]
+        self._connection = connection
         names = {
             "table": sql.Identifier(table),
             "index": sql.Identifier(f"{table}_expires"),
@@ -362,6 +383,11 @@ class Postgresql(LeaseBackend):
             "history_at": sql.Identifier(f"{table}_history_all"),
             "columns": sql.SQL(_COLUMNS),
             "clock_fence": sql.SQL(_CLOCK_FENCE),
+            "notify": sql.SQL(_NOTIFY).format(
+                table=sql.Identifier(table),
+                lined=sql.Literal(LINE_MARK),
+                freed=sql.Literal(self.freed_channel),
+            ),
         }
         self._sql: dict[str, sql.Composed] = {
             name: sql.SQL(text).format(**names)
@@ -426,6 +452,12 @@ class Postgresql(LeaseBackend):
         history="same statement",
         sets="one statement in a transaction",
     )
+
+    def watch_freed(self, resource: str) -> FreedWatch:
+        """Woken when a release frees `resource` while its line has anyone
+        in it (the release NOTIFYs); an expiry notifies nobody, so the line
+        still polls, only no longer waits out its poll on a release."""
+        return FreedWatch(self._connection, self.freed_channel, resource, self.timeout)
 
     client_errors = (
         PoolTimeout,
@@ -691,3 +723,38 @@ class Postgresql(LeaseBackend):
 
 
 BACKEND = Postgresql
+
+
+class FreedWatch:
+    """LISTEN on the releases' channel, on a connection of its own (a pooled
+    one would hand its LISTEN to whoever takes it next)."""
+
+    def __init__(
+        self, connection: str, channel: str, resource: str, timeout: float
+    ) -> None:
+        self._resource = resource
+        with budget(timeout):  # connecting and LISTEN end with the budget
+            self._conn = _BoundedConnection.connect(
+                connection, autocommit=True, connect_timeout=max(2, round(timeout))
+            )
+            try:
+                self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def wait(self, timeout: float) -> bool:
+        """Whether `resource` was released within `timeout` seconds."""
+        end = time.monotonic() + timeout
+        try:
+            while (left := end - time.monotonic()) > 0:
+                for notice in self._conn.notifies(timeout=left, stop_after=1):
+                    if notice.payload == self._resource:
+                        return True
+        except psycopg.Error:
+            pass  # the caller polls the store itself anyway
+        return False
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()

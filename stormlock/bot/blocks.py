@@ -24,9 +24,10 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from ..backend import Lease, iso
+from ..contract import Lease
 from ..errors import one_line
 from ..history import Event
+from ..times import iso
 from ..tokens import Token
 from ..ttl import format_duration
 from . import core

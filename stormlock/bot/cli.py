@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
+from ..backends import configured_backend
 from ..config import BOT_SECTION, Config, load_config
 from ..errors import (
     EXIT_CONFIG,
@@ -123,7 +124,9 @@ def _serve(args: argparse.Namespace) -> int:
         "set it to the app's signing secret; serve always verifies requests",
     )
     config = settings.config
-    config.backend(config.default_backend).close()  # fail now on a bad backend config
+    configured_backend(
+        config, config.default_backend
+    ).close()  # fail now on a bad backend config
 
     def factory() -> WSGIApp:
         # Runs in gunicorn's worker, after the fork: pools and threads start here.

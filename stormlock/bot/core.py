@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from ..backend import InLine, Lease, LockHeldException
+from ..contract import InLine, Lease, LockHeldException
 from ..errors import (
     BackendUnavailable,
     NotAllowed,

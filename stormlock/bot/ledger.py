@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..backend import Lease, utcnow
+from ..contract import Lease
 from ..names import RECORD_PREFIX
 from ..records import Records
+from ..times import utcnow
 
 SENT_TTL = timedelta(days=7)
 _PREFIX = "sent/"

@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 
-from ..backend import LEASE_ID_FORMS
+from ..ids import LEASE_ID_FORMS
 from ..tokens import TOKEN_FORM
 
 # Lease ids in every form the id parser accepts, API and Slack tokens, and

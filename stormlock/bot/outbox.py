@@ -34,7 +34,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
-from ..backend import Lease
+from ..contract import Lease
 from ..errors import StormlockError
 from .blocks import Message, combined, fitting
 from .ledger import Ledger

@@ -24,11 +24,12 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ..backend import Lease, utcnow
+from ..contract import Lease
 from ..errors import StormlockError
 from ..line import HANDED, LEFT, PASSED, TOOK, Line, Ticket, line_events, waiting_counts
 from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
+from ..times import utcnow
 from . import blocks
 from .core import AskAnswered, AskHolder, Core, ForcedOff, Notice, Reply, notices_of
 from .identity import Directory

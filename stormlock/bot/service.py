@@ -16,17 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from ..backend import (
-    Backend,
-    Feature,
-    Finding,
-    Lease,
-    LeaseBackend,
-    LockExpiredException,
-    canonical_lease_id,
-    utcnow,
-)
+from ..backend import LeaseBackend
 from ..config import Config
+from ..contract import Backend, Feature, Finding, Lease, LockExpiredException
 from ..errors import (
     EXIT_BAD_RESOURCE,
     EXIT_NOT_HELD,
@@ -35,18 +27,22 @@ from ..errors import (
     UnsupportedOperation,
 )
 from ..history import ACQUIRED, EXPIRED, FORCED, RELEASED, Event, acting
+from ..ids import canonical_lease_id
 from ..line import LEFT, PASSED, Line, Ticket, all_lines, line_events
 from ..lock import (
     StormLock,
     check_note,
     list_all,
+    lock_for,
     lock_from_config,
+    resolve,
     resources_of,
     set_members,
     settings_for,
 )
 from ..names import RECORD_PREFIX, validate_resource
 from ..pool import PoolLock
+from ..times import utcnow
 from ..tokens import Tokens
 from .metrics import TimedBackend
 from .settings import BotSettings
@@ -200,9 +196,9 @@ class LeaseService:
         return resource
 
     def lock(self, person: Person, resource: str) -> StormLock:
-        resource = self.check_resource(resource)
-        backend = self.backend_of(resource)
-        return lock_from_config(self.config, resource, backend, person.principal)
+        target = resolve(self.config, self.check_resource(resource))
+        backend = self.backend(target.settings.backend)
+        return lock_for(target, backend, person.principal)
 
     def backend_of(self, resource: str) -> Backend:
         """The backend of a resource, a pool or a set."""

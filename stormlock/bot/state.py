@@ -7,8 +7,9 @@ import json
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from ..backend import Lease, utcnow
+from ..contract import Lease
 from ..records import Records
+from ..times import utcnow
 
 _WAIT_TTL = timedelta(days=30)
 # An origin outlives its lease by a day, so its expiry can still be told.

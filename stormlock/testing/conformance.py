@@ -18,10 +18,11 @@ from datetime import timedelta
 import pytest
 
 from stormlock import Backend, Lease, LockExpiredException, LockHeldException
-from stormlock.backend import Feature, complete, utcnow
+from stormlock.contract import Feature, complete
 from stormlock.errors import UnsupportedOperation
 from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry
 from stormlock.testing.race_worker import race
+from stormlock.times import utcnow
 
 
 def released(result: bool | None, expected: bool) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from stormlock import Backend
-from stormlock.backend import Feature, InLine
+from stormlock.contract import Feature, InLine
 from stormlock.line import Line, has_line, line_events
 from stormlock.lock import StormLock
 from stormlock.names import RECORD_PREFIX
@@ -205,14 +205,17 @@ def test_the_line_is_in_history(backend: Backend) -> None:
 def test_a_release_wakes_the_first_in_line_where_the_store_can(
     backend: Backend,
 ) -> None:
-    """A store with its own notice (`watch_freed`: Redis pub/sub) wakes the
-    head on a release, not on its next poll; only on a release."""
+    """A store with its own notice (`watch_freed`: Redis pub/sub, PostgreSQL
+    NOTIFY, an etcd watch) wakes the head on a release of its resource while
+    someone is in its line, not on its next poll; only on that release."""
     watch_freed = getattr(backend, "watch_freed", None)
     if watch_freed is None:
         return  # documented: the head polls every 50 ms
     resource, other = _name(), _name()
     lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
     unrelated = backend.acquire_lease(other, "bob", timedelta(minutes=5))
+    for name in (resource, other):  # someone waits for each
+        Line(backend, name).join("carol", None, "library")
     watch = watch_freed(resource)
     try:
         assert not watch.wait(0.2), "woken with nothing freed"

@@ -20,7 +20,7 @@ import pytest
 
 from stormlock import Backend
 from stormlock import LockExpiredException as LockExpired
-from stormlock.backend import Feature, SetHeld, complete
+from stormlock.contract import Feature, SetHeld, complete
 from stormlock.history import acting
 from stormlock.sets import MAX_SET, check_set
 from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry

@@ -68,7 +68,7 @@ def race_sets(
     import random
     import time
 
-    from stormlock.backend import SetHeld
+    from stormlock.contract import SetHeld
     from stormlock.sets import check_set
 
     backend = build_backend(name, options)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from stormlock.backend import utcnow
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.slack import (
@@ -23,6 +22,7 @@ from stormlock.testing.slack import (
     running_bot,
     text_of,
 )
+from stormlock.times import utcnow
 from tests.bot.test_line import holder, press
 from tests.bot.test_reminders import FAST, button, dms_to, wait_dm
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stormlock.backend import Lease
 from stormlock.bot import blocks
+from stormlock.contract import Lease
 from stormlock.testing.localslack import (
     MAX_MESSAGE_BLOCKS,
     MAX_VIEW_BLOCKS,

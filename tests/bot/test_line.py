@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stormlock.backend import InLine, Lease
+from stormlock.contract import InLine, Lease
 from stormlock.line import Line
 from stormlock.lock import StormLock
 from stormlock.testing.backends import BackendConfig, isolated_options

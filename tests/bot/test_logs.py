@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from stormlock.backend import canonical_lease_id
 from stormlock.bot.logs import redact
+from stormlock.ids import canonical_lease_id
 
 LEASE_ID = "0c3f4a6e-1b2c-4d5e-8f90-123456789abc"
 DIGITS = LEASE_ID.replace("-", "")

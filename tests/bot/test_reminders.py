@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from stormlock.backend import utcnow
 from stormlock.records import Records
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.localslack import Call, LocalSlack
@@ -23,6 +22,7 @@ from stormlock.testing.slack import (
     start_bot,
     text_of,
 )
+from stormlock.times import utcnow
 from tests.support import wait_until
 
 FAST = "warn_before = 2s\nreconcile_interval = 200ms"

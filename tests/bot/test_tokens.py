@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import requests
 
-from stormlock.backend import utcnow
 from stormlock.records import Records
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.localslack import LocalSlack
@@ -24,6 +23,7 @@ from stormlock.testing.slack import (
     running_bot,
     text_of,
 )
+from stormlock.times import utcnow
 from stormlock.tokens import TOKEN_FORM
 from tests.support import wait_until
 
