@@ -49,6 +49,9 @@ def _sets(cls: type[Backend]) -> str:
 def _line(cls: type[Backend]) -> str:
     if not cls.supports(Feature.LINE):
         return "no (`--wait` backs off)"
+    wake = cls.capabilities.wake
+    if wake:
+        return f"yes (tickets in its records; the head is woken by {wake})"
     return "yes (tickets in its records; the head polls every 50 ms)"
 
 

@@ -113,6 +113,9 @@ class Capabilities(NamedTuple):
     """How a change's history event is written ("same script", ...)."""
     sets: str = ""
     """How a set (several resources in one lease) is taken atomically."""
+    wake: str = ""
+    """What wakes the first in a line when the resource frees (`watch_freed`);
+    empty: it polls every 50 ms."""
 
 
 class Finding(NamedTuple):

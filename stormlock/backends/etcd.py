@@ -159,6 +159,7 @@ class Etcd(LeaseBackend):
         _PRECISION,
         history="same transaction",
         sets="one txn, one etcd lease",
+        wake="a watch on the key (release or expiry), else polls every 50 ms",
     )
 
     def _post(

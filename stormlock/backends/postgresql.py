@@ -451,6 +451,7 @@ class Postgresql(LeaseBackend):
         ONE_TRIP,
         history="same statement",
         sets="one statement in a transaction",
+        wake="the release (NOTIFY), else polls every 50 ms",
     )
 
     def watch_freed(self, resource: str) -> FreedWatch:

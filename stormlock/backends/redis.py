@@ -373,6 +373,7 @@ class Redis(LeaseBackend):
         ONE_TRIP,
         history="same script",
         sets="one script",
+        wake="the release (pub/sub), else polls every 50 ms",
     )
 
     def _key(self, resource: str) -> str:
