@@ -1,0 +1,167 @@
+"""The bot's pipeline, core and outbox driven in-process over a real store,
+with the in-repo fake Slack (stormlock.testing.localslack) recording and
+validating every Web API and response_url call: no bot process, no Bolt.
+What needs the HTTP endpoint itself (signatures, the ack's shape on the
+wire, SIGKILL and SIGTERM) stays in the subprocess tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from configparser import ConfigParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stormlock.bot.app import Bot, build_app
+from stormlock.bot.service import LeaseService
+from stormlock.bot.settings import BotSettings
+from stormlock.config import Config
+from stormlock.testing.localslack import Call, LocalSlack, User
+from stormlock.testing.slack import UUID, text_of
+from tests.support import wait_until
+
+ALICE = User("U0ALICE", "alice", "alice@example.com")
+BOB = User("U0BOB", "bob", "bob@example.com")
+
+
+@pytest.fixture
+def slack() -> Iterator[LocalSlack]:
+    fake = LocalSlack(users=[ALICE, BOB]).start()
+    yield fake
+    fake.stop()
+
+
+def make_bot(tmp_path: Path, slack: LocalSlack, bot: str = "") -> Bot:
+    parser = ConfigParser(interpolation=None, default_section="\0none")
+    parser.read_string(
+        f"[backend.sqlite]\npath = {tmp_path / 'locks.db'}\n[bot]\n{bot}\n"
+    )
+    env = {"SLACK_BOT_TOKEN": slack.token, "SLACK_API_URL": slack.api_url}
+    settings = BotSettings.load(Config(parser), env=env)
+    return build_app(settings, LeaseService(settings), verify_requests=False)
+
+
+@pytest.fixture
+def bot(tmp_path: Path, slack: LocalSlack) -> Iterator[Bot]:
+    made = make_bot(tmp_path, slack)
+    yield made
+    made.close(5)
+
+
+def command(
+    bot: Bot, slack: LocalSlack, user: User, text: str, channel: str = "C0OPS"
+) -> dict[str, Any] | None:
+    """`/stormlock TEXT` as Slack hands it to the listener; the answer if it
+    came back for the ack (recorded as the person would see it)."""
+    body = {
+        "channel_id": channel,
+        "channel_name": channel.lower(),
+        "user_id": user.id,
+        "user_name": user.name,
+        "command": "/stormlock",
+        "text": text,
+        "response_url": slack.response_url(user.id, channel),
+    }
+    message = bot.pipeline.command(body)
+    if message is None:
+        return None
+    # What the listener acks with (listeners/commands.py).
+    payload = {**message.kwargs(), "response_type": "ephemeral"}
+    slack.acked(user.id, channel, payload)
+    return payload
+
+
+def posts(slack: LocalSlack, channel: str = "C0OPS") -> list[Call]:
+    """The posts Slack took (not those it failed on purpose)."""
+    sent = slack.of("chat.postMessage")
+    return [
+        call
+        for call in sent
+        if call.payload.get("channel") == channel and "failed" not in call.context
+    ]
+
+
+def settled(bot: Bot) -> None:
+    """Until the outbox holds nothing: no send queued, paced or waiting
+    for its retry."""
+    wait_until(lambda: bot.pipeline.outbox.waiting() == 0, timeout=30)
+    bot.pipeline.outbox.drain(10)
+
+
+def test_the_answer_comes_in_the_ack_and_the_channel_hears_without_the_id(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    answer = command(bot, slack, ALICE, "acquire prod-db 1h applying terraform")
+    assert answer is not None, "the answer did not fit in the ack"
+    assert answer["response_type"] == "ephemeral"
+    (lease_id,) = UUID.findall(json.dumps(answer))
+    assert slack.of("ack")[0].problems == []
+    (post,) = slack.wait_for(lambda c: c.method == "chat.postMessage")
+    assert post.problems == []
+    assert "prod-db" in text_of(post)
+    assert lease_id not in text_of(post)
+    assert not slack.of("response_url"), "the answer went out twice"
+
+
+def test_announcements_to_one_channel_are_coalesced_in_order(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    names = [f"svc-{n:02d}" for n in range(50)]
+    for name in names:
+        command(bot, slack, ALICE, f"acquire {name} 1h")
+    slack.wait_for(lambda c: c in posts(slack) and "svc-49" in text_of(c), timeout=30)
+    settled(bot)
+    sent = posts(slack)
+    assert len(sent) <= 4, f"{len(sent)} posts for 50 changes"
+    text = "".join(text_of(c) for c in sent)
+    places = [text.find(f"*{name}*") for name in names]
+    assert all(p >= 0 for p in places), "a change was never announced"
+    assert places == sorted(places), "announced out of order"
+    assert all(text.count(f"*{name}*") == 1 for name in names), "announced twice"
+    assert all(c.problems == [] for c in sent)
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_an_announcement_slack_refused_for_a_moment_is_sent_once(
+    bot: Bot, slack: LocalSlack, status: int
+) -> None:
+    slack.fail_next("chat.postMessage", status, {"Retry-After": "1"})
+    command(bot, slack, ALICE, "acquire prod-db 1h")
+    slack.wait_for(lambda c: c in posts(slack) and "prod-db" in text_of(c))
+    settled(bot)
+    assert len(slack.of("chat.postMessage")) == 2  # the refused one, the retry
+    assert len([c for c in posts(slack) if "prod-db" in text_of(c)]) == 1
+
+
+def test_a_channel_the_bot_is_not_in_is_told_to_the_person_not_retried(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    slack.fail_next(
+        "chat.postMessage", 200, {}, {"ok": False, "error": "not_in_channel"}
+    )
+    command(bot, slack, ALICE, "acquire prod-db 1h")
+    slack.wait_for(
+        lambda c: c.method == "response_url" and "Invite the app" in text_of(c)
+    )
+    settled(bot)
+    assert len(slack.of("chat.postMessage")) == 1, "retried a refusal for good"
+
+
+def test_someone_slack_is_slow_to_tell_about_never_holds_up_a_known_person(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    assert command(bot, slack, ALICE, "acquire warm-up 1h") is not None  # now known
+    slack.slow("users.info", 5)
+    waiting = slack.hold("users.info")
+    try:
+        bob = command(bot, slack, BOB, "acquire other 1h")
+        assert bob is None, "Bob's answer cannot be ready: Slack holds users.info"
+        alice = command(bot, slack, ALICE, "acquire prod-db 1h")
+        assert alice is not None, "Alice waited for Bob's lookup"
+        assert UUID.findall(json.dumps(alice))
+    finally:
+        slack.slow("users.info", 0)
+        waiting.set()
+    slack.wait_for(lambda c: c.method == "response_url" and "other" in text_of(c))
