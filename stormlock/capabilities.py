@@ -48,6 +48,8 @@ def _sets(cls: type[Backend]) -> str:
 
 def _line(cls: type[Backend]) -> str:
     if not cls.supports(Feature.LINE):
+        if hasattr(cls, "acquire_in_line"):
+            return "the server's (`--wait` waits in the API server's line)"
         return "no (`--wait` backs off)"
     wake = cls.capabilities.wake
     if wake:

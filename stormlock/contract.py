@@ -135,6 +135,9 @@ class LockHeldException(StormlockError):
     """
 
     exit_code = EXIT_HELD
+    ticket: str | None = None
+    """The API's: the place in line a wait that ran out kept (its holder's
+    secret, like a lease id)."""
 
     def __init__(self, resource: str, lease: Lease | None) -> None:
         self.resource = resource

@@ -109,6 +109,16 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+class Place:
+    """A ticket kept from one wait to the next: an API client waits in
+    requests of at most a minute each and keeps its place between them.
+    `ticket` is the ticket to resume (None: join), and after a wait that ran
+    out, the ticket still in line (it lapses in TICKET_TTL unless resumed)."""
+
+    def __init__(self, ticket: Ticket | None = None) -> None:
+        self.ticket = ticket
+
+
 def has_line(backend: Backend) -> bool:
     """Whether `backend` keeps lines (it can list its records by prefix)."""
     return backend.supports(Feature.LINE)
@@ -347,9 +357,11 @@ def wait_in_line(
     note: str | None,
     deadline: float,
     cancel: threading.Event | None,
+    place: Place | None = None,
 ) -> tuple[Lease, float]:
     """Join `line`, keep the ticket alive, and take the lease once first in
-    line and the resource is free; leave the line however this ends.
+    line and the resource is free; leave the line however this ends, except
+    with `place`: a wait that runs out then keeps its ticket there.
 
     Raises the last refusal when `deadline` (monotonic) passes. A store that
     did not answer an acquire is never retried blindly (it may have gone
@@ -359,18 +371,20 @@ def wait_in_line(
 
     source = current_context().source or "library"
     keep_every = TICKET_TTL.total_seconds() / 3
-    ticket: Ticket | None = None
+    ticket: Ticket | None = place.ticket if place is not None else None
     head = False
     ahead = 0
     last: LockHeldException | BackendUnavailable | None = None
     next_keep = 0.0
     took = False
     wake: Wake | None = None
+    ran_out = False
     try:
         with _leave_on_sigterm():
             while True:
                 now = time.monotonic()
                 if now >= deadline:
+                    ran_out = True
                     if last is not None:
                         raise last
                     raise InLine(lock.resource, None, ahead)
@@ -424,7 +438,9 @@ def wait_in_line(
     finally:
         if wake is not None:
             wake.close()
-        if ticket is not None:
+        if place is not None:
+            place.ticket = ticket if ran_out else None
+        if ticket is not None and not (ran_out and place is not None):
             with contextlib.suppress(StormlockError):  # else it lapses
                 line.leave(ticket, TOOK if took else LEFT)
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .history import Event as HistoryEvent
     from .hold import Hold
-    from .line import Line, Ticket, Wake
+    from .line import Line, Place, Ticket, Wake
 
 # Backoff for `acquire(wait=...)`: from 100 ms, doubling, at most 5 s.
 _FIRST_RETRY = 0.1
@@ -91,6 +91,10 @@ class StormLock:
     Usually built with `load_lock`.
     """
 
+    _line_served = True
+    """Whether a backend whose server keeps the line (`acquire_in_line`:
+    the http backend) may wait in it for this lock (not a pool's or set's)."""
+
     def __init__(
         self,
         backend: Backend,
@@ -131,6 +135,7 @@ class StormLock:
         note: str | None = None,
         wait: timedelta | None = None,
         cancel: Event | None = None,
+        place: Place | None = None,
     ) -> Lease:
         """Acquire the lock and return the whole lease.
 
@@ -138,9 +143,10 @@ class StormLock:
         holder's expiry would allow) until the lock is free or `wait` runs
         out; then raise the last `LockHeldException`. A store that refused the
         connection (nothing sent) is waited out too, within `wait`. Setting
-        `cancel` stops the wait early.
+        `cancel` stops the wait early. With `place` (the API's), a wait in
+        line that runs out keeps its ticket there, for the next to resume.
         """
-        return self.acquire_timed(ttl, note, wait, cancel)[0]
+        return self.acquire_timed(ttl, note, wait, cancel, place)[0]
 
     def acquire_timed(
         self,
@@ -148,6 +154,7 @@ class StormLock:
         note: str | None = None,
         wait: timedelta | None = None,
         cancel: Event | None = None,
+        place: Place | None = None,
     ) -> tuple[Lease, float]:
         """`acquire_lease`, and the monotonic time the winning attempt began
         (the lease cannot expire sooner than that plus its TTL)."""
@@ -155,7 +162,13 @@ class StormLock:
         note = check_note(note)
         line = self._line()
         if line is not None:
-            return self._acquire_in_line(line, ttl, note, wait, cancel)
+            return self._acquire_in_line(line, ttl, note, wait, cancel, place)
+        if wait and self._line_served:
+            serve = getattr(self.backend, "acquire_in_line", None)
+            if serve is not None:  # the API server keeps the line (http)
+                started = time.monotonic()
+                lease = serve(self.resource, self.principal, ttl, note, wait, cancel)
+                return lease, started
         deadline = time.monotonic() + wait.total_seconds() if wait else None
         delay = _FIRST_RETRY
         while True:
@@ -201,6 +214,7 @@ class StormLock:
         note: str | None,
         wait: timedelta | None,
         cancel: Event | None,
+        place: Place | None = None,
     ) -> tuple[Lease, float]:
         """Take the lease if nobody waits for it; else, with `wait`, join
         the line and take it in turn."""
@@ -224,7 +238,7 @@ class StormLock:
 
         assert wait is not None
         return wait_in_line(
-            self, line, ttl, note, started + wait.total_seconds(), cancel
+            self, line, ttl, note, started + wait.total_seconds(), cancel, place
         )
 
     def take_turn(

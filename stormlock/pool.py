@@ -50,6 +50,8 @@ class PoolHeld(LockHeldException):
 class PoolLock(StormLock):
     """A lock on any one free member of a pool."""
 
+    _line_served = False  # the server's line is one resource's
+
     def __init__(
         self,
         backend: Backend,

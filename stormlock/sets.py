@@ -186,6 +186,8 @@ class SetLock(StormLock):
     set (and `resource` the set's name); `leases` has each member's own.
     """
 
+    _line_served = False  # the server's line is one resource's
+
     def __init__(
         self,
         backend: Backend,

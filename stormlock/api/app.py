@@ -86,6 +86,14 @@ class AcquireIn(_Body):
         max_length=200,
         description="delegate tokens only (ignored otherwise): whom to act for",
     )
+    keep_place: bool = Field(
+        False,
+        description="a wait in line that runs out keeps your place: the "
+        "refusal's `ticket` resumes it in your next acquire (within 10 s)",
+    )
+    ticket: str | None = Field(
+        None, max_length=100, description="the `ticket` of your last refusal"
+    )
     context: ContextIn | None = None
     record: bool = Field(True, description="delegate tokens only: record history")
 
@@ -207,6 +215,9 @@ class ErrorDetail(BaseModel):
 class ErrorOut(BaseModel):
     error: ErrorDetail
     holder: LeaseOut | None = None
+    ticket: str | None = Field(
+        None, description="a wait with keep_place that ran out: your place in line"
+    )
 
 
 _ERRORS: dict[str | int, type[BaseModel] | dict[Any, Any] | None] = {
@@ -245,6 +256,7 @@ def _error(
     holder: Lease | None = None,
     retry: float | None = None,
     status: int | None = None,
+    ticket: str | None = None,
 ) -> Response:
     kind = BY_CODE[code]
     body: dict[str, Any] = {
@@ -252,6 +264,8 @@ def _error(
     }
     if holder is not None:
         body["holder"] = _holder(holder)
+    if ticket is not None:  # only ever in the answer to the waiter itself
+        body["ticket"] = ticket
     response = jsonify(body)
     response.status_code = status or kind.status
     if retry is not None:
@@ -261,8 +275,10 @@ def _error(
 
 def _failed(error: StormlockError) -> Response:
     kind = for_exit(error.exit_code)
-    holder = error.lease if isinstance(error, LockHeldException) else None
-    return _error(kind.code, one_line(error.message), holder)
+    holder = ticket = None
+    if isinstance(error, LockHeldException):
+        holder, ticket = error.lease, error.ticket
+    return _error(kind.code, one_line(error.message), holder, ticket=ticket)
 
 
 def _invalid(error: ValidationError) -> Response:
@@ -399,6 +415,8 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
             body.note,
             _duration(body.wait),
             body.request_id,
+            body.ticket,
+            body.keep_place,
         )
         answer: dict[str, Any] = {"lease": _lease(lease, who), "replayed": replayed}
         if each:

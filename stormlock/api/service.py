@@ -28,6 +28,7 @@ from ..errors import (
     UsageError,
 )
 from ..history import ACQUIRED, RELEASED, SOURCES, Event, acting
+from ..line import Line, Place, has_line
 from ..lock import (
     StormLock,
     list_all,
@@ -205,6 +206,22 @@ def _any_name(resource: str) -> str:
     return name
 
 
+def _place(lock: StormLock, ticket: str | None) -> Place:
+    """The caller's place in `lock`'s line that `ticket` names ("seq:id",
+    from the last request), if it is still theirs; else a place to join."""
+    if not ticket or isinstance(lock, PoolLock | SetLock) or not has_line(lock.backend):
+        return Place()
+    seq, _, secret = ticket.partition(":")
+    for waiting in Line(lock.backend, lock.resource).waiting():
+        if (
+            str(waiting.seq) == seq
+            and waiting.record.id == secret
+            and waiting.principal == lock.principal
+        ):
+            return Place(waiting)
+    return Place()  # it lapsed: join again, at the back
+
+
 class _AnyName(StormLock):
     """A lock on a name the CLI would refuse (a delegate's)."""
 
@@ -341,10 +358,17 @@ class ApiService:
         note: str | None,
         wait: timedelta | None,
         request_id: str | None,
+        ticket: str | None = None,
+        keep_place: bool = False,
     ) -> tuple[Lease, bool, builtins.list[Lease]]:
         """The lease, whether it was granted to an earlier try of this
         request (a retry after a lost answer), and for a set each member's
-        lease (with its own fence)."""
+        lease (with its own fence).
+
+        With `keep_place`, a wait in line that runs out keeps the caller's
+        ticket and says which (`LockHeldException.ticket`): the next request
+        resumes it with `ticket`, so a client that waits longer than one
+        request keeps its place (the http backend's `--wait`)."""
         self._check(caller, resource, write=True)
         if wait is not None and wait > MAX_WAIT:
             raise UsageError(
@@ -359,14 +383,17 @@ class ApiService:
             replayed = self._replayed(lock, key)
             if replayed is not None:
                 return replayed, True, []
+        place = _place(lock, ticket) if wait and keep_place else None
         try:
             with caller.acting(self._channel(lock.resource)):
-                lease = lock.acquire_lease(ttl, note, wait)
-        except LockHeldException:
+                lease = lock.acquire_lease(ttl, note, wait, place=place)
+        except LockHeldException as held:
             replayed = self._replayed(lock, key) if key is not None else None
             if replayed is not None:  # the earlier try, or a twin, won
                 each = lock.leases if isinstance(lock, SetLock) else []
                 return replayed, True, each
+            if place is not None and place.ticket is not None:
+                held.ticket = f"{place.ticket.seq}:{place.ticket.record.id}"
             raise
         self._tell(ACQUIRED, lease, caller)
         if key is not None:

@@ -56,6 +56,7 @@ from ..backend import (
     LockHeldException,
     trips,
 )
+from ..budget import budget
 from ..errors import (
     BackendUnavailable,
     ConfigError,
@@ -71,6 +72,10 @@ from ..errors import (
 )
 from ..history import Event, current_context
 from ..times import iso, retained_since
+
+#: How long one request of a wait in the server's line lasts: short, since
+#: the server cannot tell that a client gave up (Ctrl-C) until it ends.
+LINE_CHUNK = 5.0
 
 TOKEN_ENV = "STORMLOCK_TOKEN"  # noqa: S105 - a variable name, not a secret
 _LOOPBACK_NAMES = ("localhost",)
@@ -308,7 +313,9 @@ class Http(LeaseBackend):
         if code in _RAISE:
             return _RAISE[code](message)
         if code in ("held", "expired"):
-            return _Failure(code, message, data.get("holder"))
+            ticket = data.get("ticket")
+            ticket = ticket if isinstance(ticket, str) else None
+            return _Failure(code, message, data.get("holder"), ticket)
         return BackendUnavailable(f"the Stormlock API at {self.base} failed: {message}")
 
     def _call(
@@ -381,8 +388,41 @@ class Http(LeaseBackend):
     def _release_set(self, resources: Sequence[str], lease_id: str) -> bool:
         return self._release(",".join(resources), lease_id)
 
+    def acquire_in_line(
+        self,
+        resource: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+        wait: timedelta,
+        cancel: threading.Event | None = None,
+    ) -> Lease:
+        """Wait in the server's line for `resource`, up to `wait`, in
+        requests of at most LINE_CHUNK seconds that keep the place between
+        them (the server hands back the ticket); raises the last refusal."""
+        deadline = time.monotonic() + wait.total_seconds()
+        ticket: str | None = None
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            final = left <= LINE_CHUNK or (cancel is not None and cancel.is_set())
+            chunk = min(left, LINE_CHUNK)
+            extra = {"wait": chunk, "keep_place": not final, "ticket": ticket}
+            # The operation's budget covers the server's wait too.
+            with budget(chunk + self.timeout), self._errors():
+                answer = self._take(resource, principal, ttl, note, extra)
+            if isinstance(answer, dict):
+                return _lease(answer["lease"])
+            if final:
+                raise LockHeldException(resource, answer)
+            ticket = self._local.ticket
+
     def _take(
-        self, resource: str, principal: str, ttl: timedelta, note: str | None
+        self,
+        resource: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any] | Lease | None:
         """POST an acquire: the answer if taken, else the holder (if told)."""
         body = self._context(
@@ -392,9 +432,11 @@ class Http(LeaseBackend):
                 "ttl": ttl.total_seconds(),
                 "note": note,
                 "request_id": str(uuid.uuid4()),
+                **(extra or {}),
             }
         )
         self._local.uncertain = False
+        self._local.ticket = None
         try:
             data = self._request("POST", "/v1/acquire", body)
         except _Failure as failure:
@@ -403,6 +445,7 @@ class Http(LeaseBackend):
                     f"the API refused the acquire: {failure}"
                 ) from None
             holder = _lease(failure.holder) if failure.holder else None
+            self._local.ticket = failure.ticket
             if (
                 holder is not None
                 and self._local.uncertain
@@ -523,11 +566,16 @@ class _Failure(Exception):
     """A refusal the hooks turn into their own results (held, expired)."""
 
     def __init__(
-        self, code: str, message: str, holder: dict[str, Any] | None = None
+        self,
+        code: str,
+        message: str,
+        holder: dict[str, Any] | None = None,
+        ticket: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.holder = holder
+        self.ticket = ticket
 
 
 BACKEND = Http
