@@ -402,14 +402,32 @@ class Http(LeaseBackend):
         them (the server hands back the ticket); raises the last refusal."""
         deadline = time.monotonic() + wait.total_seconds()
         ticket: str | None = None
+        pause = 0.1
         while True:
             left = max(0.0, deadline - time.monotonic())
             final = left <= LINE_CHUNK or (cancel is not None and cancel.is_set())
             chunk = min(left, LINE_CHUNK)
             extra = {"wait": chunk, "keep_place": not final, "ticket": ticket}
-            # The operation's budget covers the server's wait too.
-            with budget(chunk + self.timeout), self._errors():
-                answer = self._take(resource, principal, ttl, note, extra)
+            try:
+                # The operation's budget covers the server's wait too.
+                with budget(chunk + self.timeout), self._errors():
+                    answer = self._take(resource, principal, ttl, note, extra)
+            except BackendUnavailable as failed:
+                # A server that refused the connection (restarting) changed
+                # nothing: wait it out within `wait`; the ticket it kept in
+                # the store is resumed if it is back within 10 s.
+                left = deadline - time.monotonic()
+                if not failed.nothing_sent or left <= 0:
+                    raise
+                nap = min(pause, left)
+                if cancel is not None:
+                    if cancel.wait(nap):
+                        raise
+                else:
+                    time.sleep(nap)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = 0.1
             if isinstance(answer, dict):
                 return _lease(answer["lease"])
             if final:
