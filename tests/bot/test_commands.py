@@ -242,23 +242,6 @@ def test_healthz_and_unknown_paths(bot: BotServer) -> None:
     assert requests.get(bot.url + "/nope", timeout=10).status_code == 404
 
 
-def test_slack_rate_limit_is_retried(bot: BotServer) -> None:
-    bot.slack.fail_next("chat.postMessage", 429, {"Retry-After": "1"})
-    bot.reply(ALICE, "acquire db")
-    posts = bot.slack.wait_for(lambda c: c.method == "chat.postMessage", count=2)
-    assert posts[0].context.get("failed") == "429"
-    assert "took" in text_of(posts[1])
-
-
-def test_announcement_failure_is_told_to_the_user(bot: BotServer) -> None:
-    bot.slack.fail_next(
-        "chat.postMessage", 200, {}, {"ok": False, "error": "not_in_channel"}
-    )
-    bot.command(ALICE, "acquire db")
-    replies = bot.slack.wait_for(lambda c: answers(c, ALICE), count=2)
-    assert "not_in_channel" in text_of(replies[1]) and "Invite" in text_of(replies[1])
-
-
 def test_lease_ids_never_leave_the_acquirers_private_replies(bot: BotServer) -> None:
     ids = set()
     ids.add(lease_id_in(bot.reply(ALICE, "acquire a 1h")))

@@ -97,29 +97,6 @@ def test_the_answer_never_waits_for_the_channel(bot: BotServer) -> None:
     assert all(shown.count(f"*{r}*") == 1 for r in ("db", "cache", "queue", "web"))
 
 
-def test_an_announcement_slack_fails_is_retried_and_sent_once(
-    fast_bot: BotServer,
-) -> None:
-    slack = fast_bot.slack
-    for _ in range(3):  # past the client's own retry: the outbox retries
-        slack.fail_next("chat.postMessage", 500, {}, {"ok": False, "error": "x"})
-    fast_bot.reply(ALICE, "acquire db 1h")
-    slack.wait_for(
-        lambda c: (
-            c.method == "chat.postMessage"
-            and "failed" not in c.context
-            and "took *db*" in text_of(c)
-        )
-    )
-    # A later announcement comes after it in the same queue: by then a
-    # second copy of the first would have been sent too.
-    fast_bot.reply(BOB, "acquire cache 1h")
-    slack.wait_for(
-        lambda c: c.method == "chat.postMessage" and "took *cache*" in text_of(c)
-    )
-    assert len(announcements(slack, "took *db*")) == 1
-
-
 def test_a_long_retry_after_is_honoured_without_blocking_anyone(
     fast_bot: BotServer,
 ) -> None:
