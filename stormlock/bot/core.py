@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -626,7 +626,9 @@ class Core:
         if name == "acquire":
             return self._acquire(person, ask, resource)
         if name == "renew":
-            lease = self.service.renew(person, resource, command.ttl, ask.fence)
+            lease = self.service.renew(
+                person, resource, self._may_renew(person), command.ttl, ask.fence
+            )
             offer = self.renew_offer(lease, command.ttl)
             return Outcome(Renewed(lease, offer), changed=True)
         if name == "release":
@@ -753,7 +755,9 @@ class Core:
             if reply is Reply.RELEASED:
                 outcome = self._release(person, ask, resource)
             elif reply is Reply.KEEPING:
-                lease = self.service.renew(person, resource, KEEP_MORE, fence)
+                lease = self.service.renew(
+                    person, resource, self._may_renew(person), KEEP_MORE, fence
+                )
                 outcome = Outcome(Renewed(lease, self.renew_offer(lease)), changed=True)
             else:
                 outcome = Outcome(OnIt(resource, asker))
@@ -796,11 +800,43 @@ class Core:
                 log.warning("origin of a lease not recorded: %s", exc)
         return outcome
 
+    def _may_release(
+        self, person: Person, lease_id: str | None, force: bool
+    ) -> Callable[[Lease], None]:
+        """Who may release a lease: its holder, whoever has its id, or an
+        admin who says --force."""
+
+        def allow(lease: Lease) -> None:
+            if lease_id is not None or person.is_principal(lease.principal):
+                return
+            if not force:
+                raise NotAllowed(
+                    f"{lease.resource!r} is held by someone else; only the holder "
+                    "can release it (or an admin, with --force)"
+                )
+            if not self.service.is_admin(person):
+                raise NotAllowed("only admins can force-release; ask one of them")
+
+        return allow
+
+    @staticmethod
+    def _may_renew(person: Person) -> Callable[[Lease], None]:
+        """Only the holder renews (an admin forces a release instead)."""
+
+        def allow(lease: Lease) -> None:
+            if not person.is_principal(lease.principal):
+                raise NotAllowed(
+                    f"{lease.resource!r} is held by someone else; only they can renew"
+                )
+
+        return allow
+
     def _release(self, person: Person, ask: Ask, resource: str) -> Outcome:
         command = ask.command
         channel = self._announce_in(resource, ask)
+        allow = self._may_release(person, command.lease_id, command.force)
         result = self.service.release(
-            person, resource, command.lease_id, command.force, ask.fence, channel
+            person, resource, allow, command.lease_id, ask.fence, channel
         )
         member = result.lease.resource or resource  # a pool's: the member
         outcome = Outcome(Released(member), freed=member, changed=True)

@@ -11,7 +11,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -22,7 +22,6 @@ from ..contract import Backend, Feature, Finding, Lease, LockExpiredException
 from ..errors import (
     EXIT_BAD_RESOURCE,
     EXIT_NOT_HELD,
-    NotAllowed,
     StormlockError,
     UnsupportedOperation,
 )
@@ -361,30 +360,23 @@ class LeaseService:
         self,
         person: Person,
         resource: str,
+        allow: Callable[[Lease], None],
         lease_id: str | None = None,
-        force: bool = False,
         fence: int | None = None,
         channel: str | None = None,
     ) -> Released:
-        """Release by lease id, as the holder, or (admins, with force) anyone's;
-        with `fence`, only the lease that fence names (a button's)."""
+        """Release `resource`'s lease if `allow(lease)` (the core's rule)
+        does not raise; with `lease_id`, only that lease; with `fence`, only
+        the lease that fence names (a button's)."""
         resource = self._member(person, resource, lease_id)
         lock = self.lock(person, resource)
         lease = lock.current()
         if lease is None:
             raise NoLease(f"{resource!r} is not held by anyone")
         check_fence(lease, fence)
-        if lease_id is not None:
-            if not same_lease_id(lease_id, lease.id):
-                raise NoLease(f"that lease id is not the active lease of {resource!r}")
-        elif not person.is_principal(lease.principal):
-            if not force:
-                raise NotAllowed(
-                    f"{resource!r} is held by someone else; only the holder can "
-                    "release it (or an admin, with --force)"
-                )
-            if not self.is_admin(person):
-                raise NotAllowed("only admins can force-release; ask one of them")
+        if lease_id is not None and not same_lease_id(lease_id, lease.id):
+            raise NoLease(f"that lease id is not the active lease of {resource!r}")
+        allow(lease)
         forced = lease_id is None and not person.is_principal(lease.principal)
         # History names who acted: the holder, whoever had the lease id, or
         # the admin who forced it.
@@ -426,21 +418,20 @@ class LeaseService:
         self,
         person: Person,
         resource: str,
+        allow: Callable[[Lease], None],
         ttl: timedelta | None = None,
         fence: int | None = None,
     ) -> Lease:
-        """Renew your own lease on `resource` (no lease id needed); with
-        `fence`, only the lease that fence names (a button's)."""
+        """Renew `resource`'s lease (no lease id needed) if `allow(lease)`
+        (the core's rule) does not raise; with `fence`, only the lease that
+        fence names (a button's)."""
         resource = self._member(person, resource)
         lock = self.lock(person, resource)
         lease = lock.current()
         if lease is None:
             raise NoLease(f"{resource!r} is not held; acquire it instead")
         check_fence(lease, fence)
-        if not person.is_principal(lease.principal):
-            raise NotAllowed(
-                f"{resource!r} is held by someone else; only they can renew"
-            )
+        allow(lease)
         try:
             with acting(lease.principal, SOURCE):
                 return lock.renew(lease.id, ttl)

@@ -224,3 +224,31 @@ def test_a_change_that_did_not_go_through_is_said_so(tmp_path: Path) -> None:
     assert found is not None and isinstance(found.answer, core.Problem)
     assert "did not go through; db is free" in found.answer.text
     assert found.verify, "said only after a second look"
+
+
+def test_who_may_release_and_renew_is_the_cores_rule(tmp_path: Path) -> None:
+    """The holder releases and renews; someone else is refused, even with
+    --force unless an admin; an admin's --force releases (and is forced)."""
+    c = make_core(tmp_path, "admins = U0ADMIN")
+    assert isinstance(c.handle(Ask("U1", acquire(), "C0OPS")).answer, core.Acquired)
+    for command in (
+        Command("release", "db"),
+        Command("release", "db", force=True),
+        Command("renew", "db"),
+    ):
+        outcome = c.handle(Ask("U2", command, "C0OPS"))
+        assert isinstance(outcome.answer, core.Problem), command
+        assert held(c)
+    admin_renew = c.handle(Ask("U0ADMIN", Command("renew", "db"), "C0OPS"))
+    assert isinstance(admin_renew.answer, core.Problem), "an admin renewed another's"
+    forced = c.handle(Ask("U0ADMIN", Command("release", "db", force=True), "C0OPS"))
+    assert isinstance(forced.answer, core.Released)
+    assert any(isinstance(n, core.ForcedOff) for n in forced.notices)
+    assert not held(c)
+    assert isinstance(c.handle(Ask("U1", acquire(), "C0OPS")).answer, core.Acquired)
+    assert isinstance(
+        c.handle(Ask("U1", Command("renew", "db"), "C0OPS")).answer, core.Renewed
+    )
+    mine = c.handle(Ask("U1", Command("release", "db"), "C0OPS"))
+    assert isinstance(mine.answer, core.Released)
+    assert not any(isinstance(n, core.ForcedOff) for n in mine.notices)
