@@ -340,6 +340,72 @@ Told = Notice | AskHolder | AskAnswered
 """Everything an outcome may have to tell someone other than the asker."""
 
 
+# -- what to deliver: an outcome as messages to whom, for any surface -------
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Post `notice` in `channel` (paced and coalesced per channel in Slack)."""
+
+    channel: str
+    notice: TookLease | GaveUpLease
+
+
+@dataclass(frozen=True)
+class DirectMessage:
+    """Tell one person `notice` in private."""
+
+    to: str
+    """A Slack user id, or a principal when `by_principal` (looked up)."""
+    notice: Told
+    by_principal: bool = False
+
+
+@dataclass(frozen=True)
+class TellWaiters:
+    """`resource` may be free: tell its wait list."""
+
+    resource: str
+
+
+@dataclass(frozen=True)
+class RedrawBoards:
+    """Leases changed: redraw the channels' boards (batched)."""
+
+
+@dataclass(frozen=True)
+class RedrawHome:
+    """Redraw `user_id`'s App Home (the ask came from it)."""
+
+    user_id: str
+
+
+Delivery = Announce | DirectMessage | TellWaiters | RedrawBoards | RedrawHome
+
+
+def deliveries(outcome: Outcome, home_of: str | None = None) -> list[Delivery]:
+    """What an outcome asks to be delivered beyond the asker's answer, in
+    order; `home_of`: the user whose App Home the ask came from. Slack's
+    pipeline and the shell both deliver these; neither decides them."""
+    out: list[Delivery] = []
+    for told in outcome.notices:
+        if isinstance(told, TookLease | GaveUpLease):
+            out.append(Announce(told.channel, told))
+        elif isinstance(told, ForcedOff):
+            out.append(DirectMessage(told.holder, told, by_principal=True))
+        elif isinstance(told, AskHolder):
+            out.append(DirectMessage(told.holder, told))
+        else:
+            out.append(DirectMessage(told.asker, told))
+    if outcome.freed is not None:
+        out.append(TellWaiters(outcome.freed))
+    if outcome.changed:
+        out.append(RedrawBoards())
+    if home_of is not None:
+        out.append(RedrawHome(home_of))
+    return out
+
+
 def notices_of(event: Event, pools: Mapping[str, str] | None = None) -> list[Notice]:
     """The notices the bot owes for a change it recorded in history: the
     same as its outcome carried (`Core._took`, `Core._release`), so one

@@ -24,19 +24,22 @@ from . import blocks
 from .blocks import Message
 from .core import (
     Acquired,
+    Announce,
     Answer,
     Ask,
-    AskHolder,
     Core,
-    ForcedOff,
+    DirectMessage,
     GaveUpLease,
     Notice,
     OnIt,
     Outcome,
+    RedrawBoards,
     Released,
     Renewed,
+    TellWaiters,
     TookLease,
     Via,
+    deliveries,
 )
 from .identity import Directory
 from .metrics import count_request
@@ -269,30 +272,31 @@ class Pipeline:
         """`fresh`: the outcome of a change made just now (not found later)."""
         outbox = self.outbox
         display = self.directory.display
-        for told in outcome.notices:
-            message = blocks.notice(told, display)
-            if isinstance(told, TookLease | GaveUpLease):
+        home_of = ask.user_id if ask.via is Via.HOME else None
+        for delivery in deliveries(outcome, home_of):
+            if isinstance(delivery, Announce):
+                notice = delivery.notice
+                message = blocks.notice(notice, display)
                 failed = self._announce_failed(reply)
-                outbox.post(told.channel, message, failed, told.key, fresh)
-            elif isinstance(told, ForcedOff):
-                task = self._dm_task(told.holder, message, told.key)
-                outbox.submit(Priority.NOTICE, task)
-            elif isinstance(told, AskHolder):
-                outbox.dm(told.holder, message, told.key)
-            else:  # AskAnswered
-                outbox.dm(told.asker, message, told.key)
-        if outcome.freed is not None:
-            freed = outcome.freed
-            outbox.submit(Priority.NOTICE, lambda: self._tell_waiters(freed))
-        if outcome.changed:
-            outbox.submit(
-                Priority.REFRESH,
-                self._refresh_boards,
-                key="boards",
-                delay=BOARD_BATCH,
-            )
-        if ask.via is Via.HOME:
-            self._redraw_home(ask.user_id)
+                outbox.post(delivery.channel, message, failed, notice.key, fresh)
+            elif isinstance(delivery, DirectMessage):
+                message = blocks.notice(delivery.notice, display)
+                if delivery.by_principal:
+                    task = self._dm_task(delivery.to, message, delivery.notice.key)
+                    outbox.submit(Priority.NOTICE, task)
+                else:
+                    outbox.dm(delivery.to, message, delivery.notice.key)
+            elif isinstance(delivery, TellWaiters):
+                outbox.submit(Priority.NOTICE, self._waiters_task(delivery.resource))
+            elif isinstance(delivery, RedrawBoards):
+                outbox.submit(
+                    Priority.REFRESH,
+                    self._refresh_boards,
+                    key="boards",
+                    delay=BOARD_BATCH,
+                )
+            else:
+                self._redraw_home(delivery.user_id)
 
     def announce_change(self, change: Change) -> None:
         """A change the API made in this process, announced as the bot's own
@@ -326,6 +330,9 @@ class Pipeline:
                 self.outbox.dm(user_id, message, key)
 
         return dm
+
+    def _waiters_task(self, resource: str) -> Callable[[], None]:
+        return lambda: self._tell_waiters(resource)
 
     def _tell_waiters(self, resource: str) -> None:
         try:

@@ -18,7 +18,16 @@ from ..config import Config
 from ..errors import StormlockError, printable
 from . import blocks
 from .blocks import Message
-from .core import Ask, AskAnswered, AskHolder, Core, ForcedOff, Outcome, Via
+from .core import (
+    Announce,
+    Ask,
+    Core,
+    DirectMessage,
+    Outcome,
+    RedrawHome,
+    Via,
+    deliveries,
+)
 from .parsing import parse
 from .service import LeaseService, Person
 from .settings import BotSettings
@@ -132,16 +141,17 @@ class Shell:
                 f"only {self.people.name(ask.user_id)} sees",
                 blocks.answer(outcome.answer, display),
             )
-        for told in outcome.notices:
-            message = blocks.notice(told, display)
-            if isinstance(told, ForcedOff | AskHolder):
-                self._message(f"DM to {display(told.holder)}", message)
-            elif isinstance(told, AskAnswered):
-                self._message(f"DM to {display(told.asker)}", message)
-            else:
-                self._message(f"#{told.channel}", message)
-        if ask.via is Via.HOME:
-            self.home()
+        home_of = ask.user_id if ask.via is Via.HOME else None
+        for delivery in deliveries(outcome, home_of):
+            if isinstance(delivery, Announce):
+                message = blocks.notice(delivery.notice, display)
+                self._message(f"#{delivery.channel}", message)
+            elif isinstance(delivery, DirectMessage):
+                message = blocks.notice(delivery.notice, display)
+                self._message(f"DM to {display(delivery.to)}", message)
+            elif isinstance(delivery, RedrawHome):
+                self.home()
+            # Wait lists and boards live in Slack: the shell has neither.
         return outcome
 
     def home(self) -> None:

@@ -252,3 +252,25 @@ def test_who_may_release_and_renew_is_the_cores_rule(tmp_path: Path) -> None:
     mine = c.handle(Ask("U1", Command("release", "db"), "C0OPS"))
     assert isinstance(mine.answer, core.Released)
     assert not any(isinstance(n, core.ForcedOff) for n in mine.notices)
+
+
+def test_an_outcome_says_what_to_deliver_to_whom(tmp_path: Path) -> None:
+    """Slack's pipeline and the shell deliver the same values, in order."""
+    c = make_core(tmp_path, "admins = U0ADMIN")
+    took = c.handle(Ask("U1", acquire(), "C0OPS"))
+    assert core.deliveries(took) == [
+        core.Announce("C0OPS", took.notices[0]),  # type: ignore[arg-type]
+        core.RedrawBoards(),
+    ]
+    forced = c.handle(Ask("U0ADMIN", Command("release", "db", force=True), "C0OPS"))
+    kinds = [type(d) for d in core.deliveries(forced, home_of="U0ADMIN")]
+    assert kinds == [
+        core.Announce,
+        core.DirectMessage,
+        core.TellWaiters,
+        core.RedrawBoards,
+        core.RedrawHome,
+    ]
+    dm = core.deliveries(forced)[1]
+    assert isinstance(dm, core.DirectMessage) and dm.by_principal
+    assert dm.to == "u1@example.com"
