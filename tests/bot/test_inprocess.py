@@ -7,7 +7,9 @@ wire, SIGKILL and SIGTERM) stays in the subprocess tests."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from configparser import ConfigParser
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,36 @@ def test_someone_slack_is_slow_to_tell_about_never_holds_up_a_known_person(
         slack.slow("users.info", 0)
         waiting.set()
     slack.wait_for(lambda c: c.method == "response_url" and "other" in text_of(c))
+
+
+def test_two_replicas_offer_the_turn_once(tmp_path: Path, slack: LocalSlack) -> None:
+    """When the resource frees, both replicas' passes look at its line at
+    once: the first in line gets one "you're up" DM, and the channel one
+    announcement (the ledger's claim, shared through the store)."""
+    first, second = make_bot(tmp_path, slack), make_bot(tmp_path, slack)
+    try:
+        command(first, slack, ALICE, "acquire prod-db 1h")
+        queued = command(second, slack, BOB, "queue prod-db")
+        assert queued is not None and "1st" in json.dumps(queued)
+        command(first, slack, ALICE, "release prod-db")
+        start = threading.Barrier(2)
+
+        def offer(bot: Bot) -> int:
+            start.wait()
+            return bot.reminders.offer_turn("prod-db")
+
+        with ThreadPoolExecutor(2) as pool:
+            offered = list(pool.map(offer, (first, second)))
+        assert sorted(offered) == [0, 1]
+        for each in (first, second):
+            settled(each)
+
+        def up(call: Call) -> bool:
+            return "Take it" in text_of(call) and "failed" not in call.context
+
+        assert len([c for c in slack.of("chat.postMessage") if up(c)]) == 1
+        said = [c for c in posts(slack) if "is up" in text_of(c)]
+        assert len(said) == 1, [text_of(c) for c in said]
+    finally:
+        first.close(5)
+        second.close(5)
