@@ -14,6 +14,7 @@ that dies between sending and recording may repeat that one message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -351,19 +352,34 @@ class Reminders:
     # -- the line ----------------------------------------------------------------
 
     def _turns(self, stats: RunStats) -> None:
+        lined: set[str] = set()
         for name in self.service.config.backend_names():
             for resource in waiting_counts(self.service.backend(name)):
-                stats.turns += self.offer_turn(resource)
+                lined.add(resource)
+                stats.turns += self.offer_turn(resource, listed=True)
+        # Turns offered whose line has emptied since: announce how they ended.
+        offered = {
+            key[len("up/") :].rpartition("/")[0]
+            for key, _ in self.ledger.claimed("up/")
+        }
+        for resource in sorted(offered - lined):
+            with contextlib.suppress(StormlockError):
+                line = self.service.line(resource)
+                self._turns_ended(line, line.waiting())
 
-    def offer_turn(self, resource: str) -> int:
+    def offer_turn(self, resource: str, listed: bool = False) -> int:
         """If `resource` is free and the first in its line waits in Slack,
         DM them that it is their turn (once, across replicas) and announce
         it; their ticket then lasts the claim window, so a pass or silence
-        hands the turn to the next in line."""
+        hands the turn to the next in line. Unless `listed` (the pass found
+        the line), one read when nobody waits: the line's mark (a release's
+        common case; reading the line itself lists records)."""
         try:
             line = self.service.line(resource)
         except StormlockError:
             return 0  # not one the bot serves (a CLI user's line)
+        if not listed and not line.may_have_waiters():
+            return 0  # an ended turn with nobody left: the next pass tells
         waiting = line.waiting()
         line.remark(waiting, self.records.owner)
         self._turns_ended(line, waiting)

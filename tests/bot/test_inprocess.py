@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
+from stormlock.backends.sqlite import SQLite
 from stormlock.bot.app import Bot, build_app
 from stormlock.bot.service import LeaseService
 from stormlock.bot.settings import BotSettings
@@ -180,7 +182,13 @@ def test_two_replicas_offer_the_turn_once(tmp_path: Path, slack: LocalSlack) -> 
         command(first, slack, ALICE, "acquire prod-db 1h")
         queued = command(second, slack, BOB, "queue prod-db")
         assert queued is not None and "1st" in json.dumps(queued)
-        command(first, slack, ALICE, "release prod-db")
+        for each in (first, second):
+            settled(each)  # what the commands set off has run
+        # Freed as the CLI would free it: no bot's own follow-up offers it.
+        store = SQLite(path=str(tmp_path / "locks.db"))
+        lease = store.current("prod-db")
+        assert lease is not None and store.release_lease("prod-db", lease.id)
+        store.close()
         start = threading.Barrier(2)
 
         def offer(bot: Bot) -> int:
@@ -202,3 +210,29 @@ def test_two_replicas_offer_the_turn_once(tmp_path: Path, slack: LocalSlack) -> 
     finally:
         first.close(5)
         second.close(5)
+
+
+def test_an_action_never_lists_records_or_leases(bot: Bot, slack: LocalSlack) -> None:
+    """Acquire, renew, current and release, with what follows them (the
+    announcement, the wait list and the line after a release), read single
+    records only: on Redis a listing reads every record (a week of sent
+    markers), so it must stay off the action's path."""
+
+    def listings() -> float:
+        return sum(
+            REGISTRY.get_sample_value(
+                "stormlock_backend_operation_seconds_count",
+                {"backend": "sqlite", "operation": operation},
+            )
+            or 0.0
+            for operation in ("list_leases", "list_prefix", "list_expiring")
+        )
+
+    command(bot, slack, ALICE, "acquire warm-up 1h")
+    settled(bot)
+    before = listings()
+    for text in ("acquire db 1h", "renew db 2h", "current db", "release db"):
+        assert command(bot, slack, ALICE, text) is not None, text
+    settled(bot)
+    assert listings() == before
+    assert [c for c in posts(slack) if "*db*" in text_of(c)], "never announced"
