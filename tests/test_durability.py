@@ -191,3 +191,31 @@ def test_doctor_on_an_unreachable_store_exits_70(
     result = cli("-c", str(path), "doctor")
     assert result.returncode == 70
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_redis_lists_a_family_of_records_without_reading_the_others() -> None:
+    """A line's tickets live in an index of their own family: listing them
+    does not read the bot's sent markers (thousands, kept a week). Records
+    from before families (one index) are still found until they expire."""
+    with run_redis() as server, build_backend("redis", server.options) as backend:
+        hour = timedelta(hours=1)
+        for n in range(300):
+            backend.acquire_lease(f".stormlock/sent/told/{n}/db", "bot", hour)
+        ticket = backend.acquire_lease(
+            ".stormlock/line/db/000000000000001", "bob", hour
+        )
+        client = redis.Redis.from_url(server.options["url"])
+        # A record written before families: in the one records index.
+        old = backend.acquire_lease(".stormlock/line/db/000000000000000", "al", hour)
+        prefix = server.options.get("prefix", "stormlock:")
+        client.zrem(f"{prefix}records:line", old.resource)
+        client.zadd(f"{prefix}records", {old.resource: 2**52})
+        assert client.zcard(f"{prefix}records:sent") == 300
+        assert client.zcard(f"{prefix}records:line") == 1
+        listed = backend.list_prefix(".stormlock/line/db/")
+        assert [lease.id for lease in listed] == [old.id, ticket.id]
+        assert len(backend.list_prefix(".stormlock/")) == 302
+        assert backend.release_lease(ticket.resource, ticket.id)
+        assert [lease.id for lease in backend.list_prefix(".stormlock/line/")] == [
+            old.id
+        ]

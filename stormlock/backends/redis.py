@@ -542,13 +542,27 @@ class Redis(LeaseBackend):
 
     def _index_for(self, resource: str) -> str:
         if resource.startswith(RECORD_PREFIX):
-            return self._records_index
+            return self._family(resource)
         return self._index
+
+    def _family(self, name: str) -> str:
+        """A record's index: one per family (the name's first part after
+        `.stormlock/`: line, sent, api, ...), so that listing a line's
+        tickets does not read a week of the bot's sent markers."""
+        family = name[len(RECORD_PREFIX) :].partition("/")[0]
+        return f"{self._records_index}:{family}"
 
     def _list_prefix(self, prefix: str) -> list[Lease]:
         if not prefix.startswith(RECORD_PREFIX):
             return super()._list_prefix(prefix)
-        leases = self._listed("+inf", self._records_index)
+        if "/" in prefix[len(RECORD_PREFIX) :]:
+            indexes = [self._family(prefix)]
+        else:  # across families (rare: a reset, say)
+            found = self.client.scan_iter(match=f"{_glob(self._records_index)}:*")
+            indexes = [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+        # Records from before families lie in the one index, until they expire.
+        indexes.append(self._records_index)
+        leases = [lease for index in indexes for lease in self._listed("+inf", index)]
         return [lease for lease in leases if lease.resource.startswith(prefix)]
 
     def _list_expiring(self, before: datetime) -> list[Lease]:
@@ -640,6 +654,11 @@ def _eviction(where: str, settings: dict[str | None, str]) -> Finding:
 
 
 BACKEND = Redis
+
+
+def _glob(text: str) -> str:
+    """`text` matched literally in a Redis glob pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class FreedWatch:
