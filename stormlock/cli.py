@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import errors
 from .backends import configured_backend
@@ -23,6 +23,7 @@ from .render import (
     lease_oneline,
     lease_rows,
     lease_table,
+    line_table,
 )
 from .ttl import parse_duration
 
@@ -363,9 +364,12 @@ def _waiting(backends: Iterable[Backend]) -> dict[str, int]:
 
 def _queue(lock: StormLock, args: argparse.Namespace) -> int:
     from .line import has_line
-    from .render import line_table
 
     line = lock._line()
+    served = getattr(lock.backend, "waiting_in_line", None)
+    if line is None and served is not None and lock._line_served:
+        _show_line(served(lock.resource), lock.resource, args.format)  # the server's
+        return 0
     if line is None:
         kind = type(lock).__name__
         if has_line(lock.backend):  # a pool or a set
@@ -378,15 +382,21 @@ def _queue(lock: StormLock, args: argparse.Namespace) -> int:
             "`--wait` retries with backoff"
         )
     tickets = line.waiting()
-    if args.format == "json":
+    _show_line(
+        [t.as_dict(n) for n, t in enumerate(tickets, 1)], lock.resource, args.format
+    )
+    return 0
+
+
+def _show_line(waiting: list[dict[str, Any]], resource: str, form: str) -> None:
+    if form == "json":
         import json
 
-        print(json.dumps([t.as_dict(n) for n, t in enumerate(tickets, 1)]))
-    elif tickets:
-        print(line_table(tickets))
+        print(json.dumps(waiting))
+    elif waiting:
+        print(line_table(waiting))
     else:
-        _err(f"nobody is waiting for {lock.resource!r}")
-    return 0
+        _err(f"nobody is waiting for {resource!r}")
 
 
 def _target_backend(config: Config, target: str | None) -> Backend:

@@ -12,7 +12,6 @@ from .times import iso
 
 if TYPE_CHECKING:
     from .history import Event
-    from .line import Ticket
     from .tokens import Token
 
 
@@ -122,17 +121,22 @@ def lease_table(
     return _aligned(rows)
 
 
-def line_table(tickets: Sequence[Ticket]) -> str:
-    """A resource's line, first in line first."""
+def line_table(waiting: Sequence[Mapping[str, Any]]) -> str:
+    """A resource's line, first in line first (`Ticket.as_dict`'s, or the
+    API server's, which are the same)."""
     rows = [["POSITION", "PRINCIPAL", "SINCE", "SOURCE", "NOTE"]]
-    for position, ticket in enumerate(tickets, 1):
+    for waiter in waiting:
+        try:
+            since = short_time(datetime.fromisoformat(str(waiter.get("since"))))
+        except ValueError:
+            since = "-"
         rows.append(
             [
-                str(position),
-                printable(ticket.principal),
-                short_time(ticket.since),
-                printable(ticket.source),
-                printable(one_line(ticket.note or "-")),
+                str(waiter.get("position", "?")),
+                printable(str(waiter.get("principal", ""))),
+                since,
+                printable(str(waiter.get("source", ""))),
+                printable(one_line(str(waiter.get("note") or "-"))),
             ]
         )
     return _aligned(rows)

@@ -17,6 +17,7 @@ import pytest
 
 from stormlock.backends import http as http_backend
 from stormlock.backends.http import Http
+from stormlock.cli import main as cli_main
 from stormlock.contract import Lease
 from stormlock.line import Line
 from stormlock.lock import StormLock
@@ -60,7 +61,10 @@ def short_set_race() -> float:
 
 
 def test_an_api_client_waits_in_the_servers_line_and_keeps_its_place(
-    api_server: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api_server: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`--wait` over the http backend joins the line the server keeps, in
     requests that hand the ticket on (short ones here, to make several):
@@ -104,6 +108,22 @@ def test_an_api_client_waits_in_the_servers_line_and_keeps_its_place(
             ("bob", first.seq),
             ("carol", line.waiting()[1].seq),
         ], "bob lost his place between requests"
+        # `stormlock queue` over the http backend shows the server's line.
+        shown = api.waiting_in_line(resource)
+        assert [(w["position"], w["principal"]) for w in shown] == [
+            (1, "bob"),
+            (2, "carol"),
+        ]
+        config = tmp_path / "stormlock.cfg"
+        config.write_text(
+            f"[default]\nbackend = http\n[backend.http]\nurl = {api_server.url}\n"
+            f"token_file = {token}\n"
+        )
+        capsys.readouterr()
+        assert cli_main(["-c", str(config), "queue", resource]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split() == ["POSITION", "PRINCIPAL", "SINCE", "SOURCE", "NOTE"]
+        assert [row.split()[:2] for row in table[1:]] == [["1", "bob"], ["2", "carol"]]
         assert store.release_lease(resource, holder.id)
         bob.join(30)
         assert got["bob"].principal == "bob" and "carol" not in got

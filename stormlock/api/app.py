@@ -168,6 +168,18 @@ class LeasesOut(BaseModel):
     leases: list[LeaseOut]
 
 
+class WaiterOut(BaseModel):
+    position: int
+    principal: str
+    since: str
+    source: str
+    note: str | None
+
+
+class LineOut(BaseModel):
+    waiting: list[WaiterOut]
+
+
 class ReleasedOut(BaseModel):
     released: bool | None
 
@@ -459,6 +471,12 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
         who = caller(query.principal)
         lease = service.current(who, query.resource)
         return jsonify({"lease": _lease(lease, who) if lease else None})
+
+    @app.get("/v1/line", security=_SECURITY, responses={200: LineOut, **_ERRORS})
+    def line(query: ResourceQuery) -> Response:
+        """Who waits in the resource's line, first first (`stormlock queue`)."""
+        who = caller(query.principal)
+        return jsonify({"waiting": service.line(who, query.resource)})
 
     @app.get("/v1/leases", security=_SECURITY, responses={200: LeasesOut, **_ERRORS})
     def leases(query: ListQuery) -> Response:

@@ -25,6 +25,7 @@ from ..errors import (
     NotAllowed,
     RateLimited,
     Unauthenticated,
+    UnsupportedOperation,
     UsageError,
 )
 from ..history import ACQUIRED, RELEASED, SOURCES, Event, acting
@@ -445,6 +446,18 @@ class ApiService:
     def current(self, caller: Caller, resource: str) -> Lease | None:
         self._check(caller, resource, write=False)
         return self._lock_for(resource, caller).current()
+
+    def line(self, caller: Caller, resource: str) -> builtins.list[dict[str, object]]:
+        """Who waits in `resource`'s line, first first (no ticket secrets)."""
+        self._check(caller, resource, write=False)
+        lock = self._lock_for(resource, caller)
+        line = lock._line()
+        if line is None:
+            raise UnsupportedOperation(
+                f"{lock.resource!r} has no line of its own ({type(lock).__name__}); "
+                "`--wait` retries with backoff"
+            )
+        return [ticket.as_dict(n) for n, ticket in enumerate(line.waiting(), 1)]
 
     def is_held(self, caller: Caller, resource: str, lease_id: str) -> bool:
         self._check(caller, resource, write=False)

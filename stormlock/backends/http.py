@@ -434,6 +434,17 @@ class Http(LeaseBackend):
                 raise LockHeldException(resource, answer)
             ticket = self._local.ticket
 
+    def waiting_in_line(self, resource: str) -> list[dict[str, Any]]:
+        """The server's line for `resource`, first first (`stormlock queue`)."""
+        with self._operation():
+            data = self._call("GET", "/v1/line", query={"resource": resource})
+        waiting = data.get("waiting")
+        return (
+            [w for w in waiting if isinstance(w, dict)]
+            if isinstance(waiting, list)
+            else []
+        )
+
     def _take(
         self,
         resource: str,
