@@ -381,10 +381,7 @@ def _queue(lock: StormLock, args: argparse.Namespace) -> int:
             f"the {type(lock.backend).__name__} backend keeps no line; "
             "`--wait` retries with backoff"
         )
-    tickets = line.waiting()
-    _show_line(
-        [t.as_dict(n) for n, t in enumerate(tickets, 1)], lock.resource, args.format
-    )
+    _show_line(line.listed(), lock.resource, args.format)
     return 0
 
 

@@ -142,6 +142,10 @@ class Line:
         ]
         return sorted(tickets, key=lambda ticket: ticket.seq)
 
+    def listed(self) -> list[dict[str, object]]:
+        """The line as `stormlock queue` and the API show it (no secrets)."""
+        return [ticket.as_dict(n) for n, ticket in enumerate(self.waiting(), 1)]
+
     def _ticket(self, record: Lease) -> Ticket | None:
         seq = record.resource[len(self._prefix) :]
         if not seq.isdigit():

@@ -28,9 +28,8 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
             "the API cannot serve from the http backend (it would call itself); "
             "configure the store's backend on the server"
         )
-    configured_backend(
-        config, config.default_backend
-    ).close()  # a bad store config fails now
+    # A bad store config fails now, not at the first request.
+    configured_backend(config, config.default_backend).close()
     if bool(args.certfile) != bool(args.keyfile):
         raise UsageError("--certfile and --keyfile go together; give both or neither")
     tls = None

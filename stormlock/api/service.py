@@ -457,7 +457,7 @@ class ApiService:
                 f"{lock.resource!r} has no line of its own ({type(lock).__name__}); "
                 "`--wait` retries with backoff"
             )
-        return [ticket.as_dict(n) for n, ticket in enumerate(line.waiting(), 1)]
+        return line.listed()
 
     def is_held(self, caller: Caller, resource: str, lease_id: str) -> bool:
         self._check(caller, resource, write=False)

@@ -124,9 +124,8 @@ def _serve(args: argparse.Namespace) -> int:
         "set it to the app's signing secret; serve always verifies requests",
     )
     config = settings.config
-    configured_backend(
-        config, config.default_backend
-    ).close()  # fail now on a bad backend config
+    # A bad store config fails now, not at the first request.
+    configured_backend(config, config.default_backend).close()
 
     def factory() -> WSGIApp:
         # Runs in gunicorn's worker, after the fork: pools and threads start here.

@@ -54,6 +54,28 @@ def answers(call: Call, user: User | None = None) -> bool:
     return call.method in ANSWERED and (user is None or call.context["user"] == user.id)
 
 
+def command_form(
+    slack: LocalSlack, user: User, text: str, channel: str = "C0OPS"
+) -> dict[str, str]:
+    """The fields of `/stormlock TEXT` as Slack sends them (its response_url
+    handed out by `slack`)."""
+    return {
+        "token": "legacy-verification-token",
+        "team_id": "T0TEAM",
+        "team_domain": "example",
+        "channel_id": channel,
+        "channel_name": channel.lower(),
+        "user_id": user.id,
+        "user_name": user.name,
+        "command": "/stormlock",
+        "text": text,
+        "api_app_id": "A0STORMLOCK",
+        "is_enterprise_install": "false",
+        "response_url": slack.response_url(user.id, channel),
+        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+    }
+
+
 @dataclass
 class BotServer:
     url: str
@@ -95,21 +117,7 @@ class BotServer:
         self, user: User, text: str, channel: str = "C0OPS"
     ) -> requests.Response:
         """Send `/stormlock TEXT` as `user`, form-encoded as Slack does."""
-        form = {
-            "token": "legacy-verification-token",
-            "team_id": "T0TEAM",
-            "team_domain": "example",
-            "channel_id": channel,
-            "channel_name": channel.lower(),
-            "user_id": user.id,
-            "user_name": user.name,
-            "command": "/stormlock",
-            "text": text,
-            "api_app_id": "A0STORMLOCK",
-            "is_enterprise_install": "false",
-            "response_url": self.slack.response_url(user.id, channel),
-            "trigger_id": "13345224609.738474920.8088930838d88f008e0",
-        }
+        form = command_form(self.slack, user, text, channel)
         response = self.post(
             urllib.parse.urlencode(form), "application/x-www-form-urlencoded"
         )

@@ -23,7 +23,7 @@ from stormlock.bot.service import LeaseService
 from stormlock.bot.settings import BotSettings
 from stormlock.config import Config
 from stormlock.testing.localslack import Call, LocalSlack, User
-from stormlock.testing.slack import UUID, text_of
+from stormlock.testing.slack import UUID, command_form, text_of
 from tests.support import wait_until
 
 ALICE = User("U0ALICE", "alice", "alice@example.com")
@@ -59,15 +59,7 @@ def command(
 ) -> dict[str, Any] | None:
     """`/stormlock TEXT` as Slack hands it to the listener; the answer if it
     came back for the ack (recorded as the person would see it)."""
-    body = {
-        "channel_id": channel,
-        "channel_name": channel.lower(),
-        "user_id": user.id,
-        "user_name": user.name,
-        "command": "/stormlock",
-        "text": text,
-        "response_url": slack.response_url(user.id, channel),
-    }
+    body = command_form(slack, user, text, channel)
     message = bot.pipeline.command(body)
     if message is None:
         return None
