@@ -89,12 +89,13 @@ class TimedBackend:
 
     def __init__(self, name: str, backend: Any) -> None:
         self._name = name
-        self._backend = backend
+        self.wrapped = backend
+        """The backend itself (what it is, for isinstance checks)."""
         self._failing_until = 0.0
         self._failure: BackendUnavailable | None = None
 
     def __getattr__(self, attribute: str) -> Any:
-        value = getattr(self._backend, attribute)
+        value = getattr(self.wrapped, attribute)
         if attribute not in _TIMED:
             return value
         histogram = BACKEND_LATENCY.labels(self._name, attribute)

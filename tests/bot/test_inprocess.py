@@ -228,3 +228,32 @@ def test_an_action_never_lists_records_or_leases(bot: Bot, slack: LocalSlack) ->
     settled(bot)
     assert listings() == before
     assert [c for c in posts(slack) if "*db*" in text_of(c)], "never announced"
+
+
+def test_an_acquire_writes_no_origin_record_where_history_keeps_the_channel(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    """SQLite's history records the channel with the change, so the expiry
+    notice finds it there: the acquire writes the lease and its
+    announcement's sent marker, not a third record (one more store round
+    trip on every acquire)."""
+
+    def writes() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "stormlock_backend_operation_seconds_count",
+                {"backend": "sqlite", "operation": "acquire_lease"},
+            )
+            or 0.0
+        )
+
+    command(bot, slack, ALICE, "acquire warm-up 1h")
+    settled(bot)
+    before = writes()
+    assert command(bot, slack, ALICE, "acquire db 1h") is not None
+    settled(bot)
+    assert writes() - before == 2, "the lease and its sent marker only"
+    service = bot.pipeline.service
+    lease = service.current("db")
+    assert lease is not None
+    assert service.channel_of("db", lease.fence) == "C0OPS"
