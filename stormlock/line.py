@@ -329,7 +329,8 @@ def ordinal(n: int) -> str:
 
 
 # The head of the line polls the resource this often (handoff within it plus a
-# round trip); the others check their place less often.
+# round trip); the next few check their place every BEHIND_POLL, those
+# further back less often (up to 8 times it: a line holds up to 100).
 HEAD_POLL = 0.05
 BEHIND_POLL = 0.25
 
@@ -429,9 +430,10 @@ def wait_in_line(
                     last = failed.cause
                 except BackendUnavailable as failed:  # joining, keeping, reading
                     last = failed
-                pause = min(
-                    HEAD_POLL if head else BEHIND_POLL, deadline - time.monotonic()
-                )
+                # Far back in a long line, look less often: each place
+                # moves up only as fast as the turns ahead of it end.
+                every = HEAD_POLL if head else BEHIND_POLL * min(max(ahead - 2, 1), 8)
+                pause = min(every, deadline - time.monotonic())
                 if cancel is not None:
                     if cancel.wait(max(pause, 0)):
                         raise last or InLine(lock.resource, None, ahead)

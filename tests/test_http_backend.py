@@ -57,7 +57,7 @@ def backend_config(store_api: ApiServer, tmp_path: Path) -> BackendConfig:
 @pytest.fixture(name="set_race_seconds")
 def short_set_race() -> float:
     # Five stores behind the API: the direct kit runs the full 30 s on each.
-    return 10.0
+    return 5.0
 
 
 def test_an_api_client_waits_in_the_servers_line_and_keeps_its_place(
