@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 r,
                 options_for,
                 0.5 if quick else 4.0,
-                (0, 100) if quick else (0, 1_000, 10_000),
+                (0, 100) if quick else (0, 5_000, 10_000),
                 (1, 4) if quick else (1, 16, 64),
             ),
         ),
