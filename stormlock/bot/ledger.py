@@ -11,6 +11,8 @@ sender that dies between sending and recording can make it arrive twice.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 from ..contract import Lease
@@ -20,12 +22,29 @@ from ..times import utcnow
 
 SENT_TTL = timedelta(days=7)
 _PREFIX = "sent/"
+# What this process recorded as sent in the last few minutes: the recovery
+# pass asks about each change of the last minute or two, and need not read
+# the store for the ones it sent itself.
+RECENT = 300.0
 
 
 class Ledger:
     def __init__(self, records: Records, claim_ttl: timedelta) -> None:
         self.records = records
         self.claim_ttl = claim_ttl
+        self._lock = threading.Lock()
+        self._recent: dict[str, float] = {}  # key -> when (monotonic), oldest first
+
+    def _remember(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._recent.pop(key, None)
+            self._recent[key] = now
+            while True:
+                old, when = next(iter(self._recent.items()))
+                if now - when <= RECENT:
+                    break
+                del self._recent[old]
 
     def claim(self, key: str) -> Lease | None:
         """The right to send `key`'s notice now; None if it is sent or being
@@ -36,14 +55,16 @@ class Ledger:
         """It went out (or Slack refused it for good): nobody sends it again.
         A claim that lapsed while Slack took its time is recorded anew (a
         sender that claimed it meanwhile may have sent it too)."""
+        key = claim.resource[len(RECORD_PREFIX + _PREFIX) :]
         if not self.records.keep(claim, SENT_TTL):
-            key = claim.resource[len(RECORD_PREFIX + _PREFIX) :]
             self.records.claim(_PREFIX + key, SENT_TTL)
+        self._remember(key)
 
     def mark(self, key: str) -> None:
         """Record as sent what went out without a claim (a fresh change's
         announcement, which nobody else sends yet: see outbox.FAST_WITHIN)."""
         self.records.claim(_PREFIX + key, SENT_TTL)
+        self._remember(key)
 
     def unclaim(self, claim: Lease) -> None:
         """It did not go out: let a later try, here or elsewhere, send it."""
@@ -52,6 +73,9 @@ class Ledger:
     def done(self, key: str) -> bool:
         """Whether `key`'s notice went out (not merely claimed by a sender
         that may yet fail)."""
+        with self._lock:
+            if key in self._recent:  # recorded as sent by this process
+                return True
         marker = self.records.get(_PREFIX + key)
         horizon = utcnow() + self.claim_ttl
         return (

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from stormlock.backends.sqlite import SQLite
 from stormlock.bot.app import Bot, build_app
+from stormlock.bot.ledger import Ledger
 from stormlock.bot.service import LeaseService
 from stormlock.bot.settings import BotSettings
 from stormlock.config import Config
@@ -257,3 +258,35 @@ def test_an_acquire_writes_no_origin_record_where_history_keeps_the_channel(
     lease = service.current("db")
     assert lease is not None
     assert service.channel_of("db", lease.fence) == "C0OPS"
+
+
+def test_what_this_bot_recorded_as_sent_is_known_without_a_store_read(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    """The recovery pass asks, for each change of the last minute or two,
+    whether its notice went out: for the ones this process sent it needs no
+    store read (one per change, under load). Another replica still reads
+    the marker, and finds it."""
+
+    def reads() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "stormlock_backend_operation_seconds_count",
+                {"backend": "sqlite", "operation": "current"},
+            )
+            or 0.0
+        )
+
+    command(bot, slack, ALICE, "acquire db 1h")
+    slack.wait_for(lambda c: c in posts(slack) and "*db*" in text_of(c))
+    settled(bot)
+    ledger = bot.pipeline.outbox.ledger
+    assert ledger is not None
+    ((key, _marker),) = ledger.claimed("told/")
+    before = reads()
+    assert ledger.done(key)
+    assert reads() == before, "read the store for its own send"
+    other = Ledger(ledger.records, ledger.claim_ttl)  # another replica's
+    assert other.done(key)
+    assert reads() == before + 1
+    assert not other.done(key.replace("acquired", "released"))
