@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import urllib3
@@ -126,6 +126,15 @@ def _event(data: dict[str, Any]) -> Event:
 
 class _NoAnswer(Exception):
     """The request may have reached the server, but no answer came."""
+
+
+class _Refused(NamedTuple):
+    """An acquire the server refused: who holds it (if told), and the
+    ticket of a place it kept in its line (`keep_place`; only its waiter
+    gets it)."""
+
+    holder: Lease | None
+    ticket: str | None = None
 
 
 # The server's own errors: what the CLI would have raised with the store's
@@ -350,7 +359,7 @@ class Http(LeaseBackend):
         answer = self._take(resource, principal, ttl, note)
         if isinstance(answer, dict):
             return True, _lease(answer["lease"])
-        return False, answer
+        return False, answer.holder
 
     def _acquire_set(
         self,
@@ -365,7 +374,7 @@ class Http(LeaseBackend):
         answer = self._take(",".join(resources), principal, ttl, note)
         if isinstance(answer, dict):
             return True, [_lease(each) for each in answer.get("leases") or []]
-        return False, [answer] if answer is not None else []
+        return False, [answer.holder] if answer.holder is not None else []
 
     def _renew_set(
         self, resources: Sequence[str], lease_id: str, ttl: timedelta
@@ -431,8 +440,8 @@ class Http(LeaseBackend):
             if isinstance(answer, dict):
                 return _lease(answer["lease"])
             if final:
-                raise LockHeldException(resource, answer)
-            ticket = self._local.ticket
+                raise LockHeldException(resource, answer.holder)
+            ticket = answer.ticket
 
     def waiting_in_line(self, resource: str) -> list[dict[str, Any]]:
         """The server's line for `resource`, first first (`stormlock queue`)."""
@@ -452,8 +461,8 @@ class Http(LeaseBackend):
         ttl: timedelta,
         note: str | None,
         extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any] | Lease | None:
-        """POST an acquire: the answer if taken, else the holder (if told)."""
+    ) -> dict[str, Any] | _Refused:
+        """POST an acquire: the answer if taken, else the refusal."""
         body = self._context(
             {
                 "resource": resource,
@@ -465,7 +474,6 @@ class Http(LeaseBackend):
             }
         )
         self._local.uncertain = False
-        self._local.ticket = None
         try:
             data = self._request("POST", "/v1/acquire", body)
         except _Failure as failure:
@@ -474,7 +482,6 @@ class Http(LeaseBackend):
                     f"the API refused the acquire: {failure}"
                 ) from None
             holder = _lease(failure.holder) if failure.holder else None
-            self._local.ticket = failure.ticket
             if (
                 holder is not None
                 and self._local.uncertain
@@ -488,7 +495,7 @@ class Http(LeaseBackend):
                     f"your name since {iso(holder.created)}; it may be yours "
                     f"(check with 'stormlock current {resource}')"
                 ) from None
-            return holder
+            return _Refused(holder, failure.ticket)
         except _NoAnswer as exc:
             raise BackendUnavailable(
                 f"cannot tell whether the lease on {resource!r} was acquired: the "
