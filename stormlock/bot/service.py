@@ -492,8 +492,9 @@ class LeaseService:
     def keeps_channel(self, lease: Lease) -> bool:
         """Whether the history of the lease's backend records the channel a
         change is announced in (`channel_of` finds it)."""
+        backend = self.backend_of(lease.resource)
         # The backend itself, not the metrics wrapper around it.
-        backend = getattr(self.backend_of(lease.resource), "wrapped", None)
+        backend = getattr(backend, "wrapped", backend)
         return (
             isinstance(backend, LeaseBackend)
             and backend.history_retention is not None

@@ -80,6 +80,19 @@ def posts(slack: LocalSlack, channel: str = "C0OPS") -> list[Call]:
     ]
 
 
+def store_calls(*operations: str) -> float:
+    """How many of these operations the bot made on its SQLite store so far
+    (its /metrics histogram's count)."""
+    return sum(
+        REGISTRY.get_sample_value(
+            "stormlock_backend_operation_seconds_count",
+            {"backend": "sqlite", "operation": operation},
+        )
+        or 0.0
+        for operation in operations
+    )
+
+
 def settled(bot: Bot) -> None:
     """Until the outbox holds nothing: no send queued, paced or waiting
     for its retry."""
@@ -212,14 +225,7 @@ def test_an_action_never_lists_records_or_leases(bot: Bot, slack: LocalSlack) ->
     markers), so it must stay off the action's path."""
 
     def listings() -> float:
-        return sum(
-            REGISTRY.get_sample_value(
-                "stormlock_backend_operation_seconds_count",
-                {"backend": "sqlite", "operation": operation},
-            )
-            or 0.0
-            for operation in ("list_leases", "list_prefix", "list_expiring")
-        )
+        return store_calls("list_leases", "list_prefix", "list_expiring")
 
     command(bot, slack, ALICE, "acquire warm-up 1h")
     settled(bot)
@@ -240,13 +246,7 @@ def test_an_acquire_writes_no_origin_record_where_history_keeps_the_channel(
     trip on every acquire)."""
 
     def writes() -> float:
-        return (
-            REGISTRY.get_sample_value(
-                "stormlock_backend_operation_seconds_count",
-                {"backend": "sqlite", "operation": "acquire_lease"},
-            )
-            or 0.0
-        )
+        return store_calls("acquire_lease")
 
     command(bot, slack, ALICE, "acquire warm-up 1h")
     settled(bot)
@@ -269,13 +269,7 @@ def test_what_this_bot_recorded_as_sent_is_known_without_a_store_read(
     the marker, and finds it."""
 
     def reads() -> float:
-        return (
-            REGISTRY.get_sample_value(
-                "stormlock_backend_operation_seconds_count",
-                {"backend": "sqlite", "operation": "current"},
-            )
-            or 0.0
-        )
+        return store_calls("current")
 
     command(bot, slack, ALICE, "acquire db 1h")
     slack.wait_for(lambda c: c in posts(slack) and "*db*" in text_of(c))
