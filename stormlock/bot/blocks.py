@@ -38,6 +38,11 @@ from .settings import CHANNEL_ID, USER_ID
 MAX_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
 MAX_TEXT = 3000
+# ... and, though its docs do not say so, a message's blocks may hold only
+# about 13,000 characters of text in all (msg_blocks_too_long), and its
+# `text` about 4,000 (msg_too_long): these leave room for the markup.
+MAX_MESSAGE_CHARS = 12_000
+MAX_FALLBACK = 3_000
 # A view (the App Home) is at most 250 kB, as sent.
 MAX_VIEW_BYTES = 250_000
 
@@ -73,15 +78,35 @@ class Message:
     blocks: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "text", escape(self.text))
+        object.__setattr__(self, "text", _shortened(escape(self.text)))
         object.__setattr__(self, "blocks", [_defused(block) for block in self.blocks])
 
     def kwargs(self) -> dict[str, Any]:
         return {"text": self.text, "blocks": self.blocks}
 
 
-# The fallback text of one post, at most (Slack truncates past 40,000).
-MAX_FALLBACK = 39_000
+def _shortened(text: str) -> str:
+    """Escaped `text` within MAX_FALLBACK, never cut inside an entity."""
+    if len(text) <= MAX_FALLBACK:
+        return text
+    cut = text[: MAX_FALLBACK - 1]
+    head, amp, tail = cut.rpartition("&")
+    if amp and ";" not in tail:
+        cut = head
+    return cut + "…"
+
+
+def chars(node: Any) -> int:
+    """How many characters of text a block (or blocks) holds: what Slack's
+    msg_blocks_too_long counts, near enough."""
+    if isinstance(node, dict):
+        return sum(
+            len(value) if key == "text" and isinstance(value, str) else chars(value)
+            for key, value in node.items()
+        )
+    if isinstance(node, list):
+        return sum(chars(item) for item in node)
+    return 0
 
 
 def combined(messages: Sequence[Message]) -> Message:
@@ -93,8 +118,23 @@ def combined(messages: Sequence[Message]) -> Message:
         return messages[0]
     packed, _count = _pack(messages)
     merged = Message("", packed)
-    object.__setattr__(merged, "text", "\n".join(m.text for m in messages))
+    text = _shortened("\n".join(m.text for m in messages))
+    object.__setattr__(merged, "text", text)
     return merged
+
+
+def more_changes(count: int, resources: Sequence[str]) -> Message:
+    """The changes a post counts instead of naming (more came than Slack's
+    pace lets the channel hear one by one)."""
+    names = ", ".join(f"*{escape(name)}*" for name in resources[:5])
+    if len(resources) > 5:
+        names += f" and {len(resources) - 5} more"
+    where = f" to {names}" if names else ""
+    text = (
+        f":fast_forward: …and {count:,} more lease changes{where}, too many "
+        "to name one by one here; `/stormlock history <resource>` shows each."
+    )
+    return Message(f"…and {count} more lease changes", _render([_section(text)]))
 
 
 def fitting(messages: Sequence[Message]) -> int:
@@ -104,18 +144,19 @@ def fitting(messages: Sequence[Message]) -> int:
 
 def _pack(messages: Sequence[Message]) -> tuple[list[dict[str, Any]], int]:
     packed: list[dict[str, Any]] = []
-    fallback = 0
+    size = 0  # characters of block text so far
     for count, message in enumerate(messages):
-        fallback += len(message.text) + 1
         before = list(packed)
         for block in message.blocks:
             text, last = _plain_section(block), _plain_section(packed[-1:])
             fits = text is not None and last is not None
             if fits and len(f"{last}\n{text}") <= MAX_TEXT:
                 packed[-1] = _section(f"{last}\n{text}").to_dict()
+                size += len(text or "") + 1
                 continue
             packed.append(block)
-        if count and (len(packed) > MAX_BLOCKS or fallback > MAX_FALLBACK):
+            size += chars(block)
+        if count and (len(packed) > MAX_BLOCKS or size > MAX_MESSAGE_CHARS):
             return before, count
     return packed, len(messages)
 
@@ -654,10 +695,12 @@ def _lease_sections(
     note_limit: int | None = None,
     pools: Mapping[str, str] | None = None,
     waiting: Mapping[str, int] | None = None,
+    max_chars: int | None = MAX_MESSAGE_CHARS,
 ) -> list[Block]:
     """Leases as a few sections, each under Slack's text limit; the rest (past
-    the block budget or `limit` leases) summarised. With `pools` (member ->
-    pool), a pool's members are listed together and say their pool."""
+    the block budget, `max_chars` of text in all or `limit` leases)
+    summarised. With `pools` (member -> pool), a pool's members are listed
+    together and say their pool."""
     pools = pools or {}
     if pools:
         leases = sorted(
@@ -671,6 +714,8 @@ def _lease_sections(
     lines: list[str] = []
     size = 0
     shown = 0
+    # Room for the summary line at the end.
+    left = None if max_chars is None else max_chars - 100
     for lease in leases[:limit]:
         line = _lease_line(lease, namer, note_limit)
         if lease.resource in pools:
@@ -679,6 +724,10 @@ def _lease_sections(
         if waiting and waiting.get(lease.resource):
             line = f"{line} · :hourglass: {waiting[lease.resource]} in line"
         line = line[: MAX_TEXT - 10]
+        if left is not None:
+            left -= len(line) + 1
+            if left < 0:
+                break
         if size + len(line) + 1 > MAX_TEXT:
             if len(blocks) + 2 >= max_blocks:
                 break
@@ -800,18 +849,27 @@ def event_line(
     return line
 
 
-def _text_sections(lines: Sequence[str]) -> list[Block]:
-    """Lines as sections, each under Slack's text limit."""
+def _text_sections(
+    lines: Sequence[str], max_chars: int = MAX_MESSAGE_CHARS
+) -> list[Block]:
+    """Lines as sections, each under Slack's text limit; past `max_chars` in
+    all, the rest is counted instead."""
     blocks: list[Block] = []
     chunk: list[str] = []
     size = 0
-    for line in lines:
+    left = max_chars - 100  # room for the count
+    for shown, line in enumerate(lines):
         line = line[: MAX_TEXT - 10]
+        left -= len(line) + 1
+        if left < 0:
+            line = f"…and {len(lines) - shown} more."
         if chunk and size + len(line) + 1 > MAX_TEXT:
             blocks.append(_section("\n".join(chunk)))
             chunk, size = [], 0
         chunk.append(line)
         size += len(line) + 1
+        if left < 0:
+            break
     if chunk:
         blocks.append(_section("\n".join(chunk)))
     return blocks

@@ -36,7 +36,7 @@ from slack_sdk.webhook import WebhookClient
 
 from ..contract import Lease
 from ..errors import StormlockError
-from .blocks import Message, combined, fitting
+from .blocks import Message, combined, fitting, more_changes
 from .ledger import Ledger
 from .metrics import OUTBOX_WAITING, SLACK_ERRORS
 
@@ -53,8 +53,15 @@ CHANNEL_PACE = 1.0
 # because the recovery pass leaves a change alone for `[bot] recover_after`
 # (15 s), longer than this plus one request of the fast client (5 s).
 FAST_WITHIN = 2.0
-# A post names at most this many changes (fewer if they do not fit).
+# A post names at most this many changes (fewer if they do not fit: about
+# a hundred one-line changes fill Slack's message).
 MAX_POST = 500
+# Changes that would wait longer than this for their channel's turn (more
+# than Slack's pace lets one post a second name) are counted in the next
+# post instead of named: announcements stay timely and memory bounded.
+OVERFLOW_AFTER = 5.0
+# Slack refused a post as too long: it is split, not given up.
+_TOO_LONG = frozenset({"msg_too_long", "msg_blocks_too_long"})
 # A 429 asking to wait longer than this is not waited for in a thread:
 # the send is queued again (or, for a reminder, left to the next pass).
 MAX_RETRY_AFTER = 5.0
@@ -173,6 +180,8 @@ class _Post(NamedTuple):
     """Its ledger key: sent once across replicas (None: no ledger)."""
     fresh_until: float
     """Monotonic: until when it may go without a claim (see FAST_WITHIN)."""
+    queued: float
+    """Monotonic: when it was queued."""
 
 
 class _Paced:
@@ -182,6 +191,7 @@ class _Paced:
         self.pending: list[_Post] = []
         self.next_at = 0.0  # monotonic: when this channel may be posted to again
         self.scheduled = False
+        self.limit = MAX_POST  # lowered when Slack finds a post too long
 
 
 class Outbox:
@@ -422,10 +432,11 @@ class Outbox:
         sent once across replicas and restarts (see ledger.py); `fresh`: the
         change was made just now (not found later, by recovery or a second
         look)."""
-        fresh_until = time.monotonic() + (FAST_WITHIN if fresh else 0.0)
+        now = time.monotonic()
+        fresh_until = now + (FAST_WITHIN if fresh else 0.0)
         with self._lock:
             paced = self._channels.setdefault(channel, _Paced())
-            paced.pending.append(_Post(message, on_failure, key, fresh_until))
+            paced.pending.append(_Post(message, on_failure, key, fresh_until, now))
             if paced.scheduled:
                 return
             paced.scheduled = True
@@ -435,12 +446,21 @@ class Outbox:
     def _flush(self, channel: str) -> None:
         with self._lock:
             paced = self._channels[channel]
-            # As many as one post holds (hundreds of one-line changes).
-            waiting = paced.pending[:MAX_POST]
+            # As many as one post holds (about a hundred one-line changes).
+            waiting = paced.pending[: paced.limit]
             count = fitting([post.message for post in waiting])
-            batch = paced.pending[:count]
-            del paced.pending[:count]
-            paced.next_at = time.monotonic() + CHANNEL_PACE
+            now = time.monotonic()
+            behind = paced.pending[count:]
+            if behind and now - behind[0].queued > OVERFLOW_AFTER:
+                # More than the pace lets through: name what fits, count
+                # the rest (one line in the room of the last named).
+                count = max(1, count - 1)
+                batch, counted = paced.pending[:count], paced.pending[count:]
+                paced.pending = []
+            else:
+                batch, counted = paced.pending[:count], []
+                del paced.pending[:count]
+            paced.next_at = now + CHANNEL_PACE
             paced.scheduled = bool(paced.pending)
         if paced.scheduled:  # the rest goes in the next post
             self.submit(
@@ -456,32 +476,70 @@ class Outbox:
 
         def attempt() -> Failure | None:
             tries.append(1)
-            return self._post_batch(channel, batch, first=len(tries) == 1)
+            first = len(tries) == 1
+            failed = self._post_batch(channel, batch, counted, first=first)
+            if failed is not None and failed.error in _TOO_LONG and len(batch) > 1:
+                self._split(channel, batch + counted)
+                return None
+            return failed
 
         self._retrying("chat.postMessage", attempt, failed)()
 
+    def _split(self, channel: str, posts: list[_Post]) -> None:
+        """Slack found a post too long: its changes go again, fewer a post."""
+        log.warning("a post of %d changes was too long; splitting it", len(posts))
+        with self._lock:
+            paced = self._channels[channel]
+            paced.limit = max(1, len(posts) // 2)
+            paced.pending[:0] = posts
+            if paced.scheduled:
+                return
+            paced.scheduled = True
+        self.submit(Priority.NOTICE, lambda: self._flush(channel), delay=CHANNEL_PACE)
+
     def _post_batch(
-        self, channel: str, batch: list[_Post], first: bool = False
+        self,
+        channel: str,
+        batch: list[_Post],
+        counted: list[_Post] = [],  # noqa: B006 - never changed
+        first: bool = False,
     ) -> Failure | None:
-        """One post naming what of `batch` nobody else sent or is sending."""
+        """One post naming what of `batch` nobody else sent or is sending,
+        and counting what of `counted` is."""
         now = time.monotonic()
-        if first and self.ledger and all(now < p.fresh_until for p in batch):
+        posts = batch + counted
+        if first and self.ledger and all(now < p.fresh_until for p in posts):
             # Fresh changes: nobody else sends them yet (the recovery pass
             # waits GRACE), so one try without claims, marked after.
-            message = combined([post.message for post in batch])
+            message = self._message(batch, counted)
             failed = self._post_with(self.fast_client, channel, message)
-            if failed is None or not failed.passing:
-                self._mark([post.key for post in batch])
+            splits = failed is not None and failed.error in _TOO_LONG
+            if failed is None or not (failed.passing or (splits and len(batch) > 1)):
+                self._mark([post.key for post in posts])
             return failed
-        claimed = self._claim([post.key for post in batch])
+        claimed = self._claim([post.key for post in posts])
         if claimed is None:
             return None  # the store cannot say: a later pass sends it
-        mine = [post for post, claim in zip(batch, claimed, strict=True) if claim]
+        mine = [post for post, claim in zip(posts, claimed, strict=True) if claim]
         if not mine:
             return None
-        failed = self.post_now(channel, combined([post.message for post in mine]))
-        self._settle(claimed, failed)
+        named = mine[: len([claim for claim in claimed[: len(batch)] if claim])]
+        failed = self.post_now(channel, self._message(named, mine[len(named) :]))
+        if failed is not None and failed.error in _TOO_LONG and len(named) > 1:
+            self._settle(claimed, Failure(failed.error, True))  # let go: split
+        else:
+            self._settle(claimed, failed)
         return failed
+
+    @staticmethod
+    def _message(named: list[_Post], counted: list[_Post]) -> Message:
+        messages = [post.message for post in named]
+        if counted:
+            resources = sorted(
+                {post.key.split("/", 3)[-1] for post in counted if post.key}
+            )
+            messages.append(more_changes(len(counted), resources))
+        return combined(messages)
 
     def dm(self, user_id: str, message: Message, key: str | None = None) -> None:
         def send() -> Failure | None:

@@ -24,7 +24,13 @@ from slack_sdk.models.blocks import Block
 MAX_MESSAGE_BLOCKS = 50
 MAX_VIEW_BLOCKS = 100
 MAX_TEXT = 3000
-MAX_MESSAGE_TEXT = 40000
+# Undocumented, but what Slack answers: a message's `text` past about 4,000
+# characters is msg_too_long, and blocks holding more than about 13,200
+# characters of text in all are msg_blocks_too_long.
+MAX_MESSAGE_TEXT = 4000
+MAX_BLOCK_CHARS = 13_200
+TOO_LONG = "msg_too_long"
+BLOCKS_TOO_LONG = "msg_blocks_too_long"
 
 
 @dataclass
@@ -79,6 +85,41 @@ def block_problems(blocks: Any, limit: int) -> list[str]:
             if len(ids) != len(set(ids)):
                 problems.append(f"block {index}: duplicate action_id")
     return problems
+
+
+def message_problems(payload: dict[str, Any]) -> list[str]:
+    """What Slack would reject in a message (chat.postMessage, chat.update,
+    a response_url reply or an ack), empty if nothing."""
+    blocks = payload.get("blocks")
+    problems = block_problems(blocks, MAX_MESSAGE_BLOCKS)
+    if len(str(payload.get("text") or "")) > MAX_MESSAGE_TEXT:
+        problems.append(TOO_LONG)
+    if isinstance(blocks, str):
+        with contextlib.suppress(ValueError):
+            blocks = json.loads(blocks)
+    if _chars(blocks) > MAX_BLOCK_CHARS:
+        problems.append(BLOCKS_TOO_LONG)
+    return problems
+
+
+def _chars(node: Any) -> int:
+    """Characters of text in blocks, as msg_blocks_too_long counts them."""
+    if isinstance(node, dict):
+        return sum(
+            len(value) if key == "text" and isinstance(value, str) else _chars(value)
+            for key, value in node.items()
+        )
+    if isinstance(node, list):
+        return sum(_chars(item) for item in node)
+    return 0
+
+
+def _error_of(problems: list[str]) -> str:
+    """Slack's error code for a payload with these problems."""
+    for code in (TOO_LONG, BLOCKS_TOO_LONG):
+        if code in problems:
+            return code
+    return "invalid_blocks"
 
 
 class LocalSlack:
@@ -282,10 +323,7 @@ class LocalSlack:
             if isinstance(view, str):
                 view = json.loads(view)
             return block_problems((view or {}).get("blocks"), MAX_VIEW_BLOCKS)
-        problems = block_problems(payload.get("blocks"), MAX_MESSAGE_BLOCKS)
-        if len(str(payload.get("text") or "")) > MAX_MESSAGE_TEXT:
-            problems.append("text too long")
-        return problems
+        return message_problems(payload)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         slack = self
@@ -361,7 +399,7 @@ class LocalSlack:
                     slack.record(call)
                     self._send(
                         400 if call.problems else 200,
-                        "invalid_blocks" if call.problems else "ok",
+                        _error_of(call.problems) if call.problems else "ok",
                     )
                     return
                 if not path.startswith("/api/"):
@@ -394,7 +432,11 @@ class LocalSlack:
                     return
                 call = Call(method, payload, {}, slack.problems(method, payload))
                 answer = (
-                    {"ok": False, "error": "invalid_blocks", "errors": call.problems}
+                    {
+                        "ok": False,
+                        "error": _error_of(call.problems),
+                        "errors": call.problems,
+                    }
                     if call.problems
                     else slack.answer(method, payload)
                 )

@@ -15,6 +15,7 @@ from stormlock.testing.localslack import (
     MAX_MESSAGE_BLOCKS,
     MAX_VIEW_BLOCKS,
     block_problems,
+    message_problems,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -83,8 +84,45 @@ def test_a_list_of_500_leases_stays_within_slack_limits() -> None:
         LEASE._replace(resource=f"resource-{i:03d}", note="n" * 200) for i in range(500)
     ]
     message = blocks.lease_list(many, namer)
-    assert block_problems(message.blocks, MAX_MESSAGE_BLOCKS) == []
+    assert message_problems(message.kwargs()) == []
     assert "500" in message.text
+    assert " more. " in shown(message), "the leases past Slack's limit are counted"
+
+
+@pytest.mark.parametrize("count", [5_000, 10_000])
+def test_a_board_of_thousands_of_leases_is_a_message_slack_takes(count: int) -> None:
+    """Slack refuses a message whose blocks hold more than about 13,000
+    characters (msg_blocks_too_long), far below 50 blocks of 3,000."""
+    many = [LEASE._replace(resource=f"r-{i:05d}") for i in range(count)]
+    for message in (
+        blocks.board(many, namer),
+        blocks.lease_list(many, namer),
+        blocks.pool_held("staging", many, namer),
+    ):
+        assert message_problems(message.kwargs()) == []
+        assert " more" in shown(message), "the leases past Slack's limit are counted"
+
+
+def test_a_burst_of_announcements_fits_one_post_and_the_rest_waits() -> None:
+    said = [
+        blocks.announce_acquired(LEASE._replace(resource=f"svc-{i:04d}"), namer)
+        for i in range(2_000)
+    ]
+    count = blocks.fitting(said)
+    assert 50 <= count < 2_000
+    post = blocks.combined(said[:count])
+    assert message_problems(post.kwargs()) == []
+    assert f"*svc-{count - 1:04d}*" in shown(post)
+    assert f"*svc-{count:04d}*" not in shown(post)
+    with_more = blocks.combined([*said[: count - 1], blocks.more_changes(1_234, [])])
+    assert message_problems(with_more.kwargs()) == []
+    assert "1,234 more" in shown(with_more)
+
+
+def test_a_long_fallback_text_is_cut_not_refused() -> None:
+    message = blocks.Message("&" * 5_000)
+    assert message_problems(message.kwargs()) == []
+    assert message.text.endswith("&amp;…"), "never cut inside an entity"
 
 
 def test_app_home_is_a_valid_view_and_bounded() -> None:

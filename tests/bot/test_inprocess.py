@@ -7,6 +7,7 @@ wire, SIGKILL and SIGTERM) stays in the subprocess tests."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from stormlock.backends.sqlite import SQLite
+from stormlock.bot import outbox
 from stormlock.bot.app import Bot, build_app
 from stormlock.bot.ledger import Ledger
 from stormlock.bot.service import LeaseService
@@ -131,6 +133,54 @@ def test_announcements_to_one_channel_are_coalesced_in_order(
     assert places == sorted(places), "announced out of order"
     assert all(text.count(f"*{name}*") == 1 for name in names), "announced twice"
     assert all(c.problems == [] for c in sent)
+
+
+MORE = re.compile(r"([\d,]+) more lease changes")
+
+
+def named_and_counted(sent: list[Call]) -> tuple[list[str], int]:
+    """The resources a channel's posts name as taken, in order, and how many
+    changes they count instead of naming."""
+    text = "".join(json.dumps(c.payload.get("blocks")) for c in sent)
+    named = re.findall(r"took \*(svc-[\w]+)\*", text)
+    counted = sum(int(n.replace(",", "")) for n in MORE.findall(text))
+    return named, counted
+
+
+def test_more_changes_than_slacks_pace_lets_through_are_counted_not_queued(
+    bot: Bot, slack: LocalSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One post a second names about a hundred changes: a channel that gets
+    more does not fall ever further behind (nor the bot's memory grow)."""
+    monkeypatch.setattr(outbox, "OVERFLOW_AFTER", 0.5)
+    names = [f"svc-{n:04d}" for n in range(1_500)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: command(bot, slack, ALICE, f"acquire {n} 1h"), names))
+    settled(bot)
+    sent = posts(slack)
+    assert all(c.problems == [] for c in sent), "Slack refused a post"
+    named, counted = named_and_counted(sent)
+    assert counted > 0, "nothing was counted: the test did not overflow"
+    assert len(named) + counted == len(names), "a change was lost or told twice"
+    assert len(set(named)) == len(named)
+    assert len(sent) < 30, f"{len(sent)} posts"
+
+
+def test_a_post_slack_finds_too_long_is_split_not_lost(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    # The next post, a second after this one, names the burst below.
+    command(bot, slack, ALICE, "acquire svc-first 1h")
+    slack.wait_for(lambda c: c in posts(slack))
+    slack.fail_next(
+        "chat.postMessage", 200, {}, {"ok": False, "error": "msg_blocks_too_long"}
+    )
+    names = [f"svc-{n:02d}" for n in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: command(bot, slack, ALICE, f"acquire {n} 1h"), names))
+    settled(bot)
+    named, counted = named_and_counted(posts(slack))
+    assert sorted(named) == sorted(["svc-first", *names]) and counted == 0
 
 
 @pytest.mark.parametrize("status", [429, 500])
