@@ -68,7 +68,7 @@ def build_app(
         settings.bot_token, settings.api_url, timeout=bound, max_wait=bound, retries=0
     )
     ledger = Ledger(state.records, settings.claim_ttl)
-    outbox = Outbox(client, ledger=ledger)
+    outbox = Outbox(client, ledger=ledger, directory=directory)
     now = Outbox(reminder_client, threads=0, ledger=ledger)
     reminders = Reminders(core, directory, now, notices=outbox)
     pipeline = Pipeline(core, directory, outbox, reminders, answer_threads)

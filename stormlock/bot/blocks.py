@@ -801,6 +801,12 @@ def problem(message: str) -> Message:
     return Message(message, _render([_section(text)]))
 
 
+def announce_failed(error: str) -> Message:
+    """For the person whose change Slack would not let the channel hear."""
+    hint = " Invite the app to the channel." if error == "not_in_channel" else ""
+    return problem(f"I could not announce this in the channel ({error}).{hint}")
+
+
 _EVENT_ICONS = {
     "acquired": ":lock:",
     "renewed": ":repeat:",

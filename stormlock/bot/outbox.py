@@ -17,9 +17,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -36,9 +36,12 @@ from slack_sdk.webhook import WebhookClient
 
 from ..contract import Lease
 from ..errors import StormlockError
-from .blocks import Message, combined, fitting, more_changes
+from .blocks import Message, announce_failed, combined, fitting, more_changes
 from .ledger import Ledger
 from .metrics import OUTBOX_WAITING, SLACK_ERRORS
+
+if TYPE_CHECKING:
+    from .identity import Directory
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +178,8 @@ class _Post(NamedTuple):
     """An announcement waiting for its channel's turn."""
 
     message: Message
-    on_failure: Callable[[str], None] | None
+    tell: str | None
+    """A response_url: whom to tell if Slack refuses it for good."""
     key: str | None
     """Its ledger key: sent once across replicas (None: no ledger)."""
     fresh_until: float
@@ -194,24 +198,92 @@ class _Paced:
         self.limit = MAX_POST  # lowered when Slack finds a post too long
 
 
+# -- what the outbox holds: messages to send, never code ---------------------
+
+
+@dataclass(frozen=True)
+class Flush:
+    """A channel's turn: post what waits for it."""
+
+    channel: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One post of a channel's changes: `named` one by one, `counted`."""
+
+    channel: str
+    named: tuple[_Post, ...]
+    counted: tuple[_Post, ...] = ()
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Direct:
+    """A DM, to a user id or (`by_principal`) to whoever Slack has for it."""
+
+    to: str
+    message: Message
+    key: str | None = None
+    by_principal: bool = False
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Respond:
+    """A message to a person through a response_url."""
+
+    url: str
+    message: Message
+    replace: bool = False
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Redraw:
+    """Draw the boards (no `user_id`) or a person's App Home afresh."""
+
+    user_id: str | None = None
+
+
+Item = Flush | Batch | Direct | Respond | Redraw
+
+
+class Drawer(Protocol):
+    """Reads the newest state for a redraw (once per batch) and renders it;
+    the outbox sends what it returns."""
+
+    def boards(self) -> list[tuple[str, str, Message]]:
+        """(channel, the board message's ts, the board) for every board."""
+        ...
+
+    def home(self, user_id: str) -> dict[str, Any] | None:
+        """The person's App Home view; None if it cannot be drawn now."""
+        ...
+
+
 class Outbox:
     def __init__(
-        self, client: WebClient, threads: int = 4, ledger: Ledger | None = None
+        self,
+        client: WebClient,
+        threads: int = 4,
+        ledger: Ledger | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.client = client
         # One request, no retries of its own (they come from the outbox):
         # a send without a claim must end well within the recovery's grace.
         self.fast_client = web_client(client.token, client.base_url, retries=0)
         self.ledger = ledger
+        self.directory = directory
+        self.drawer: Drawer | None = None
         self._channels: dict[str, _Paced] = {}
-        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None]]] = (
-            queue.PriorityQueue()
-        )
+        self._queue: queue.PriorityQueue[tuple[int, int, Item]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._lock = threading.Lock()
-        self._queued: set[str] = set()
+        self._queued: set[Redraw] = set()
         # Retries waiting for their backoff: sent at once by close().
-        self._timers: dict[threading.Timer, tuple[Priority, Callable[[], None]]] = {}
+        self._timers: dict[threading.Timer, tuple[Priority, Item]] = {}
         self._closed = False
         self._threads = [
             threading.Thread(
@@ -224,6 +296,10 @@ class Outbox:
         if threads:  # the sending outbox, not the reminders' synchronous one
             OUTBOX_WAITING.set_function(self.waiting)
 
+    def draw_with(self, drawer: Drawer) -> None:
+        """What redraws boards and App Homes (built after the outbox)."""
+        self.drawer = drawer
+
     def waiting(self) -> int:
         """Queued sends plus announcements waiting for their channel's turn."""
         with self._lock:
@@ -233,45 +309,61 @@ class Outbox:
 
     # -- the queue ----------------------------------------------------------------
 
-    def submit(
-        self,
-        priority: Priority,
-        task: Callable[[], None],
-        key: str | None = None,
-        delay: float = 0.0,
-    ) -> None:
-        """Run `task` in the outbox's threads, after `delay` seconds; with
-        `key`, not if a task with that key is already waiting (that one will
-        see the newest state), so a burst of changes makes one redraw."""
-        if key is not None:
-            with self._lock:
-                if key in self._queued:
-                    return
-                self._queued.add(key)
-            inner = task
-
-            def task() -> None:
-                with self._lock:
-                    self._queued.discard(key)
-                inner()
-
+    def _put(self, priority: Priority, item: Item, delay: float = 0.0) -> None:
         if delay > 0:
-            self._later(delay, priority, task)
+            self._later(delay, priority, item)
         else:
-            self._queue.put((priority, next(self._order), task))
+            self._queue.put((priority, next(self._order), item))
+
+    def redraw(self, what: Redraw, delay: float = 0.0) -> None:
+        """Redraw after `delay` seconds, unless that redraw already waits
+        (it will read the newest state): a burst of changes makes one."""
+        with self._lock:
+            if what in self._queued:
+                return
+            self._queued.add(what)
+        self._put(Priority.REFRESH, what, delay)
 
     def _work(self) -> None:
         while True:
-            _priority, _order, task = self._queue.get()
+            _priority, _order, item = self._queue.get()
             try:
-                task()
+                self._deliver(item)
             except Exception:
-                log.exception("outbox task failed")
+                log.exception("outbox delivery failed")
             finally:
                 self._queue.task_done()
 
+    def _deliver(self, item: Item) -> None:
+        if isinstance(item, Flush):
+            self._flush(item.channel)
+        elif isinstance(item, Batch):
+            self._send_batch(item)
+        elif isinstance(item, Direct):
+            self._send_dm(item)
+        elif isinstance(item, Respond):
+            failed = self.respond_now(item.url, item.message, item.replace)
+            self._again(item, failed, Priority.ANSWER)
+        else:
+            with self._lock:
+                self._queued.discard(item)
+            self._draw(item)
+
+    def _again(
+        self, item: Batch | Direct | Respond, failed: Failure | None, priority: Priority
+    ) -> bool:
+        """Queue `item` again after a passing failure, with backoff; whether
+        it was (False: it went out, or is given up)."""
+        if failed is None or not failed.passing or item.attempt >= len(BACKOFF):
+            return False
+        # As long as Slack asked, if it asked longer than our backoff.
+        delay = max(BACKOFF[item.attempt], failed.wait)
+        log.info("%s failed (%s); again in %.1f s", type(item).__name__, failed, delay)
+        self._put(priority, replace(item, attempt=item.attempt + 1), delay)
+        return True
+
     def drain(self, timeout: float | None = None) -> bool:
-        """Until every queued task has run, or `timeout` seconds; whether
+        """Until every queued send has gone, or `timeout` seconds; whether
         the queue emptied."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._queue.all_tasks_done:
@@ -289,9 +381,9 @@ class Outbox:
             self._closed = True
             waiting = list(self._timers.items())
             self._timers.clear()
-        for timer, (priority, task) in waiting:
+        for timer, (priority, item) in waiting:
             timer.cancel()
-            self._queue.put((priority, next(self._order), task))
+            self._put(priority, item)
         if not self.drain(max(0.0, timeout)):
             with self._lock:
                 posts = sum(len(paced.pending) for paced in self._channels.values())
@@ -303,46 +395,21 @@ class Outbox:
                 posts,
             )
 
-    def _later(
-        self, delay: float, priority: Priority, task: Callable[[], None]
-    ) -> None:
+    def _later(self, delay: float, priority: Priority, item: Item) -> None:
         def fire() -> None:
             with self._lock:
                 if self._timers.pop(timer, None) is None:
                     return  # close() sent it already
-            self._queue.put((priority, next(self._order), task))
+            self._put(priority, item)
 
         timer = threading.Timer(delay, fire)
         timer.daemon = True
         with self._lock:
             if self._closed:
-                self._queue.put((priority, next(self._order), task))
+                self._queue.put((priority, next(self._order), item))
                 return
-            self._timers[timer] = (priority, task)
+            self._timers[timer] = (priority, item)
         timer.start()
-
-    def _retrying(
-        self,
-        name: str,
-        send: Callable[[], Failure | None],
-        on_failure: Callable[[str], None] | None,
-        attempt: int = 0,
-        priority: Priority = Priority.NOTICE,
-    ) -> Callable[[], None]:
-        def task() -> None:
-            failed = send()
-            if failed is None:
-                return
-            if failed.passing and attempt < len(BACKOFF):
-                # As long as Slack asked, if it asked longer than our backoff.
-                delay = max(BACKOFF[attempt], failed.wait)
-                log.info("%s failed (%s); again in %.1f s", name, failed, delay)
-                again = self._retrying(name, send, on_failure, attempt + 1, priority)
-                self._later(delay, priority, again)
-            elif on_failure is not None:
-                on_failure(failed.error)
-
-        return task
 
     # -- sending now (the caller's thread) ----------------------------------------
 
@@ -354,13 +421,8 @@ class Outbox:
         outbox, ahead of everything else queued."""
         failed = self.respond_now(response_url, message, replace)
         if failed is not None and failed.passing:
-            again = self._retrying(
-                "response_url",
-                lambda: self.respond_now(response_url, message, replace),
-                None,
-                priority=Priority.ANSWER,
-            )
-            self._later(max(BACKOFF[0], failed.wait), Priority.ANSWER, again)
+            again = Respond(response_url, message, replace)
+            self._put(Priority.ANSWER, again, max(BACKOFF[0], failed.wait))
 
     def respond_now(
         self, response_url: str, message: Message, replace: bool = False
@@ -394,6 +456,14 @@ class Outbox:
             return self._failed("chat.postMessage", exc)
         return None
 
+    def update_now(self, channel: str, ts: str, message: Message) -> Failure | None:
+        """Edit a message the bot posted (a board)."""
+        try:
+            self.client.chat_update(channel=channel, ts=ts, **message.kwargs())
+        except (SlackApiError, OSError) as exc:
+            return self._failed("chat.update", exc)
+        return None
+
     def dm_now(self, user_id: str, message: Message) -> Failure | None:
         try:
             opened = self.client.conversations_open(users=user_id)
@@ -422,26 +492,27 @@ class Outbox:
         self,
         channel: str,
         message: Message,
-        on_failure: Callable[[str], None] | None = None,
+        tell: str | None = None,
         key: str | None = None,
         fresh: bool = True,
     ) -> None:
         """Announce in `channel`. Slack takes about one post a second per
         channel: what comes faster waits for the next post, which names every
-        change since, in order (instead of a wall of 429s). With `key`, it is
-        sent once across replicas and restarts (see ledger.py); `fresh`: the
-        change was made just now (not found later, by recovery or a second
-        look)."""
+        change since, in order (instead of a wall of 429s). `tell`: the
+        response_url of whom to tell if Slack refuses it for good. With
+        `key`, it is sent once across replicas and restarts (see ledger.py);
+        `fresh`: the change was made just now (not found later, by recovery
+        or a second look)."""
         now = time.monotonic()
         fresh_until = now + (FAST_WITHIN if fresh else 0.0)
         with self._lock:
             paced = self._channels.setdefault(channel, _Paced())
-            paced.pending.append(_Post(message, on_failure, key, fresh_until, now))
+            paced.pending.append(_Post(message, tell, key, fresh_until, now))
             if paced.scheduled:
                 return
             paced.scheduled = True
-            delay = paced.next_at - time.monotonic()
-        self.submit(Priority.NOTICE, lambda: self._flush(channel), delay=delay)
+            delay = paced.next_at - now
+        self._put(Priority.NOTICE, Flush(channel), delay)
 
     def _flush(self, channel: str) -> None:
         with self._lock:
@@ -455,35 +526,31 @@ class Outbox:
                 # More than the pace lets through: name what fits, count
                 # the rest (one line in the room of the last named).
                 count = max(1, count - 1)
-                batch, counted = paced.pending[:count], paced.pending[count:]
+                batch = Batch(
+                    channel,
+                    tuple(paced.pending[:count]),
+                    tuple(paced.pending[count:]),
+                )
                 paced.pending = []
             else:
-                batch, counted = paced.pending[:count], []
+                batch = Batch(channel, tuple(paced.pending[:count]))
                 del paced.pending[:count]
             paced.next_at = now + CHANNEL_PACE
             paced.scheduled = bool(paced.pending)
         if paced.scheduled:  # the rest goes in the next post
-            self.submit(
-                Priority.NOTICE, lambda: self._flush(channel), delay=CHANNEL_PACE
-            )
-        callbacks = [post.on_failure for post in batch if post.on_failure]
+            self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE)
+        self._send_batch(batch)
 
-        def failed(error: str) -> None:
-            for tell in callbacks:
-                tell(error)
-
-        tries: list[int] = []
-
-        def attempt() -> Failure | None:
-            tries.append(1)
-            first = len(tries) == 1
-            failed = self._post_batch(channel, batch, counted, first=first)
-            if failed is not None and failed.error in _TOO_LONG and len(batch) > 1:
-                self._split(channel, batch + counted)
-                return None
-            return failed
-
-        self._retrying("chat.postMessage", attempt, failed)()
+    def _send_batch(self, batch: Batch) -> None:
+        failed = self._post_batch(batch)
+        if failed is None or self._again(batch, failed, Priority.NOTICE):
+            return
+        if failed.error in _TOO_LONG and len(batch.named) > 1:
+            self._split(batch.channel, [*batch.named, *batch.counted])
+            return
+        tell = {post.tell for post in (*batch.named, *batch.counted) if post.tell}
+        for url in sorted(tell):
+            self.respond(url, announce_failed(failed.error))
 
     def _split(self, channel: str, posts: list[_Post]) -> None:
         """Slack found a post too long: its changes go again, fewer a post."""
@@ -495,26 +562,21 @@ class Outbox:
             if paced.scheduled:
                 return
             paced.scheduled = True
-        self.submit(Priority.NOTICE, lambda: self._flush(channel), delay=CHANNEL_PACE)
+        self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE)
 
-    def _post_batch(
-        self,
-        channel: str,
-        batch: list[_Post],
-        counted: list[_Post] = [],  # noqa: B006 - never changed
-        first: bool = False,
-    ) -> Failure | None:
-        """One post naming what of `batch` nobody else sent or is sending,
-        and counting what of `counted` is."""
+    def _post_batch(self, batch: Batch) -> Failure | None:
+        """One post naming what of `batch.named` nobody else sent or is
+        sending, and counting what of `batch.counted` is."""
         now = time.monotonic()
-        posts = batch + counted
+        posts = [*batch.named, *batch.counted]
+        first = batch.attempt == 0
         if first and self.ledger and all(now < p.fresh_until for p in posts):
             # Fresh changes: nobody else sends them yet (the recovery pass
             # waits GRACE), so one try without claims, marked after.
-            message = self._message(batch, counted)
-            failed = self._post_with(self.fast_client, channel, message)
-            splits = failed is not None and failed.error in _TOO_LONG
-            if failed is None or not (failed.passing or (splits and len(batch) > 1)):
+            message = _message(list(batch.named), list(batch.counted))
+            failed = self._post_with(self.fast_client, batch.channel, message)
+            split = failed is not None and failed.error in _TOO_LONG
+            if failed is None or not (failed.passing or (split and len(posts) > 1)):
                 self._mark([post.key for post in posts])
             return failed
         claimed = self._claim([post.key for post in posts])
@@ -523,34 +585,50 @@ class Outbox:
         mine = [post for post, claim in zip(posts, claimed, strict=True) if claim]
         if not mine:
             return None
-        named = mine[: len([claim for claim in claimed[: len(batch)] if claim])]
-        failed = self.post_now(channel, self._message(named, mine[len(named) :]))
+        named = mine[: len([claim for claim in claimed[: len(batch.named)] if claim])]
+        message = _message(named, mine[len(named) :])
+        failed = self.post_now(batch.channel, message)
         if failed is not None and failed.error in _TOO_LONG and len(named) > 1:
             self._settle(claimed, Failure(failed.error, True))  # let go: split
         else:
             self._settle(claimed, failed)
         return failed
 
-    @staticmethod
-    def _message(named: list[_Post], counted: list[_Post]) -> Message:
-        messages = [post.message for post in named]
-        if counted:
-            resources = sorted(
-                {post.key.split("/", 3)[-1] for post in counted if post.key}
-            )
-            messages.append(more_changes(len(counted), resources))
-        return combined(messages)
+    def dm(
+        self,
+        to: str,
+        message: Message,
+        key: str | None = None,
+        by_principal: bool = False,
+    ) -> None:
+        """DM `to`: a user id, or a principal Slack is asked about first."""
+        self._put(Priority.NOTICE, Direct(to, message, key, by_principal))
 
-    def dm(self, user_id: str, message: Message, key: str | None = None) -> None:
-        def send() -> Failure | None:
-            claimed = self._claim([key])
-            if not claimed or not claimed[0]:
-                return None  # sent or being sent elsewhere, or the store is out
-            failed = self.dm_now(user_id, message)
-            self._settle(claimed, failed)
-            return failed
+    def _send_dm(self, item: Direct) -> None:
+        user_id = item.to
+        if item.by_principal:
+            assert self.directory is not None
+            found = self.directory.user_id_for(item.to)
+            if not found:
+                return  # nobody in Slack to tell
+            user_id = found
+        claimed = self._claim([item.key])
+        if not claimed or not claimed[0]:
+            return  # sent or being sent elsewhere, or the store is out
+        failed = self.dm_now(user_id, item.message)
+        self._settle(claimed, failed)
+        self._again(item, failed, Priority.NOTICE)
 
-        self.submit(Priority.NOTICE, self._retrying("DM", send, None))
+    def _draw(self, what: Redraw) -> None:
+        if self.drawer is None:
+            return
+        if what.user_id is not None:
+            view = self.drawer.home(what.user_id)
+            if view is not None:
+                self.publish_now(what.user_id, view)
+            return
+        for channel, ts, board in self.drawer.boards():
+            self.update_now(channel, ts, board)
 
     # -- once across replicas (ledger.py) ---------------------------------------------
 
@@ -597,3 +675,11 @@ class Outbox:
                     self.ledger.sent(claim)
             except StormlockError as exc:  # a claim lapses by itself
                 log.warning("could not record a notice: %s", exc)
+
+
+def _message(named: list[_Post], counted: list[_Post]) -> Message:
+    messages = [post.message for post in named]
+    if counted:
+        resources = sorted({post.key.split("/", 3)[-1] for post in counted if post.key})
+        messages.append(more_changes(len(counted), resources))
+    return combined(messages)

@@ -555,14 +555,24 @@ class Reminders:
         return {r: len(line) for r, line in self.service.lines().items()}
 
     def refresh_boards(self, stats: RunStats | None = None) -> None:
-        """Redraw every board. The reconcile pass (`stats` given) reads which
-        boards exist; a change uses what the last pass read, so it costs no
-        listing of the bot's records."""
+        """Redraw every board (the reconcile pass: `stats` given)."""
+        for channel, ts, board in self.boards(stats):
+            failed = self.outbox.update_now(channel, ts, board)
+            if failed:
+                log.warning("board update in %s failed: %s", channel, failed)
+
+    def boards(
+        self, stats: RunStats | None = None
+    ) -> list[tuple[str, str, blocks.Message]]:
+        """Every board to redraw: (channel, its message's ts, the board). The
+        reconcile pass (`stats` given) reads which boards exist, and draws
+        none if nothing changed since; a change uses what the last pass
+        read, so it costs no listing of the bot's records."""
         if stats is not None or self._boards is None:
             self._boards = self.records.list("board/")
         boards = self._boards
         if not boards:
-            return
+            return []
         leases = self.service.list_leases()
         counts = self._counts()
         digest = json.dumps(
@@ -570,19 +580,14 @@ class Reminders:
             + sorted(counts.items())
         )
         if stats is not None and digest == self._board_digest:
-            return  # nothing changed since this replica last drew them
+            return []  # nothing changed since this replica last drew them
         self._board_digest = digest
         message = blocks.board(
             leases, self.directory.display, self.service.pools(leases), counts
         )
-        for key, record in boards:
-            channel = key[len("board/") :]
-            try:
-                self.outbox.client.chat_update(
-                    channel=channel, ts=record.note or "", **message.kwargs()
-                )
-            except Exception as exc:
-                log.warning("board update in %s failed: %s", channel, exc)
+        return [
+            (key[len("board/") :], record.note or "", message) for key, record in boards
+        ]
 
 
 class Scheduler:

@@ -98,7 +98,7 @@ def store_calls(*operations: str) -> float:
 def settled(bot: Bot) -> None:
     """Until the outbox holds nothing: no send queued, paced or waiting
     for its retry."""
-    wait_until(lambda: bot.pipeline.outbox.waiting() == 0, timeout=30)
+    wait_until(lambda: bot.pipeline.waiting() == 0, timeout=30)
     bot.pipeline.outbox.drain(10)
 
 
