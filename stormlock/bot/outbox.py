@@ -7,6 +7,9 @@ which coalesce (a redraw already queued is not queued twice; it reads the
 newest state when it runs). A send that failed for a passing reason (Slack's
 5xx, a time-out, a refused connection, a rate limit) is queued again with
 backoff, a few times; one Slack refused for good (not_in_channel) is not.
+
+What it queues are messages (`Flush`, `Batch`, `Direct`, `Respond`,
+`Redraw`), never code: only a redraw reads state, through its `Drawer`.
 """
 
 from __future__ import annotations
@@ -517,6 +520,9 @@ class Outbox:
     def _flush(self, channel: str) -> None:
         with self._lock:
             paced = self._channels[channel]
+            if not paced.pending:  # never: one turn a channel at a time
+                paced.scheduled = False
+                return
             # As many as one post holds (about a hundred one-line changes).
             waiting = paced.pending[: paced.limit]
             count = fitting([post.message for post in waiting])
@@ -536,8 +542,10 @@ class Outbox:
                 batch = Batch(channel, tuple(paced.pending[:count]))
                 del paced.pending[:count]
             paced.next_at = now + CHANNEL_PACE
-            paced.scheduled = bool(paced.pending)
-        if paced.scheduled:  # the rest goes in the next post
+            # Read here, under the lock: a post() just after it may schedule
+            # the channel's next turn itself (two turns: an empty post).
+            rest = paced.scheduled = bool(paced.pending)
+        if rest:  # the rest goes in the next post
             self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE)
         self._send_batch(batch)
 

@@ -31,6 +31,7 @@ MAX_MESSAGE_TEXT = 4000
 MAX_BLOCK_CHARS = 13_200
 TOO_LONG = "msg_too_long"
 BLOCKS_TOO_LONG = "msg_blocks_too_long"
+NO_TEXT = "no_text"
 
 
 @dataclass
@@ -116,7 +117,7 @@ def _chars(node: Any) -> int:
 
 def _error_of(problems: list[str]) -> str:
     """Slack's error code for a payload with these problems."""
-    for code in (TOO_LONG, BLOCKS_TOO_LONG):
+    for code in (NO_TEXT, TOO_LONG, BLOCKS_TOO_LONG):
         if code in problems:
             return code
     return "invalid_blocks"
@@ -323,7 +324,11 @@ class LocalSlack:
             if isinstance(view, str):
                 view = json.loads(view)
             return block_problems((view or {}).get("blocks"), MAX_VIEW_BLOCKS)
-        return message_problems(payload)
+        problems = message_problems(payload)
+        sends = method in ("chat.postMessage", "chat.update", "response_url")
+        if sends and not payload.get("text") and not payload.get("blocks"):
+            problems.append(NO_TEXT)
+        return problems
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         slack = self
