@@ -43,7 +43,7 @@ MISS_NOTE = (
     " HTTP exchange, and both bots announce every change. Where answers/s"
     " misses the baseline's, the difference is work per answer on shared"
     " cores, not waiting. Measured on Redis (16 people, 2026-12-03): our bot"
-    " spends about 4.3 ms of CPU per answer against the baseline's 2.1 ms"
+    " spends about 3.6 ms of CPU per answer against the baseline's 1.6 to 2.1 ms"
     " (process CPU over the run), and makes 8 store round trips per acquire and"
     " release against the baseline's 3 (MONITOR): the line's mark before an"
     " acquire; the sent marker of each announcement (what makes it recoverable"
