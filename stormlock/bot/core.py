@@ -10,6 +10,7 @@ shell) sends them. Commands and buttons take the same path.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -404,6 +405,62 @@ def deliveries(outcome: Outcome, home_of: str | None = None) -> list[Delivery]:
     if home_of is not None:
         out.append(RedrawHome(home_of))
     return out
+
+
+def notice_record(notice: Notice) -> str:
+    """A notice as the JSON the bot keeps until it is sent, where history
+    cannot give it back (never the lease id)."""
+    lease = notice.lease
+    data: dict[str, object] = {
+        "principal": lease.principal,
+        "created": lease.created.isoformat(),
+        "resource": lease.resource,
+        "expires": lease.expires.isoformat() if lease.expires else None,
+        "note": lease.note,
+        "fence": lease.fence,
+        "members": list(lease.members),
+    }
+    if isinstance(notice, TookLease):
+        data.update(kind="took", channel=notice.channel, pool=notice.pool)
+    elif isinstance(notice, GaveUpLease):
+        data.update(
+            kind="gave",
+            channel=notice.channel,
+            actor=notice.actor,
+            forced=notice.forced,
+        )
+    else:
+        data.update(kind="forced", holder=notice.holder, by=notice.by)
+    return json.dumps(data)
+
+
+def notice_of_record(text: str) -> Notice | None:
+    """The notice `notice_record` wrote; None if the record is unreadable."""
+    try:
+        data = json.loads(text)
+        expires = data["expires"]
+        lease = Lease(
+            str(data["principal"]),
+            datetime.fromisoformat(data["created"]),
+            "",  # never kept, never shown
+            str(data["resource"]),
+            datetime.fromisoformat(expires) if expires else None,
+            data["note"],
+            int(data["fence"]),
+            tuple(str(m) for m in data["members"]),
+        )
+        kind = data["kind"]
+        if kind == "took":
+            return TookLease(str(data["channel"]), lease, data["pool"])
+        if kind == "gave":
+            return GaveUpLease(
+                str(data["channel"]), lease, str(data["actor"]), bool(data["forced"])
+            )
+        if kind == "forced":
+            return ForcedOff(str(data["holder"]), lease, str(data["by"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def notices_of(event: Event, pools: Mapping[str, str] | None = None) -> list[Notice]:
@@ -864,7 +921,20 @@ class Core:
                 self.state.remember_origin(lease, ask.channel)
             except StormlockError as exc:  # the lease stands; so does its answer
                 log.warning("origin of a lease not recorded: %s", exc)
+        self._owe(outcome, lease)
         return outcome
+
+    def _owe(self, outcome: Outcome, lease: Lease) -> None:
+        """Where history cannot give a change's notices back, keep them
+        until they are sent: a bot that dies before does not lose them."""
+        if self.state is None or self.service.keeps_channel(lease):
+            return
+        for notice in outcome.notices:
+            if isinstance(notice, TookLease | GaveUpLease | ForcedOff):
+                try:
+                    self.state.owe(notice.key, notice_record(notice))
+                except StormlockError as exc:  # the change stands; so does its answer
+                    log.warning("an owed notice was not recorded: %s", exc)
 
     def _may_release(
         self, person: Person, lease_id: str | None, force: bool
@@ -917,6 +987,7 @@ class Core:
             outcome.notices.append(
                 ForcedOff(result.lease.principal, result.lease, person.principal)
             )
+        self._owe(outcome, result.lease)
         return outcome
 
     def _token(self, person: Person, command: Command) -> Outcome:

@@ -32,7 +32,16 @@ from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
 from ..times import utcnow
 from . import blocks
-from .core import AskAnswered, AskHolder, Core, ForcedOff, Notice, Reply, notices_of
+from .core import (
+    AskAnswered,
+    AskHolder,
+    Core,
+    ForcedOff,
+    Notice,
+    Reply,
+    notice_of_record,
+    notices_of,
+)
 from .identity import Directory
 from .ledger import SENT_TTL, Ledger
 from .metrics import NOTIFICATIONS, RECONCILE_RUNS
@@ -314,8 +323,28 @@ class Reminders:
             cursor = min(oldest_open or settled, settled)
             if cursor > start:
                 self.records.put(_CURSOR, cursor.isoformat(), SENT_TTL)
+            self._recover_owed(settled, stats)
         finally:
             self.records.drop(turn)
+
+    def _recover_owed(self, settled: datetime, stats: RunStats) -> None:
+        """The same for changes on backends whose history cannot give their
+        notices back: the core kept each notice until it is sent."""
+        for key, record in self.state.owed():
+            if self.stopping.is_set():
+                return
+            if record.created > settled:
+                continue  # the live path's, for now
+            if self.ledger.done(key):
+                self.records.drop(record)
+                continue
+            notice = notice_of_record(record.note or "")
+            if notice is None:
+                log.warning("an unreadable owed notice was dropped")
+                self.records.drop(record)
+                continue
+            self._resend(notice)
+            stats.recovered += 1
 
     def _cursor(self, now: datetime) -> datetime:
         """Up to when every owed notice is known to have gone out."""

@@ -14,6 +14,8 @@ from ..times import utcnow
 _WAIT_TTL = timedelta(days=30)
 # An origin outlives its lease by a day, so its expiry can still be told.
 _ORIGIN_GRACE = timedelta(days=1)
+# An owed notice is kept as long as recovery ever looks back (an hour).
+_OWED_TTL = timedelta(hours=1)
 # An ask outlives its lease by this, so an unanswered one can still be told.
 _ASK_GRACE = timedelta(hours=1)
 
@@ -90,6 +92,18 @@ class BotState:
     def origin(self, fence: int, resource: str) -> str | None:
         record = self.records.get(f"origin/{fence}/{resource}")
         return record.note if record is not None else None
+
+    # -- notices owed where history cannot give them back -------------------------
+
+    def owe(self, key: str, notice: str) -> None:
+        """Keep a change's notice (`core.notice_record`) until it is sent."""
+        self.records.claim(f"owed/{key}", _OWED_TTL, notice)
+
+    def owed(self) -> list[tuple[str, Lease]]:
+        """The notices kept, by key; each record's `note` is the notice."""
+        return [
+            (key[len("owed/") :], record) for key, record in self.records.list("owed/")
+        ]
 
     # -- asks to release ----------------------------------------------------------
 

@@ -225,14 +225,16 @@ def running_bot(
     name: str = "bot-home",
     log_level: str = "DEBUG",
     env: dict[str, str] | None = None,
+    default: str = "",
 ) -> Iterator[BotServer]:
     """The real bot (`stormlock-bot serve`) on a free port; `env` overrides
-    its environment (a HOME it cannot write, say)."""
+    its environment (a HOME it cannot write, say); `default`: more lines of
+    the config's [default] section."""
     home = tmp_path / name
     home.mkdir(exist_ok=True)
     path = home / "stormlock.cfg"
     path.write_text(
-        config.ini("unused", extra="")
+        config.ini("unused", extra=default)
         + f"\n[bot]\nadmins = {CAROL.id}\n{bot_section}\n"
     )
     port = free_port()

@@ -5,6 +5,8 @@ what a person is told when something fails."""
 from __future__ import annotations
 
 from configparser import ConfigParser
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from stormlock.bot.parsing import Command
 from stormlock.bot.service import LeaseService, Person, PersonUnknown
 from stormlock.bot.settings import BotSettings
 from stormlock.config import Config
+from stormlock.contract import Lease
 from stormlock.testing.backends import network_backend
 from stormlock.testing.faults import partition_proxy, redirect
 from tests.support import wait_until
@@ -274,3 +277,30 @@ def test_an_outcome_says_what_to_deliver_to_whom(tmp_path: Path) -> None:
     dm = core.deliveries(forced)[1]
     assert isinstance(dm, core.DirectMessage) and dm.by_principal
     assert dm.to == "u1@example.com"
+
+
+def test_an_owed_notice_is_kept_whole_and_without_the_lease_id() -> None:
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    lease = Lease(
+        "alice@example.com",
+        now,
+        "0c3f4a6e-1b2c-4d5e-8f90-123456789abc",
+        "db/primary",
+        now + timedelta(hours=1),
+        "patching <it>",
+        42,
+        ("db/a", "db/b"),
+    )
+    kept = lease._replace(id="")
+    for notice in (
+        core.TookLease("C0OPS", lease, "db"),
+        core.GaveUpLease("C0OPS", lease, "carol@example.com", True),
+        core.ForcedOff("alice@example.com", lease, "carol@example.com"),
+    ):
+        record = core.notice_record(notice)
+        assert lease.id not in record
+        back = core.notice_of_record(record)
+        assert back is not None and back.key == notice.key
+        assert back == replace(notice, lease=kept)
+    assert core.notice_of_record("{not json") is None
+    assert core.notice_of_record('{"kind": "took"}') is None

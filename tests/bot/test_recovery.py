@@ -75,6 +75,18 @@ def test_a_restarted_bot_sends_what_its_killed_self_had_not(
         assert_each_told_once(again, slack)
 
 
+def test_without_history_a_restarted_bot_still_sends_what_its_killed_self_had_not(
+    slack: LocalSlack, tmp_path: Path
+) -> None:
+    """History off: the core keeps each change's notices until they are
+    sent (`owed/` records), and the restarted bot sends them from there."""
+    config = BackendConfig("sqlite", {"path": str(tmp_path / "locks.db")})
+    with running_bot(slack, config, tmp_path, FAST, default="history = none") as bot:
+        changes_then_kill(bot, slack)
+    with running_bot(slack, config, tmp_path, FAST, default="history = none") as again:
+        assert_each_told_once(again, slack)
+
+
 @pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
 def test_another_replica_sends_what_a_killed_one_had_not(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
