@@ -9,6 +9,7 @@ on every backend, plugins included, and survives restarts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from .contract import Backend, Lease, LockExpiredException, LockHeldException
@@ -31,6 +32,30 @@ class Records:
             )
         except LockHeldException:
             return None
+
+    def claim_all(self, keys: Sequence[str], ttl: timedelta) -> list[Lease] | None:
+        """Create every key, in one change where the store has sets; None
+        if any exists (then none is created). At most `sets.MAX_SET` keys."""
+        resources = [RECORD_PREFIX + key for key in keys]
+        try:  # sorted: one lock order for every replica (no deadlocks)
+            leases = self.backend.acquire_set(sorted(resources), self.owner, ttl)
+        except LockHeldException:
+            return None
+        by_name = {lease.resource: lease for lease in leases}
+        return [by_name[resource] for resource in resources]
+
+    def keep_all(self, records: Sequence[Lease], ttl: timedelta) -> bool:
+        """Extend records `claim_all` created together; False if they lapsed."""
+        try:
+            self.backend.renew_set([r.resource for r in records], records[0].id, ttl)
+        except LockExpiredException:
+            return False
+        return True
+
+    def drop_all(self, records: Sequence[Lease]) -> bool:
+        """Delete records `claim_all` created together."""
+        resources = [record.resource for record in records]
+        return bool(self.backend.release_set(resources, records[0].id))
 
     def keep(self, record: Lease, ttl: timedelta) -> bool:
         """Extend a record we created; False if it is gone (it lapsed)."""

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 
 from ..contract import Lease
 from ..names import RECORD_PREFIX
 from ..records import Records
+from ..sets import MAX_SET
 from ..times import utcnow
 
 SENT_TTL = timedelta(days=7)
@@ -72,6 +74,51 @@ class Ledger:
         """It did not go out: let a later try, here or elsewhere, send it."""
         self.records.drop(claim)
 
+    # A post names many changes: their markers go in one store change per
+    # MAX_SET keys (a set) instead of one each, where nobody else has any.
+
+    def claim_all(self, keys: Sequence[str]) -> list[Lease | None]:
+        """`claim` for each key (a key named twice is claimed once)."""
+        got: dict[str, Lease | None] = {}
+        for group in _groups(keys):
+            together: Sequence[Lease | None] | None = None
+            if len(group) > 1:
+                names = [_PREFIX + key for key in group]
+                together = self.records.claim_all(names, self.claim_ttl)
+            if together is None:  # one, or one is claimed elsewhere
+                together = [self.claim(key) for key in group]
+            got.update(zip(group, together, strict=True))
+        return [got.pop(key, None) for key in keys]
+
+    def sent_all(self, claims: Sequence[Lease]) -> None:
+        """`sent` for each claim."""
+        for group in _together(claims):
+            if len(group) > 1 and self.records.keep_all(group, SENT_TTL):
+                for claim in group:
+                    self._remember(claim.resource[len(RECORD_PREFIX + _PREFIX) :])
+                continue
+            for claim in group:
+                self.sent(claim)
+
+    def unclaim_all(self, claims: Sequence[Lease]) -> None:
+        """`unclaim` for each claim."""
+        for group in _together(claims):
+            if len(group) > 1:
+                self.records.drop_all(group)
+            else:
+                self.unclaim(group[0])
+
+    def mark_all(self, keys: Sequence[str]) -> None:
+        """`mark` for each key."""
+        for group in _groups(keys):
+            names = [_PREFIX + key for key in group]
+            if len(group) > 1 and self.records.claim_all(names, SENT_TTL) is not None:
+                for key in group:
+                    self._remember(key)
+                continue
+            for key in group:  # one, or one is marked already (a rare race)
+                self.mark(key)
+
     def done(self, key: str) -> bool:
         """Whether `key`'s notice went out (not merely claimed by a sender
         that may yet fail)."""
@@ -92,3 +139,17 @@ class Ledger:
             (key[len(_PREFIX) :], marker)
             for key, marker in self.records.list(_PREFIX + prefix)
         ]
+
+
+def _groups(keys: Sequence[str]) -> list[list[str]]:
+    """Distinct keys, at most MAX_SET a group (a set's limit on every store)."""
+    unique = list(dict.fromkeys(keys))
+    return [unique[i : i + MAX_SET] for i in range(0, len(unique), MAX_SET)]
+
+
+def _together(claims: Sequence[Lease]) -> list[list[Lease]]:
+    """Claims by the change that made them (one id for a set's members)."""
+    groups: dict[str, list[Lease]] = {}
+    for claim in claims:
+        groups.setdefault(claim.id, []).append(claim)
+    return list(groups.values())

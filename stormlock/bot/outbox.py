@@ -642,47 +642,39 @@ class Outbox:
 
     def _claim(self, keys: list[str | None]) -> list[Lease | bool] | None:
         """Per key: its claim, True (no key: nothing to claim) or False (sent
-        or being sent elsewhere); None if the store failed (claims so far are
-        let go: the notice is recovered from history later)."""
-        claims: list[Lease | bool] = []
+        or being sent elsewhere); None if the store failed (the notice is
+        then recovered from history later)."""
+        if self.ledger is None:
+            return [True for _ in keys]
+        named = [key for key in keys if key is not None]
         try:
-            for key in keys:
-                if key is None or self.ledger is None:
-                    claims.append(True)
-                else:
-                    claims.append(self.ledger.claim(key) or False)
-        except StormlockError as exc:
+            got = iter(self.ledger.claim_all(named))
+        except StormlockError as exc:  # claims made so far lapse by themselves
             log.warning("could not claim a notice: %s", exc)
-            self._settle(claims, Failure("store", True))
             return None
-        return claims
+        return [True if key is None else (next(got) or False) for key in keys]
 
     def _mark(self, keys: list[str | None]) -> None:
         """Record sends made without a claim as sent."""
         assert self.ledger is not None
-        for key in keys:
-            if key is None:
-                continue
-            try:
-                self.ledger.mark(key)
-            except StormlockError as exc:  # recovery may send it once more
-                log.warning("could not record a notice: %s", exc)
+        try:
+            self.ledger.mark_all([key for key in keys if key is not None])
+        except StormlockError as exc:  # recovery may send it once more
+            log.warning("could not record a notice: %s", exc)
 
     def _settle(self, claims: list[Lease | bool], failed: Failure | None) -> None:
         """Record what went out, or Slack refused for good; let go of what
         may go out on a later try."""
         if self.ledger is None:
             return
-        for claim in claims:
-            if not isinstance(claim, Lease):
-                continue
-            try:
-                if failed is not None and failed.passing:
-                    self.ledger.unclaim(claim)
-                else:
-                    self.ledger.sent(claim)
-            except StormlockError as exc:  # a claim lapses by itself
-                log.warning("could not record a notice: %s", exc)
+        held = [claim for claim in claims if isinstance(claim, Lease)]
+        try:
+            if failed is not None and failed.passing:
+                self.ledger.unclaim_all(held)
+            else:
+                self.ledger.sent_all(held)
+        except StormlockError as exc:  # a claim lapses by itself
+            log.warning("could not record a notice: %s", exc)
 
 
 def _message(named: list[_Post], counted: list[_Post]) -> Message:

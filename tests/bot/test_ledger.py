@@ -1,0 +1,112 @@
+"""The ledger's sent markers over every real store: a post's many changes
+are claimed and recorded in a few store changes, and still each once
+across replicas."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from stormlock.bot.ledger import Ledger
+from stormlock.contract import Backend
+from stormlock.records import Records
+from stormlock.sets import MAX_SET
+
+
+class Counted:
+    """The backend, with how often each operation was called."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.backend, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return found(*args, **kwargs)
+
+        return call
+
+
+def ledger_over(backend: Backend | Counted) -> Ledger:
+    return Ledger(Records(backend), timedelta(seconds=30))  # type: ignore[arg-type]
+
+
+def keys(count: int, event: str = "acquired") -> list[str]:
+    return [f"told/{n}/{event}/res-{n}" for n in range(count)]
+
+
+def test_a_posts_markers_take_one_store_change_per_set(backend: Backend) -> None:
+    counted = Counted(backend)
+    ledger = ledger_over(counted)
+    wanted = keys(2 * MAX_SET + 3)
+    claims = ledger.claim_all(wanted)
+    assert all(claims), "a free key was not claimed"
+    assert [c.resource.rsplit("/", 3)[-3:] for c in claims if c] == [
+        k.split("/")[1:] for k in wanted
+    ], "claims out of order"
+    assert sum(counted.calls.values()) <= 3 * 3, counted.calls
+    ledger.sent_all([c for c in claims if c])
+    assert all(ledger.done(key) for key in wanted)
+    other = ledger_over(backend)  # another replica: reads the store
+    assert all(other.done(key) for key in wanted)
+    assert not any(other.claim_all(wanted)), "a sent notice was claimed again"
+
+    marked = keys(MAX_SET + 1, "released")
+    counted.calls.clear()
+    ledger.mark_all(marked)
+    assert sum(counted.calls.values()) <= 2, counted.calls
+    assert all(other.done(key) for key in marked)
+
+
+def test_a_key_claimed_elsewhere_is_left_out_and_the_rest_claimed(
+    backend: Backend,
+) -> None:
+    wanted = keys(10)
+    other = ledger_over(backend)
+    (taken,) = other.claim_all([wanted[4]])
+    assert taken is not None
+    claims = ledger_over(backend).claim_all([*wanted, wanted[2]])
+    assert [bool(c) for c in claims] == [True] * 4 + [False] + [True] * 5 + [False]
+
+
+def test_a_let_go_claim_can_be_claimed_again(backend: Backend) -> None:
+    wanted = keys(5)
+    ledger = ledger_over(backend)
+    claims = ledger.claim_all(wanted)
+    ledger.unclaim_all([c for c in claims if c])
+    assert not any(ledger.done(key) for key in wanted)
+    assert all(ledger_over(backend).claim_all(wanted))
+
+
+def test_replicas_racing_for_one_posts_markers_claim_each_once(
+    make_backend: Callable[[], Backend],
+) -> None:
+    wanted = keys(3 * MAX_SET)
+    replicas = [ledger_over(make_backend()) for _ in range(4)]
+    won: list[list[str]] = [[] for _ in replicas]
+    start = threading.Barrier(len(replicas))
+
+    def race(n: int) -> None:
+        mine = wanted[n::2] + wanted[::3]  # overlapping, in different orders
+        start.wait()
+        for key, claim in zip(mine, replicas[n].claim_all(mine), strict=True):
+            if claim:
+                won[n].append(key)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(len(replicas))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    claimed = Counter(key for keys_won in won for key in keys_won)
+    asked = {key for n in range(len(replicas)) for key in wanted[n::2] + wanted[::3]}
+    assert set(claimed) == asked, "a key nobody else had was not claimed"
+    assert max(claimed.values()) == 1, "a key was claimed twice"
