@@ -1202,8 +1202,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return token_revoked(name, principal, namer)
 
 
-def notice(told: core.Told, namer: Namer) -> Message:
-    """What a channel or a holder is told."""
+def notice(told: core.Told | core.Reminder, namer: Namer) -> Message:
+    """What a channel or a person other than the asker is told."""
     match told:
         case core.TookLease(_channel, lease, pool):
             return announce_acquired(lease, namer, pool)
@@ -1215,3 +1215,22 @@ def notice(told: core.Told, namer: Namer) -> Message:
             return ask_holder(lease, asker)
         case core.AskAnswered(_asker, holder, resource, _fence, reply, until):
             return ask_answered(resource, holder, reply, until, namer)
+        case core.ExpiresSoon(_holder, lease, renew):
+            return warning(lease, renew)
+        case core.ExpiresSoonHere(_channel, lease):
+            return warning_in_channel(lease, namer)
+        case core.Expired(_holder, resource, expires):
+            return expired_notice(resource, expires)
+        case core.ExpiredHere(_channel, resource, principal):
+            return announce_expired(resource, principal, namer)
+        case core.YourTurn(_user, resource, seq, window):
+            return your_turn(resource, seq, window)
+        case core.TurnUp(_channel, resource, principal, window):
+            return announce_up(resource, principal, namer, window)
+        case core.TurnEnded(_channel, resource, principal, how):
+            return announce_turn_ended(resource, principal, how, namer)
+        case core.FreeNow(_user, resource):
+            return free_now(resource)
+        case core.AskEscalated(_admin, resource, holder, asker):
+            return ask_escalated(resource, holder, asker, namer)
+    raise TypeError(f"not a notice: {told!r}")

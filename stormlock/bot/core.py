@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from ..contract import InLine, Lease, LockHeldException
 from ..errors import (
@@ -341,6 +341,138 @@ Told = Notice | AskHolder | AskAnswered
 """Everything an outcome may have to tell someone other than the asker."""
 
 
+# -- what the reminder jobs tell: values too, rendered and sent elsewhere -----
+
+
+@dataclass(frozen=True)
+class ExpiresSoon:
+    """For the holder, in private: their lease ends soon (Renew, Release)."""
+
+    holder: str
+    """The holder's principal."""
+    lease: Lease
+    renew: tuple[timedelta, ...]
+    """The TTLs its Renew buttons offer."""
+
+
+@dataclass(frozen=True)
+class ExpiresSoonHere:
+    """For a channel: the lease of a holder nobody can DM ends soon."""
+
+    channel: str
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class Expired:
+    """For the holder, in private: their lease expired."""
+
+    holder: str
+    """The holder's principal."""
+    resource: str
+    expires: datetime | None
+
+
+@dataclass(frozen=True)
+class ExpiredHere:
+    """For a channel: a lease announced there expired."""
+
+    channel: str
+    resource: str
+    principal: str
+
+
+@dataclass(frozen=True)
+class YourTurn:
+    """For the first in line, in private: it is free, take it or pass."""
+
+    user: str
+    resource: str
+    seq: int
+    window: timedelta
+
+
+@dataclass(frozen=True)
+class TurnUp:
+    """For the line's channel: whose turn it is."""
+
+    channel: str
+    resource: str
+    principal: str
+    window: timedelta
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """For the line's channel: a turn that ended without a take."""
+
+    channel: str
+    resource: str
+    principal: str
+    how: str
+    """passed, left or lapsed."""
+
+
+@dataclass(frozen=True)
+class FreeNow:
+    """For someone on the wait list, in private: it is free."""
+
+    user: str
+    resource: str
+
+
+@dataclass(frozen=True)
+class AskEscalated:
+    """For an admin (`[bot] escalate`), in private: an unanswered ask."""
+
+    admin: str
+    resource: str
+    holder: str
+    asker: str
+
+
+Reminder = (
+    ExpiresSoon
+    | ExpiresSoonHere
+    | Expired
+    | ExpiredHere
+    | YourTurn
+    | TurnUp
+    | TurnEnded
+    | FreeNow
+    | AskEscalated
+)
+
+
+class To(NamedTuple):
+    """Whom a notice is for: a channel, a Slack user, or a principal (the
+    delivery looks up their Slack user; nobody found: nobody is told)."""
+
+    kind: Literal["channel", "user", "principal"]
+    id: str
+
+
+def recipient(told: Told | Reminder) -> To:
+    """The one rule of who hears a notice, for every surface."""
+    match told:
+        case (
+            TookLease(channel=channel)
+            | GaveUpLease(channel=channel)
+            | ExpiresSoonHere(channel=channel)
+            | ExpiredHere(channel=channel)
+            | TurnUp(channel=channel)
+            | TurnEnded(channel=channel)
+        ):
+            return To("channel", channel)
+        case ForcedOff(holder=who) | ExpiresSoon(holder=who) | Expired(holder=who):
+            return To("principal", who)
+        case AskHolder(holder=who) | AskAnswered(asker=who) | AskEscalated(admin=who):
+            return To("user", who)
+        case YourTurn(user=who) | FreeNow(user=who):
+            return To("user", who)
+    raise TypeError(f"not a notice: {told!r}")
+
+
 # -- what to deliver: an outcome as messages to whom, for any surface -------
 
 
@@ -390,14 +522,11 @@ def deliveries(outcome: Outcome, home_of: str | None = None) -> list[Delivery]:
     pipeline and the shell both deliver these; neither decides them."""
     out: list[Delivery] = []
     for told in outcome.notices:
+        to = recipient(told)
         if isinstance(told, TookLease | GaveUpLease):
             out.append(Announce(told.channel, told))
-        elif isinstance(told, ForcedOff):
-            out.append(DirectMessage(told.holder, told, by_principal=True))
-        elif isinstance(told, AskHolder):
-            out.append(DirectMessage(told.holder, told))
         else:
-            out.append(DirectMessage(told.asker, told))
+            out.append(DirectMessage(to.id, told, to.kind == "principal"))
     if outcome.freed is not None:
         out.append(TellWaiters(outcome.freed))
     if outcome.changed:
@@ -892,6 +1021,18 @@ class Core:
             AskAnswered(asker, lease.principal, resource, fence, reply, until)
         )
         return outcome
+
+    def announced_in(self, resource: str, fence: int) -> str | None:
+        """Where a lease's later news (a warning nobody can take, its expiry)
+        goes: the resource's own channel, else where it was announced (the
+        origin record, else its history, should the bot have died between
+        the change and the record)."""
+        assert self.state is not None
+        return (
+            self.settings.announce_channel(resource)
+            or self.state.origin(fence, resource)
+            or self.service.channel_of(resource, fence)
+        )
 
     def _announce_in(self, resource: str, ask: Ask) -> str | None:
         """The resource's own channel, else the one it was asked in."""

@@ -34,13 +34,25 @@ from ..times import utcnow
 from . import blocks
 from .core import (
     AskAnswered,
+    AskEscalated,
     AskHolder,
     Core,
-    ForcedOff,
+    Expired,
+    ExpiredHere,
+    ExpiresSoon,
+    ExpiresSoonHere,
+    FreeNow,
     Notice,
+    Reminder,
     Reply,
+    To,
+    Told,
+    TurnEnded,
+    TurnUp,
+    YourTurn,
     notice_of_record,
     notices_of,
+    recipient,
 )
 from .identity import Directory
 from .ledger import SENT_TTL, Ledger
@@ -130,22 +142,52 @@ class Reminders:
         self.ledger.sent(claim)
         return True
 
-    def _dm_principal(self, principal: str, message: blocks.Message) -> bool:
-        user_id = self.directory.user_id_for(principal, strict=True)
-        if user_id is None:
-            if principal not in self._unresolved_logged:
-                self._unresolved_logged.add(principal)
-                log.info(
-                    "no Slack user for principal %r; not messaging them", principal
-                )
-            return False
-        self._dm(user_id, message)
-        return True
+    # -- delivery: the jobs decide what to tell whom; this renders and sends ----
 
-    def _dm(self, user_id: str, message: blocks.Message) -> None:
+    def _tell(self, told: Told | Reminder) -> bool:
+        """Send `told` now, to whom `recipient` says; False if it is for a
+        principal nobody in Slack is. Raises if Slack did not take it (a
+        claim made for it is then let go: see `once`)."""
+        to = recipient(told)
+        message = blocks.notice(told, self.directory.display)
+        if to.kind == "channel":
+            error = self.outbox.post_now(to.id, message)
+            if error:
+                raise RuntimeError(f"post to the channel failed: {error}")
+            return True
+        user_id = self._user_of(to)
+        if user_id is None:
+            return False
         error = self.outbox.dm_now(user_id, message)
         if error:
             raise RuntimeError(f"DM failed: {error}")
+        return True
+
+    def _queue(self, told: Told | Reminder, key: str) -> None:
+        """Queue `told` (keyed, so it goes once): a recovered notice, paced
+        and coalesced with the live ones."""
+        to = recipient(told)
+        message = blocks.notice(told, self.directory.display)
+        if to.kind == "channel":
+            log.info("recovering an unsent announcement in %s", to.id)
+            self.notices.post(to.id, message, None, key, fresh=False)
+            return
+        user_id = self._user_of(to)
+        if user_id is not None:
+            self.notices.dm(user_id, message, key)
+            return
+        claim = self.ledger.claim(key)  # nobody to tell: done
+        if claim is not None:
+            self.ledger.sent(claim)
+
+    def _user_of(self, to: To) -> str | None:
+        if to.kind == "user":
+            return to.id
+        user_id = self.directory.user_id_for(to.id, strict=True)
+        if user_id is None and to.id not in self._unresolved_logged:
+            self._unresolved_logged.add(to.id)
+            log.info("no Slack user for principal %r; not messaging them", to.id)
+        return user_id
 
     # -- the reconcile job -----------------------------------------------------
 
@@ -200,24 +242,22 @@ class Reminders:
         expires_ms = int(lease.expires.timestamp() * 1000)
         seconds = int(offset.total_seconds())
         key = f"warn/{lease.fence}/{expires_ms}/{seconds}/{lease.resource}"
-        message = blocks.warning(lease, self.core.renew_offer(lease))
-        if self.once(key, self._warn_unless_over, lease, message):
+        soon = ExpiresSoon(lease.principal, lease, tuple(self.core.renew_offer(lease)))
+        if self.once(key, self._warn_unless_over, soon):
             stats.warnings += 1
             NOTIFICATIONS.labels("warning").inc()
 
-    def _warn_unless_over(self, lease: Lease, message: blocks.Message) -> None:
+    def _warn_unless_over(self, soon: ExpiresSoon) -> None:
         """A warning never arrives after its lease's end (and its notice)."""
+        lease = soon.lease
         assert lease.expires is not None
-        if utcnow() >= lease.expires or self._dm_principal(lease.principal, message):
+        if utcnow() >= lease.expires or self._tell(soon):
             return
         # Nobody in Slack holds it (a service token's lease, say): the channel
         # where its changes are announced hears the warning instead.
-        channel = self.settings.announce_channel(
-            lease.resource
-        ) or self.service.channel_of(lease.resource, lease.fence)
+        channel = self.core.announced_in(lease.resource, lease.fence)
         if channel:
-            told = blocks.warning_in_channel(lease, self.directory.display)
-            self._post(channel, told)
+            self._tell(ExpiresSoonHere(channel, lease))
 
     def _watch(self, lease: Lease) -> None:
         """Remember a lease close to expiry, so its expiry can be told later."""
@@ -260,24 +300,16 @@ class Reminders:
         if self._warning_in_flight(fence, resource):
             return  # the expiry is told after it, next pass
         principal = str(info.get("principal", ""))
-        notice = blocks.expired_notice(resource, expires)
         # Each part is sent once and retried on its own until it goes out;
         # the watch is dropped only when both have.
-        if self.once(
-            f"expired/{fence}/{resource}", self._dm_principal, principal, notice
-        ):
+        ended = Expired(principal, resource, expires)
+        if self.once(f"expired/{fence}/{resource}", self._tell, ended):
             stats.expiries += 1
             NOTIFICATIONS.labels("expiry").inc()
-        # The origin record is written after the change; history has the
-        # channel with the change itself, should the bot have died between.
-        channel = (
-            self.settings.announce_channel(resource)
-            or self.state.origin(fence, resource)
-            or self.service.channel_of(resource, fence)
-        )
+        channel = self.core.announced_in(resource, fence)
         if channel:
-            told = blocks.announce_expired(resource, principal, self.directory.display)
-            self.once(f"expired-post/{fence}/{resource}", self._post, channel, told)
+            here = ExpiredHere(channel, resource, principal)
+            self.once(f"expired-post/{fence}/{resource}", self._tell, here)
         self.records.drop(record)
 
     def _warning_in_flight(self, fence: int, resource: str) -> bool:
@@ -290,11 +322,6 @@ class Reminders:
             and claim.expires <= soon
             for key, claim in self.ledger.claimed(f"warn/{fence}/")
         )
-
-    def _post(self, channel: str, message: blocks.Message) -> None:
-        error = self.outbox.post_now(channel, message)
-        if error:
-            raise RuntimeError(f"post to the channel failed: {error}")
 
     # -- notices recovered from history (docs/pipeline.md) -----------------------
 
@@ -359,18 +386,7 @@ class Reminders:
             return now - _GIVE_UP
 
     def _resend(self, notice: Notice) -> None:
-        message = blocks.notice(notice, self.directory.display)
-        if isinstance(notice, ForcedOff):
-            user_id = self.directory.user_id_for(notice.holder, strict=True)
-            if user_id is not None:
-                self.notices.dm(user_id, message, notice.key)
-                return
-            claim = self.ledger.claim(notice.key)  # nobody to tell: done
-            if claim is not None:
-                self.ledger.sent(claim)
-            return
-        log.info("recovering an unsent announcement in %s", notice.channel)
-        self.notices.post(notice.channel, message, None, notice.key, fresh=False)
+        self._queue(notice, notice.key)
 
     # -- wait lists -------------------------------------------------------------
 
@@ -444,25 +460,20 @@ class Reminders:
                 handed.channel if handed else None
             )
             if how != TOOK and handed is not None and channel:
-                message = blocks.announce_turn_ended(
-                    resource, handed.principal, how, self.directory.display
-                )
-                self.once(f"ended/{resource}/{seq}", self._post, channel, message)
+                ended_here = TurnEnded(channel, resource, handed.principal, how)
+                self.once(f"ended/{resource}/{seq}", self._tell, ended_here)
             self.records.drop(marker)
 
     def _offer(self, line: Line, head: Ticket, window: timedelta) -> None:
         if not line.keep(head, window):
             return  # it lapsed meanwhile: the next one's turn has a key of its own
         assert head.user is not None
-        self._dm(head.user, blocks.your_turn(head.resource, head.seq, window))
+        self._tell(YourTurn(head.user, head.resource, head.seq, window))
         NOTIFICATIONS.labels("turn").inc()
         line.log(HANDED, head)
         channel = self.settings.announce_channel(head.resource) or head.channel
         if channel:
-            up = blocks.announce_up(
-                head.resource, head.principal, self.directory.display, window
-            )
-            self._post(channel, up)
+            self._tell(TurnUp(channel, head.resource, head.principal, window))
 
     # -- asks to release ----------------------------------------------------------
 
@@ -482,22 +493,21 @@ class Reminders:
                 until = live.expires if live and reply == Reply.KEEPING else None
                 notice = self._asked(asked, Reply(reply), until)
                 if asked.at < settled and not self.ledger.done(notice.key):
-                    self.notices.dm(asked.asker, self._render(notice), notice.key)
+                    self._queue(notice, notice.key)
                     stats.asks += 1
                 elif live is None:
                     self.state.forget_ask(asked)
                 continue
             if live is None:  # ended unanswered
                 notice = self._asked(asked, Reply.ENDED)
-                if self.once(notice.key, self._dm, asked.asker, self._render(notice)):
+                if self.once(notice.key, self._tell, notice):
                     stats.asks += 1
                 self.state.forget_ask(asked)
                 continue
             to_holder = AskHolder(asked.holder_id, asked.asker, live)
             if asked.at < settled and not self.ledger.done(to_holder.key):
                 # Its sender died before the holder was DMed.
-                message = self._render(to_holder)
-                self.notices.dm(asked.holder_id, message, to_holder.key)
+                self._queue(to_holder, to_holder.key)
             if now - asked.at >= self.settings.ask_timeout:
                 late = self._asked(asked, Reply.UNANSWERED)
                 stats.asks += int(self.once(f"late/{late.key}", self._unanswered, late))
@@ -509,18 +519,12 @@ class Reminders:
             asked.asker, asked.holder, asked.resource, asked.fence, reply, until
         )
 
-    def _render(self, told: AskAnswered | AskHolder) -> blocks.Message:
-        return blocks.notice(told, self.directory.display)
-
     def _unanswered(self, late: AskAnswered) -> None:
-        self._dm(late.asker, self._render(late))
+        self._tell(late)
         NOTIFICATIONS.labels("ask").inc()
         if self.settings.escalate:
-            message = blocks.ask_escalated(
-                late.resource, late.holder, late.asker, self.directory.display
-            )
             for admin in sorted(self.settings.admins):
-                self._dm(admin, message)
+                self._tell(AskEscalated(admin, late.resource, late.holder, late.asker))
 
     def notify_waiters(self, resource: str) -> int:
         """DM everyone waiting for `resource` if it is free; in order, once.
@@ -543,13 +547,12 @@ class Reminders:
                 return 0  # another replica is telling them right now
             try:
                 sent = 0
-                message = blocks.free_now(resource)
                 for user_id, entry in entries:  # sorted by the time they asked
                     if self.stopping.is_set():
                         break
                     key = entry.resource[len(RECORD_PREFIX) :]
                     try:
-                        told = self.once(key, self._dm, user_id, message)
+                        told = self.once(key, self._tell, FreeNow(user_id, resource))
                     except Exception as exc:  # the entry stays: next pass
                         log.warning("wait-list DM failed: %s", exc)
                         continue

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stormlock.bot import blocks
+from stormlock.bot import blocks, core
 from stormlock.contract import Lease
 from stormlock.testing.localslack import (
     MAX_MESSAGE_BLOCKS,
@@ -253,3 +253,37 @@ def test_the_app_home_stays_under_slacks_view_size() -> None:
 @pytest.mark.parametrize("value", ['{"resource":"db","ttl":1e300}', '{"ttl":NaN}'])
 def test_a_crafted_button_value_is_not_read(value: str) -> None:
     assert blocks.read_button(blocks.ACTION_ACQUIRE, value) is None
+
+
+REMINDERS: dict[str, tuple[object, str]] = {
+    # value, the kind of recipient the one routing rule must give
+    "expires_soon": (
+        core.ExpiresSoon(LEASE.principal, LEASE, tuple(CHOICES)),
+        "principal",
+    ),
+    "expires_soon_here": (core.ExpiresSoonHere("C0OPS", LEASE), "channel"),
+    "expired": (core.Expired(LEASE.principal, "prod-db", LEASE.expires), "principal"),
+    "expired_here": (core.ExpiredHere("C0OPS", "prod-db", LEASE.principal), "channel"),
+    "your_turn": (core.YourTurn("U0BOB", "prod-db", 7, timedelta(minutes=5)), "user"),
+    "turn_up": (
+        core.TurnUp("C0OPS", "prod-db", "bob", timedelta(minutes=5)),
+        "channel",
+    ),
+    "turn_ended": (core.TurnEnded("C0OPS", "prod-db", "bob", "passed"), "channel"),
+    "free_now": (core.FreeNow("U0BOB", "prod-db"), "user"),
+    "escalated": (core.AskEscalated("U0CAROL", "prod-db", "alice", "U0BOB"), "user"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REMINDERS))
+def test_what_the_reminder_jobs_tell_is_a_value_rendered_in_one_place(
+    kind: str,
+) -> None:
+    told, to = REMINDERS[kind]
+    assert isinstance(told, core.Reminder)
+    message = blocks.notice(told, namer)
+    assert message_problems(message.kwargs()) == []
+    assert LEASE.id not in shown(message)
+    recipient = core.recipient(told)
+    assert recipient.kind == to
+    assert recipient.id in {"C0OPS", "U0BOB", "U0CAROL", LEASE.principal}
