@@ -8,6 +8,7 @@ section, by its constructor's signature), [bot] configures the Slack bot and
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import unicodedata
@@ -34,8 +35,11 @@ GROUP_PREFIX = "group."
 # A section prefix a later version may give a meaning: never a resource.
 _RESERVED_PREFIXES = (BACKEND_PREFIX, POOL_PREFIX, GROUP_PREFIX)
 _NOT_RESOURCES = (DEFAULT_SECTION, BOT_SECTION, API_SECTION)
+# Resources whose settings a Config keeps read (then it starts afresh).
+_SETTINGS_KEPT = 4096
 
 
+@functools.cache  # asked for on every lock made; the user and host stay put
 def default_principal() -> str:
     try:
         user = getpass.getuser()
@@ -111,6 +115,7 @@ class Config:
             unicodedata.normalize("NFC", name): name for name in parser.sections()
         }
         self._pools: dict[str, Pool] | None = None
+        self._settings: dict[str, ResourceSettings] = {}
         # Which pool section each name falls back on (the pool's own name and
         # its members): read raw, checked by `pools()`.
         self._pool_of: dict[str, str] = {}
@@ -326,6 +331,18 @@ class Config:
         return [s for s in self.parser.sections() if self.is_resource_section(s)]
 
     def settings(self, resource: str) -> ResourceSettings:
+        # Asked for several times per request; the file does not change
+        # under a loaded Config. Bounded: names come from users.
+        known = self._settings.get(resource)
+        if known is not None:
+            return known
+        found = self._read_settings(resource)
+        if len(self._settings) >= _SETTINGS_KEPT:
+            self._settings.clear()
+        self._settings[resource] = found
+        return found
+
+    def _read_settings(self, resource: str) -> ResourceSettings:
         ttl = self.duration(resource, "ttl") or DEFAULT_TTL
         max_ttl = self.duration(resource, "max_ttl")
         if max_ttl is not None and ttl > max_ttl:

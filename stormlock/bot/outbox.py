@@ -304,11 +304,14 @@ class Outbox:
         self.drawer = drawer
 
     def waiting(self) -> int:
-        """Queued sends plus announcements waiting for their channel's turn."""
+        """Sends queued or under way, plus announcements waiting for their
+        channel's turn (a send under way puts what follows it, a retry or
+        the rest of a split post, before it counts as done)."""
         with self._lock:
             posts = sum(len(paced.pending) for paced in self._channels.values())
             timers = len(self._timers)
-        return self._queue.qsize() + timers + posts
+            # A timer that fired is in the queue before it leaves _timers.
+            return self._queue.unfinished_tasks + timers + posts
 
     # -- the queue ----------------------------------------------------------------
 
@@ -401,9 +404,10 @@ class Outbox:
     def _later(self, delay: float, priority: Priority, item: Item) -> None:
         def fire() -> None:
             with self._lock:
-                if self._timers.pop(timer, None) is None:
+                if timer not in self._timers:
                     return  # close() sent it already
-            self._put(priority, item)
+                self._put(priority, item)
+                del self._timers[timer]
 
         timer = threading.Timer(delay, fire)
         timer.daemon = True

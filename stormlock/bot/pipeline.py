@@ -364,7 +364,8 @@ class FollowUps:
                 if timer not in self._timers:
                     return  # closed meanwhile
                 self._timers.discard(timer)
-            self._start(task)
+                self._running += 1  # counted without a gap: see waiting()
+            self._submit(task)
 
         timer = threading.Timer(delay, fire)
         timer.daemon = True
@@ -375,6 +376,13 @@ class FollowUps:
         timer.start()
 
     def _start(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._running += 1
+        self._submit(task)
+
+    def _submit(self, task: Callable[[], None]) -> None:
         def work() -> None:
             try:
                 task()
@@ -384,11 +392,11 @@ class FollowUps:
                 with self._lock:
                     self._running -= 1
 
-        with self._lock:
-            if self._closed:
-                return
-            self._running += 1
-        self._pool.submit(work)
+        try:
+            self._pool.submit(work)
+        except RuntimeError:  # shut down meanwhile
+            with self._lock:
+                self._running -= 1
 
     def waiting(self) -> int:
         with self._lock:

@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from slack_sdk.models.blocks import Block
 
 from stormlock.bot import blocks, core
 from stormlock.contract import Lease
@@ -287,3 +288,11 @@ def test_what_the_reminder_jobs_tell_is_a_value_rendered_in_one_place(
     recipient = core.recipient(told)
     assert recipient.kind == to
     assert recipient.id in {"C0OPS", "U0BOB", "U0CAROL", LEASE.principal}
+
+
+@pytest.mark.parametrize("name", ["acquired", "renewed", "warning"])
+def test_blocks_written_as_dicts_are_what_slack_sdks_models_render(name: str) -> None:
+    for raw in PRIVATE[name].blocks:
+        parsed = Block.parse(raw)
+        assert parsed is not None
+        assert parsed.to_dict() == raw
