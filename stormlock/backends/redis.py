@@ -139,11 +139,14 @@ _LIST = (
     + f"""
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local out = {{}}
+local prefix = ARGV[3] or ''
 for _, resource in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, ARGV[2])) do
-    local fields = redis.call('HMGET', ARGV[1] .. resource, {_FIELDS})
-    if fields[1] then
-        table.insert(out, resource)
-        table.insert(out, fields)
+    if prefix == '' or string.sub(resource, 1, #prefix) == prefix then
+        local fields = redis.call('HMGET', ARGV[1] .. resource, {_FIELDS})
+        if fields[1] then
+            table.insert(out, resource)
+            table.insert(out, fields)
+        end
     end
 end
 return out
@@ -562,16 +565,23 @@ class Redis(LeaseBackend):
             indexes = [k.decode() if isinstance(k, bytes) else str(k) for k in found]
         # Records from before families lie in the one index, until they expire.
         indexes.append(self._records_index)
-        leases = [lease for index in indexes for lease in self._listed("+inf", index)]
+        # Filtered in the script: a family (the bot's sent markers, say) can
+        # hold a week of records, and only the prefix's are read and parsed.
+        leases = [
+            lease for index in indexes for lease in self._listed("+inf", index, prefix)
+        ]
         return [lease for lease in leases if lease.resource.startswith(prefix)]
 
     def _list_expiring(self, before: datetime) -> list[Lease]:
         # The index is sorted by expiry: this reads only the leases due.
         return self._listed(str(int(before.timestamp() * 1000)))
 
-    def _listed(self, max_score: str, index: str | None = None) -> list[Lease]:
+    def _listed(
+        self, max_score: str, index: str | None = None, prefix: str = ""
+    ) -> list[Lease]:
         flat = self._list_script(
-            keys=[index or self._index], args=[f"{self.prefix}lease:", max_score]
+            keys=[index or self._index],
+            args=[f"{self.prefix}lease:", max_score, prefix],
         )
         leases = []
         for resource, fields in zip(flat[::2], flat[1::2], strict=True):

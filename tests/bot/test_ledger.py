@@ -110,3 +110,14 @@ def test_replicas_racing_for_one_posts_markers_claim_each_once(
     asked = {key for n in range(len(replicas)) for key in wanted[n::2] + wanted[::3]}
     assert set(claimed) == asked, "a key nobody else had was not claimed"
     assert max(claimed.values()) == 1, "a key was claimed twice"
+
+
+def test_markers_are_listed_by_their_own_prefix_among_many_others(
+    backend: Backend,
+) -> None:
+    ledger = ledger_over(backend)
+    ledger.mark_all(keys(3 * MAX_SET))  # a busy week's announcements
+    (turn,) = ledger.claim_all(["up/db/7"])
+    assert turn is not None
+    assert [key for key, _ in ledger.claimed("up/")] == ["up/db/7"]
+    assert len(ledger.claimed("told/")) == 3 * MAX_SET
