@@ -675,7 +675,9 @@ class FreedWatch:
     """A subscription to one lease's releases (see `stormlock.line`)."""
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
-        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        # Typed from redis-py 8.2 on, untyped before: Any serves both.
+        untyped: Any = client
+        pubsub: redis.client.PubSub = untyped.pubsub(ignore_subscribe_messages=True)
         self._pubsub = pubsub
         self._pubsub.subscribe(channel)
 
