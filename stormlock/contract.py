@@ -111,6 +111,11 @@ class Capabilities(NamedTuple):
     resource, at most (the holder's renew and is_current fail right at it)."""
     history: str = ""
     """How a change's history event is written ("same script", ...)."""
+    history_in_order: bool = False
+    """Events become readable in the order of their times: a reader that saw
+    the history up to T never later finds an event before T (one atomic
+    writer stamping by one clock). Else a late commit or a client's clock
+    can place one before what was read: readers look back a while."""
     sets: str = ""
     """How a set (several resources in one lease) is taken atomically."""
     wake: str = ""

@@ -375,6 +375,9 @@ class Redis(LeaseBackend):
         _FENCES,
         ONE_TRIP,
         history="same script",
+        # XADD '*' inside the change's script: ids from the server's clock,
+        # never going back (Redis keeps them above the last one).
+        history_in_order=True,
         sets="one script",
         wake="the release (pub/sub), else polls every 50 ms",
     )

@@ -69,8 +69,9 @@ _WATCH_GRACE = timedelta(days=1)
 _SKEW = timedelta(seconds=10)
 _NOTIFY_TURN = timedelta(seconds=30)
 # Recovering notices: a pass reads the changes since its cursor, less this
-# much (etcd and DynamoDB stamp events by the clients' clocks, which can be
-# a little apart) ...
+# much where history is not read in order (etcd and DynamoDB stamp events by
+# the clients' clocks, which can be a little apart; PostgreSQL's commits can
+# land out of order; for Redis, `_SKEW`) ...
 _OVERLAP = timedelta(seconds=30)
 # ... and queues what is still unsent `[bot] recover_after` (15 s) after the
 # change: the live path has sent it by then, or holds a claim on it
@@ -339,7 +340,9 @@ class Reminders:
             settled = now - self.settings.recover_after
             oldest_open: datetime | None = None
             pools = self.service.pools()
-            for event in self.service.changes_since(start - _OVERLAP):
+            # In order (Redis): back only as far as the clocks may differ.
+            changes = self.service.changes_since(start, _OVERLAP, _SKEW)
+            for event in changes:
                 for notice in notices_of(event, pools):
                     if event.time > settled or self.ledger.done(notice.key):
                         continue

@@ -515,15 +515,25 @@ class LeaseService:
                 return event.channel
         return None
 
-    def changes_since(self, since: datetime) -> list[Event]:
+    def changes_since(
+        self,
+        since: datetime,
+        overlap: timedelta = timedelta(0),
+        in_order: timedelta = timedelta(0),
+    ) -> list[Event]:
         """Every backend's events at or after `since`, oldest first (the
         bot's notices are recovered from these); backends without history
-        give none."""
+        give none. Each is read from `overlap` earlier where an event can
+        become readable after later ones (a late commit, a client's clock),
+        else from `in_order` earlier (what the store's clock and `since`'s
+        may be apart)."""
         events: list[Event] = []
         for name in self.config.backend_names():
             backend = self.backend(name)
             if backend.supports(Feature.HISTORY):
-                events += backend.history(since=since)
+                ordered = backend.capabilities.history_in_order
+                start = since - (in_order if ordered else overlap)
+                events += backend.history(since=start)
         events.sort(key=lambda e: e.time)
         return events
 
