@@ -193,8 +193,11 @@ def test_a_silent_store_still_gets_everyone_an_answer_within_3s(
     # Which host failed is for the operator's log, never for Slack users.
     assert not any(str(silent.port) in text_of(reply) for reply in replies)
     # Twelve people at once: the first calls wait out the bot's store budget
-    # (2.5 s), then everyone behind them fails fast instead of in turn.
-    assert waited < 3.0 + 0.5, f"the last answer came after {waited:.1f}s"
+    # (2.5 s), then everyone behind them fails fast instead of in turn (which
+    # would take 3 rounds, 7.5 s). Timed from before the 12 sends: on CI's
+    # two loaded cores, starting them and the bot's first identity lookups
+    # have added up to 0.7 s (3.7 s seen once).
+    assert waited < 3.0 + 1.0, f"the last answer came after {waited:.1f}s"
 
 
 @pytest.mark.parametrize(
