@@ -26,6 +26,7 @@ from .render import (
     line_table,
 )
 from .ttl import parse_duration
+from .workers import worker_count
 
 PROG = "stormlock"
 
@@ -171,7 +172,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8080))
     serve.add_argument(
-        "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY") or 1)
+        "--workers",
+        type=worker_count,
+        default=None,
+        help="worker processes (default $WEB_CONCURRENCY or 1)",
     )
     serve.add_argument("--threads", type=int, default=16)
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))

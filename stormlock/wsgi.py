@@ -44,11 +44,13 @@ def serve(
     workers: int = 1,
     proc_name: str = "stormlock-bot",
     tls: tuple[str, str] | None = None,
+    hooks: dict[str, Callable[..., None]] | None = None,
 ) -> None:
-    """Serve `factory`'s app; `tls` (certificate, key) serves https."""
-    extra: dict[str, Any] = {}
+    """Serve `factory`'s app; `tls` (certificate, key) serves https; `hooks`
+    are gunicorn server hooks (`child_exit`, `on_exit`), run in the master."""
+    extra: dict[str, Any] = dict(hooks or {})
     if tls is not None:
-        extra = {"certfile": tls[0], "keyfile": tls[1]}
+        extra.update(certfile=tls[0], keyfile=tls[1])
     GunicornServer(
         factory,
         {

@@ -10,6 +10,7 @@ the same run, one after the other at each level, on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -36,6 +37,7 @@ from stormlock.testing.slack import SECRET, running_bot
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TARGET_P99 = 0.100
+ONE_WORKER = "stormlock, 1 worker"
 
 MISS_NOTE = (
     "The answer goes back in the ack body when the core is done within"
@@ -255,7 +257,11 @@ def section(
         baseline, baseline_url = _baseline(config, home, slack)
         have = 0
         try:
-            with running_bot(slack, config, home, "", log_level="WARNING") as bot:
+            # Ours as it runs by default (one worker per usable core: 2 here);
+            # at one size, also with one worker, as the baseline runs.
+            with running_bot(
+                slack, config, home, "", log_level="WARNING", workers=None
+            ) as bot:
                 ours = Loop(bot.url, answers)
                 naive = Loop(baseline_url, None)
                 ours.run(2, min(seconds, 1.0))  # warm both up: connections, caches
@@ -264,9 +270,27 @@ def section(
                 for size in sizes:
                     _seed(config, size, have)
                     have = max(have, size)
+                    single = None
+                    if size == sizes[len(sizes) // 2]:
+                        single = contextlib.ExitStack()
+                        one = single.enter_context(
+                            running_bot(
+                                slack,
+                                config,
+                                home,
+                                "",
+                                name="bot-one-worker",
+                                log_level="WARNING",
+                                workers=1,
+                            )
+                        )
+                        Loop(one.url, answers).run(2, min(seconds, 1.0))
                     for level in levels:
+                        bots = [("stormlock", ours), ("baseline", naive)]
+                        if single is not None:
+                            bots.insert(1, (ONE_WORKER, Loop(one.url, answers)))
                         result = {}
-                        for label, loop in (("stormlock", ours), ("baseline", naive)):
+                        for label, loop in bots:
                             result[label] = loop.run(level, seconds)
                         ours_times, _failed, ours_rate = result["stormlock"]
                         base_rate = result["baseline"][2]
@@ -283,6 +307,14 @@ def section(
                                     str(failed),
                                 ]
                             )
+                        if level in (16, 64) and ONE_WORKER in result:
+                            one_rate = result[ONE_WORKER][2]
+                            verdicts.append(
+                                f"with one worker, as the baseline runs, at {level}"
+                                f" people on {name}: {one_rate:.0f} answers/s, the"
+                                f" baseline's {base_rate:.0f}"
+                                f" (ratio {one_rate / base_rate:.2f})"
+                            )
                         if level in (16, 64) and size == 5_000:
                             p99 = percentile(ours_times, 99) if ours_times else 1e9
                             verdicts.append(
@@ -294,6 +326,8 @@ def section(
                                 f" {base_rate:.0f} (target ≥:"
                                 f" {'met' if ours_rate >= base_rate else 'MISSED'})"
                             )
+                    if single is not None:
+                        single.close()
                 memory.append(
                     f"{name}: Stormlock's bot {first_rss:.0f} MiB after warm-up,"
                     f" {_rss_mib(bot.process.pid):.0f} MiB at the end"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..backends import configured_backend
 from ..config import Config
 from ..errors import ConfigError, UnknownBackendError, UsageError, missing_extra
+from ..workers import default_workers
 
 if TYPE_CHECKING:
     from ..wsgi import WSGIApp
@@ -17,6 +18,10 @@ _EXTRA = frozenset({"flask", "flask_openapi3", "pydantic", "gunicorn", "werkzeug
 
 
 def serve_api(config: Config, args: argparse.Namespace) -> int:
+    try:  # before gunicorn is imported: it reads WEB_CONCURRENCY too
+        workers = args.workers or default_workers(1)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{exc}; fix or unset it") from None
     try:
         from ..bot import logs
         from ..wsgi import serve
@@ -51,7 +56,7 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
         args.port,
         args.threads,
         args.log_level,
-        args.workers,
+        workers,
         proc_name="stormlock-api",
         tls=tls,
     )

@@ -21,6 +21,7 @@ from ..errors import (
     missing_extra,
     run_main,
 )
+from ..workers import MAX_WORKERS, default_workers, share_metrics, worker_count
 from .settings import BotSettings
 
 if TYPE_CHECKING:
@@ -68,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000))
     serve.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY") or 1),
-        help="worker processes (default $WEB_CONCURRENCY or 1); with more than "
-        "one, each scrape of /metrics sees one worker's counts: prefer replicas",
+        type=worker_count,
+        default=None,
+        help="worker processes (default $WEB_CONCURRENCY, else one per usable "
+        f"core, up to {MAX_WORKERS}); /metrics adds up all of them",
     )
     serve.add_argument(
         "--threads", type=int, default=16, help="concurrent requests per worker"
@@ -112,6 +113,9 @@ def _start_scheduler(bot: Bot) -> Scheduler:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    workers = _workers(args.workers)
+    # Before the imports below: they bring prometheus_client in.
+    hooks = share_metrics(workers)
     from . import logs
     from .app import build_app
     from .service import LeaseService
@@ -148,8 +152,26 @@ def _serve(args: argparse.Namespace) -> int:
         )
 
     logs.configure(args.log_level, args.log_json)
-    serve(factory, args.host, args.port, args.threads, args.log_level, args.workers)
+    serve(
+        factory,
+        args.host,
+        args.port,
+        args.threads,
+        args.log_level,
+        workers,
+        hooks=hooks,
+    )
     return 0
+
+
+def _workers(given: int | None) -> int:
+    """--workers, else the default; a bad WEB_CONCURRENCY fails either way
+    (gunicorn reads it too)."""
+    try:
+        default = default_workers()
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{exc}; fix or unset it") from None
+    return given or default
 
 
 def _api(config: Config, bot: Bot) -> WSGIApp | None:

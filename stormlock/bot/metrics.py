@@ -51,6 +51,7 @@ OUTBOX_WAITING = Gauge(
     "stormlock_outbox_waiting",
     "What the outbox holds unsent: queued sends, and announcements waiting "
     "for their channel's turn.",
+    multiprocess_mode="livesum",  # with several workers: theirs added up
 )
 
 RECONCILE_RUNS = Counter(

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from slack_bolt import App, BoltContext, BoltRequest
 from slack_bolt.request.internals import build_context
 from slack_sdk.signature import SignatureVerifier
@@ -141,6 +147,18 @@ def _plain(
     return [body]
 
 
+def _registry() -> CollectorRegistry:
+    """What /metrics shows: with several workers (bot.workers), the counts
+    of all of them, read from their shared directory; else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
+        return shared
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
 def wsgi_app(
     app: App,
     ready: Callable[[], tuple[bool, list[str]]],
@@ -154,6 +172,7 @@ def wsgi_app(
     operators; the HTTP API under `/v1/` if given (stormlock.api); 404
     elsewhere. The details are always in the bot's log."""
     slack = slack_endpoint(app, signing_secret)
+    registry = _registry()
 
     def route(
         environ: dict[str, Any], start_response: Callable[..., Any]
@@ -173,7 +192,7 @@ def wsgi_app(
                 unready = b"not ready\n"
                 return _plain(start_response, "503 Service Unavailable", unready)
             if path == "/metrics":
-                metrics = generate_latest()
+                metrics = generate_latest(registry)
                 return _plain(start_response, "200 OK", metrics, CONTENT_TYPE_LATEST)
         if environ.get("REQUEST_METHOD") == "POST" and path == EVENTS_PATH:
             return slack(environ, start_response)

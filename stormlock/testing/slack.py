@@ -226,10 +226,12 @@ def running_bot(
     log_level: str = "DEBUG",
     env: dict[str, str] | None = None,
     default: str = "",
+    workers: int | None = 1,
 ) -> Iterator[BotServer]:
     """The real bot (`stormlock-bot serve`) on a free port; `env` overrides
     its environment (a HOME it cannot write, say); `default`: more lines of
-    the config's [default] section."""
+    the config's [default] section; `workers`: gunicorn's worker processes
+    (None: the bot's default, one per usable core)."""
     home = tmp_path / name
     home.mkdir(exist_ok=True)
     path = home / "stormlock.cfg"
@@ -246,6 +248,9 @@ def running_bot(
         STORMLOCK_CONFIG=str(path),
         LOG_LEVEL=log_level,
     )
+    environment.pop("WEB_CONCURRENCY", None)
+    if workers is not None:
+        environment["WEB_CONCURRENCY"] = str(workers)
     environment.update(env or {})
     log_path = home / "bot.log"
     command = [
