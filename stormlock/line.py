@@ -286,6 +286,11 @@ class Line:
         not read the line (on some stores, a scan of every record)."""
         return self.backend.current(self._mark) is not None
 
+    @property
+    def mark_key(self) -> str:
+        """The record `may_have_waiters` reads (to read it with others)."""
+        return self._mark
+
     def remark(self, tickets: list[Ticket], principal: str) -> None:
         """Put the mark back for `tickets` (the line as just read), in case
         the last to leave took it down while someone joined."""

@@ -273,6 +273,12 @@ WHERE resource = %(resource)s AND lease_id IS NOT NULL
   AND expires > clock_timestamp()
 """
 
+_CURRENT_MANY = """
+SELECT {columns} FROM {table}
+WHERE resource = ANY(%(resources)s) AND lease_id IS NOT NULL
+  AND expires > clock_timestamp()
+"""
+
 _IS_CURRENT = """
 SELECT 1 FROM {table}
 WHERE resource = %(resource)s AND lease_id = %(lease_id)s
@@ -396,6 +402,7 @@ class Postgresql(LeaseBackend):
                 ("renew", _RENEW),
                 ("release", _RELEASE),
                 ("current", _CURRENT),
+                ("current_many", _CURRENT_MANY),
                 ("is_current", _IS_CURRENT),
                 ("list", _LIST),
                 ("expiring", _EXPIRING),
@@ -666,6 +673,11 @@ class Postgresql(LeaseBackend):
     def _current(self, resource: str) -> Lease | None:
         rows = self._rows("current", {"resource": resource})
         return _lease(rows[0]) if rows else None
+
+    def _current_many(self, resources: Sequence[str]) -> list[Lease | None]:
+        rows = self._rows("current_many", {"resources": list(resources)})
+        found = {lease.resource: lease for lease in map(_lease, rows)}
+        return [found.get(resource) for resource in resources]
 
     def _is_current(self, resource: str, lease_id: str) -> bool:
         return bool(

@@ -295,6 +295,9 @@ def _ttl_ms(ttl: timedelta) -> int:
     return max(1, math.ceil(ttl.total_seconds() * 1000))
 
 
+_LEASE_FIELDS = ["id", "principal", "created", "expires", "note", "fence", "members"]
+
+
 class _RetryBrokenConnection(Retry):
     """Retry once a pooled connection that a server restart broke.
 
@@ -533,11 +536,15 @@ class Redis(LeaseBackend):
         return [_event(entry_id, fields) for entry_id, fields in entries]
 
     def _current(self, resource: str) -> Lease | None:
-        fields = self.client.hmget(
-            self._key(resource),
-            ["id", "principal", "created", "expires", "note", "fence", "members"],
-        )
+        fields = self.client.hmget(self._key(resource), _LEASE_FIELDS)
         return _lease(resource, fields)
+
+    def _current_many(self, resources: Sequence[str]) -> list[Lease | None]:
+        pipe = self.client.pipeline(transaction=False)  # one round trip
+        for resource in resources:
+            pipe.hmget(self._key(resource), _LEASE_FIELDS)
+        found = pipe.execute()
+        return [_lease(r, fields) for r, fields in zip(resources, found, strict=True)]
 
     def _is_current(self, resource: str, lease_id: str) -> bool:
         stored = self.client.hget(self._key(resource), "id")

@@ -65,6 +65,7 @@ _TIMED = frozenset(
         "renew_lease",
         "release_lease",
         "current",
+        "current_many",
         "is_current",
         "list_leases",
         "list_expiring",
@@ -115,6 +116,7 @@ class TimedBackend:
             finally:
                 histogram.observe(time.perf_counter() - start)
 
+        self.__dict__[attribute] = timed  # found there next time, built once
         return timed
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ..backend import current_many
 from ..contract import Lease
 from ..errors import StormlockError
 from ..line import HANDED, LEFT, PASSED, TOOK, Line, Ticket, line_events, waiting_counts
@@ -415,18 +416,23 @@ class Reminders:
                 line = self.service.line(resource)
                 self._turns_ended(line, line.waiting())
 
-    def offer_turn(self, resource: str, listed: bool = False) -> int:
+    def offer_turn(
+        self, resource: str, listed: bool = False, marked: bool | None = None
+    ) -> int:
         """If `resource` is free and the first in its line waits in Slack,
         DM them that it is their turn (once, across replicas) and announce
         it; their ticket then lasts the claim window, so a pass or silence
         hands the turn to the next in line. Unless `listed` (the pass found
         the line), one read when nobody waits: the line's mark (a release's
-        common case; reading the line itself lists records)."""
+        common case; reading the line itself lists records), unless the
+        caller read it (`marked`)."""
         try:
             line = self.service.line(resource)
         except StormlockError:
             return 0  # not one the bot serves (a CLI user's line)
-        if not listed and not line.may_have_waiters():
+        if marked is None and not listed:
+            marked = line.may_have_waiters()
+        if not listed and not marked:
             return 0  # an ended turn with nobody left: the next pass tells
         waiting = line.waiting()
         line.remark(waiting, self.records.owner)
@@ -531,13 +537,31 @@ class Reminders:
 
     def notify_waiters(self, resource: str) -> int:
         """DM everyone waiting for `resource` if it is free; in order, once.
-        One read when nobody waits (the common case after a release)."""
-        self.offer_turn(resource)
-        if not self.state.anyone_waiting(resource):
+        One read when nobody waits (the common case after a release): the
+        line's mark and the wait list's marker together, where they share a
+        store."""
+        marked, listed = self._who_may_wait(resource)
+        self.offer_turn(resource, marked=marked)
+        if not listed:
             return 0
         sent = self._notify_waiters(resource, self.state.waiting().get(resource, []))
         self.state.nobody_waiting(resource)
         return sent
+
+    def _who_may_wait(self, resource: str) -> tuple[bool | None, bool]:
+        """Whether `resource`'s line may have waiters (None: not read, or no
+        line) and whether its wait list has a marker."""
+        records = self.state.records.backend
+        try:
+            line = self.service.line(resource)
+        except StormlockError:
+            return None, self.state.anyone_waiting(resource)
+        if line.backend is not records:
+            return None, self.state.anyone_waiting(resource)
+        mark, marker = current_many(
+            records, [line.mark_key, self.state.waiting_key(resource)]
+        )
+        return mark is not None, marker is not None
 
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
         if not entries or self.service.current(resource) is not None:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from ..contract import Lease
+from ..names import RECORD_PREFIX
 from ..records import Records
 from ..times import utcnow
 
@@ -57,6 +58,10 @@ class BotState:
 
     def anyone_waiting(self, resource: str) -> bool:
         return self.records.get(f"waiting/{resource}") is not None
+
+    def waiting_key(self, resource: str) -> str:
+        """The record `anyone_waiting` reads (to read it with others)."""
+        return RECORD_PREFIX + f"waiting/{resource}"
 
     def nobody_waiting(self, resource: str) -> None:
         """Drop the marker once its list is empty (an entry added meanwhile

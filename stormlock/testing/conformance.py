@@ -18,6 +18,7 @@ from datetime import timedelta
 import pytest
 
 from stormlock import Backend, Lease, LockExpiredException, LockHeldException
+from stormlock.backend import current_many
 from stormlock.contract import Feature, complete
 from stormlock.errors import UnsupportedOperation
 from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry
@@ -435,6 +436,35 @@ def test_list_prefix_returns_only_matching_leases(backend: Backend) -> None:
     found = backend.list_prefix(".stormlock/wait/")
     assert [lease.id for lease in found] == [lease.id for lease in wanted]
     assert backend.list_prefix(".stormlock/none/") == []
+
+
+def test_reading_several_at_once_reads_each_as_current_does(
+    backend: Backend, resource: str
+) -> None:
+    gone = f"{resource}-gone"
+    backend.acquire_lease(gone, "carol", short_ttl(backend))
+    held = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    record = backend.acquire_lease(
+        f".stormlock/waiting/{resource}", "bot", timedelta(minutes=5)
+    )
+    wait_for_expiry(backend, gone)
+    names = [
+        f".stormlock/line-mark/{resource}",  # never taken
+        resource,
+        gone,
+        f".stormlock/waiting/{resource}",
+        resource,  # asked twice: answered twice
+    ]
+    found = current_many(backend, names)
+    assert found == [backend.current(name) for name in names]
+    assert [lease.id if lease else None for lease in found] == [
+        None,
+        held.id,
+        None,
+        record.id,
+        held.id,
+    ]
+    assert current_many(backend, []) == []
 
 
 # -- history ---------------------------------------------------------------------

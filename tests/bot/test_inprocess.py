@@ -334,3 +334,23 @@ def test_what_this_bot_recorded_as_sent_is_known_without_a_store_read(
     assert other.done(key)
     assert reads() == before + 1
     assert not other.done(key.replace("acquired", "released"))
+
+
+def test_a_release_learns_whether_anyone_waits_in_one_read(
+    bot: Bot, slack: LocalSlack
+) -> None:
+    """After a release, the line's mark and the wait list's marker are read
+    together (one round trip): with the holder check before it, a release
+    reads the store twice, not three times."""
+
+    def reads() -> tuple[float, float]:
+        return store_calls("current"), store_calls("current_many")
+
+    command(bot, slack, ALICE, "acquire warm-up 1h")
+    command(bot, slack, ALICE, "release warm-up")
+    command(bot, slack, ALICE, "acquire db 1h")
+    settled(bot)
+    single, many = reads()
+    assert command(bot, slack, ALICE, "release db") is not None
+    settled(bot)
+    assert reads() == (single + 1, many + 1), "the holder check, then one read"
