@@ -168,6 +168,10 @@ class LeaseBackend(Backend):
             f"the {type(self).__name__} backend keeps no history"
         )
 
+    #: Whether `acquire_unless` checks its guard in the change's own round
+    #: trip (else it reads the guard first, as a caller could).
+    guards_in_one_step: ClassVar[bool] = False
+
     #: The store client's exceptions that `_failure` turns into ours.
     client_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
@@ -271,9 +275,42 @@ class LeaseBackend(Backend):
     def acquire_lease(
         self, resource: str, principal: str, ttl: timedelta, note: str | None = None
     ) -> Lease:
+        lease = self._acquire_guarded(resource, None, principal, ttl, note)
+        assert lease is not None  # no guard: taken, or LockHeldException
+        return lease
+
+    def acquire_unless(
+        self,
+        resource: str,
+        guard: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None = None,
+    ) -> Lease | None:
+        """`acquire_lease`, unless `guard` (another resource: a line's mark)
+        is held: then None and nothing changed. In one round trip where the
+        store has a hook for it (`_acquire_unless`)."""
+        return self._acquire_guarded(resource, guard, principal, ttl, note)
+
+    def _acquire_guarded(
+        self,
+        resource: str,
+        guard: str | None,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> Lease | None:
         with self._operation():
             for _ in range(3):
-                acquired, lease = self._acquire(resource, principal, ttl, note)
+                if guard is None:
+                    acquired, lease = self._acquire(resource, principal, ttl, note)
+                else:
+                    outcome, lease = self._acquire_unless(
+                        resource, guard, principal, ttl, note
+                    )
+                    if outcome is None:
+                        return None
+                    acquired = outcome
                 if acquired and lease is not None:
                     return lease
                 holder = lease or self._current(resource)
@@ -281,6 +318,20 @@ class LeaseBackend(Backend):
                     raise LockHeldException(resource, holder)
                 # Released between the attempt and the lookup: try again.
         raise LockHeldException(resource, None)
+
+    def _acquire_unless(
+        self,
+        resource: str,
+        guard: str,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool | None, Lease | None]:
+        """`_acquire`, or (None, None) if `guard` is held; this default reads
+        the guard first (two round trips)."""
+        if self._current(guard) is not None:
+            return None, None
+        return self._acquire(resource, principal, ttl, note)
 
     def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
         canonical = canonical_lease_id(lease_id)

@@ -94,6 +94,9 @@ class StormLock:
     _line_served = True
     """Whether a backend whose server keeps the line (`acquire_in_line`:
     the http backend) may wait in it for this lock (not a pool's or set's)."""
+    _guarded = True
+    """Whether `_attempt` is one acquire of `resource`, which the store can
+    guard with the line's mark (a pool's tries its members instead)."""
 
     def __init__(
         self,
@@ -220,8 +223,19 @@ class StormLock:
         the line and take it in turn."""
         started = time.monotonic()
         try:
+            marked = None
+            if self._guarded and getattr(self.backend, "guards_in_one_step", False):
+                # Taken unless the line's mark is up, in one round trip.
+                lease = self.backend.acquire_unless(  # type: ignore[attr-defined]
+                    self.resource, line.mark_key, self.principal, ttl, note
+                )
+                if lease is not None:
+                    return lease, started
+                marked = True
             try:
-                waiting = line.waiting() if line.may_have_waiters() else []
+                if marked is None:
+                    marked = line.may_have_waiters()
+                waiting = line.waiting() if marked else []
             except BackendUnavailable as failed:  # a read: nothing changed
                 raise BackendUnavailable(failed.message, nothing_sent=True) from failed
             if not waiting:

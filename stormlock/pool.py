@@ -51,6 +51,7 @@ class PoolLock(StormLock):
     """A lock on any one free member of a pool."""
 
     _line_served = False  # the server's line is one resource's
+    _guarded = False  # its attempt is at the members, not at its name
 
     def __init__(
         self,

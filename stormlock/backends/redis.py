@@ -73,12 +73,16 @@ local function log(hist, all, keep, actor, source, event, resource, principal,
 end
 """
 
-# KEYS: lease, fence, index, history, all history.
+# KEYS: lease, fence, index, history, all history[, guard].
 # ARGV: id, principal, ttl_ms, note, resource, keep_ms, actor, source.
+# With a guard (a line's mark): nothing is done while it exists (2).
 _ACQUIRE = (
     _NOW_MS
     + _LOG
     + f"""
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
+    return {{2, {{}}}}
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return {{0, redis.call('HMGET', KEYS[1], {_FIELDS})}}
 end
@@ -421,16 +425,33 @@ class Redis(LeaseBackend):
     def _acquire(
         self, resource: str, principal: str, ttl: timedelta, note: str | None
     ) -> tuple[bool, Lease | None]:
+        outcome, lease = self._acquire_unless(resource, None, principal, ttl, note)
+        return bool(outcome), lease
+
+    guards_in_one_step = True
+
+    def _acquire_unless(
+        self,
+        resource: str,
+        guard: str | None,
+        principal: str,
+        ttl: timedelta,
+        note: str | None,
+    ) -> tuple[bool | None, Lease | None]:
         keys = [
             self._key(resource),
             f"{self.prefix}fence:{resource}",
             self._index_for(resource),
             *self._history_keys(resource),
         ]
+        if guard is not None:
+            keys.append(self._key(guard))
         args: list[str | int] = [self.new_id(), principal, _ttl_ms(ttl), note or ""]
         args += [resource, *self._story_args(resource)]
-        acquired, fields = cast(list[Any], self._acquire_script(keys=keys, args=args))
-        return bool(acquired), _lease(resource, fields)
+        outcome, fields = cast(list[Any], self._acquire_script(keys=keys, args=args))
+        if outcome == 2:
+            return None, None
+        return bool(outcome), _lease(resource, fields)
 
     def _renew(self, resource: str, lease_id: str, ttl: timedelta) -> Lease | None:
         fields = self._renew_script(

@@ -43,8 +43,9 @@ def build_app(
 
     Listeners ack in the request's own thread (Bolt's process_before_response)
     and hand the payload to the pipeline, so the HTTP response leaves at once.
-    `verify_requests=False` is only for Socket Mode, whose requests come over
-    the app's own authenticated websocket.
+    `verify_requests=False` is for Socket Mode, whose requests come over the
+    app's own authenticated websocket, and for HTTP mode behind
+    `web.slack_endpoint`, which verifies every request before Bolt sees it.
     """
     client = web_client(settings.bot_token, settings.api_url)
     app = App(

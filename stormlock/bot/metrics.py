@@ -62,6 +62,7 @@ RECONCILE_RUNS = Counter(
 _TIMED = frozenset(
     {
         "acquire_lease",
+        "acquire_unless",
         "renew_lease",
         "release_lease",
         "current",

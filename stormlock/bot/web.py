@@ -99,7 +99,9 @@ def _parsed(body: str, content_type: str) -> dict[str, Any]:
 
 def slack_endpoint(app: App, signing_secret: str) -> WSGIApp:
     """`/slack/events`: Bolt behind a guard that refuses, in one log line and
-    before Bolt sees them, oversized, unsigned and malformed requests."""
+    before Bolt sees them, oversized, unsigned and malformed requests (so
+    the app need not verify signatures again: `build_app(verify_requests=
+    False)`)."""
     verifier = SignatureVerifier(signing_secret)
 
     def handle(
@@ -114,12 +116,14 @@ def slack_endpoint(app: App, signing_secret: str) -> WSGIApp:
             status = f"{refused.status.value} {refused.status.phrase}"
             return _plain(start_response, status, f"{refused.reason}\n".encode())
         bolt_headers: dict[str, str | Sequence[str]] = {**headers}
+        # The body as parsed above, not as Bolt would parse it again (it
+        # misreads forms that mention "payload").
         request = BoltRequest(
-            body=raw, query=environ.get("QUERY_STRING", ""), headers=bolt_headers
+            body="", query=environ.get("QUERY_STRING", ""), headers=bolt_headers
         )
-        if request.body != body:  # Bolt misreads forms that mention "payload"
-            request.body = body
-            request.context = build_context(BoltContext(), body)
+        request.raw_body = raw
+        request.body = body
+        request.context = build_context(BoltContext(), body)
         response = app.dispatch(request)
         data = response.body.encode()
         pairs = [

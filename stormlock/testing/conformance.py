@@ -467,6 +467,31 @@ def test_reading_several_at_once_reads_each_as_current_does(
     assert current_many(backend, []) == []
 
 
+def test_acquire_unless_a_guard_is_held_changes_nothing_while_it_is(
+    backend: Backend, resource: str
+) -> None:
+    unless = getattr(backend, "acquire_unless", None)
+    if unless is None:
+        return  # optional: the lock reads the guard first instead
+    guard = f".stormlock/line-mark/{resource}"
+    mark = backend.acquire_lease(guard, "waiter", short_ttl(backend))
+    assert unless(resource, guard, "alice", timedelta(minutes=5)) is None
+    assert backend.current(resource) is None
+    if not keeps_no_history(backend):
+        assert backend.history(resource) == []
+    wait_for_expiry(backend, guard)
+    taken = unless(resource, guard, "alice", timedelta(minutes=5), "a note")
+    assert taken is not None and backend.current(resource) == taken
+    assert backend.supports(Feature.NOTES) is False or taken.note == "a note"
+    with pytest.raises(LockHeldException) as held:
+        unless(resource, guard, "bob", timedelta(minutes=5))
+    assert held.value.lease is not None and held.value.principal == "alice"
+    backend.acquire_lease(guard, "waiter", timedelta(minutes=5))
+    assert unless(resource, guard, "bob", timedelta(minutes=5)) is None
+    assert backend.current(resource) == taken
+    assert mark.fence > 0
+
+
 # -- history ---------------------------------------------------------------------
 
 

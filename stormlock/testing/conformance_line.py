@@ -141,6 +141,53 @@ def test_only_the_head_of_the_line_may_take_a_free_resource(backend: Backend) ->
     assert _leftovers(backend, resource) == []
 
 
+class _Counted:
+    """A backend that notes each store operation made through it."""
+
+    OPERATIONS = frozenset(
+        {"acquire_lease", "acquire_unless", "current", "current_many", "list_prefix"}
+    )
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.backend, name)
+        if name not in self.OPERATIONS:
+            return value
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return value(*args, **kwargs)
+
+        return counted
+
+
+def test_an_acquire_nobody_waits_for_asks_the_store_once_where_it_can(
+    backend: Backend,
+) -> None:
+    """The line's mark guards the acquire in the change itself where the
+    store can (one round trip); elsewhere it is read first. A mark that is
+    up still sends the acquire to the line."""
+    if not has_line(backend):
+        return
+    resource = _name()
+    counted = _Counted(backend)
+    lease = StormLock(counted, resource, "carol").acquire_lease()  # type: ignore[arg-type]
+    one_step = getattr(backend, "guards_in_one_step", False)
+    assert counted.calls == (
+        ["acquire_unless"] if one_step else ["current", "acquire_lease"]
+    )
+    backend.release_lease(resource, lease.id)
+    line = Line(backend, resource)
+    bob = line.join("bob")
+    with pytest.raises(InLine):
+        StormLock(backend, resource, "carol").acquire_lease()
+    assert backend.current(resource) is None
+    line.leave(bob)
+
+
 def test_a_wait_in_line_leaves_nothing_behind(backend: Backend) -> None:
     """A waiter joins, takes the lease on release, and its ticket (and the
     counter that numbered it) is gone; the line is empty again."""
