@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -54,6 +55,9 @@ BACKOFF = (0.5, 2.0, 8.0)
 SLACK_TIMEOUT = 5
 # Slack allows about one chat.postMessage per second per channel.
 CHANNEL_PACE = 1.0
+# The channel's turn across workers lasts a little less than the pace, so
+# one worker's own next turn never finds its last one still there.
+_PACE_TTL = timedelta(seconds=CHANNEL_PACE * 0.9)
 # A fresh change's announcement sent within this long goes without a claim
 # and is recorded as sent after it (one store write instead of two). Safe
 # because the recovery pass leaves a change alone for `[bot] recover_after`
@@ -522,6 +526,9 @@ class Outbox:
         self._put(Priority.NOTICE, Flush(channel), delay)
 
     def _flush(self, channel: str) -> None:
+        if not self._take_turn(channel):  # another worker or replica posted
+            self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE / 4)
+            return
         with self._lock:
             paced = self._channels[channel]
             if not paced.pending:  # never: one turn a channel at a time
@@ -552,6 +559,20 @@ class Outbox:
         if rest:  # the rest goes in the next post
             self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE)
         self._send_batch(batch)
+
+    def _take_turn(self, channel: str) -> bool:
+        """The channel's turn across workers and replicas: a record in the
+        store that lasts `CHANNEL_PACE`, so together they post about once a
+        second a channel, as Slack allows. A store that cannot say does not
+        hold the post up (Slack's 429s are retried)."""
+        if self.ledger is None:
+            return True
+        try:
+            taken = self.ledger.records.claim(f"pace/{channel}", _PACE_TTL)
+        except StormlockError as exc:
+            log.debug("posting without the channel's turn: %s", exc)
+            return True
+        return taken is not None
 
     def _send_batch(self, batch: Batch) -> None:
         failed = self._post_batch(batch)

@@ -45,6 +45,8 @@ class Call:
     """For response_url calls: the user and channel the URL was made for; for
     posts: the `ts` Slack gave the message."""
     problems: list[str] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (to measure a pace)."""
 
 
 @dataclass

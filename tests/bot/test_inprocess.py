@@ -6,6 +6,7 @@ wire, SIGKILL and SIGTERM) stays in the subprocess tests."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -354,3 +355,32 @@ def test_a_release_learns_whether_anyone_waits_in_one_read(
     assert command(bot, slack, ALICE, "release db") is not None
     settled(bot)
     assert reads() == (single + 1, many + 1), "the holder check, then one read"
+
+
+def test_two_workers_take_turns_at_a_channel_about_once_a_second(
+    tmp_path: Path, slack: LocalSlack
+) -> None:
+    """Two bots over one store (gunicorn workers, or replicas) announce in
+    one channel: each post waits for the channel's turn in the store, so
+    together they post about once a second, as Slack allows, and every
+    change is named once."""
+    first, second = make_bot(tmp_path, slack), make_bot(tmp_path, slack)
+    try:
+        names = [f"svc-{n:02d}" for n in range(40)]
+        for n, name in enumerate(names):
+            command((first, second)[n % 2], slack, ALICE, f"acquire {name} 1h")
+
+        def announced() -> str:
+            return "".join(text_of(c) for c in posts(slack))
+
+        wait_until(lambda: all(f"*{name}*" in announced() for name in names), 30)
+        for each in (first, second):
+            settled(each)
+        sent = posts(slack)
+        assert len(sent) >= 2, "one bot announced everything: no test of turns"
+        gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(sent)]
+        assert min(gaps) >= 0.8 * outbox.CHANNEL_PACE, gaps
+        assert all(announced().count(f"*{name}*") == 1 for name in names)
+    finally:
+        first.close(5)
+        second.close(5)
