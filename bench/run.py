@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 options_for,
                 500 if quick else 20_000,
                 2_000 if quick else 100_000,
+                1.0 if quick else 150.0,
             ),
         ),
         ("scheduler", lambda r: scheduler_scaling.section(r, options_for, sizes)),

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 MAX_WORKERS = 4
 """Each worker runs its own reconcile pass and keeps its own caches: past a
 few, more workers mostly add load on the store."""
@@ -70,14 +72,21 @@ def share_metrics(workers: int) -> dict[str, Callable[..., None]]:
     import tempfile
 
     given = os.environ.get(METRICS_DIR)
-    if given:
-        path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):  # a previous run's, as the library asks
-            stale.unlink()
-    else:
-        path = Path(tempfile.mkdtemp(prefix="stormlock-metrics-"))
-        os.environ[METRICS_DIR] = str(path)
+    try:
+        if given:
+            path = Path(given)
+            path.mkdir(parents=True, exist_ok=True)
+            for stale in path.glob("*.db"):  # a previous run's, as asked
+                stale.unlink()
+        else:
+            path = Path(tempfile.mkdtemp(prefix="stormlock-metrics-"))
+    except OSError as exc:
+        raise ConfigError(
+            f"{workers} workers need a writable directory for their metrics "
+            f"({exc.strerror}: {exc.filename or tempfile.gettempdir()}); make "
+            f"$TMPDIR writable, set {METRICS_DIR}, or run --workers 1"
+        ) from None
+    os.environ[METRICS_DIR] = str(path)
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess

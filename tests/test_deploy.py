@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import math
 import signal
 import subprocess
 import time
@@ -187,6 +188,11 @@ def test_image_command_serves_health_readiness_metrics_and_stops_cleanly(
     for item in container["env"]:
         env[item["name"]] = item.get("value", "from-a-secret")
     env.update(STORMLOCK_CONFIG=str(config), PORT=str(port), HOST="127.0.0.1")
+    # In the pod, the cgroup's CPU limit sets the workers (one per core);
+    # outside a container, say it as the limit would.
+    cpus = math.ceil(float(container["resources"]["limits"]["cpu"]))
+    assert cpus == 1, "the pod runs one worker; scale with replicas"
+    env["WEB_CONCURRENCY"] = str(cpus)
     command = [str(BIN / entrypoint[0]), *entrypoint[1:], *container["args"]]
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "bot.log").open("w")

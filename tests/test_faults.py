@@ -218,3 +218,31 @@ def test_a_partition_while_waiting_in_line_costs_the_wait_and_a_timeout(
             proxy.thaw()
             backend.close()
             direct.close()
+
+
+def test_redis_says_nothing_changed_only_when_nothing_reached_it(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A refused connection sent nothing: "nothing changed" is true. An
+    acquire whose answer was lost, then whose retry was refused, may have
+    gone through (it did): that is unknown, and said to be."""
+    config, port = network_backend("redis", request, tmp_path)
+    refused = BackendConfig("redis", redirect("redis", config.options, 1)).create()
+    with pytest.raises(BackendUnavailable) as never:
+        refused.acquire_lease("db", "alice", timedelta(minutes=5))
+    assert never.value.nothing_sent
+    direct = config.create()
+    with partition_proxy(port) as proxy:
+        moved = redirect("redis", config.options, proxy.port)
+        moved["timeout"] = str(TIMEOUT)
+        backend = BackendConfig("redis", moved).create()
+        # The pooled connection is made and the script loaded.
+        backend.acquire_lease("warm-up", "alice", timedelta(minutes=5))
+        proxy.lose_answers(1, then=proxy.refuse_new)
+        with pytest.raises(BackendUnavailable) as lost:
+            backend.acquire_lease("db", "alice", timedelta(minutes=5))
+        assert not lost.value.nothing_sent
+        held = direct.current("db")
+        assert held is not None and held.principal == "alice"
+    for each in (refused, backend, direct):
+        each.close()

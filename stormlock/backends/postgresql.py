@@ -497,15 +497,17 @@ class Postgresql(LeaseBackend):
         if not self._opened:
             self.pool.open(wait=False)
             self._opened = True
+        ready = self._schema_ready  # as this call began
         for attempt in range(3):
             started = time.monotonic()
             try:
                 with self.pool.connection(timeout=self._checkout_timeout()) as conn:
                     return fn(conn)
             except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
-                if attempt or self._schema_ready:
+                if attempt or ready:
                     raise
-                self.setup()
+                if not self._schema_ready:  # else another thread just made it
+                    self.setup()
             except psycopg.OperationalError:
                 if attempt or not self.failed_fast(started):
                     raise

@@ -331,8 +331,27 @@ class _RetryBrokenConnection(Retry):
                 left is None or left > elapsed
             )
 
-        # redis-py 6+ passes more (with_failure_count): hand it all on.
-        return super().call_with_retry(do, fail, quick, *more, **options)
+        sent: list[bool] = []
+
+        def failed(error: Exception, *counts: Any) -> Any:
+            sent.append(not _never_connected(error))
+            return fail(error, *counts)
+
+        try:
+            # redis-py 6+ passes more (with_failure_count): hand it all on.
+            return super().call_with_retry(do, failed, quick, *more, **options)
+        except redis.RedisError as error:
+            if any(sent):  # an earlier attempt may have reached the server
+                error.stormlock_maybe_sent = True  # type: ignore[attr-defined]
+            raise
+
+
+def _never_connected(error: BaseException) -> bool:
+    """Whether redis-py failed while connecting ("Error 111 connecting to
+    ...", "Timeout connecting to server"): the command was never sent."""
+    return isinstance(error, redis.ConnectionError | redis.TimeoutError) and (
+        "connecting to" in str(error)
+    )
 
 
 # Where fences come from, as the capability table says.
@@ -401,9 +420,13 @@ class Redis(LeaseBackend):
     client_errors = (redis.RedisError,)
 
     def _failure(self, error: Exception) -> StormlockError:
+        unsent = _never_connected(error) and not getattr(
+            error, "stormlock_maybe_sent", False
+        )
         return BackendUnavailable(
             f"Redis at {self._safe_url()} failed: {detail(error)}; check "
-            "that it is up and [backend.redis] url"
+            "that it is up and [backend.redis] url",
+            nothing_sent=unsent,
         )
 
     def _safe_url(self) -> str:

@@ -96,6 +96,13 @@ class PartitionProxy:
     def thaw(self) -> None:
         self._flowing.set()
 
+    def refuse_new(self) -> None:
+        """Stop listening: a new connection is refused (a store gone down);
+        connections already made go on."""
+        with contextlib.suppress(OSError):  # wakes the accept under way
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
     def _accept(self) -> None:
         while not self._closed.is_set():
             try:

@@ -108,6 +108,17 @@ def test_bad_worker_counts_end_in_one_line_and_their_exit_codes(
     assert variable.returncode == EXIT_CONFIG
     assert variable.stderr.count("\n") == 1
     assert "WEB_CONCURRENCY" in variable.stderr and "Traceback" not in variable.stderr
+    env.update(WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR="/proc/no-such/dir")
+    unwritable = subprocess.run(
+        [str(BIN / "stormlock-bot"), "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unwritable.returncode == EXIT_CONFIG
+    assert unwritable.stderr.count("\n") == 1, unwritable.stderr
+    assert "--workers 1" in unwritable.stderr
 
 
 def test_two_workers_answer_and_announce_every_change_once_and_metrics_add_up(
