@@ -461,11 +461,24 @@ class Outbox:
     def _post_with(
         self, client: WebClient, channel: str, message: Message
     ) -> Failure | None:
+        return self._posted(client, channel, message)[1]
+
+    def post_for_ts(
+        self, channel: str, message: Message
+    ) -> tuple[str | None, Failure | None]:
+        """Post to a channel and say which message it made (its `ts`, to
+        edit it later: a board); else Slack's error."""
+        return self._posted(self.client, channel, message)
+
+    def _posted(
+        self, client: WebClient, channel: str, message: Message
+    ) -> tuple[str | None, Failure | None]:
         try:
-            client.chat_postMessage(channel=channel, **message.kwargs())
+            posted = client.chat_postMessage(channel=channel, **message.kwargs())
         except (SlackApiError, OSError) as exc:
-            return self._failed("chat.postMessage", exc)
-        return None
+            return None, self._failed("chat.postMessage", exc)
+        ts = posted.get("ts")
+        return (str(ts) if ts else None), None
 
     def update_now(self, channel: str, ts: str, message: Message) -> Failure | None:
         """Edit a message the bot posted (a board)."""

@@ -599,13 +599,12 @@ class Reminders:
         message = blocks.board(
             leases, self.directory.display, self.service.pools(leases), self._counts()
         )
-        try:
-            posted = self.outbox.client.chat_postMessage(
-                channel=channel, **message.kwargs()
-            )
-        except Exception as exc:  # the reply tells the user
-            return str(getattr(exc, "response", {}).get("error", exc))
-        self.records.put(f"board/{channel}", str(posted["ts"]), _BOARD_TTL)
+        ts, failed = self.outbox.post_for_ts(channel, message)
+        if failed is not None:  # the reply tells the user
+            return failed.error
+        if ts is None:
+            return "Slack did not say which message it posted"
+        self.records.put(f"board/{channel}", ts, _BOARD_TTL)
         self._boards = None  # read afresh on the next redraw
         return None
 
