@@ -1066,11 +1066,15 @@ class Core:
         return outcome
 
     def _owe(self, outcome: Outcome, lease: Lease) -> None:
+        self.owe(outcome.notices, lease)
+
+    def owe(self, notices: Sequence[Told], lease: Lease) -> None:
         """Where history cannot give a change's notices back, keep them
-        until they are sent: a bot that dies before does not lose them."""
+        until they are sent: a bot that dies before does not lose them
+        (the API's changes too)."""
         if self.state is None or self.service.keeps_channel(lease):
             return
-        for notice in outcome.notices:
+        for notice in notices:
             if isinstance(notice, TookLease | GaveUpLease | ForcedOff):
                 try:
                     self.state.owe(notice.key, notice_record(notice))

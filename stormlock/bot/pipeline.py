@@ -325,6 +325,7 @@ class Pipeline:
             notice = GaveUpLease(
                 change.channel, change.lease, change.actor, change.forced
             )
+        self.core.owe([notice], change.lease)  # where history cannot keep it
         message = blocks.notice(notice, self.directory.display)
         self.outbox.post(notice.channel, message, None, notice.key, True)
 

@@ -4,15 +4,19 @@ bot or by another replica, and sent once."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
+import requests
 
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.localslack import Call, LocalSlack
 from stormlock.testing.slack import ALICE, CAROL, BotServer, running_bot, text_of
+from stormlock.tokens import TOKEN_FORM
 
 # Fast passes; a claim of a killed bot lapses soon.
 FAST = "reconcile_interval = 200ms\nclaim_ttl = 2s\nrecover_after = 10s"
@@ -33,6 +37,10 @@ def forced_dms(slack: LocalSlack) -> list[Call]:
         for c in slack.of("chat.postMessage")
         if "force-released your lease" in text_of(c)
     ]
+
+
+def announced(slack: LocalSlack, resource: str, call: Call) -> bool:
+    return call in announcements(slack, resource)
 
 
 def changes_then_kill(bot: BotServer, slack: LocalSlack) -> None:
@@ -137,3 +145,41 @@ def posted(job: str, channel: str) -> Callable[[Call], bool]:
         and call.payload.get("channel") == channel
         and f"took *{job}*" in text_of(call)
     )
+
+
+def test_without_history_the_apis_changes_are_not_lost_with_a_killed_bot(
+    slack: LocalSlack, tmp_path: Path
+) -> None:
+    """History off: a change made through the bot's HTTP API is kept owed
+    like one made in Slack, and the restarted bot announces it once."""
+    config = BackendConfig("sqlite", {"path": str(tmp_path / "locks.db")})
+    settings = f"{FAST}\nannounce_channel = C0OPS"
+    with running_bot(
+        slack, config, tmp_path, settings, default="history = none"
+    ) as bot:
+        made = text_of(
+            bot.reply(ALICE, "token create ci --resources api-* --expires 1d")
+        )
+        found = re.search(TOKEN_FORM, made)
+        assert found, made
+        lost = slack.hold("chat.postMessage", lose=True)
+        for resource in ("api-one", "api-two"):
+            taken = requests.post(
+                bot.url + "/v1/acquire",
+                headers={"Authorization": f"Bearer {found.group(0)}"},
+                json={"resource": resource, "ttl": "1h"},
+                timeout=10,
+            )
+            assert taken.status_code == 200, taken.text
+        slack.wait_in_flight("chat.postMessage")
+        bot.kill()
+        lost.set()
+        slack.clear_failures()
+    with running_bot(
+        slack, config, tmp_path, settings, default="history = none"
+    ) as again:
+        for resource in ("api-one", "api-two"):
+            slack.wait_for(partial(announced, slack, resource), timeout=30)
+        again.settle(20)  # and nothing more comes
+        for resource in ("api-one", "api-two"):
+            assert len(announcements(slack, resource)) == 1, resource
