@@ -202,6 +202,7 @@ class _Paced:
         self.pending: list[_Post] = []
         self.next_at = 0.0  # monotonic: when this channel may be posted to again
         self.scheduled = False
+        self.sending = False  # a post of this channel's is under way
         self.limit = MAX_POST  # lowered when Slack finds a post too long
 
 
@@ -532,7 +533,7 @@ class Outbox:
         with self._lock:
             paced = self._channels.setdefault(channel, _Paced())
             paced.pending.append(_Post(message, tell, key, fresh_until, now))
-            if paced.scheduled:
+            if paced.scheduled or paced.sending:  # the end of the send schedules
                 return
             paced.scheduled = True
             delay = paced.next_at - now
@@ -566,12 +567,18 @@ class Outbox:
                 batch = Batch(channel, tuple(paced.pending[:count]))
                 del paced.pending[:count]
             paced.next_at = now + CHANNEL_PACE
-            # Read here, under the lock: a post() just after it may schedule
-            # the channel's next turn itself (two turns: an empty post).
-            rest = paced.scheduled = bool(paced.pending)
-        if rest:  # the rest goes in the next post
-            self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE)
-        self._send_batch(batch)
+            paced.scheduled, paced.sending = False, True
+        try:
+            self._send_batch(batch)
+        finally:
+            # The next turn only once this post is done: a slow post is
+            # never overtaken by the next (the channel reads in order).
+            with self._lock:
+                paced.sending = False
+                rest = paced.scheduled = bool(paced.pending)
+                delay = max(0.0, paced.next_at - time.monotonic())
+            if rest:  # the rest goes in the next post
+                self._put(Priority.NOTICE, Flush(channel), delay)
 
     def _take_turn(self, channel: str) -> bool:
         """The channel's turn across workers and replicas: a record in the
@@ -605,7 +612,7 @@ class Outbox:
             paced = self._channels[channel]
             paced.limit = max(1, len(posts) // 2)
             paced.pending[:0] = posts
-            if paced.scheduled:
+            if paced.scheduled or paced.sending:  # the end of the send schedules
                 return
             paced.scheduled = True
         self._put(Priority.NOTICE, Flush(channel), CHANNEL_PACE)
