@@ -21,6 +21,7 @@ from stormlock.tokens import TOKEN_FORM
 # Fast passes; a claim of a killed bot lapses soon.
 FAST = "reconcile_interval = 200ms\nclaim_ttl = 2s\nrecover_after = 10s"
 RESOURCES = ("alpha-db", "beta-db", "gamma-db", "delta-db")
+API_RESOURCES = ("api-one", "api-two")
 
 
 def announcements(slack: LocalSlack, resource: str) -> list[Call]:
@@ -43,14 +44,19 @@ def announced(slack: LocalSlack, resource: str, call: Call) -> bool:
     return call in announcements(slack, resource)
 
 
-def changes_then_kill(bot: BotServer, slack: LocalSlack) -> None:
-    """Four acquires and a forced release, answered; the bot is killed while
-    Slack holds its first post, and that post is lost with it."""
+def changes_then_kill(
+    bot: BotServer, slack: LocalSlack, also: Callable[[], None] | None = None
+) -> None:
+    """Four acquires and a forced release, answered (and `also`'s changes);
+    the bot is killed while Slack holds its first post, and that post is
+    lost with it."""
     lost = slack.hold("chat.postMessage", lose=True)
     for resource in RESOURCES:
         assert "You hold" in text_of(bot.reply(ALICE, f"acquire {resource} 1h"))
     answer = bot.reply(CAROL, f"release {RESOURCES[-1]} --force")
     assert "released" in text_of(answer).lower()
+    if also is not None:
+        also()
     slack.wait_in_flight("chat.postMessage")
     bot.kill()
     lost.set()
@@ -87,12 +93,33 @@ def test_without_history_a_restarted_bot_still_sends_what_its_killed_self_had_no
     slack: LocalSlack, tmp_path: Path
 ) -> None:
     """History off: the core keeps each change's notices until they are
-    sent (`owed/` records), and the restarted bot sends them from there."""
+    sent (`owed/` records), those made through the bot's HTTP API too, and
+    the restarted bot sends them from there."""
     config = BackendConfig("sqlite", {"path": str(tmp_path / "locks.db")})
-    with running_bot(slack, config, tmp_path, FAST, default="history = none") as bot:
-        changes_then_kill(bot, slack)
-    with running_bot(slack, config, tmp_path, FAST, default="history = none") as again:
+    settings = f"{FAST}\nannounce_channel = C0OPS"  # the API's changes too
+    off = "history = none"
+    with running_bot(slack, config, tmp_path, settings, default=off) as bot:
+        made = text_of(bot.reply(ALICE, "token create ci --resources api-*"))
+        found = re.search(TOKEN_FORM, made)
+        assert found, made
+
+        def through_the_api() -> None:
+            for resource in API_RESOURCES:
+                taken = requests.post(
+                    bot.url + "/v1/acquire",
+                    headers={"Authorization": f"Bearer {found.group(0)}"},
+                    json={"resource": resource, "ttl": "1h"},
+                    timeout=10,
+                )
+                assert taken.status_code == 200, taken.text
+
+        changes_then_kill(bot, slack, through_the_api)
+    with running_bot(slack, config, tmp_path, settings, default=off) as again:
+        for resource in API_RESOURCES:
+            slack.wait_for(partial(announced, slack, resource), timeout=30)
         assert_each_told_once(again, slack)
+        for resource in API_RESOURCES:
+            assert len(announcements(slack, resource)) == 1, resource
 
 
 @pytest.mark.parametrize("bot_config", ["redis"], indirect=True)
@@ -145,41 +172,3 @@ def posted(job: str, channel: str) -> Callable[[Call], bool]:
         and call.payload.get("channel") == channel
         and f"took *{job}*" in text_of(call)
     )
-
-
-def test_without_history_the_apis_changes_are_not_lost_with_a_killed_bot(
-    slack: LocalSlack, tmp_path: Path
-) -> None:
-    """History off: a change made through the bot's HTTP API is kept owed
-    like one made in Slack, and the restarted bot announces it once."""
-    config = BackendConfig("sqlite", {"path": str(tmp_path / "locks.db")})
-    settings = f"{FAST}\nannounce_channel = C0OPS"
-    with running_bot(
-        slack, config, tmp_path, settings, default="history = none"
-    ) as bot:
-        made = text_of(
-            bot.reply(ALICE, "token create ci --resources api-* --expires 1d")
-        )
-        found = re.search(TOKEN_FORM, made)
-        assert found, made
-        lost = slack.hold("chat.postMessage", lose=True)
-        for resource in ("api-one", "api-two"):
-            taken = requests.post(
-                bot.url + "/v1/acquire",
-                headers={"Authorization": f"Bearer {found.group(0)}"},
-                json={"resource": resource, "ttl": "1h"},
-                timeout=10,
-            )
-            assert taken.status_code == 200, taken.text
-        slack.wait_in_flight("chat.postMessage")
-        bot.kill()
-        lost.set()
-        slack.clear_failures()
-    with running_bot(
-        slack, config, tmp_path, settings, default="history = none"
-    ) as again:
-        for resource in ("api-one", "api-two"):
-            slack.wait_for(partial(announced, slack, resource), timeout=30)
-        again.settle(20)  # and nothing more comes
-        for resource in ("api-one", "api-two"):
-            assert len(announcements(slack, resource)) == 1, resource
