@@ -40,11 +40,14 @@ def usable_cpus() -> int:
 
 
 def default_workers(fallback: int | None = None) -> int:
-    """`WEB_CONCURRENCY` if set, else `fallback`, else one per usable core,
-    up to 4."""
+    """`WEB_CONCURRENCY` if set (`ConfigError` if it is not a count), else
+    `fallback`, else one per usable core, up to 4."""
     given = os.environ.get("WEB_CONCURRENCY", "").strip()
     if given:
-        return worker_count(given, "WEB_CONCURRENCY")
+        try:
+            return worker_count(given, "WEB_CONCURRENCY")
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{exc}; fix or unset it") from None
     return fallback or min(MAX_WORKERS, usable_cpus())
 
 

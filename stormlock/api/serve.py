@@ -18,10 +18,8 @@ _EXTRA = frozenset({"flask", "flask_openapi3", "pydantic", "gunicorn", "werkzeug
 
 
 def serve_api(config: Config, args: argparse.Namespace) -> int:
-    try:  # before gunicorn is imported: it reads WEB_CONCURRENCY too
-        workers = args.workers or default_workers(1)
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{exc}; fix or unset it") from None
+    # Before gunicorn is imported: it reads WEB_CONCURRENCY too.
+    workers = args.workers or default_workers(1)
     try:
         from ..bot import logs
         from ..wsgi import serve

@@ -417,7 +417,11 @@ class Reminders:
                 self._turns_ended(line, line.waiting())
 
     def offer_turn(
-        self, resource: str, listed: bool = False, marked: bool | None = None
+        self,
+        resource: str,
+        listed: bool = False,
+        marked: bool | None = None,
+        line: Line | None = None,
     ) -> int:
         """If `resource` is free and the first in its line waits in Slack,
         DM them that it is their turn (once, across replicas) and announce
@@ -425,11 +429,12 @@ class Reminders:
         hands the turn to the next in line. Unless `listed` (the pass found
         the line), one read when nobody waits: the line's mark (a release's
         common case; reading the line itself lists records), unless the
-        caller read it (`marked`)."""
-        try:
-            line = self.service.line(resource)
-        except StormlockError:
-            return 0  # not one the bot serves (a CLI user's line)
+        caller read it (`marked`, with the `line` it read it of)."""
+        if line is None:
+            try:
+                line = self.service.line(resource)
+            except StormlockError:
+                return 0  # not one the bot serves (a CLI user's line)
         if marked is None and not listed:
             marked = line.may_have_waiters()
         if not listed and not marked:
@@ -540,28 +545,30 @@ class Reminders:
         One read when nobody waits (the common case after a release): the
         line's mark and the wait list's marker together, where they share a
         store."""
-        marked, listed = self._who_may_wait(resource)
-        self.offer_turn(resource, marked=marked)
+        line, marked, listed = self._who_may_wait(resource)
+        if line is not None:
+            self.offer_turn(resource, marked=marked, line=line)
         if not listed:
             return 0
         sent = self._notify_waiters(resource, self.state.waiting().get(resource, []))
         self.state.nobody_waiting(resource)
         return sent
 
-    def _who_may_wait(self, resource: str) -> tuple[bool | None, bool]:
-        """Whether `resource`'s line may have waiters (None: not read, or no
-        line) and whether its wait list has a marker."""
-        records = self.state.records.backend
+    def _who_may_wait(self, resource: str) -> tuple[Line | None, bool | None, bool]:
+        """`resource`'s line (None: not one the bot serves), whether it may
+        have waiters (None: not read) and whether its wait list has a
+        marker: one read where the line and the records share a store."""
         try:
             line = self.service.line(resource)
         except StormlockError:
-            return None, self.state.anyone_waiting(resource)
+            return None, None, self.state.anyone_waiting(resource)
+        records = self.state.records.backend
         if line.backend is not records:
-            return None, self.state.anyone_waiting(resource)
+            return line, None, self.state.anyone_waiting(resource)
         mark, marker = current_many(
             records, [line.mark_key, self.state.waiting_key(resource)]
         )
-        return mark is not None, marker is not None
+        return line, mark is not None, marker is not None
 
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:
         if not entries or self.service.current(resource) is not None:

@@ -83,39 +83,31 @@ def test_a_worker_count_that_is_not_a_positive_number_is_refused(text: str) -> N
         worker_count(text)
 
 
+def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "stormlock-bot"), "serve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_bad_worker_counts_end_in_one_line_and_their_exit_codes(
     tmp_path: Path,
 ) -> None:
     env = clean_env(tmp_path)
     env.update(SLACK_BOT_TOKEN="xoxb-x", SLACK_SIGNING_SECRET="s")
-    flag = subprocess.run(
-        [str(BIN / "stormlock-bot"), "serve", "--workers", "none"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    flag = _serve(env, "--workers", "none")
     assert flag.returncode == EXIT_USAGE
     assert flag.stderr.count("\n") == 1 and "--workers" in flag.stderr
     env["WEB_CONCURRENCY"] = "lots"
-    variable = subprocess.run(
-        [str(BIN / "stormlock-bot"), "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    variable = _serve(env)
     assert variable.returncode == EXIT_CONFIG
     assert variable.stderr.count("\n") == 1
     assert "WEB_CONCURRENCY" in variable.stderr and "Traceback" not in variable.stderr
     env.update(WEB_CONCURRENCY="2", PROMETHEUS_MULTIPROC_DIR="/proc/no-such/dir")
-    unwritable = subprocess.run(
-        [str(BIN / "stormlock-bot"), "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unwritable = _serve(env)
     assert unwritable.returncode == EXIT_CONFIG
     assert unwritable.stderr.count("\n") == 1, unwritable.stderr
     assert "--workers 1" in unwritable.stderr
