@@ -246,3 +246,63 @@ def test_redis_says_nothing_changed_only_when_nothing_reached_it(
         assert held is not None and held.principal == "alice"
     for each in (refused, backend, direct):
         each.close()
+
+
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
+def test_a_wake_opened_into_a_partition_gives_up_within_the_timeout(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The head of a line opens the store's wake-up (a watch, a
+    subscription) just as the network goes silent: it polls instead, by
+    `timeout`, and never waits on the silence."""
+    from stormlock.line import wake_for
+
+    config, port = network_backend(name, request, tmp_path)
+    with partition_proxy(port) as proxy:
+        moved = redirect(name, config.options, proxy.port)
+        moved["timeout"] = str(TIMEOUT)
+        backend = BackendConfig(name, moved).create()
+        try:
+            backend.current("f-wake")  # pooled connections are established
+            proxy.freeze()
+            started = time.monotonic()
+            wake = wake_for(backend, "f-wake")
+            elapsed = time.monotonic() - started
+            if wake is not None:  # a wake-up that opened without the store
+                wake.close()
+            # PostgreSQL's LISTEN needs a connection of its own, and libpq
+            # connects for at least 2 s (docs/backends.md).
+            bound = max(TIMEOUT, 2.0) if name == "postgresql" else TIMEOUT
+            assert elapsed < bound + SLACK, f"took {elapsed:.2f}s"
+        finally:
+            proxy.thaw()
+            backend.close()
+
+
+@pytest.mark.parametrize("name", NETWORK_BACKENDS)
+def test_a_wake_outlives_the_timeout_when_nothing_happens(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The timeout bounds opening the wake-up, not the quiet after it: a
+    release long after `timeout` still wakes the head."""
+    from stormlock.line import Line
+
+    config, _ = network_backend(name, request, tmp_path)
+    options = dict(config.options, timeout=str(TIMEOUT))
+    backend = BackendConfig(name, options).create()
+    watch_freed = getattr(backend, "watch_freed", None)
+    try:
+        if watch_freed is None:
+            return  # documented: the head polls
+        resource = f"f-quiet-{uuid.uuid4().hex[:8]}"
+        lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+        Line(backend, resource).join("carol", None, "library")  # someone waits
+        watch = watch_freed(resource)
+        try:
+            assert not watch.wait(3 * TIMEOUT), "woken with nothing freed"
+            assert backend.release_lease(resource, lease.id)
+            assert watch.wait(10), "the release did not wake the watch"
+        finally:
+            watch.close()
+    finally:
+        backend.close()

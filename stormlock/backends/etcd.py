@@ -866,12 +866,16 @@ class FreedWatch:
             body=json.dumps(body).encode(),
             headers=headers,
             preload_content=False,
-            # Connecting is bounded; the stream then stays open until close.
-            timeout=urllib3.Timeout(connect=etcd.timeout, read=None),
+            # Connecting and the answer's headers are bounded (a partition
+            # must not hang the waiter that opens it); the stream is not.
+            timeout=urllib3.Timeout(connect=etcd.timeout, read=etcd.timeout),
         )
         if self._response.status != 200:
             self._response.release_conn()
             raise BackendUnavailable(f"etcd refused a watch: {self._response.status}")
+        connection = self._response.connection
+        if connection is not None and connection.sock is not None:
+            connection.sock.settimeout(None)  # events may be hours apart
         self._reader = threading.Thread(
             target=self._read, name="stormlock-etcd-watch", daemon=True
         )
