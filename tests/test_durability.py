@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from stormlock import Backend
+from stormlock.backend import release_and_look
 from stormlock.backends import build_backend
 from stormlock.testing.backends import BackendConfig, isolated_options
 from stormlock.testing.env import CliRunner
@@ -79,6 +80,21 @@ def test_redis_restart_without_persistence_forgets_leases_but_not_fence_order(
             assert after.fence > before.fence
             unsafe = [f.text for f in backend.doctor() if f.level == "unsafe"]
     assert any("no persistence" in text for text in unsafe), unsafe
+
+
+def test_redis_restarted_without_its_scripts_still_releases_and_looks() -> None:
+    """The release and its look go in one pipeline, by script hash: a store
+    that lost its scripts answers NOSCRIPT, and the release is done anyway."""
+    with (
+        run_redis() as server,
+        build_backend("redis", {**server.options, "timeout": "2"}) as backend,
+    ):
+        lease = backend.acquire_lease("db", "alice", timedelta(hours=1))
+        redis.Redis.from_url(server.options["url"]).script_flush()
+        done, found = release_and_look(backend, "db", lease.id, ["db", "other"])
+        assert done and found == [None, None]
+        assert backend.current("db") is None
+        assert [e.event for e in backend.history("db")][-1] == "released"
 
 
 def test_etcd_that_lost_its_data_still_never_hands_out_a_lower_fence() -> None:

@@ -873,9 +873,9 @@ class FreedWatch:
         if self._response.status != 200:
             self._response.release_conn()
             raise BackendUnavailable(f"etcd refused a watch: {self._response.status}")
-        connection = self._response.connection
-        if connection is not None and connection.sock is not None:
-            connection.sock.settimeout(None)  # events may be hours apart
+        sock = getattr(self._response.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(None)  # events may be hours apart
         self._reader = threading.Thread(
             target=self._read, name="stormlock-etcd-watch", daemon=True
         )

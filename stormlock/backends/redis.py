@@ -488,21 +488,39 @@ class Redis(LeaseBackend):
         return _lease(resource, fields) if fields else None
 
     def _release(self, resource: str, lease_id: str) -> bool:
+        keys, args = self._release_call(resource, lease_id)
+        return bool(self._release_script(keys=keys, args=args))
+
+    def _release_call(
+        self, resource: str, lease_id: str
+    ) -> tuple[list[str], list[str | int]]:
+        """The release script's keys and arguments."""
         told = self._story(resource)
-        released = self._release_script(
-            keys=[
-                self._key(resource),
-                self._index_for(resource),
-                *self._history_keys(resource),
-            ],
-            args=[
-                lease_id,
-                resource,
-                *self._story_args(resource),
-                told.released_as() if told else "",
-            ],
-        )
-        return bool(released)
+        keys = [self._key(resource), self._index_for(resource)]
+        keys += self._history_keys(resource)
+        args = [lease_id, resource, *self._story_args(resource)]
+        args.append(told.released_as() if told else "")
+        return keys, args
+
+    def _release_and_look(
+        self, resource: str, lease_id: str, look: Sequence[str]
+    ) -> tuple[bool, list[Lease | None]]:
+        # One pipeline: the release script, then the reads, in that order on
+        # the server. A store restarted without its scripts answers NOSCRIPT
+        # to the release alone (nothing changed): the script path loads it.
+        keys, args = self._release_call(resource, lease_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(self._release_script.sha, len(keys), *keys, *args)
+        for name in look:
+            pipe.hmget(self._key(name), _LEASE_FIELDS)
+        released, *found = pipe.execute(raise_on_error=False)
+        if isinstance(released, redis.exceptions.NoScriptError):
+            return super()._release_and_look(resource, lease_id, look)
+        for answer in (released, *found):
+            if isinstance(answer, Exception):
+                raise answer
+        leases = [_lease(n, fields) for n, fields in zip(look, found, strict=True)]
+        return bool(released), leases
 
     def _set_story(self, first: str) -> list[str | int]:
         """keep_ms, actor, source, and the source of the other members'

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol
 
-from ..contract import InLine, Lease, LockHeldException
+from ..contract import Backend, InLine, Lease, LockHeldException
 from ..errors import (
     BackendUnavailable,
     NotAllowed,
@@ -1117,10 +1117,15 @@ class Core:
         channel = self._announce_in(resource, ask)
         allow = self._may_release(person, command.lease_id, command.force)
         result = self.service.release(
-            person, resource, allow, command.lease_id, ask.fence, channel
+            person, resource, allow, command.lease_id, ask.fence, channel, self._waits
         )
         member = result.lease.resource or resource  # a pool's: the member
-        outcome = Outcome(Released(member), freed=member, changed=True)
+        # Read with the release: nobody in line or on the wait list, nothing
+        # to follow up (a waiter who joins later looks for itself).
+        nobody = result.looked is not None and not any(result.looked)
+        outcome = Outcome(
+            Released(member), freed=None if nobody else member, changed=True
+        )
         actor = person.principal
         if person.is_principal(result.lease.principal):
             actor = result.lease.principal  # the holder, however recorded
@@ -1134,6 +1139,20 @@ class Core:
             )
         self._owe(outcome, result.lease)
         return outcome
+
+    def _waits(self, resource: str, backend: Backend) -> list[str] | None:
+        """What says whether anyone waits for `resource` (its line's mark,
+        its wait list's marker), where they share its store."""
+        state = self.state
+        if state is None or backend is not state.records.backend:
+            return None
+        try:
+            line = self.service.line(resource)
+        except StormlockError:
+            return None
+        if line.backend is not backend:
+            return None
+        return [line.mark_key, state.waiting_key(resource)]
 
     def _token(self, person: Person, command: Command) -> Outcome:
         """API tokens: your own, or (admins, `--as`) a service's."""

@@ -65,6 +65,7 @@ _TIMED = frozenset(
         "acquire_unless",
         "renew_lease",
         "release_lease",
+        "release_and_look",
         "current",
         "current_many",
         "is_current",

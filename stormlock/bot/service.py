@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from ..backend import LeaseBackend
+from ..backend import LeaseBackend, release_and_look
 from ..config import Config
 from ..contract import Backend, Feature, Finding, Lease, LockExpiredException
 from ..errors import (
@@ -113,6 +113,13 @@ class UnknownResource(StormlockError):
 class Released:
     lease: Lease
     forced: bool
+    looked: list[Lease | None] | None = None
+    """What `look` named, read after the release; None: not read."""
+
+
+Look = Callable[[str, Backend], "list[str] | None"]
+"""For a resource and its store, what to read right after releasing it
+(one round trip with the release), or None."""
 
 
 class LeaseService:
@@ -364,10 +371,12 @@ class LeaseService:
         lease_id: str | None = None,
         fence: int | None = None,
         channel: str | None = None,
+        look: Look | None = None,
     ) -> Released:
         """Release `resource`'s lease if `allow(lease)` (the core's rule)
         does not raise; with `lease_id`, only that lease; with `fence`, only
-        the lease that fence names (a button's)."""
+        the lease that fence names (a button's); with `look`, read what it
+        names right after the release (`Released.looked`)."""
         resource = self._member(person, resource, lease_id)
         lock = self.lock(person, resource)
         lease = lock.current()
@@ -381,11 +390,18 @@ class LeaseService:
         # History names who acted: the holder, whoever had the lease id, or
         # the admin who forced it.
         actor = lease.principal if person.is_principal(lease.principal) else None
+        # A set's or a pool's own release does more than one lease's.
+        plain = type(lock) is StormLock
+        keys = look(resource, lock.backend) if look and plain else None
+        looked = None
         with acting(actor or person.principal, SOURCE, forced, channel):
-            done = lock.release(lease.id)
+            if keys:
+                done, looked = release_and_look(lock.backend, resource, lease.id, keys)
+            else:
+                done = lock.release(lease.id)
         if not done and lock.current() is not None:
             raise NoLease(f"{resource!r} changed hands meanwhile; look again")
-        return Released(lease, forced)
+        return Released(lease, forced, looked)
 
     def pools(self, leases: Iterable[Lease] = ()) -> dict[str, str]:
         """Member -> pool, for every configured pool; with `leases`, also a

@@ -18,7 +18,7 @@ from datetime import timedelta
 import pytest
 
 from stormlock import Backend, Lease, LockExpiredException, LockHeldException
-from stormlock.backend import current_many
+from stormlock.backend import current_many, release_and_look
 from stormlock.contract import Feature, complete
 from stormlock.errors import UnsupportedOperation
 from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry
@@ -465,6 +465,30 @@ def test_reading_several_at_once_reads_each_as_current_does(
         held.id,
     ]
     assert current_many(backend, []) == []
+
+
+def test_a_release_and_a_look_read_what_the_release_left(
+    backend: Backend, resource: str
+) -> None:
+    """`release_and_look` (the helper: a plugin need not have it) releases,
+    then reads each name as `current` would after the release."""
+    mark, other = f".stormlock/line-mark/{resource}", f"{resource}-other"
+    held = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    marked = backend.acquire_lease(mark, "bob", timedelta(minutes=5))
+    done, found = release_and_look(backend, resource, held.id, [resource, mark, other])
+    assert released(done, True)
+    assert found == [None, backend.current(mark), None]
+    assert found[1] is not None and found[1].id == marked.id
+    done, found = release_and_look(backend, resource, held.id, [resource])
+    assert released(done, False) and found == [None]
+    again = backend.acquire_lease(resource, "carol", timedelta(minutes=5))
+    done, found = release_and_look(backend, resource, "not-a-lease-id", [resource])
+    assert released(done, False) and found == [again]
+    if backend.supports(Feature.SETS):  # a member's release is its set's
+        names = (f"{resource}-a", f"{resource}-b")
+        taken = backend.acquire_set(names, "dave", timedelta(minutes=5))
+        done, found = release_and_look(backend, names[0], taken[0].id, names)
+        assert released(done, True) and found == [None, None]
 
 
 def test_acquire_unless_a_guard_is_held_changes_nothing_while_it_is(

@@ -340,24 +340,41 @@ def test_what_this_bot_recorded_as_sent_is_known_without_a_store_read(
     assert not other.done(key.replace("acquired", "released"))
 
 
-def test_a_release_learns_whether_anyone_waits_in_one_read(
+def test_a_release_learns_whether_anyone_waits_with_the_release_itself(
     bot: Bot, slack: LocalSlack
 ) -> None:
-    """After a release, the line's mark and the wait list's marker are read
-    together (one round trip): with the holder check before it, a release
-    reads the store twice, not three times."""
+    """The line's mark and the wait list's marker are read in the release's
+    own call, after the release (one round trip where the store can): with
+    the holder check before it, a release is two store calls, and nothing
+    follows it when nobody waits. Someone waiting is still told."""
 
-    def reads() -> tuple[float, float]:
-        return store_calls("current"), store_calls("current_many")
+    def calls() -> tuple[float, float, float]:
+        return (
+            store_calls("current"),
+            store_calls("release_and_look"),
+            store_calls("current_many", "release_lease"),
+        )
 
     command(bot, slack, ALICE, "acquire warm-up 1h")
     command(bot, slack, ALICE, "release warm-up")
     command(bot, slack, ALICE, "acquire db 1h")
     settled(bot)
-    single, many = reads()
+    single, both, other = calls()
     assert command(bot, slack, ALICE, "release db") is not None
     settled(bot)
-    assert reads() == (single + 1, many + 1), "the holder check, then one read"
+    assert calls() == (single + 1, both + 1, other), "holder check, release+look"
+    command(bot, slack, ALICE, "acquire db 1h")
+    command(bot, slack, BOB, "queue db")
+    settled(bot)
+    command(bot, slack, ALICE, "release db")
+    slack.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage"
+            and c.payload["channel"] == "D" + BOB.id
+            and "You're up for *db*" in text_of(c)
+        ),
+        timeout=10,
+    )
 
 
 def test_two_workers_take_turns_at_a_channel_about_once_a_second(
