@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+from .backend import current_many
 from .contract import Backend, Lease, LockExpiredException, LockHeldException
 from .names import RECORD_PREFIX
 
@@ -71,6 +72,10 @@ class Records:
 
     def get(self, key: str) -> Lease | None:
         return self.backend.current(RECORD_PREFIX + key)
+
+    def get_many(self, keys: Sequence[str]) -> list[Lease | None]:
+        """`get` of each key, in one read where the store reads several."""
+        return current_many(self.backend, [RECORD_PREFIX + key for key in keys])
 
     def put(self, key: str, value: str, ttl: timedelta) -> Lease:
         """Set `key` to `value`, replacing what was there."""

@@ -30,6 +30,8 @@ _PREFIX = "sent/"
 # the store for the ones it sent itself. Older ones (a longer interval, a
 # pass that fell behind) are read, as before; memory stays bounded by it.
 RECENT = 120.0
+# Markers read in one store call (a Redis pipeline, one SQL statement).
+READ_TOGETHER = 500
 
 
 class Ledger:
@@ -122,16 +124,27 @@ class Ledger:
     def done(self, key: str) -> bool:
         """Whether `key`'s notice went out (not merely claimed by a sender
         that may yet fail)."""
+        return self.done_many([key])[0]
+
+    def done_many(self, keys: Sequence[str]) -> list[bool]:
+        """`done` of each key: this process's own sends from memory, the
+        rest read from the store together, `READ_TOGETHER` at a time (the
+        recovery pass asks about every change of a minute or more, and
+        another replica's, or worker's, are not in memory)."""
         with self._lock:
-            if key in self._recent:  # recorded as sent by this process
-                return True
-        marker = self.records.get(_PREFIX + key)
+            answers = {key: True for key in keys if key in self._recent}
+        unknown = [key for key in dict.fromkeys(keys) if key not in answers]
         horizon = utcnow() + self.claim_ttl
-        return (
-            marker is not None
-            and marker.expires is not None
-            and marker.expires > horizon
-        )
+        for start in range(0, len(unknown), READ_TOGETHER):
+            chunk = unknown[start : start + READ_TOGETHER]
+            markers = self.records.get_many([_PREFIX + key for key in chunk])
+            for key, marker in zip(chunk, markers, strict=True):
+                answers[key] = (
+                    marker is not None
+                    and marker.expires is not None
+                    and marker.expires > horizon
+                )
+        return [answers[key] for key in keys]
 
     def claimed(self, prefix: str) -> list[tuple[str, Lease]]:
         """Markers under `prefix`, sent or being sent, by key."""

@@ -343,14 +343,20 @@ class Reminders:
             pools = self.service.pools()
             # In order (Redis): back only as far as the clocks may differ.
             changes = self.service.changes_since(start, _OVERLAP, _SKEW)
-            for event in changes:
-                for notice in notices_of(event, pools):
-                    if event.time > settled or self.ledger.done(notice.key):
-                        continue
-                    self._resend(notice)
-                    stats.recovered += 1
-                    if oldest_open is None:
-                        oldest_open = event.time
+            owed = [
+                (event.time, notice)
+                for event in changes
+                if event.time <= settled
+                for notice in notices_of(event, pools)
+            ]
+            sent = self.ledger.done_many([notice.key for _, notice in owed])
+            for (when, notice), done in zip(owed, sent, strict=True):
+                if done:
+                    continue
+                self._resend(notice)
+                stats.recovered += 1
+                if oldest_open is None:
+                    oldest_open = when
             cursor = min(oldest_open or settled, settled)
             if cursor > start:
                 self.records.put(_CURSOR, cursor.isoformat(), SENT_TTL)

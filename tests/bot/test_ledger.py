@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from stormlock.bot.ledger import Ledger
+from stormlock.bot.ledger import READ_TOGETHER, Ledger
 from stormlock.contract import Backend
 from stormlock.records import Records
 from stormlock.sets import MAX_SET
@@ -64,6 +64,27 @@ def test_a_posts_markers_take_one_store_change_per_set(backend: Backend) -> None
     ledger.mark_all(marked)
     assert sum(counted.calls.values()) <= 2, counted.calls
     assert all(other.done(key) for key in marked)
+
+
+def test_another_replicas_sends_are_read_together_not_one_by_one(
+    backend: Backend,
+) -> None:
+    """The recovery pass asks whether each change of a minute or more went
+    out; another replica's (or gunicorn worker's) sends are not in this
+    one's memory: they are read READ_TOGETHER markers a call, and a marker
+    only claimed (its send under way, or failed) is not done."""
+    sender = ledger_over(backend)
+    wanted = keys(READ_TOGETHER + 20)
+    sender.sent_all([c for c in sender.claim_all(wanted) if c])
+    pending = sender.claim_all(keys(3, "released"))  # claimed, not yet sent
+    counted = Counted(backend)
+    other = ledger_over(counted)
+    asked = [*wanted, "told/0/acquired/res-0", *keys(3, "released"), "told/x/y/z"]
+    answers = other.done_many(asked)
+    assert counted.calls == {"current_many": 2}, counted.calls  # 500, then 24
+    assert answers == [True] * (len(wanted) + 1) + [False] * 4
+    assert answers == [ledger_over(backend).done(key) for key in asked]
+    assert all(pending)
 
 
 def test_a_key_claimed_elsewhere_is_left_out_and_the_rest_claimed(
