@@ -68,7 +68,7 @@ class Ledger:
 
     def mark(self, key: str) -> None:
         """Record as sent what went out without a claim (a fresh change's
-        announcement, which nobody else sends yet: see outbox.FAST_WITHIN)."""
+        announcement, which nobody else sends yet: see outbox.fast_window)."""
         self.records.claim(_PREFIX + key, SENT_TTL)
         self._remember(key)
 

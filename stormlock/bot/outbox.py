@@ -61,7 +61,8 @@ _PACE_TTL = timedelta(seconds=CHANNEL_PACE * 0.9)
 # A fresh change's announcement sent within this long goes without a claim
 # and is recorded as sent after it (one store write instead of two). Safe
 # because the recovery pass leaves a change alone for `[bot] recover_after`
-# (15 s), longer than this plus one request of the fast client (5 s).
+# (at least 10 s), longer than this plus one request of the fast client
+# (5 s) and the mark's write. The least of `fast_window`.
 FAST_WITHIN = 2.0
 # A post names at most this many changes (fewer if they do not fit: about
 # a hundred one-line changes fill Slack's message).
@@ -70,6 +71,19 @@ MAX_POST = 500
 # than Slack's pace lets one post a second name) are counted in the next
 # post instead of named: announcements stay timely and memory bounded.
 OVERFLOW_AFTER = 5.0
+
+
+def fast_window(recover_after: timedelta) -> float:
+    """How long a fresh change may wait for its channel's turn and still go
+    without a claim: what `recover_after` leaves after one request of the
+    fast client (5 s) and 5 s for the mark's write and replicas' clocks, at
+    most as long as a change waits before it is counted. The default (15 s)
+    gives 5 s: under load, with workers taking turns at a channel, a live
+    post's markers are then one write, not a claim and a keep."""
+    left = recover_after.total_seconds() - SLACK_TIMEOUT - 5.0
+    return min(max(FAST_WITHIN, left), OVERFLOW_AFTER)
+
+
 # Slack refused a post as too long: it is split, not given up.
 _TOO_LONG = frozenset({"msg_too_long", "msg_blocks_too_long"})
 # A 429 asking to wait longer than this is not waited for in a thread:
@@ -190,7 +204,7 @@ class _Post(NamedTuple):
     key: str | None
     """Its ledger key: sent once across replicas (None: no ledger)."""
     fresh_until: float
-    """Monotonic: until when it may go without a claim (see FAST_WITHIN)."""
+    """Monotonic: until when it may go without a claim (see fast_window)."""
     queued: float
     """Monotonic: when it was queued."""
 
@@ -277,8 +291,10 @@ class Outbox:
         threads: int = 4,
         ledger: Ledger | None = None,
         directory: Directory | None = None,
+        fast_within: float = FAST_WITHIN,
     ) -> None:
         self.client = client
+        self.fast_within = fast_within
         # One request, no retries of its own (they come from the outbox):
         # a send without a claim must end well within the recovery's grace.
         self.fast_client = web_client(client.token, client.base_url, retries=0)
@@ -529,7 +545,7 @@ class Outbox:
         `fresh`: the change was made just now (not found later, by recovery
         or a second look)."""
         now = time.monotonic()
-        fresh_until = now + (FAST_WITHIN if fresh else 0.0)
+        fresh_until = now + (self.fast_within if fresh else 0.0)
         with self._lock:
             paced = self._channels.setdefault(channel, _Paced())
             paced.pending.append(_Post(message, tell, key, fresh_until, now))

@@ -76,7 +76,7 @@ _NOTIFY_TURN = timedelta(seconds=30)
 _OVERLAP = timedelta(seconds=30)
 # ... and queues what is still unsent `[bot] recover_after` (15 s) after the
 # change: the live path has sent it by then, or holds a claim on it
-# (outbox.FAST_WITHIN plus one request, with room for the replicas' clocks).
+# (outbox.fast_window plus one request, with room for the replicas' clocks).
 _GIVE_UP = timedelta(hours=1)
 _CURSOR = "cursor/told"
 

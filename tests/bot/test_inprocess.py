@@ -323,7 +323,7 @@ def test_what_this_bot_recorded_as_sent_is_known_without_a_store_read(
     the marker, and finds it."""
 
     def reads() -> float:
-        return store_calls("current")
+        return store_calls("current", "current_many")
 
     command(bot, slack, ALICE, "acquire db 1h")
     slack.wait_for(lambda c: c in posts(slack) and "*db*" in text_of(c))

@@ -142,3 +142,25 @@ def test_markers_are_listed_by_their_own_prefix_among_many_others(
     assert turn is not None
     assert [key for key, _ in ledger.claimed("up/")] == ["up/db/7"]
     assert len(ledger.claimed("told/")) == 3 * MAX_SET
+
+
+def test_a_fresh_post_goes_without_claims_only_while_recovery_leaves_it_alone() -> None:
+    """A fresh change's post skips the claim (one write, not two) for
+    `recover_after` less one request of the fast client and 5 s for the
+    mark's write and the clocks: never under FAST_WITHIN, never longer than
+    a change waits before it is only counted."""
+    from stormlock.bot.outbox import (
+        FAST_WITHIN,
+        OVERFLOW_AFTER,
+        SLACK_TIMEOUT,
+        fast_window,
+    )
+
+    assert fast_window(timedelta(seconds=10)) == FAST_WITHIN
+    assert fast_window(timedelta(seconds=12)) == 2.0
+    assert fast_window(timedelta(seconds=14)) == 4.0
+    assert fast_window(timedelta(seconds=15)) == OVERFLOW_AFTER
+    assert fast_window(timedelta(minutes=5)) == OVERFLOW_AFTER
+    for seconds in range(12, 120):  # below, FAST_WITHIN as before
+        window = fast_window(timedelta(seconds=seconds))
+        assert window + SLACK_TIMEOUT + 5.0 <= seconds
