@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 0.5 if quick else 4.0,
                 (0, 100) if quick else (0, 5_000, 10_000),
                 (1, 4) if quick else (1, 16, 64),
+                1 if quick else 3,
             ),
         ),
         (
