@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,22 @@ def signed_command(
     }
     body = urllib.parse.urlencode(form)
     return body, {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of a process and its children so far."""
+    total = 0.0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def process_memory_kb(pid: int, field: str = "VmHWM") -> int:
