@@ -387,8 +387,12 @@ class LeaseBackend(Backend):
             return self._current(resource)
 
     def current_many(self, resources: Sequence[str]) -> list[Lease | None]:
-        """`current` of each, in order, within one time-out; in one round
-        trip where the store has a hook for it (`_current_many`)."""
+        """`current` of each, in order: in one round trip, within one
+        time-out, where the store has a hook for it (`_current_many`);
+        elsewhere one read at a time, each within its own (hundreds of
+        markers, say, read in turn can take longer than one time-out)."""
+        if type(self)._current_many is LeaseBackend._current_many:
+            return [self.current(resource) for resource in resources]
         with self._operation():
             return self._current_many(resources)
 

@@ -483,7 +483,7 @@ def test_a_release_and_a_look_read_what_the_release_left(
     assert released(done, False) and found == [None]
     again = backend.acquire_lease(resource, "carol", timedelta(minutes=5))
     done, found = release_and_look(backend, resource, "not-a-lease-id", [resource])
-    assert released(done, False) and found == [again]
+    assert released(done, False) and len(found) == 1 and unchanged(found[0], again)
     if backend.supports(Feature.SETS):  # a member's release is its set's
         names = (f"{resource}-a", f"{resource}-b")
         taken = backend.acquire_set(names, "dave", timedelta(minutes=5))
