@@ -60,14 +60,20 @@ def signed_command(
     return body, {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
 
 
+def _with_children(pid: int) -> list[int]:
+    """A process and its children (a gunicorn master and its workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return (
+        [pid, *(int(p) for p in children.read_text().split())]
+        if children.exists()
+        else [pid]
+    )
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU time (user and system) of a process and its children so far."""
     total = 0.0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for each in pids:
+    for each in _with_children(pid):
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
         except OSError:
@@ -80,11 +86,7 @@ def process_memory_kb(pid: int, field: str = "VmHWM") -> int:
     """A /proc status field (VmHWM: peak RSS, VmRSS: now) of a process and
     its children (a gunicorn master and its workers), in KiB."""
     total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for each in pids:
+    for each in _with_children(pid):
         status = Path(f"/proc/{each}/status")
         if status.exists():
             for line in status.read_text().splitlines():

@@ -29,6 +29,7 @@ from stormlock.bot.settings import BotSettings
 from stormlock.config import Config
 from stormlock.testing.localslack import Call, LocalSlack, User
 from stormlock.testing.slack import UUID, command_form, text_of
+from tests.bot.test_reminders import wait_dm
 from tests.support import wait_until
 
 ALICE = User("U0ALICE", "alice", "alice@example.com")
@@ -367,14 +368,7 @@ def test_a_release_learns_whether_anyone_waits_with_the_release_itself(
     command(bot, slack, BOB, "queue db")
     settled(bot)
     command(bot, slack, ALICE, "release db")
-    slack.wait_for(
-        lambda c: (
-            c.method == "chat.postMessage"
-            and c.payload["channel"] == "D" + BOB.id
-            and "You're up for *db*" in text_of(c)
-        ),
-        timeout=10,
-    )
+    wait_dm(slack, BOB.id, "You're up for *db*")
 
 
 def test_two_workers_take_turns_at_a_channel_about_once_a_second(
