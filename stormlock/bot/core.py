@@ -1142,17 +1142,14 @@ class Core:
 
     def _waits(self, resource: str, backend: Backend) -> list[str] | None:
         """What says whether anyone waits for `resource` (its line's mark,
-        its wait list's marker), where they share its store."""
-        state = self.state
-        if state is None or backend is not state.records.backend:
+        its wait list's marker), where they share the store it is released in."""
+        if self.state is None:
             return None
         try:
             line = self.service.line(resource)
         except StormlockError:
             return None
-        if line.backend is not backend:
-            return None
-        return [line.mark_key, state.waiting_key(resource)]
+        return self.state.waiter_keys(line) if line.backend is backend else None
 
     def _token(self, person: Person, command: Command) -> Outcome:
         """API tokens: your own, or (admins, `--as`) a service's."""

@@ -568,12 +568,10 @@ class Reminders:
             line = self.service.line(resource)
         except StormlockError:
             return None, None, self.state.anyone_waiting(resource)
-        records = self.state.records.backend
-        if line.backend is not records:
+        keys = self.state.waiter_keys(line)
+        if keys is None:
             return line, None, self.state.anyone_waiting(resource)
-        mark, marker = current_many(
-            records, [line.mark_key, self.state.waiting_key(resource)]
-        )
+        mark, marker = current_many(line.backend, keys)
         return line, mark is not None, marker is not None
 
     def _notify_waiters(self, resource: str, entries: list[tuple[str, Lease]]) -> int:

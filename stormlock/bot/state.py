@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from ..contract import Lease
+from ..line import Line
 from ..names import RECORD_PREFIX
 from ..records import Records
 from ..times import utcnow
@@ -62,6 +63,14 @@ class BotState:
     def waiting_key(self, resource: str) -> str:
         """The record `anyone_waiting` reads (to read it with others)."""
         return RECORD_PREFIX + f"waiting/{resource}"
+
+    def waiter_keys(self, line: Line) -> list[str] | None:
+        """What says whether anyone waits for `line`'s resource (its mark,
+        the wait list's marker), to read in one call; None where the line
+        and these records are in different stores."""
+        if line.backend is not self.records.backend:
+            return None
+        return [line.mark_key, self.waiting_key(line.resource)]
 
     def nobody_waiting(self, resource: str) -> None:
         """Drop the marker once its list is empty (an entry added meanwhile
