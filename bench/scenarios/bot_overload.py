@@ -24,9 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import requests
-
-from bench.scenarios.bot_latency import signed_command
+from bench.scenarios.bot_latency import Client, signed_command
 from bench.scenarios.bot_reply import Answers, Loop, _rss_mib
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.localslack import LocalSlack
@@ -45,7 +43,7 @@ def flood(url: str, arrivals: Answers, clients: int, total: int) -> dict[str, An
     ack_times: list[float] = []
 
     def client(number: int) -> None:
-        session = requests.Session()
+        client = Client(url)
         resource = f"flood-{number}"
         verbs = ("acquire", "release")
         n = 0
@@ -53,6 +51,7 @@ def flood(url: str, arrivals: Answers, clients: int, total: int) -> dict[str, An
             with lock:
                 index = next(counter, None)
             if index is None:
+                client.close()
                 return
             token = f"f{index}"
             text = f"{verbs[n % 2]} {resource}" + (" 1h" if n % 2 == 0 else "")
@@ -61,16 +60,15 @@ def flood(url: str, arrivals: Answers, clients: int, total: int) -> dict[str, An
                 f"U{number:05d}", f"person{number}", text, f"{arrivals.base}/{token}"
             )
             start = time.perf_counter()
-            try:
-                response = session.post(url, data=body, headers=headers, timeout=10)
-            except requests.RequestException:
+            response = client.post(body, headers)
+            if response is None:
                 continue
             done = time.perf_counter()
             with lock:
                 sent[token] = start
                 ack_times.append(done - start)
-                if response.content:
-                    acked[token] = (done, response.text)
+                if response[1]:
+                    acked[token] = (done, response[1])
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]

@@ -25,10 +25,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import requests
 from mirakuru import TCPExecutor
 
 from bench.scenarios.bot_latency import (
+    Client,
     process_cpu_seconds,
     process_memory_kb,
     signed_command,
@@ -53,17 +53,23 @@ MISS_NOTE = (
     " one post a second a channel; the baseline one post a change). Each row is"
     " three rounds, the bots in turn, each round started once every bot and the"
     " fake Slack are idle (the baseline's queued posts would otherwise run in"
-    " ours' round). Work per answer, measured on Redis with 5,000 leases (8 s"
-    " rounds with the processes' CPU, 2026-12-07): at 16 people ours spent 2.2"
-    " to 2.7 ms of CPU per answer in its workers, the baseline 2.0 to 2.5 ms in"
-    " its process and 0.5 to 0.7 ms more in the fake Slack for its posts (ours"
-    " under 0.1); at 64 people ours 2.1 to 2.5 ms, the baseline 1.7 ms and 0.4"
-    " ms. On Redis both make 3 store calls per acquire and release; ours adds a"
-    " sent marker per 25 announced changes and each worker's reconcile pass. The"
-    " load generator, the fake Slack, the store and the bots share 2 cores, and"
-    " the rate moves by 10 to 25% from round to round: compare the ratio by"
-    " round. At 64 people in a closed loop, Little's law puts p99 past 100 ms"
-    " for both bots (64 people / 500 answers/s = 128 ms a round)."
+    " ours' round). The simulated people use plain keep-alive HTTP (about 0.45"
+    " ms of the generator's CPU an answer; requests took 1.4 to 1.8 ms, CPU"
+    " the bots under test lost). Work per answer, measured on Redis with 5,000"
+    " leases (5 s rounds with the processes' CPU, 2026-12-07): at 16 people"
+    " ours spent 2.1 to 2.3 ms of CPU per answer in its workers, the baseline"
+    " 2.3 ms in its process and 0.45 ms more in the fake Slack for its posts"
+    " (ours under 0.05); at 64 people ours 2.4 to 2.7 ms, the baseline 2.0 to"
+    " 2.2 ms and 0.3 ms. Ours uses up to 1.4 cores in its two workers, the"
+    " baseline up to one (one process, one GIL). On Redis both make 3 store"
+    " calls per acquire and release; ours adds a sent marker per 25 announced"
+    " changes and each worker's reconcile pass. The load generator, the fake"
+    " Slack, the store and the bots share 2 cores, and the rate moves by 10 to"
+    " 25% from round to round: compare the ratio by round. At 64 people in a"
+    " closed loop, Little's law puts p99 past 100 ms for both bots: with no"
+    " pause between commands, 64 commands are always in the bot, so the mean"
+    " answer takes 64 / answers per second (about 110 ms at 580/s), and 100 ms"
+    " at p99 would take well over 640 answers/s on these 2 cores."
 )
 
 
@@ -147,7 +153,7 @@ class Loop:
         self._count = iter(range(10**9))
         self._lock = threading.Lock()
 
-    def ask(self, session: requests.Session, person: int, text: str) -> float | None:
+    def ask(self, client: Client, person: int, text: str) -> float | None:
         """One command; seconds until its answer, None if it failed."""
         with self._lock:
             n = next(self._count)
@@ -158,14 +164,11 @@ class Loop:
         )
         waiting = self.answers.expect(token) if self.answers else None
         start = time.perf_counter()
-        try:
-            response = session.post(self.url, data=body, headers=headers, timeout=10)
-        except requests.RequestException:
+        response = client.post(body, headers)
+        if response is None or response[0] != 200:
             return None
-        if response.status_code != 200:
-            return None
-        if response.content:  # the answer came in the ack
-            answer = response.text
+        if response[1]:  # the answer came in the ack
+            answer = response[1]
         else:
             if waiting is None or not waiting[0].wait(10):
                 return None
@@ -181,16 +184,17 @@ class Loop:
         stop = time.monotonic() + seconds
 
         def person(number: int) -> None:
-            session = requests.Session()
+            client = Client(self.url)
             resource = f"bench-p{number}"
             while time.monotonic() < stop:
                 for text in (f"acquire {resource} 1h", f"release {resource}"):
-                    took = self.ask(session, number, text)
+                    took = self.ask(client, number, text)
                     with lock:
                         if took is None:
                             failures[0] += 1
                         else:
                             times.append(took)
+            client.close()
 
         start = time.perf_counter()
         threads = [threading.Thread(target=person, args=(n,)) for n in range(people)]
