@@ -28,12 +28,12 @@ MISS_NOTE = (
     "The ack carries the answer whenever the core is done within"
     " `answer_budget` (1.5 s), so this times the answer itself, not an empty"
     " ack. Each sending thread keeps one connection open (plain http.client,"
-    " light on the shared CPU). The bot runs one worker here (`stormlock-bot serve` runs one per usable core"
-    " by default). Where p99 misses at concurrency 16 it is `list`: its answer"
-    " reads every active lease and every line (at most 500 here) and renders"
-    " them, so 16 at once take turns at one worker's GIL (about 260 lists a"
-    " second: 16 in flight over a 62 ms p50 in the run of 2026-12-07);"
-    " acquire and release meet the target."
+    " light on the shared CPU). The bot runs one worker here (`stormlock-bot"
+    " serve` runs one per usable core by default). Where p99 misses at"
+    " concurrency 16 it is `list`: its answer reads every active lease and"
+    " every line (at most 500 here) and renders them, so 16 at once take turns"
+    " at one worker's GIL (about 260 lists a second: 16 in flight over a 62 ms"
+    " p50 in the run of 2026-12-07); acquire and release meet the target."
 )
 
 
@@ -192,9 +192,8 @@ def section(
                 local.client = Client(url)
             start = time.perf_counter()
             response = local.client.post(body, headers)
-            return time.perf_counter() - start, response is not None and response[
-                0
-            ] == 200
+            took = time.perf_counter() - start
+            return took, response is not None and response[0] == 200
 
         for concurrency in CONCURRENCY:
             for kind in ("acquire", "release", "list"):
