@@ -860,6 +860,7 @@ class FreedWatch:
     def __init__(self, etcd: Etcd, key: str, headers: dict[str, str]) -> None:
         body = {"create_request": {"key": key, "filters": ["NOPUT"]}}
         self._freed = threading.Event()
+        self._closing = False
         self._response = etcd.http.request(
             "POST",
             etcd.base + "/v3/watch",
@@ -882,11 +883,18 @@ class FreedWatch:
         self._reader.start()
 
     def _read(self) -> None:
-        with contextlib.suppress(HTTPError, OSError, ValueError):
+        try:
             for line in self._response:
                 result = json.loads(line).get("result") or {}
                 if any(e.get("type") == "DELETE" for e in result.get("events", ())):
                     self._freed.set()
+        except (HTTPError, OSError, ValueError):
+            pass
+        except AttributeError:
+            # close() can drop the stream's file under a blocked read, and
+            # http.client then reads from None: the watch is over, not broken.
+            if not self._closing:
+                raise
 
     def wait(self, timeout: float) -> bool:
         """Whether the key was deleted within `timeout` seconds."""
@@ -896,6 +904,7 @@ class FreedWatch:
         return False
 
     def close(self) -> None:
+        self._closing = True
         with contextlib.suppress(HTTPError, OSError):
             self._response.shutdown()  # ends the reader's blocked read
             self._response.close()  # the stream's connection is not reused
