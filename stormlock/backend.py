@@ -35,6 +35,7 @@ from .contract import (
 from .errors import BackendUnavailable, StormlockError, UnsupportedOperation
 from .ids import canonical_lease_id, is_set_id, new_lease_id, new_set_id
 from .times import iso, retained_since, utcnow
+from .ttl import check_floor
 
 if TYPE_CHECKING:
     from .history import Event, Story
@@ -202,6 +203,12 @@ class LeaseBackend(Backend):
 
     # -- the contract, over the hooks -------------------------------------
 
+    def _check_ttl(self, ttl: timedelta) -> None:
+        """Refuse a TTL below the store's floor before any store call: a
+        renewal the store cannot honour must not reach it (Redis would drop
+        the lease it was renewing)."""
+        check_floor(ttl, self.capabilities.min_ttl)
+
     def _native_sets(self) -> bool:
         return type(self).supports(Feature.SETS)
 
@@ -223,6 +230,7 @@ class LeaseBackend(Backend):
         ttl: timedelta,
         note: str | None = None,
     ) -> list[Lease]:
+        self._check_ttl(ttl)
         if not self._native_sets():
             return super().acquire_set(resources, principal, ttl, note)
         name = ",".join(resources)
@@ -243,6 +251,7 @@ class LeaseBackend(Backend):
     def renew_set(
         self, resources: Sequence[str], lease_id: str, ttl: timedelta
     ) -> list[Lease]:
+        self._check_ttl(ttl)
         if not self._native_sets():
             return super().renew_set(resources, lease_id, ttl)
         canonical = canonical_lease_id(lease_id)
@@ -300,6 +309,7 @@ class LeaseBackend(Backend):
         ttl: timedelta,
         note: str | None,
     ) -> Lease | None:
+        self._check_ttl(ttl)
         with self._operation():
             for _ in range(3):
                 if guard is None:
@@ -334,6 +344,7 @@ class LeaseBackend(Backend):
         return self._acquire(resource, principal, ttl, note)
 
     def renew_lease(self, resource: str, lease_id: str, ttl: timedelta) -> Lease:
+        self._check_ttl(ttl)
         canonical = canonical_lease_id(lease_id)
         lease = None
         if canonical is not None and is_set_id(canonical):

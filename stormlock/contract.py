@@ -102,7 +102,8 @@ class Capabilities(NamedTuple):
 
     clock: Clock = Clock.CLIENT
     min_ttl: timedelta = timedelta(0)
-    """The shortest TTL the store can honour exactly."""
+    """The shortest TTL the store accepts: built-in backends refuse a shorter
+    acquire or renewal (`InvalidTTL`) before any store call."""
     fence_source: str = "the acquisition time in microseconds (fallback)"
     round_trips: Mapping[str, int] = MappingProxyType({})
     """Round trips to the store per operation (bench/ measures them)."""

@@ -76,7 +76,8 @@ EXIT_CODES = (
     ),
     ExitCode(
         str(EXIT_UNAVAILABLE),
-        "backend unreachable, or it did not answer within `timeout`",
+        "backend unreachable, or it did not answer within `timeout`, or it "
+        "refused the request (the message says which)",
     ),
     ExitCode(str(EXIT_LEASE_LOST), "`run`: the lease was lost while the command ran"),
     ExitCode(str(EXIT_UNSUPPORTED), "the backend does not support the operation"),
@@ -197,6 +198,14 @@ class BackendUnavailable(StormlockError):
     def __init__(self, message: str, nothing_sent: bool = False) -> None:
         super().__init__(message)
         self.nothing_sent = nothing_sent
+
+
+class StoreRefused(StormlockError):
+    """The store answered, but refused this request (a value or script it
+    would not run): the request's fault, not an outage, so it never counts
+    towards the bot's fail-fast, and the message names no host."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class RateLimited(StormlockError):

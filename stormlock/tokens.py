@@ -49,6 +49,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 # A token without --expires lasts this long in the store (and shows "never").
 _FOREVER = timedelta(days=3650)
+# A token record outlives a shorter --expires (no store keeps less than 2 s).
+_AT_LEAST = timedelta(seconds=2)
 MAX_EXPIRES = timedelta(days=3650)
 MAX_GLOBS = 20
 _OWNER = "stormlock-tokens"
@@ -231,7 +233,8 @@ class Tokens:
         secret = PREFIX + secrets.token_urlsafe(32)
         hashed = digest(secret)
         value = _stored(token, hashed)
-        ttl = expires or _FOREVER
+        # Kept at least the store's floor; `verify` checks `expires` itself.
+        ttl = max(expires, _AT_LEAST) if expires else _FOREVER
         named = self.records.claim(_key(principal, name), ttl, value)
         if named is None:
             raise UsageError(
@@ -290,7 +293,8 @@ class Tokens:
             last = used.get(hashed)
             with contextlib.suppress(ValueError, TypeError):
                 token = token._replace(last_used=datetime.fromisoformat(last or ""))
-            found.append(token)
+            if token.expires is None or token.expires > utcnow():
+                found.append(token)
         return sorted(found, key=lambda token: (token.principal, token.name))
 
     def revoke(self, name: str, principal: str) -> bool:

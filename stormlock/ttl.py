@@ -75,9 +75,17 @@ def parse_ttl(text: str, max_ttl: timedelta | None = None) -> timedelta:
     return ttl
 
 
-def check_ttl(ttl: timedelta, max_ttl: timedelta | None = None) -> timedelta:
+def check_ttl(
+    ttl: timedelta,
+    max_ttl: timedelta | None = None,
+    min_ttl: timedelta | None = None,
+) -> timedelta:
+    """`ttl` if it is positive and within `min_ttl` (the store's floor, from
+    its capabilities) and `max_ttl`; else `InvalidTTL`."""
     if ttl <= timedelta(0):
         raise InvalidTTL(f"TTL must be positive; {EXAMPLE}")
+    if min_ttl is not None:
+        check_floor(ttl, min_ttl)
     if max_ttl is not None and ttl > max_ttl:
         raise InvalidTTL(
             f"TTL {format_duration(ttl)} is longer than max_ttl "
@@ -88,6 +96,15 @@ def check_ttl(ttl: timedelta, max_ttl: timedelta | None = None) -> timedelta:
             f"TTL {format_duration(ttl)} is longer than {format_duration(ABSURD_TTL)}"
         )
     return ttl
+
+
+def check_floor(ttl: timedelta, min_ttl: timedelta) -> None:
+    """Refuse a TTL below the store's floor (its capabilities' `min_ttl`)."""
+    if ttl < min_ttl:
+        raise InvalidTTL(
+            f"TTL {format_duration(ttl)} is shorter than this store's minimum of "
+            f"{format_duration(min_ttl)}; ask for at least that"
+        )
 
 
 def parse_duration_list(text: str) -> list[timedelta]:

@@ -14,7 +14,7 @@ import redis
 from stormlock import LockExpiredException, LockHeldException
 from stormlock.backends import build_backend
 from stormlock.backends.etcd import Etcd
-from stormlock.errors import ConfigError
+from stormlock.errors import ConfigError, InvalidTTL
 from stormlock.testing.backends import isolated_options, wait_for_expiry
 from stormlock.testing.servers import Server
 
@@ -32,7 +32,7 @@ def test_dynamodb_expired_lease_can_be_acquired_without_deleting_the_item(
     # The original tool's condition kept one clause (Python `or`), so an
     # expired item blocked the resource forever.
     backend = build_backend("dynamodb", dynamodb_options)
-    backend.acquire_lease("db", "alice", timedelta(milliseconds=200))
+    backend.acquire_lease("db", "alice", timedelta(seconds=1))
     wait_for_expiry(backend, "db")
     assert backend.acquire_lease("db", "bob", timedelta(minutes=1)).principal == "bob"
 
@@ -179,13 +179,20 @@ def test_redis_list_does_not_scan_the_keyspace(redis_options: dict[str, str]) ->
     assert not any(name in stats for name in ("cmdstat_scan", "cmdstat_keys"))
 
 
-def test_redis_tiny_ttl_never_becomes_expire_zero(
+def test_redis_tiny_ttl_never_reaches_redis(
     redis_options: dict[str, str],
 ) -> None:
+    # A 1 ms renewal once ran PEXPIREAT at "now" inside the script, which
+    # dropped the lease before the script failed.
     backend = build_backend("redis", redis_options)
-    lease = backend.acquire_lease("db", "alice", timedelta(microseconds=10))
-    assert lease.expires is not None and lease.expires > lease.created
-    wait_for_expiry(backend, "db")
+    lease = backend.acquire_lease("db", "alice", timedelta(minutes=1))
+    for tiny in (timedelta(microseconds=10), timedelta(milliseconds=1)):
+        with pytest.raises(InvalidTTL, match="minimum of 1s"):
+            backend.renew_lease("db", lease.id, tiny)
+        with pytest.raises(InvalidTTL):
+            backend.acquire_lease("tiny", "alice", tiny)
+    assert backend.is_current("db", lease.id)
+    assert backend.current("tiny") is None
 
 
 # -- etcd ---------------------------------------------------------------------
@@ -209,7 +216,7 @@ def test_etcd_failed_acquire_revokes_its_grant(etcd_backend: Etcd) -> None:
 
 
 def test_etcd_release_of_expired_lease_is_idempotent(etcd_backend: Etcd) -> None:
-    lease = etcd_backend.acquire_lease("db", "alice", timedelta(seconds=1))
+    lease = etcd_backend.acquire_lease("db", "alice", timedelta(seconds=2))
     wait_for_expiry(etcd_backend, "db")
     assert etcd_backend.release_lease("db", lease.id) is False
     etcd_backend.unlock("db", lease.id)

@@ -17,16 +17,32 @@ from typing import Any
 from flask import Response, g, jsonify, request
 from flask_openapi3.models.info import Info
 from flask_openapi3.openapi import OpenAPI
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from ..config import API_SECTION, Config
 from ..contract import Lease, LockHeldException
-from ..errors import EXIT_INTERNAL, ConfigError, InvalidTTL, StormlockError, one_line
+from ..errors import (
+    EXIT_INTERNAL,
+    BackendUnavailable,
+    ConfigError,
+    InvalidTTL,
+    StoreRefused,
+    StormlockError,
+    one_line,
+)
 from ..history import Event
 from ..render import lease_dict
 from ..times import iso
 from ..ttl import parse_duration
-from .errors import BY_CODE, for_exit
+from .errors import BY_CODE, ERRORS, for_exit
 from .service import ApiService, Caller, Context
 
 log = logging.getLogger(__name__)
@@ -53,6 +69,17 @@ def _duration(value: object) -> timedelta | None:
     raise InvalidTTL(f"duration {value!r} must be seconds above 0 or text such as '2h'")
 
 
+# A number of seconds or text such as '2h'; never a boolean (`true` is not 1 s).
+Seconds = StrictFloat | StrictInt | StrictStr | None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A time without a zone is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 class _Body(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -68,11 +95,11 @@ class ContextIn(_Body):
 
 class AcquireIn(_Body):
     resource: str = Field(max_length=400)
-    ttl: float | str | None = Field(
+    ttl: Seconds = Field(
         None, description="seconds, or text such as '2h' (default: the config's)"
     )
     note: str | None = Field(None, max_length=4000)
-    wait: float | str | None = Field(
+    wait: Seconds = Field(
         None, description="wait up to this long for the lease (at most 60 s)"
     )
     request_id: str | None = Field(
@@ -107,7 +134,7 @@ class LeaseIdIn(_Body):
 
 
 class RenewIn(LeaseIdIn):
-    ttl: float | str | None = None
+    ttl: Seconds = None
 
 
 class ResourceQuery(BaseModel):
@@ -120,6 +147,8 @@ class ListQuery(BaseModel):
     expiring_before: datetime | None = None
     principal: str | None = Field(None, max_length=200)
 
+    _zone = field_validator("expiring_before")(_aware)
+
 
 class HistoryQuery(BaseModel):
     resource: str | None = Field(None, max_length=400)
@@ -128,12 +157,7 @@ class HistoryQuery(BaseModel):
     limit: int | None = Field(None, ge=0, le=100_000)
     who: str | None = Field(None, max_length=200)
 
-    @field_validator("since")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    _zone = field_validator("since")(_aware)
 
 
 class LeaseOut(BaseModel):
@@ -232,12 +256,11 @@ class ErrorOut(BaseModel):
     )
 
 
+# Every status a route can answer with: each error of errors.ERRORS (a
+# route may meet any of them: an unsupported store is 501 on every route),
+# a wrong method (405) and a body over MAX_BODY (413).
 _ERRORS: dict[str | int, type[BaseModel] | dict[Any, Any] | None] = {
-    400: ErrorOut,
-    401: ErrorOut,
-    403: ErrorOut,
-    429: ErrorOut,
-    503: ErrorOut,
+    status: ErrorOut for status in sorted({e.status for e in ERRORS} | {405, 413})
 }
 
 # -- rendering ----------------------------------------------------------------
@@ -285,18 +308,36 @@ def _error(
     return response
 
 
+# What a caller is told of a store failure: the store's address and its
+# driver's words are for the operator's log.
+STORE_DOWN = (
+    "the lease store is unreachable or did not answer in time; a change may "
+    "or may not have been made: look with GET /v1/current before retrying"
+)
+STORE_REFUSED = "the lease store refused the request; the API server's log says why"
+
+
 def _failed(error: StormlockError) -> Response:
     kind = for_exit(error.exit_code)
+    message = one_line(error.message)
+    if isinstance(error, BackendUnavailable | StoreRefused):
+        log.warning("the store failed: %s", message)
+        message = STORE_REFUSED if isinstance(error, StoreRefused) else STORE_DOWN
     holder = ticket = None
     if isinstance(error, LockHeldException):
         holder, ticket = error.lease, error.ticket
-    return _error(kind.code, one_line(error.message), holder, ticket=ticket)
+    return _error(kind.code, message, holder, ticket=ticket)
+
+
+_TYPES = frozenset({"float", "int", "str", "bool"})
 
 
 def _invalid(error: ValidationError) -> Response:
     details = error.errors()
     first: dict[str, Any] = dict(details[0]) if details else {}
-    where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+    # A union's member ("ttl.float") is pydantic's, not a field the caller knows.
+    loc = [str(part) for part in first.get("loc", ()) if part not in _TYPES]
+    where = ".".join(loc) or "body"
     message = first.get("msg", "invalid request")
     # pydantic's text for a value error raised by parse_duration, verbatim
     message = str(message).removeprefix("Value error, ")

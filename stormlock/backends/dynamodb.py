@@ -35,7 +35,13 @@ from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeDeserializer
 
 from ..backend import Capabilities, Clock, Finding, Lease, LeaseBackend, trips
-from ..errors import BackendUnavailable, ConfigError, StormlockError, one_line
+from ..errors import (
+    BackendUnavailable,
+    ConfigError,
+    StoreRefused,
+    StormlockError,
+    one_line,
+)
 from ..history import ACQUIRED, RENEWED, Event, Story
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
@@ -44,6 +50,23 @@ _HISTORY_INDEX = "all-at"
 _PURGE_AFTER = 30 * 86400
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
+# Error codes that fail every request alike (throttling, the service or the
+# table missing, credentials): the store is down for us, not one request bad.
+_OUTAGES = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+    }
+)
 
 
 def _now_ms() -> int:
@@ -130,7 +153,7 @@ class DynamoDB(LeaseBackend):
 
     capabilities = Capabilities(
         Clock.CLIENT,
-        timedelta(milliseconds=1),
+        timedelta(seconds=1),
         _FENCES,
         # A change and then its history event (history on by default).
         trips(acquire=2, renew=2, release=2, current=1, is_current=1, list=1),
@@ -156,6 +179,12 @@ class DynamoDB(LeaseBackend):
             )
         if isinstance(error, botocore.exceptions.ClientError):
             detail = error.response.get("Error", {})
+            if detail.get("Code") not in _OUTAGES:
+                # DynamoDB refused this request: its fault, not an outage.
+                return StoreRefused(
+                    f"DynamoDB refused the request: {detail.get('Code')}: "
+                    f"{one_line(str(detail.get('Message')))}"
+                )
             return BackendUnavailable(
                 f"DynamoDB refused the request: {detail.get('Code')}: "
                 f"{one_line(str(detail.get('Message')))}"

@@ -228,7 +228,7 @@ class Http(LeaseBackend):
     keeps_lines = False  # the API server keeps the line; its clients back off
     capabilities = Capabilities(
         Clock.SERVER,
-        timedelta(0),
+        timedelta(seconds=1),
         "the API server's store",
         trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1),
         timedelta(seconds=1),

@@ -453,7 +453,7 @@ class Postgresql(LeaseBackend):
 
     capabilities = Capabilities(
         Clock.SERVER,
-        timedelta(microseconds=1),
+        timedelta(seconds=1),
         _FENCES,
         ONE_TRIP,
         history="same statement",

@@ -29,6 +29,7 @@ from ..backend import ONE_TRIP, Capabilities, Clock, Finding, Lease, LeaseBacken
 from ..errors import (
     BackendUnavailable,
     ConfigError,
+    StoreRefused,
     StormlockError,
     detail,
 )
@@ -354,6 +355,27 @@ def _never_connected(error: BaseException) -> bool:
     )
 
 
+# Error replies that mean the server cannot serve now (an outage), not that
+# it refused this request.
+_OUTAGES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.NoPermissionError,
+)
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether Redis answered this request with an error of its own (a script
+    or a value it refused): the request's fault, not the store being down."""
+    return (
+        isinstance(error, redis.ResponseError)
+        and not isinstance(error, _OUTAGES)
+        and not str(error).startswith("BUSY")  # a script running too long
+    )
+
+
 # Where fences come from, as the capability table says.
 _FENCES = "INCR counter key or the server clock (µs), whichever is larger"
 
@@ -397,7 +419,7 @@ class Redis(LeaseBackend):
 
     capabilities = Capabilities(
         Clock.SERVER,
-        timedelta(milliseconds=1),
+        timedelta(seconds=1),
         _FENCES,
         ONE_TRIP,
         history="same script",
@@ -420,6 +442,8 @@ class Redis(LeaseBackend):
     client_errors = (redis.RedisError,)
 
     def _failure(self, error: Exception) -> StormlockError:
+        if _refused(error):
+            return StoreRefused(f"Redis refused the request: {detail(error)}")
         unsent = _never_connected(error) and not getattr(
             error, "stormlock_maybe_sent", False
         )

@@ -216,7 +216,7 @@ class SQLite(LeaseBackend):
 
     capabilities = Capabilities(
         Clock.HOST,
-        timedelta(0),
+        timedelta(seconds=1),
         _FENCES,
         ONE_TRIP,
         history="same statement, by trigger",

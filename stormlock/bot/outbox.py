@@ -604,7 +604,8 @@ class Outbox:
         if self.ledger is None:
             return True
         try:
-            taken = self.ledger.records.claim(f"pace/{channel}", _PACE_TTL)
+            floor = self.ledger.records.backend.capabilities.min_ttl
+            taken = self.ledger.records.claim(f"pace/{channel}", max(_PACE_TTL, floor))
         except StormlockError as exc:
             log.debug("posting without the channel's turn: %s", exc)
             return True

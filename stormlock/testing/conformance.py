@@ -20,7 +20,7 @@ import pytest
 from stormlock import Backend, Lease, LockExpiredException, LockHeldException
 from stormlock.backend import current_many, release_and_look
 from stormlock.contract import Feature, complete
-from stormlock.errors import UnsupportedOperation
+from stormlock.errors import InvalidTTL, UnsupportedOperation
 from stormlock.testing.backends import BackendConfig, short_ttl, wait_for_expiry
 from stormlock.testing.race_worker import race
 from stormlock.times import utcnow
@@ -305,11 +305,29 @@ def test_note_round_trips(backend: Backend, resource: str) -> None:
     assert current is not None and current.note is None
 
 
-def test_sub_second_ttl_is_safe(backend: Backend, resource: str) -> None:
-    lease = backend.acquire_lease(resource, "alice", timedelta(milliseconds=300))
-    assert lease.expires is not None and lease.expires > lease.created
+def test_a_ttl_below_the_floor_is_refused_and_a_refused_renewal_keeps_the_lease(
+    backend: Backend, resource: str
+) -> None:
+    floor = backend.capabilities.min_ttl
+    lease = backend.acquire_lease(resource, "alice", timedelta(minutes=5))
+    if floor > timedelta(0):
+        for tiny in (timedelta(microseconds=100), floor - timedelta(microseconds=1)):
+            with pytest.raises(InvalidTTL):
+                backend.renew_lease(resource, lease.id, tiny)
+            with pytest.raises(InvalidTTL):
+                backend.acquire_lease("other-" + resource, "bob", tiny)
+        assert backend.current("other-" + resource) is None
+    # A renewal the store refuses (a wrong id) leaves the lease as it was.
+    with pytest.raises(LockExpiredException):
+        backend.renew_lease(resource, "0" * 32, timedelta(minutes=9))
+    assert backend.is_current(resource, lease.id)
+    kept = backend.current(resource)
+    assert kept is not None and kept.expires == lease.expires
+    short = max(floor, timedelta(seconds=1))
+    renewed = backend.renew_lease(resource, lease.id, short)
+    assert renewed.expires is not None and renewed.expires > renewed.created
     wait_for_expiry(backend, resource)
-    backend.acquire_lease(resource, "bob", timedelta(milliseconds=1))
+    backend.acquire_lease(resource, "bob", short)
 
 
 def race_threads(backend: Backend, resource: str, racers: int) -> list[str]:

@@ -304,3 +304,36 @@ def test_an_owed_notice_is_kept_whole_and_without_the_lease_id() -> None:
         assert back == replace(notice, lease=kept)
     assert core.notice_of_record("{not json") is None
     assert core.notice_of_record('{"kind": "took"}') is None
+
+
+def test_one_persons_bad_requests_never_make_the_store_look_down(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A renewal below the store's floor is refused before the store, and a
+    request the store itself refuses (a key of the wrong type) is that
+    request's fault: neither opens the fail-fast that would tell everyone
+    else "unreachable". On Redis, where a 1 ms renewal used to drop the lease."""
+    import redis
+
+    config, _ = network_backend("redis", request, tmp_path)
+    ini = "[default]\nbackend = redis\n[backend.redis]\n" + "".join(
+        f"{key} = {value}\n" for key, value in config.options.items()
+    )
+    c = make_core(tmp_path, backend=ini)
+    taken = c.handle(Ask("U2", acquire("mine"), channel="C1")).answer
+    assert isinstance(taken, core.Acquired)
+    client = redis.Redis.from_url(config.options["url"])
+    client.set(config.options.get("prefix", "stormlock:") + "lease:broken", "x")
+    for _ in range(3):
+        tiny = Command("renew", "mine", ttl=timedelta(milliseconds=1))
+        tiny = replace(tiny, lease_id=taken.lease.id)
+        refused = c.handle(Ask("U2", tiny, channel="C1")).answer
+        assert isinstance(refused, core.Problem) and "minimum" in refused.text
+        odd = c.handle(Ask("U2", acquire("broken"), channel="C1")).answer
+        assert isinstance(odd, core.Problem) and "refused" in odd.text
+        # Another person is answered by the store, not by the fail-fast.
+        other = c.handle(Ask("U1", acquire(f"db{_}"), channel="C1")).answer
+        assert isinstance(other, core.Acquired), other
+    still = c.service.lease_of("mine")
+    assert still is not None and still.id == taken.lease.id
+    assert still.expires == taken.lease.expires
