@@ -26,8 +26,9 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from ..backend import current_many
-from ..contract import Lease
+from ..contract import Feature, Lease
 from ..errors import StormlockError
+from ..history import FORCED, RELEASED
 from ..line import HANDED, LEFT, PASSED, TOOK, Line, Ticket, line_events, waiting_counts
 from ..names import RECORD_PREFIX
 from ..sets import one_per_lease
@@ -69,6 +70,8 @@ _WATCH_GRACE = timedelta(days=1)
 # clock) has expired: the store's clock may run ahead of the bot's.
 _SKEW = timedelta(seconds=10)
 _NOTIFY_TURN = timedelta(seconds=30)
+# A lease's end is looked for among its resource's last this many events.
+_ENDINGS_READ = 20
 # Recovering notices: a pass reads the changes since its cursor, less this
 # much where history is not read in order (etcd and DynamoDB stamp events by
 # the clients' clocks, which can be a little apart; PostgreSQL's commits can
@@ -296,9 +299,12 @@ class Reminders:
             if lease.expires != expires:
                 self._watch(lease)  # renewed: remember the new expiry
             return
-        if now < expires - _SKEW:
-            return
         fence = int(fence_text)
+        if now < expires - _SKEW or self._released(resource, fence):
+            # Gone before its time: released (from any door), and announced
+            # as a release; it did not expire.
+            self.records.drop(record)
+            return
         if self._warning_in_flight(fence, resource):
             return  # the expiry is told after it, next pass
         principal = str(info.get("principal", ""))
@@ -313,6 +319,16 @@ class Reminders:
             here = ExpiredHere(channel, resource, principal)
             self.once(f"expired-post/{fence}/{resource}", self._tell, here)
         self.records.drop(record)
+
+    def _released(self, resource: str, fence: int) -> bool:
+        """Whether history records this lease's end as a release or a force,
+        from whichever door: then it did not expire, however close to its
+        expiry it ended. A store without history cannot tell (False)."""
+        backend = self.service.backend_of(resource)
+        if not backend.supports(Feature.HISTORY):
+            return False
+        events = backend.history(resource, limit=_ENDINGS_READ)
+        return any(e.fence == fence and e.event in (RELEASED, FORCED) for e in events)
 
     def _warning_in_flight(self, fence: int, resource: str) -> bool:
         """Whether a warning for this lease is being sent right now (claimed,

@@ -420,3 +420,42 @@ def test_a_slow_post_is_never_overtaken_by_the_channels_next(
     text = "".join(text_of(c) for c in sent)
     places = [text.find(f"*{name}*") for name in names]
     assert all(p >= 0 for p in places) and places == sorted(places)
+
+
+def test_a_release_in_a_leases_last_seconds_is_never_told_as_an_expiry(
+    tmp_path: Path, slack: LocalSlack
+) -> None:
+    """Leases watched near their end (warned), then released in their last
+    seconds: from Slack, and from the store as the CLI or the API release.
+    Once their time is over, nobody is told they expired; the one left to
+    run out is."""
+    bot = make_bot(tmp_path, slack, "warn_before = 3s\nchannels = C0OPS")
+    try:
+        for resource in ("by-slack", "by-cli", "ran-out"):
+            command(bot, slack, ALICE, f"acquire {resource} 4s")
+        bot.reminders.run()  # each is due for its warning: now watched
+        assert len(bot.reminders.records.list("watch/")) == 3
+        command(bot, slack, ALICE, "release by-slack")
+        store = SQLite(path=str(tmp_path / "locks.db"))
+        lease = store.current("by-cli")
+        assert lease is not None and store.release_lease("by-cli", lease.id)
+        store.close()
+        wait_until(
+            lambda: bot.reminders.service.lease_of("ran-out") is None, timeout=10
+        )
+        wait_until(
+            lambda: (
+                not bot.reminders.run().errors
+                and not bot.reminders.records.list("watch/")
+            )
+        )
+        settled(bot)
+    finally:
+        bot.close(5)
+    told = [
+        text_of(call)
+        for call in slack.of("chat.postMessage")
+        if "expired" in text_of(call) and "failed" not in call.context
+    ]
+    assert told and all("ran-out" in text for text in told), told
+    assert not any("by-" in text for text in told), told
