@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -26,6 +27,17 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> WSGIApp:
         return self.factory()
+
+
+class RootLogger(Logger):  # type: ignore[misc]
+    """gunicorn's own lines go through the root logger's handlers, the ones
+    the servers set up (redacted, JSON if asked): its debug line for a client
+    that hangs up mid-headers carries the raw bytes, a bearer token among
+    them."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.error_log.propagate = True
 
 
 # gunicorn kills a worker this long after asking it to stop: requests under
@@ -65,7 +77,8 @@ def serve(
             "graceful_timeout": GRACEFUL_TIMEOUT,
             "keepalive": 5,
             "accesslog": None,
-            "errorlog": "-",
+            "errorlog": None,  # no handler of its own: see RootLogger
+            "logger_class": RootLogger,
             "loglevel": log_level.lower(),
             "proc_name": proc_name,
             # gunicorn 25+ opens a control socket in $HOME, which the container

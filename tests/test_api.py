@@ -19,7 +19,7 @@ from stormlock.testing.env import CliRunner
 from stormlock.testing.faults import partition_proxy
 from stormlock.testing.servers import ApiServer, run_api
 from stormlock.tokens import TOKEN_FORM
-from tests.support import one_line_error
+from tests.support import one_line_error, wait_until
 
 TIMEOUT = 10
 
@@ -716,3 +716,26 @@ def test_a_set_through_the_api_is_one_lease_within_the_tokens_scope(
         events = call(api, "GET", "/v1/history?resource=stack", scoped).json()["events"]
         assert sorted({e["resource"] for e in events}) == ["staging-1", "staging-db"]
         assert {e["event"] for e in events} == {"acquired", "renewed", "released"}
+
+
+def test_a_client_that_hangs_up_mid_headers_leaves_no_token_in_the_log(
+    tmp_path: Path,
+) -> None:
+    """gunicorn's own debug line for a premature disconnection carries the
+    raw bytes read so far: it goes through the same redaction as ours."""
+    with run_api(tmp_path, log_level="DEBUG") as api:
+        token = api.token("ci", "ci-deploy")
+        for header in (
+            f"Authorization: Bearer {token}",
+            "Authorization: Bearer stl_cut",
+        ):
+            with socket.create_connection(
+                ("127.0.0.1", api.port), timeout=TIMEOUT
+            ) as s:
+                s.sendall(f"POST /v1/acquire HTTP/1.1\r\n{header}\r\nHost: x".encode())
+        # Served after both: the server has read what they sent.
+        assert call(api, "GET", "/v1/whoami", token).ok
+        wait_until(lambda: api.log().count("premature client disconnection") >= 2)
+        log = api.log()
+    assert "stl_" not in log, log[-2000:]
+    assert "[redacted]" in log

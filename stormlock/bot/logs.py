@@ -22,6 +22,8 @@ _SECRETS = re.compile(
     + r"|xapp-[A-Za-z0-9-]+"
     + r"|response_url(?:=|\\?[\"']\s*:\s*\\?[\"'])[^&\s\"'\\]+"
     + r"|https?(?::|%3A)(?://|%2F%2F)hooks\.slack(?:-gov)?\.com[^\s\"'&]*"
+    # A raw header's value, whole or cut short (a request's bytes in a line).
+    + r"|(?i:authorization|cookie)\s*:\s*[^\\\r\n\"']+"
 )
 
 
