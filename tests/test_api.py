@@ -280,6 +280,10 @@ def test_failed_authentication_is_rate_limited_and_valid_tokens_keep_working(
         assert error_of(limited)["exit_code"] == 75
         assert int(limited.headers["Retry-After"]) > 0
         assert call(api, "GET", "/v1/leases", token).ok, "a valid token still works"
+        # A valid token this server has never seen is not refused for others'
+        # failures from the same address (an ingress's, in Kubernetes).
+        fresh = api.token("fresh", "ci-fresh")
+        assert call(api, "GET", "/v1/leases", fresh).ok
         taken = call(api, "POST", "/v1/acquire", token, json={"resource": "db"})
         lease_id = taken.json()["lease"]["id"]
         call(api, "POST", "/v1/release", token, json={"resource": "db", "id": lease_id})
@@ -641,6 +645,14 @@ def test_behind_a_proxy_the_limit_counts_each_forwarded_client(tmp_path: Path) -
             "another client behind the proxy is not limited"
         )
         assert "10.0.0.1" in api.log()
+        # A client that reaches the server itself cannot choose its address:
+        # its socket's own address is limited too, at ten times the limit.
+        # (4 failures so far; 20 is ten times failed_auth_limit.)
+        answers = [guess(f"10.1.0.{n}") for n in range(30)]
+        assert answers == [401] * 16 + [429] * 14, answers
+        # A valid token still passes, from any address.
+        token = api.token("ci", "ci-deploy")
+        assert call(api, "GET", "/v1/leases", token).ok
 
 
 def test_a_pool_through_the_api(tmp_path: Path) -> None:
@@ -739,3 +751,16 @@ def test_a_client_that_hangs_up_mid_headers_leaves_no_token_in_the_log(
         log = api.log()
     assert "stl_" not in log, log[-2000:]
     assert "[redacted]" in log
+
+
+def test_workers_share_the_failed_login_limit_between_them() -> None:
+    from stormlock.api.service import FailureLimiter
+
+    workers = [FailureLimiter(limit=20, workers=2) for _ in range(2)]
+    allowed = 0
+    for guess in range(100):
+        worker = workers[guess % 2]  # the kernel spreads connections
+        if worker.limited("203.0.113.9") is None:
+            allowed += 1
+        worker.failed("203.0.113.9")
+    assert allowed == 20

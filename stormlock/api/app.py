@@ -348,6 +348,13 @@ def _address() -> str:
     return request.remote_addr or "unknown"
 
 
+def _peer() -> str:
+    """The socket's own address: what a client cannot choose (ProxyFix keeps
+    it where X-Forwarded-For replaced it)."""
+    original = request.environ.get("werkzeug.proxy_fix.orig") or {}
+    return original.get("REMOTE_ADDR") or _address()
+
+
 def _proxies(config: Config) -> int:
     """`[api] proxies`: how many proxies in front may set X-Forwarded-For."""
     raw = config.value(None, "proxies", API_SECTION) or "0"
@@ -393,7 +400,7 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
             return None
         try:
             g.token = service.authenticate(
-                request.headers.get("Authorization"), _address()
+                request.headers.get("Authorization"), _address(), _peer()
             )
         except StormlockError as error:
             kind = for_exit(error.exit_code)

@@ -24,6 +24,7 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
         from ..bot import logs
         from ..wsgi import serve
         from .app import create_app
+        from .service import ApiService
     except ModuleNotFoundError as exc:
         raise missing_extra(exc, _EXTRA, "the API", "api") from None
     if config.default_backend == "http":
@@ -45,7 +46,7 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
     def factory() -> WSGIApp:
         # In gunicorn's worker, after the fork: connection pools start here.
         logs.configure(args.log_level, args.log_json)
-        return create_app(config)
+        return create_app(config, ApiService(config, workers=workers))
 
     logs.configure(args.log_level, args.log_json)
     serve(

@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -47,7 +47,7 @@ from ..names import (
 from ..pool import PoolLock
 from ..records import Records
 from ..sets import SetLock
-from ..tokens import API_RECORDS, Token, Tokens, digest
+from ..tokens import API_RECORDS, Token, Tokens
 from ..ttl import check_ttl
 
 log = logging.getLogger(__name__)
@@ -62,48 +62,55 @@ _REQUESTS = "stormlock-api"  # who holds the request-id records
 
 
 class FailureLimiter:
-    """Failed authentications per client address: at most `limit` a
-    `window`; beyond that the address gets 429, except for tokens this
-    process has seen valid (they keep working, and cost no store read to
-    tell apart from a guess)."""
+    """Failed authentications a `window`, per client address and per peer
+    (the socket's own address, which a client cannot choose; behind an
+    ingress, every client's), at most `limit` and `limit * PEER_FACTOR`.
 
-    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
-        self.limit = limit
+    An address over its limit gets 429 instead of 401, and its failures go
+    on being counted; a valid token always passes (it is still checked), so
+    one client's guesses never lock out another behind the same ingress.
+    Each worker process counts its own failures: with `workers` of them,
+    each allows its share, so together they allow `limit`."""
+
+    PEER_FACTOR = 10
+
+    def __init__(self, limit: int = 20, window: float = 60.0, workers: int = 1) -> None:
+        self.limit = max(1, limit // max(1, workers))
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
-        self._known: OrderedDict[str, None] = OrderedDict()
+        self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, address: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(address, deque())
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        failures = self._failures.setdefault(key, deque())
         while failures and failures[0] <= now - self.window:
             failures.popleft()
         return failures
 
-    def limited(self, address: str, hashed: str) -> float | None:
-        """Seconds to wait, if this address is over the limit and the token
-        is not one seen valid here; else None."""
+    def _keys(self, address: str, peer: str) -> list[tuple[tuple[str, str], int]]:
+        keys = [(("client", address), self.limit)]
+        if peer != address:
+            keys.append((("peer", peer), self.limit * self.PEER_FACTOR))
+        return keys
+
+    def limited(self, address: str, peer: str | None = None) -> float | None:
+        """Seconds until the address (or its peer) is under its limit again,
+        if it is over it now; else None."""
+        now = time.monotonic()
+        waits = []
+        with self._lock:
+            for key, limit in self._keys(address, peer or address):
+                failures = self._recent(key, now)
+                if len(failures) >= limit:
+                    waits.append(max(1.0, failures[-limit] + self.window - now))
+        return max(waits, default=None)
+
+    def failed(self, address: str, peer: str | None = None) -> None:
         now = time.monotonic()
         with self._lock:
-            if hashed in self._known:
-                return None
-            failures = self._recent(address, now)
-            if len(failures) < self.limit:
-                return None
-            return max(1.0, failures[0] + self.window - now)
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._recent(address, time.monotonic()).append(time.monotonic())
-            if len(self._failures) > 10_000:  # bounded: oldest addresses go
+            for key, _ in self._keys(address, peer or address):
+                self._recent(key, now).append(now)
+            while len(self._failures) > 10_000:  # bounded: oldest addresses go
                 self._failures.pop(next(iter(self._failures)))
-
-    def valid(self, hashed: str) -> None:
-        with self._lock:
-            self._known[hashed] = None
-            self._known.move_to_end(hashed)
-            if len(self._known) > 10_000:
-                self._known.popitem(last=False)
 
 
 class Context(NamedTuple):
@@ -254,14 +261,17 @@ class Change(NamedTuple):
 
 class ApiService:
     def __init__(
-        self, config: Config, announce: Callable[[Change], None] | None = None
+        self,
+        config: Config,
+        announce: Callable[[Change], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config
         self.announce = announce
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self.tokens = Tokens(self.backend(config.default_backend))
-        self.limiter = FailureLimiter(_failure_limit(config))
+        self.limiter = FailureLimiter(_failure_limit(config), workers=workers)
 
     def backend(self, name: str) -> Backend:
         with self._lock:
@@ -278,30 +288,33 @@ class ApiService:
 
     # -- authentication ---------------------------------------------------
 
-    def authenticate(self, header: str | None, address: str) -> Token:
+    def authenticate(
+        self, header: str | None, address: str, peer: str | None = None
+    ) -> Token:
+        """The token of `header`. `address` is the client's (from a trusted
+        proxy's X-Forwarded-For), `peer` the socket's, if they differ."""
         scheme, _, secret = (header or "").partition(" ")
         secret = secret.strip()
-        hashed = digest(secret)
-        wait = self.limiter.limited(address, hashed)
+        token = None
+        if scheme.lower() == "bearer" and secret:
+            token = self.tokens.verify(secret)
+        if token is not None:
+            return token
+        wait = self.limiter.limited(address, peer)
+        self.limiter.failed(address, peer)
         if wait is not None:
             raise RateLimited(
                 f"too many failed authentications from {address}; "
                 f"try again in {int(wait)} s"
             )
-        if scheme.lower() != "bearer" or not secret:
-            self.limiter.failed(address)
+        if not secret:
             raise Unauthenticated(
                 "no token: send 'Authorization: Bearer <token>' "
                 "(create one with 'stormlock token create' or in Slack)"
             )
-        token = self.tokens.verify(secret)
-        if token is None:
-            self.limiter.failed(address)
-            raise Unauthenticated(
-                "the token is unknown, revoked or expired; create a new one"
-            )
-        self.limiter.valid(hashed)
-        return token
+        raise Unauthenticated(
+            "the token is unknown, revoked or expired; create a new one"
+        )
 
     # -- leases ------------------------------------------------------------
 

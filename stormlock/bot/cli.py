@@ -149,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
             service.ready,
             settings.signing_secret or "",
             details=settings.readyz_details,
-            api=_api(config, bot),
+            api=_api(config, bot, workers),
         )
 
     logs.configure(args.log_level, args.log_json)
@@ -172,7 +172,7 @@ def _workers(given: int | None) -> int:
     return given or default
 
 
-def _api(config: Config, bot: Bot) -> WSGIApp | None:
+def _api(config: Config, bot: Bot, workers: int) -> WSGIApp | None:
     """The HTTP API beside the Slack endpoint, its changes announced by this
     bot at once (`[bot] api = no` turns it off)."""
     if (config.value(None, "api", BOT_SECTION) or "yes").lower() in ("no", "off"):
@@ -180,7 +180,9 @@ def _api(config: Config, bot: Bot) -> WSGIApp | None:
     from ..api.app import create_app
     from ..api.service import ApiService
 
-    return create_app(config, ApiService(config, bot.pipeline.announce_change))
+    return create_app(
+        config, ApiService(config, bot.pipeline.announce_change, workers=workers)
+    )
 
 
 def _socket(args: argparse.Namespace) -> int:
