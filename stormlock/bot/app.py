@@ -12,7 +12,7 @@ from .core import Core
 from .identity import Directory
 from .ledger import Ledger
 from .listeners import register
-from .outbox import SLACK_TIMEOUT, Outbox, fast_window, web_client
+from .outbox import SLACK_TIMEOUT, Outbox, RetryAfter, fast_window, web_client
 from .pipeline import Pipeline
 from .reminders import Reminders
 from .service import LeaseService
@@ -69,13 +69,15 @@ def build_app(
         settings.bot_token, settings.api_url, timeout=bound, max_wait=bound, retries=0
     )
     ledger = Ledger(state.records, settings.claim_ttl)
+    retry_after = RetryAfter()  # one per process: Slack limits the app
     outbox = Outbox(
         client,
         ledger=ledger,
         directory=directory,
         fast_within=fast_window(settings.recover_after),
+        retry_after=retry_after,
     )
-    now = Outbox(reminder_client, threads=0, ledger=ledger)
+    now = Outbox(reminder_client, threads=0, ledger=ledger, retry_after=retry_after)
     reminders = Reminders(core, directory, now, notices=outbox)
     pipeline = Pipeline(core, directory, outbox, reminders, answer_threads)
     register(app, pipeline)

@@ -103,6 +103,29 @@ _PASSING = frozenset(
 )
 
 
+class RetryAfter:
+    """When Slack lets each Web API method be called again: a 429's
+    Retry-After, kept per method (Slack limits each method on its own) and
+    shared by a process's outboxes, so no call of that method goes before
+    the time Slack gave."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def left(self, method: str) -> float:
+        """Seconds until `method` may be called (0: now)."""
+        with self._lock:
+            return max(0.0, self._until.get(method, 0.0) - time.monotonic())
+
+    def heard(self, method: str, failure: Failure) -> None:
+        if failure.error != "ratelimited" or failure.wait <= 0:
+            return
+        until = time.monotonic() + failure.wait
+        with self._lock:
+            self._until[method] = max(self._until.get(method, 0.0), until)
+
+
 class Priority(IntEnum):
     ANSWER = 0
     NOTICE = 1
@@ -292,8 +315,10 @@ class Outbox:
         ledger: Ledger | None = None,
         directory: Directory | None = None,
         fast_within: float = FAST_WITHIN,
+        retry_after: RetryAfter | None = None,
     ) -> None:
         self.client = client
+        self.retry_after = retry_after or RetryAfter()
         self.fast_within = fast_within
         # One request, no retries of its own (they come from the outbox):
         # a send without a claim must end well within the recovery's grace.
@@ -490,6 +515,8 @@ class Outbox:
     def _posted(
         self, client: WebClient, channel: str, message: Message
     ) -> tuple[str | None, Failure | None]:
+        if held := self._held_back("chat.postMessage"):
+            return None, held
         try:
             posted = client.chat_postMessage(channel=channel, **message.kwargs())
         except (SlackApiError, OSError) as exc:
@@ -499,6 +526,8 @@ class Outbox:
 
     def update_now(self, channel: str, ts: str, message: Message) -> Failure | None:
         """Edit a message the bot posted (a board)."""
+        if held := self._held_back("chat.update"):
+            return held
         try:
             self.client.chat_update(channel=channel, ts=ts, **message.kwargs())
         except (SlackApiError, OSError) as exc:
@@ -506,6 +535,8 @@ class Outbox:
         return None
 
     def dm_now(self, user_id: str, message: Message) -> Failure | None:
+        if held := self._held_back("conversations.open"):
+            return held
         try:
             opened = self.client.conversations_open(users=user_id)
         except (SlackApiError, OSError) as exc:
@@ -513,16 +544,24 @@ class Outbox:
         return self.post_now(opened["channel"]["id"], message)
 
     def publish_now(self, user_id: str, view: dict[str, Any]) -> Failure | None:
+        if held := self._held_back("views.publish"):
+            return held
         try:
             self.client.views_publish(user_id=user_id, view=view)
         except (SlackApiError, OSError) as exc:
             return self._failed("views.publish", exc)
         return None
 
-    @staticmethod
-    def _failed(method: str, failure: BaseException | Failure) -> Failure:
+    def _held_back(self, method: str) -> Failure | None:
+        """A rate limit Slack set on `method` that has not run out: the call
+        is not made (a passing failure, with the time left to wait)."""
+        left = self.retry_after.left(method)
+        return Failure("ratelimited", True, left) if left > 0 else None
+
+    def _failed(self, method: str, failure: BaseException | Failure) -> Failure:
         if isinstance(failure, BaseException):
             failure = failure_of(failure)
+        self.retry_after.heard(method, failure)
         SLACK_ERRORS.labels(method, failure.error).inc()
         log.warning("%s failed: %s", method, failure.error)
         return failure
@@ -697,8 +736,15 @@ class Outbox:
             if view is not None:
                 self.publish_now(what.user_id, view)
             return
+        left = self.retry_after.left("chat.update")
+        if left > 0:  # drawn afresh once Slack lets us, not now
+            self.redraw(what, delay=left)
+            return
         for channel, ts, board in self.drawer.boards():
-            self.update_now(channel, ts, board)
+            failed = self.update_now(channel, ts, board)
+            if failed is not None and failed.wait > 0:
+                self.redraw(what, delay=failed.wait)  # the rest, then
+                return
 
     # -- once across replicas (ledger.py) ---------------------------------------------
 

@@ -65,6 +65,13 @@ from .state import AskRecord, BotState
 log = logging.getLogger(__name__)
 
 _BOARD_TTL = timedelta(days=366)
+# Every change redraws every board (one chat.update each): at most this many
+# boards, the newest, are kept; Slack allows about 50 updates a minute.
+MAX_BOARDS = 50
+# Slack's answers to a board's update that mean it will never succeed.
+_BOARD_GONE = frozenset(
+    {"message_not_found", "channel_not_found", "is_archived", "not_in_channel"}
+)
 _WATCH_GRACE = timedelta(days=1)
 # A watched lease gone from the store this close to its expiry (by the bot's
 # clock) has expired: the store's clock may run ahead of the bot's.
@@ -635,16 +642,39 @@ class Reminders:
         self._boards = None  # read afresh on the next redraw
         return None
 
+    def _board_records(self) -> list[tuple[str, Lease]]:
+        """The boards to redraw: the newest `MAX_BOARDS`; older ones are
+        forgotten (they stay in their channels as they were last drawn)."""
+        boards = sorted(self.records.list("board/"), key=lambda b: b[1].created)
+        for _, record in boards[:-MAX_BOARDS]:
+            self.records.drop(record)
+        return boards[-MAX_BOARDS:]
+
     def _counts(self) -> dict[str, int]:
         """How many wait in each line: a board shows it by the lease."""
         return {r: len(line) for r, line in self.service.lines().items()}
 
     def refresh_boards(self, stats: RunStats | None = None) -> None:
-        """Redraw every board (the reconcile pass: `stats` given)."""
+        """Redraw every board (the reconcile pass: `stats` given). A board
+        whose message or channel is gone is forgotten; a rate limit ends
+        the pass (the next redraws them all, from the newest state)."""
         for channel, ts, board in self.boards(stats):
             failed = self.outbox.update_now(channel, ts, board)
-            if failed:
-                log.warning("board update in %s failed: %s", channel, failed)
+            if failed is None:
+                continue
+            if failed.error in _BOARD_GONE:
+                self._forget_board(channel)
+                continue
+            log.warning("board update in %s failed: %s", channel, failed)
+            if failed.wait > 0:
+                self._board_digest = None  # not drawn: draw next pass
+                return
+
+    def _forget_board(self, channel: str) -> None:
+        record = self.records.get(f"board/{channel}")
+        if record is not None:
+            self.records.drop(record)
+        self._boards = None
 
     def boards(
         self, stats: RunStats | None = None
@@ -654,7 +684,7 @@ class Reminders:
         none if nothing changed since; a change uses what the last pass
         read, so it costs no listing of the bot's records."""
         if stats is not None or self._boards is None:
-            self._boards = self.records.list("board/")
+            self._boards = self._board_records()
         boards = self._boards
         if not boards:
             return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import threading
 import time
 import urllib.parse
@@ -150,6 +151,8 @@ class LocalSlack:
         self._release_held = threading.Event()
         self._lose_held = False
         self._slow: dict[str, float] = {}
+        # method -> (Retry-After, when the limit started: at its first call)
+        self._limited: dict[str, tuple[int, float | None]] = {}
         self.in_flight: list[Call] = []
         """Calls held unanswered right now (see `hold`)."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -210,6 +213,12 @@ class LocalSlack:
                 remaining = deadline - time.monotonic()
                 assert remaining > 0, f"fewer than {count} {method} calls held"
                 self._changed.wait(remaining)
+
+    def rate_limit(self, method: str, seconds: int) -> None:
+        """Rate-limit `method` as Slack does: its next call, and every call
+        until `seconds` after it, is answered 429 with the Retry-After left
+        (recorded with context "failed": "429" and "retry_after")."""
+        self._limited[method] = (seconds, None)
 
     def fail_next(
         self,
@@ -312,6 +321,25 @@ class LocalSlack:
         if method == "apps.connections.open" and self.socket_url:
             return {"ok": True, "url": self.socket_url}
         return {"ok": False, "error": "unknown_method"}
+
+    def _rate_limited(self, method: str, payload: dict[str, Any]) -> str | None:
+        """The Retry-After to answer with, if `method` is limited now (the
+        call is then recorded as failed)."""
+        if method not in self._limited:
+            return None
+        seconds, since = self._limited[method]
+        now = time.monotonic()
+        if since is None:
+            since = now
+            self._limited[method] = (seconds, since)
+        left = since + seconds - now
+        if left <= 0:
+            del self._limited[method]
+            return None
+        retry = str(max(1, math.ceil(left)))
+        context = {"failed": "429", "retry_after": retry}
+        self.record(Call(method, payload, context))
+        return retry
 
     @staticmethod
     def _user_json(user: User) -> dict[str, Any]:
@@ -426,6 +454,11 @@ class LocalSlack:
                         return
                 if slack._slow.get(method):
                     time.sleep(slack._slow[method])  # the slow Slack itself
+                retry = slack._rate_limited(method, payload)
+                if retry is not None:
+                    body = {"ok": False, "error": "ratelimited"}
+                    self._send(429, body, {"Retry-After": retry})
+                    return
                 failures = slack._failures.get(method)
                 if failures:
                     status, headers, body = failures.pop(0)

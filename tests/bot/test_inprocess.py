@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from configparser import ConfigParser
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -459,3 +460,44 @@ def test_a_release_in_a_leases_last_seconds_is_never_told_as_an_expiry(
     ]
     assert told and all("ran-out" in text for text in told), told
     assert not any("by-" in text for text in told), told
+
+
+def test_boards_wait_for_slacks_retry_after_and_are_capped(
+    tmp_path: Path, slack: LocalSlack
+) -> None:
+    """100 boards (kept from before the cap), chat.update rate-limited with
+    Retry-After, 20 changes and two reconcile passes: after the first 429 no
+    chat.update reaches Slack before the time it gave; then each board kept
+    is drawn once more, and only the newest MAX_BOARDS are kept."""
+    from stormlock.bot.reminders import MAX_BOARDS
+
+    bot = make_bot(tmp_path, slack, "channels = C0OPS")
+    try:
+        records = bot.reminders.records
+        for n in range(100):
+            records.put(f"board/C{n:03d}", f"1.{n:06d}", timedelta(days=1))
+        retry_after = 6
+        slack.rate_limit("chat.update", retry_after)
+        for n in range(20):
+            command(bot, slack, ALICE, f"acquire busy-{n} 1h")
+        bot.reminders.run()
+        settled(bot)
+        updates = slack.of("chat.update")
+        limited = [c for c in updates if c.context.get("failed") == "429"]
+        assert limited, "Slack was never asked"
+        first = limited[0].at
+        early = [c for c in updates[1:] if c.at < first + retry_after - 0.5]
+        assert not early, f"{len(early)} chat.update calls inside Retry-After"
+
+        # Once Slack allows it, the kept boards are drawn with the newest state.
+        def drawn() -> list[Call]:
+            return [c for c in slack.of("chat.update") if "failed" not in c.context]
+
+        wait_until(lambda: len(drawn()) >= MAX_BOARDS, timeout=30)
+        settled(bot)
+        drawn_now = drawn()
+        assert len({c.payload["channel"] for c in drawn_now}) == MAX_BOARDS
+        assert "busy-19" in text_of(drawn_now[-1])
+        assert len(records.list("board/")) == MAX_BOARDS
+    finally:
+        bot.close(5)
