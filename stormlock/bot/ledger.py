@@ -3,24 +3,30 @@
 A notice has a key (`told/<fence>/<event>/<resource>` for a change's
 announcement). Before sending, a sender claims the key's marker with an
 atomic put-if-absent in the lease store (`Records.claim`): only one sender,
-thread or replica, can hold it. The claim is short-lived (`claim_ttl`) until
-the message is sent, then kept for a week. So a notice goes out once; a
-sender that dies after claiming delays it by at most `claim_ttl`, and only a
-sender that dies between sending and recording can make it arrive twice.
+thread or replica, can hold it. The claim is short-lived (`claim_ttl`), kept
+alive while Slack takes its time (`keeping`), then kept for a week once the
+message is sent. So a notice goes out once; a sender that dies after
+claiming delays it by at most `claim_ttl`, and only a sender that dies
+between sending and recording can make it arrive twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 from ..contract import Lease
+from ..errors import StormlockError
 from ..names import RECORD_PREFIX
 from ..records import Records
 from ..sets import MAX_SET
 from ..times import utcnow
+
+log = logging.getLogger(__name__)
 
 SENT_TTL = timedelta(days=7)
 _PREFIX = "sent/"
@@ -40,6 +46,9 @@ class Ledger:
         self.claim_ttl = claim_ttl
         self._lock = threading.Lock()
         self._recent: dict[str, float] = {}  # key -> when (monotonic), oldest first
+        self._kept: dict[str, Lease] = {}  # claims whose sends are under way
+        self._keep_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
 
     def _remember(self, key: str) -> None:
         now = time.monotonic()
@@ -51,6 +60,48 @@ class Ledger:
                 if now - when <= RECENT:
                     break
                 del self._recent[old]
+
+    @contextlib.contextmanager
+    def keeping(self, claims: Sequence[Lease | bool]) -> Iterator[None]:
+        """Keep `claims` (the leases among them) from lapsing while the block
+        runs, however long Slack takes to answer the send they are for: one
+        keeper thread renews every claim in use each `claim_ttl / 3`."""
+        held = [claim for claim in claims if isinstance(claim, Lease)]
+        if not held:
+            yield
+            return
+        with self._keep_lock:
+            for claim in held:
+                self._kept[claim.resource] = claim
+            if self._keeper is None:
+                self._keeper = threading.Thread(
+                    target=self._keep, name="stormlock-claims", daemon=True
+                )
+                self._keeper.start()
+        try:
+            yield
+        finally:  # after this, the keeper never renews them (sent() may)
+            with self._keep_lock:
+                for claim in held:
+                    self._kept.pop(claim.resource, None)
+
+    def _keep(self) -> None:
+        every = max(0.2, self.claim_ttl.total_seconds() / 3)
+        while True:
+            time.sleep(every)
+            with self._keep_lock:
+                claims = list(self._kept.values())
+            for claim in claims:
+                with self._keep_lock:  # its send may have ended meanwhile
+                    if claim.resource not in self._kept:
+                        continue
+                    try:
+                        kept = self.records.keep(claim, self.claim_ttl)
+                    except StormlockError as exc:  # said; it may lapse
+                        log.warning("could not keep a notice's claim: %s", exc)
+                        continue
+                if not kept:
+                    log.warning("a notice's claim lapsed while it was being sent")
 
     def claim(self, key: str) -> Lease | None:
         """The right to send `key`'s notice now; None if it is sent or being

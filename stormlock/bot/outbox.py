@@ -20,10 +20,13 @@ import logging
 import queue
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from enum import IntEnum
+from http.client import RemoteDisconnected
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -107,7 +110,7 @@ class RetryAfter:
     """When Slack lets each Web API method be called again: a 429's
     Retry-After, kept per method (Slack limits each method on its own) and
     shared by a process's outboxes, so no call of that method goes before
-    the time Slack gave."""
+    the time Slack gave. Posts are paced a channel instead (`_Paced`)."""
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
@@ -160,11 +163,17 @@ class ShortRateLimitRetry(RateLimitErrorRetryHandler):
         return self.max_wait >= 2
 
 
+# What urllib raises once the request is sent and no answer came.
+_AFTER_SENDING = (TimeoutError, ConnectionResetError, RemoteDisconnected)
+
+
 def retry_handlers(
     max_wait: float = MAX_RETRY_AFTER, retries: int = 1
 ) -> list[RetryHandler]:
+    # A connection error is retried only if it came before the request was
+    # sent (a URLError): a post Slack may have made is never made again.
     return [
-        ConnectionErrorRetryHandler(max_retry_count=retries),
+        ConnectionErrorRetryHandler(max_retry_count=retries, error_types=[URLError]),
         ServerErrorRetryHandler(max_retry_count=retries),
         ShortRateLimitRetry(max_retry_count=2 * retries, max_wait=max_wait),
     ]
@@ -196,6 +205,9 @@ class Failure(NamedTuple):
     """Worth trying again: Slack's 5xx or 429, a time-out, a lost connection."""
     wait: float = 0.0
     """The Retry-After Slack asked for, in seconds."""
+    unknown: bool = False
+    """The request reached Slack and no answer came (a time-out, a
+    connection lost after sending): it may have been done."""
 
     def __str__(self) -> str:
         return self.error
@@ -213,9 +225,11 @@ def failure_of(exc: BaseException) -> Failure:
                         0.0, float(value[0] if isinstance(value, list) else value)
                     )
         return Failure(error, status >= 500 or status == 429 or error in _PASSING, wait)
-    if isinstance(exc, TimeoutError):
-        return Failure("timeout", True)
-    return Failure(type(exc).__name__, True)  # connection refused, reset, ...
+    if isinstance(exc, _AFTER_SENDING):
+        # urllib raises these raw only once the request was sent (an error
+        # while sending is a URLError): Slack may have done it.
+        return Failure("timeout", True, unknown=True)
+    return Failure(type(exc).__name__, True)  # connection refused, ...
 
 
 class _Post(NamedTuple):
@@ -515,12 +529,16 @@ class Outbox:
     def _posted(
         self, client: WebClient, channel: str, message: Message
     ) -> tuple[str | None, Failure | None]:
-        if held := self._held_back("chat.postMessage"):
-            return None, held
+        # Posts are paced a channel already (CHANNEL_PACE); a 429 holds back
+        # only the post it answered (queued again after its Retry-After).
         try:
             posted = client.chat_postMessage(channel=channel, **message.kwargs())
         except (SlackApiError, OSError) as exc:
-            return None, self._failed("chat.postMessage", exc)
+            failed = self._failed("chat.postMessage", exc, limit="")
+            if failed.unknown:  # posted, perhaps: never posted again
+                log.warning("a post to %s may or may not have gone out", channel)
+                failed = failed._replace(passing=False)
+            return None, failed
         ts = posted.get("ts")
         return (str(ts) if ts else None), None
 
@@ -558,10 +576,15 @@ class Outbox:
         left = self.retry_after.left(method)
         return Failure("ratelimited", True, left) if left > 0 else None
 
-    def _failed(self, method: str, failure: BaseException | Failure) -> Failure:
+    def _failed(
+        self, method: str, failure: BaseException | Failure, limit: str | None = None
+    ) -> Failure:
+        """`failure` counted and logged; a 429's Retry-After kept for
+        `limit` (the method, unless said; "": for nothing else)."""
         if isinstance(failure, BaseException):
             failure = failure_of(failure)
-        self.retry_after.heard(method, failure)
+        if limit != "":
+            self.retry_after.heard(limit or method, failure)
         SLACK_ERRORS.labels(method, failure.error).inc()
         log.warning("%s failed: %s", method, failure.error)
         return failure
@@ -657,6 +680,8 @@ class Outbox:
         if failed.error in _TOO_LONG and len(batch.named) > 1:
             self._split(batch.channel, [*batch.named, *batch.counted])
             return
+        if failed.unknown:  # recorded as sent: it may well have gone out
+            return
         tell = {post.tell for post in (*batch.named, *batch.counted) if post.tell}
         for url in sorted(tell):
             self.respond(url, announce_failed(failed.error))
@@ -696,7 +721,8 @@ class Outbox:
             return None
         named = mine[: len([claim for claim in claimed[: len(batch.named)] if claim])]
         message = _message(named, mine[len(named) :])
-        failed = self.post_now(batch.channel, message)
+        with self._keeping(claimed):
+            failed = self.post_now(batch.channel, message)
         if failed is not None and failed.error in _TOO_LONG and len(named) > 1:
             self._settle(claimed, Failure(failed.error, True))  # let go: split
         else:
@@ -724,7 +750,8 @@ class Outbox:
         claimed = self._claim([item.key])
         if not claimed or not claimed[0]:
             return  # sent or being sent elsewhere, or the store is out
-        failed = self.dm_now(user_id, item.message)
+        with self._keeping(claimed):
+            failed = self.dm_now(user_id, item.message)
         self._settle(claimed, failed)
         self._again(item, failed, Priority.NOTICE)
 
@@ -761,6 +788,12 @@ class Outbox:
             log.warning("could not claim a notice: %s", exc)
             return None
         return [True if key is None else (next(got) or False) for key in keys]
+
+    def _keeping(self, claims: list[Lease | bool]) -> AbstractContextManager[None]:
+        """The claims kept from lapsing while their send is under way."""
+        if self.ledger is None:
+            return contextlib.nullcontext()
+        return self.ledger.keeping(claims)
 
     def _mark(self, keys: list[str | None]) -> None:
         """Record sends made without a claim as sent."""

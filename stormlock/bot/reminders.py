@@ -147,7 +147,8 @@ class Reminders:
         if claim is None:
             return False
         try:
-            send(*args)
+            with self.ledger.keeping([claim]):
+                send(*args)
         except Exception:
             self.ledger.unclaim(claim)  # let a later run try again
             raise
@@ -162,16 +163,18 @@ class Reminders:
         claim made for it is then let go: see `once`)."""
         to = recipient(told)
         message = blocks.notice(told, self.directory.display)
+        # A send whose outcome is unknown (Slack may have made it) counts as
+        # sent: it is never made twice.
         if to.kind == "channel":
             error = self.outbox.post_now(to.id, message)
-            if error:
+            if error and not error.unknown:
                 raise RuntimeError(f"post to the channel failed: {error}")
             return True
         user_id = self._user_of(to)
         if user_id is None:
             return False
         error = self.outbox.dm_now(user_id, message)
-        if error:
+        if error and not error.unknown:
             raise RuntimeError(f"DM failed: {error}")
         return True
 

@@ -501,3 +501,52 @@ def test_boards_wait_for_slacks_retry_after_and_are_capped(
         assert len(records.list("board/")) == MAX_BOARDS
     finally:
         bot.close(5)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_slack_slower_than_every_claim_and_pass_still_gets_each_notice_once(
+    tmp_path: Path, slack: LocalSlack, replicas: int
+) -> None:
+    """chat.postMessage answers after 7 s: past the client's time-out, past
+    the claims (2 s) and many reconcile passes. A post whose answer never
+    came may have been made, so it is never made again: each announcement
+    and the forced-off DM reach Slack exactly once, with one replica or two
+    passing over the same store."""
+    slack.slow("chat.postMessage", 7)
+    settings = "admins = U0BOB\nclaim_ttl = 2s\nrecover_after = 10s"
+    bots = [make_bot(tmp_path, slack, settings) for _ in range(replicas)]
+    stop = threading.Event()
+
+    def passes(bot: Bot) -> None:
+        while not stop.wait(0.2):
+            bot.reminders.run()
+
+    runners = [threading.Thread(target=passes, args=(b,)) for b in bots]
+    try:
+        for runner in runners:
+            runner.start()
+        command(bots[0], slack, ALICE, "acquire slow-a 1h")
+        command(bots[-1], slack, ALICE, "acquire slow-b 1h")
+        command(bots[0], slack, BOB, "release slow-b --force")
+        changed = time.monotonic()
+
+        def said(what: str) -> list[Call]:
+            return [c for c in slack.of("chat.postMessage") if what in text_of(c)]
+
+        for what in ("took *slow-a*", "took *slow-b*", "force-released your lease"):
+            slack.wait_for(lambda c, w=what: c in said(w), timeout=40)
+        # Past the recovery's grace and one more slow post: nothing comes again.
+        time.sleep(
+            max(0.0, changed + 10 + 7 + 1 - time.monotonic())
+        )  # no event marks "nothing more"
+        stop.set()
+        for runner in runners:
+            runner.join()
+        for bot in bots:
+            settled(bot)
+    finally:
+        stop.set()
+        for bot in bots:
+            bot.close(5)
+    for what in ("took *slow-a*", "took *slow-b*", "force-released your lease"):
+        assert len(said(what)) == 1, (what, len(said(what)))
