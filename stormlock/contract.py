@@ -144,6 +144,9 @@ class LockHeldException(StormlockError):
     ticket: str | None = None
     """The API's: the place in line a wait that ran out kept (its holder's
     secret, like a lease id)."""
+    retry_after: float | None = None
+    """The API's: the wait was cut short (the server's waiting slots were
+    busy); ask again in this many seconds."""
 
     def __init__(self, resource: str, lease: Lease | None) -> None:
         self.resource = resource

@@ -10,6 +10,7 @@ with a code that maps one-to-one onto the CLI's exit codes (errors.py).
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from typing import Any
@@ -254,6 +255,11 @@ class ErrorOut(BaseModel):
     ticket: str | None = Field(
         None, description="a wait with keep_place that ran out: your place in line"
     )
+    retry_after: float | None = Field(
+        None,
+        description="ask again in this many seconds (as Retry-After): a 429, or "
+        "a wait cut short because the server's waiting slots were busy",
+    )
 
 
 # Every status a route can answer with: each error of errors.ERRORS (a
@@ -301,10 +307,12 @@ def _error(
         body["holder"] = _holder(holder)
     if ticket is not None:  # only ever in the answer to the waiter itself
         body["ticket"] = ticket
+    if retry is not None:
+        body["retry_after"] = retry  # as the header, for clients that read bodies
     response = jsonify(body)
     response.status_code = status or kind.status
     if retry is not None:
-        response.headers["Retry-After"] = str(int(retry) + 1)
+        response.headers["Retry-After"] = str(math.ceil(retry))
     return response
 
 
@@ -323,10 +331,10 @@ def _failed(error: StormlockError) -> Response:
     if isinstance(error, BackendUnavailable | StoreRefused):
         log.warning("the store failed: %s", message)
         message = STORE_REFUSED if isinstance(error, StoreRefused) else STORE_DOWN
-    holder = ticket = None
+    holder = ticket = retry = None
     if isinstance(error, LockHeldException):
-        holder, ticket = error.lease, error.ticket
-    return _error(kind.code, message, holder, ticket=ticket)
+        holder, ticket, retry = error.lease, error.ticket, error.retry_after
+    return _error(kind.code, message, holder, retry=retry, ticket=ticket)
 
 
 _TYPES = frozenset({"float", "int", "str", "bool"})
@@ -477,6 +485,7 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
             body.request_id,
             body.ticket,
             body.keep_place,
+            _address(),
         )
         answer: dict[str, Any] = {"lease": _lease(lease, who), "replayed": replayed}
         if each:

@@ -46,7 +46,9 @@ def serve_api(config: Config, args: argparse.Namespace) -> int:
     def factory() -> WSGIApp:
         # In gunicorn's worker, after the fork: connection pools start here.
         logs.configure(args.log_level, args.log_json)
-        return create_app(config, ApiService(config, workers=workers))
+        return create_app(
+            config, ApiService(config, workers=workers, threads=args.threads)
+        )
 
     logs.configure(args.log_level, args.log_json)
     serve(

@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -111,6 +111,54 @@ class FailureLimiter:
                 self._recent(key, now).append(now)
             while len(self._failures) > 10_000:  # bounded: oldest addresses go
                 self._failures.pop(next(iter(self._failures)))
+
+
+class WaitSlots:
+    """The server threads that waits in line may hold at once, in this
+    worker process: `slots` in all, and a quarter of them (at least one) per
+    token and per client address. The rest of the threads answer Slack and
+    every other request however many CI jobs wait. A wait that finds no
+    slot is cut short to a poll (`POLL`): it joins or keeps its place in
+    the line, tries once, and is told to ask again in `POLL_AGAIN` s (the
+    `http` backend does, with its ticket)."""
+
+    POLL = timedelta(milliseconds=100)
+    POLL_AGAIN = 1.0
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self.each = max(1, self.slots // 4)
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(
+        self, wait: timedelta | None, token: str, client: str
+    ) -> Iterator[timedelta | None]:
+        """The wait to make: `wait` itself in a slot, else a poll."""
+        if not wait or wait <= self.POLL:
+            yield wait
+            return
+        keys = ("", f"token {token}", f"client {client}")
+        with self._lock:
+            free = (
+                self._held[""] < self.slots
+                and self._held[keys[1]] < self.each
+                and self._held[keys[2]] < self.each
+            )
+            if free:
+                self._held.update(keys)
+        if not free:
+            yield self.POLL
+            return
+        try:
+            yield wait
+        finally:
+            with self._lock:
+                self._held.subtract(keys)
+                for key in keys:
+                    if self._held[key] <= 0:
+                        del self._held[key]
 
 
 class Context(NamedTuple):
@@ -265,6 +313,7 @@ class ApiService:
         config: Config,
         announce: Callable[[Change], None] | None = None,
         workers: int = 1,
+        threads: int = 16,
     ) -> None:
         self.config = config
         self.announce = announce
@@ -272,6 +321,7 @@ class ApiService:
         self._lock = threading.Lock()
         self.tokens = Tokens(self.backend(config.default_backend))
         self.limiter = FailureLimiter(_failure_limit(config), workers=workers)
+        self.waits = WaitSlots(threads // 2)
 
     def backend(self, name: str) -> Backend:
         with self._lock:
@@ -374,6 +424,7 @@ class ApiService:
         request_id: str | None,
         ticket: str | None = None,
         keep_place: bool = False,
+        client: str = "",
     ) -> tuple[Lease, bool, builtins.list[Lease]]:
         """The lease, whether it was granted to an earlier try of this
         request (a retry after a lost answer), and for a set each member's
@@ -382,7 +433,9 @@ class ApiService:
         With `keep_place`, a wait in line that runs out keeps the caller's
         ticket and says which (`LockHeldException.ticket`): the next request
         resumes it with `ticket`, so a client that waits longer than one
-        request keeps its place (the http backend's `--wait`)."""
+        request keeps its place (the http backend's `--wait`). A wait finds
+        a waiting slot (`WaitSlots`) or is cut short to a poll, with
+        `retry_after` on the refusal; `client` is the caller's address."""
         self._check(caller, resource, write=True)
         if wait is not None and wait > MAX_WAIT:
             raise UsageError(
@@ -398,17 +451,20 @@ class ApiService:
             if replayed is not None:
                 return replayed, True, []
         place = _place(lock, ticket) if wait and keep_place else None
-        try:
-            with caller.acting(self._channel(lock.resource)):
-                lease = lock.acquire_lease(ttl, note, wait, place=place)
-        except LockHeldException as held:
-            replayed = self._replayed(lock, key) if key is not None else None
-            if replayed is not None:  # the earlier try, or a twin, won
-                each = lock.leases if isinstance(lock, SetLock) else []
-                return replayed, True, each
-            if place is not None and place.ticket is not None:
-                held.ticket = f"{place.ticket.seq}:{place.ticket.record.id}"
-            raise
+        with self.waits.slot(wait, caller.token.name, client) as waiting:
+            try:
+                with caller.acting(self._channel(lock.resource)):
+                    lease = lock.acquire_lease(ttl, note, waiting, place=place)
+            except LockHeldException as held:
+                replayed = self._replayed(lock, key) if key is not None else None
+                if replayed is not None:  # the earlier try, or a twin, won
+                    each = lock.leases if isinstance(lock, SetLock) else []
+                    return replayed, True, each
+                if place is not None and place.ticket is not None:
+                    held.ticket = f"{place.ticket.seq}:{place.ticket.record.id}"
+                if waiting != wait:  # cut short: no thread free to wait in
+                    held.retry_after = WaitSlots.POLL_AGAIN
+                raise
         self._tell(ACQUIRED, lease, caller)
         if key is not None:
             remember = min(REQUEST_TTL, lock.ttl if ttl is None else ttl)

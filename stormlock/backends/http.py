@@ -135,6 +135,9 @@ class _Refused(NamedTuple):
 
     holder: Lease | None
     ticket: str | None = None
+    retry_after: float | None = None
+    """The wait was cut short (the server's waiting slots were busy): ask
+    again after this long."""
 
 
 # The server's own errors: what the CLI would have raised with the store's
@@ -228,7 +231,9 @@ class Http(LeaseBackend):
     keeps_lines = False  # the API server keeps the line; its clients back off
     capabilities = Capabilities(
         Clock.SERVER,
-        timedelta(seconds=1),
+        # The server's store is not known here: the largest built-in floor
+        # (etcd's), so no TTL that some store would refuse leaves the client.
+        timedelta(seconds=2),
         "the API server's store",
         trips(acquire=1, renew=1, release=1, current=1, is_current=1, list=1),
         timedelta(seconds=1),
@@ -324,7 +329,11 @@ class Http(LeaseBackend):
         if code in ("held", "expired"):
             ticket = data.get("ticket")
             ticket = ticket if isinstance(ticket, str) else None
-            return _Failure(code, message, data.get("holder"), ticket)
+            retry = data.get("retry_after")
+            failure = _Failure(code, message, data.get("holder"), ticket)
+            if isinstance(retry, int | float) and not isinstance(retry, bool):
+                failure.retry_after = min(float(retry), 10.0)
+            return failure
         return BackendUnavailable(f"the Stormlock API at {self.base} failed: {message}")
 
     def _call(
@@ -439,9 +448,17 @@ class Http(LeaseBackend):
             pause = 0.1
             if isinstance(answer, dict):
                 return _lease(answer["lease"])
-            if final:
+            cut_short = answer.retry_after or 0.0  # the server could not wait
+            again = 0 < cut_short < deadline - time.monotonic()
+            if final and not again:
                 raise LockHeldException(resource, answer.holder)
             ticket = answer.ticket
+            if cut_short:  # ask again when it said
+                nap = min(cut_short, max(0.0, deadline - time.monotonic()))
+                if cancel is not None:
+                    cancel.wait(nap)
+                else:
+                    time.sleep(nap)
 
     def waiting_in_line(self, resource: str) -> list[dict[str, Any]]:
         """The server's line for `resource`, first first (`stormlock queue`)."""
@@ -495,7 +512,7 @@ class Http(LeaseBackend):
                     f"your name since {iso(holder.created)}; it may be yours "
                     f"(check with 'stormlock current {resource}')"
                 ) from None
-            return _Refused(holder, failure.ticket)
+            return _Refused(holder, failure.ticket, failure.retry_after)
         except _NoAnswer as exc:
             raise BackendUnavailable(
                 f"cannot tell whether the lease on {resource!r} was acquired: the "
@@ -611,6 +628,7 @@ class _Failure(Exception):
         super().__init__(message)
         self.code = code
         self.holder = holder
+        self.retry_after: float | None = None
         self.ticket = ticket
 
 

@@ -149,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
             service.ready,
             settings.signing_secret or "",
             details=settings.readyz_details,
-            api=_api(config, bot, workers),
+            api=_api(config, bot, workers, args.threads),
         )
 
     logs.configure(args.log_level, args.log_json)
@@ -172,7 +172,7 @@ def _workers(given: int | None) -> int:
     return given or default
 
 
-def _api(config: Config, bot: Bot, workers: int) -> WSGIApp | None:
+def _api(config: Config, bot: Bot, workers: int, threads: int) -> WSGIApp | None:
     """The HTTP API beside the Slack endpoint, its changes announced by this
     bot at once (`[bot] api = no` turns it off)."""
     if (config.value(None, "api", BOT_SECTION) or "yes").lower() in ("no", "off"):
@@ -181,7 +181,10 @@ def _api(config: Config, bot: Bot, workers: int) -> WSGIApp | None:
     from ..api.service import ApiService
 
     return create_app(
-        config, ApiService(config, bot.pipeline.announce_change, workers=workers)
+        config,
+        ApiService(
+            config, bot.pipeline.announce_change, workers=workers, threads=threads
+        ),
     )
 
 

@@ -280,3 +280,69 @@ def test_an_acquire_lost_in_a_partition_is_unknown_then_told(
             slack.wait_for(
                 lambda c: c.method == "chat.postMessage" and "*db*" in text_of(c)
             )
+
+
+def test_slack_is_answered_while_200_ci_jobs_wait_in_line_through_the_api(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    """200 API clients wait in line for held resources (as `--wait` over
+    the http backend does: chunks of 5 s that keep their place, asking again
+    when the server says). The server's threads are not theirs: Slack
+    commands sent meanwhile are answered within Slack's 3 s."""
+    import re
+    import threading
+
+    from stormlock.tokens import TOKEN_FORM
+
+    resources = [f"deploy-{n}" for n in range(4)]  # 50 each: lines hold 100
+    with running_bot(slack, bot_config, tmp_path) as bot:
+        made = text_of(bot.reply(ALICE, "token create ci"))
+        token = re.search(TOKEN_FORM, made)
+        assert token, made
+        for resource in resources:
+            assert "You hold" in text_of(bot.reply(BOB, f"acquire {resource} 1h"))
+        stop = threading.Event()
+        answers_seen: list[int] = []
+        cut_short: list[float] = []
+
+        def ci_job(n: int) -> None:
+            ticket = None
+            with requests.Session() as session:
+                while not stop.is_set():
+                    body = {
+                        "resource": resources[n % len(resources)],
+                        "wait": 5,
+                        "keep_place": True,
+                        "ticket": ticket,
+                    }
+                    answer = session.post(
+                        bot.url + "/v1/acquire",
+                        json=body,
+                        headers={"Authorization": f"Bearer {token.group(0)}"},
+                        timeout=30,
+                    )
+                    answers_seen.append(answer.status_code)
+                    data = answer.json()
+                    ticket = data.get("ticket")
+                    if data.get("retry_after"):
+                        cut_short.append(data["retry_after"])
+                        stop.wait(data["retry_after"])
+
+        jobs = [threading.Thread(target=ci_job, args=(n,)) for n in range(200)]
+        for job in jobs:
+            job.start()
+        try:
+            wait_until(lambda: len(answers_seen) >= 200, timeout=60)
+            took = []
+            for n in range(10):
+                started = time.monotonic()
+                reply = bot.reply(CAROL, f"current deploy-{n % 4}", timeout=10)
+                took.append(time.monotonic() - started)
+                assert "deploy" in text_of(reply)
+        finally:
+            stop.set()
+            for job in jobs:
+                job.join(30)
+    assert set(answers_seen) == {409}, set(answers_seen)
+    assert cut_short, "every wait held a server thread"
+    assert max(took) < 3.0, [f"{t:.2f}" for t in took]
