@@ -282,6 +282,18 @@ def test_an_acquire_lost_in_a_partition_is_unknown_then_told(
             )
 
 
+def _token(bot: BotServer) -> str:
+    """A personal API token, made in Slack as people make them."""
+    import re
+
+    from stormlock.tokens import TOKEN_FORM
+
+    made = text_of(bot.reply(ALICE, "token create ci"))
+    found = re.search(TOKEN_FORM, made)
+    assert found, made
+    return found.group(0)
+
+
 def test_slack_is_answered_while_200_ci_jobs_wait_in_line_through_the_api(
     slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
 ) -> None:
@@ -289,50 +301,28 @@ def test_slack_is_answered_while_200_ci_jobs_wait_in_line_through_the_api(
     the http backend does: chunks of 5 s that keep their place, asking again
     when the server says). The server's threads are not theirs: Slack
     commands sent meanwhile are answered within Slack's 3 s."""
-    import re
     import threading
 
-    from stormlock.tokens import TOKEN_FORM
+    from stormlock.testing.clients import wait_in_line
 
     resources = [f"deploy-{n}" for n in range(4)]  # 50 each: lines hold 100
     with running_bot(slack, bot_config, tmp_path) as bot:
-        made = text_of(bot.reply(ALICE, "token create ci"))
-        token = re.search(TOKEN_FORM, made)
-        assert token, made
+        token = _token(bot)
         for resource in resources:
             assert "You hold" in text_of(bot.reply(BOB, f"acquire {resource} 1h"))
         stop = threading.Event()
-        answers_seen: list[int] = []
-        cut_short: list[float] = []
-
-        def ci_job(n: int) -> None:
-            ticket = None
-            with requests.Session() as session:
-                while not stop.is_set():
-                    body = {
-                        "resource": resources[n % len(resources)],
-                        "wait": 5,
-                        "keep_place": True,
-                        "ticket": ticket,
-                    }
-                    answer = session.post(
-                        bot.url + "/v1/acquire",
-                        json=body,
-                        headers={"Authorization": f"Bearer {token.group(0)}"},
-                        timeout=30,
-                    )
-                    answers_seen.append(answer.status_code)
-                    data = answer.json()
-                    ticket = data.get("ticket")
-                    if data.get("retry_after"):
-                        cut_short.append(data["retry_after"])
-                        stop.wait(data["retry_after"])
-
-        jobs = [threading.Thread(target=ci_job, args=(n,)) for n in range(200)]
+        seen: list[dict[str, object]] = []
+        jobs = [
+            threading.Thread(
+                target=wait_in_line,
+                args=(bot.url, token, resources[n % 4], stop, seen),
+            )
+            for n in range(200)
+        ]
         for job in jobs:
             job.start()
         try:
-            wait_until(lambda: len(answers_seen) >= 200, timeout=60)
+            wait_until(lambda: len(seen) >= 200, timeout=60)
             took = []
             for n in range(10):
                 started = time.monotonic()
@@ -343,6 +333,55 @@ def test_slack_is_answered_while_200_ci_jobs_wait_in_line_through_the_api(
             stop.set()
             for job in jobs:
                 job.join(30)
-    assert set(answers_seen) == {409}, set(answers_seen)
-    assert cut_short, "every wait held a server thread"
+    assert {answer["status"] for answer in seen} == {409}
+    assert any(answer.get("retry_after") for answer in seen), "every wait held a thread"
     assert max(took) < 3.0, [f"{t:.2f}" for t in took]
+
+
+def test_slack_and_the_api_are_answered_while_100_clients_trickle_their_requests(
+    slack: LocalSlack, bot_config: BackendConfig, tmp_path: Path
+) -> None:
+    """100 connections send their headers, or their body, a few bytes at a
+    time, with and without a token: Slack commands and API calls made
+    meanwhile are answered within 3 s, and each slow connection is closed
+    once its request is past the server's deadline."""
+    import threading
+
+    from stormlock.testing.clients import slow_request, trickle
+    from stormlock.wsgi import REQUEST_DEADLINE
+
+    with running_bot(slack, bot_config, tmp_path) as bot:
+        token = _token(bot)
+        port = int(urllib.parse.urlsplit(bot.url).port or 0)
+        stop = threading.Event()
+        closed: list[float] = []
+
+        def slow(n: int) -> None:
+            request = slow_request("headers" if n % 2 else "body", token)
+            after = trickle(port, request, stop)
+            if after is not None:
+                closed.append(after)
+
+        slow_ones = [threading.Thread(target=slow, args=(n,)) for n in range(100)]
+        for each in slow_ones:
+            each.start()
+        try:
+            took = []
+            for n in range(8):
+                started = time.monotonic()
+                reply = bot.reply(CAROL, f"current slow-{n}", timeout=10)
+                assert "slow-" in text_of(reply)
+                answer = requests.get(
+                    bot.url + "/v1/whoami",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=10,
+                )
+                assert answer.ok
+                took.append(time.monotonic() - started)
+            wait_until(lambda: len(closed) >= 90, timeout=REQUEST_DEADLINE + 20)
+        finally:
+            stop.set()
+            for each in slow_ones:
+                each.join(30)
+    assert max(took) < 3.0, [f"{t:.2f}" for t in took]
+    assert min(closed) >= REQUEST_DEADLINE - 1, min(closed)
