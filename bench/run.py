@@ -31,6 +31,7 @@ from bench.scenarios import (
     api,
     bot_latency,
     bot_overload,
+    bot_pressure,
     bot_reply,
     contention,
     handoff,
@@ -45,7 +46,7 @@ from stormlock.testing.backends import BACKENDS
 from stormlock.testing.servers import SERVERS, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL_SECTIONS = "backends,history,contention,handoff,pools,sets,api,bot,reply,overload,scheduler,cli"
+ALL_SECTIONS = "backends,history,contention,handoff,pools,sets,api,bot,reply,overload,pressure,scheduler,cli"
 OPS = ("acquire", "renew", "current", "is_current", "release", "list")
 
 
@@ -382,6 +383,16 @@ def main(argv: list[str] | None = None) -> int:
                 500 if quick else 20_000,
                 2_000 if quick else 100_000,
                 1.0 if quick else 150.0,
+            ),
+        ),
+        (
+            "pressure",
+            lambda r: bot_pressure.section(
+                r,
+                options_for,
+                10 if quick else 200,
+                20 if quick else 200,
+                10 if quick else 100,
             ),
         ),
         ("scheduler", lambda r: scheduler_scaling.section(r, options_for, sizes)),

@@ -209,6 +209,8 @@ def test_acquire_wait_times_out_as_held(cli: CliRunner) -> None:
         (["acquire", "x", "--ttl=-5m"], 66, "positive"),
         (["acquire", "x", "-t", "forever"], 66, "30m"),
         (["acquire", "x", "-t", "999 days"], 66, "longer than"),
+        (["acquire", "x", "-t", "500ms"], 66, "minimum of 1s"),  # the store's floor
+        (["renew", "x", "0c3f", "-t", "1ms"], 66, "minimum of 1s"),
         (["acquire", "x", "--wait", "soon"], 66, "cannot read"),
         (["renew", "x", "0c3f", "-t", "nope"], 66, "cannot read"),
         (["-c", "/no/such.cfg", "acquire", "x"], 68, "does not exist"),

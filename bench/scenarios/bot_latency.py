@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import statistics
@@ -11,14 +12,14 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
 from stormlock.testing.backends import BackendConfig
-from stormlock.testing.localslack import LocalSlack
+from stormlock.testing.localslack import LocalSlack, User
 from stormlock.testing.servers import Server
 from stormlock.testing.slack import ALICE, BOB, CAROL, DAVE, running_bot, sign
 
@@ -35,6 +36,28 @@ MISS_NOTE = (
     " at one worker's GIL (about 260 lists a second: 16 in flight over a 62 ms"
     " p50 in the run of 2026-12-07); acquire and release meet the target."
 )
+
+
+@contextlib.contextmanager
+def fake_slack(users: list[User]) -> Iterator[LocalSlack]:
+    """The fake Slack in its own process (sharing this process's GIL with
+    the load generator would add its work to every measured latency): what
+    `running_bot` needs of it (`token`, `api_url`) and its `base`."""
+    specs = [f"{u.id}:{u.name}:{u.email or ''}" for u in users]
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "stormlock.testing.localslack", *specs],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fake.stdout is not None
+    api_url = fake.stdout.readline().strip()
+    token = "xoxb-local"  # noqa: S105 - LocalSlack's fake token
+    base = api_url.removesuffix("/api/")
+    try:
+        yield cast(LocalSlack, SimpleNamespace(token=token, api_url=api_url, base=base))
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
 
 
 def signed_command(
@@ -149,28 +172,18 @@ def section(
     if options is None:
         return "### Bot acknowledgement latency\n\nRedis is not installed: skipped."
     users = [ALICE, BOB, CAROL, DAVE]
-    # The fake Slack runs in its own process: sharing this process's GIL with
-    # the load generator would add its work to every measured latency.
-    specs = [f"{u.id}:{u.name}:{u.email or ''}" for u in users]
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "stormlock.testing.localslack", *specs],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert fake.stdout is not None
-    api_url = fake.stdout.readline().strip()
-    base = api_url.removesuffix("/api/")
-    token = "xoxb-local"  # noqa: S105 - LocalSlack's fake token
-    slack = cast(LocalSlack, SimpleNamespace(token=token, api_url=api_url))
     rows = []
     peak = 0
-    with running_bot(
-        slack,
-        BackendConfig("redis", options),
-        Path(tempfile.mkdtemp()),
-        "warn_before = none",
-        log_level="WARNING",
-    ) as bot:
+    with (
+        fake_slack(users) as slack,
+        running_bot(
+            slack,
+            BackendConfig("redis", options),
+            Path(tempfile.mkdtemp()),
+            "warn_before = none",
+            log_level="WARNING",
+        ) as bot,
+    ):
         url = bot.url + "/slack/events"
         counter = iter(range(10**9))
         lock = threading.Lock()
@@ -186,7 +199,7 @@ def section(
                 "list": "list",
             }[kind]
             body, headers = signed_command(
-                user.id, user.name, text, f"{base}/respond/bench-{n}"
+                user.id, user.name, text, f"{slack.base}/respond/bench-{n}"
             )
             if not hasattr(local, "client"):
                 local.client = Client(url)
@@ -219,8 +232,6 @@ def section(
                         verdict,
                     ]
                 )
-    fake.terminate()
-    fake.wait(timeout=10)
     return (
         f"### Bot acknowledgement latency ({requests_per_level} signed requests per row, Redis backend)\n\n"
         + table(

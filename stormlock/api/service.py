@@ -18,7 +18,13 @@ from typing import NamedTuple
 
 from ..backends import configured_backend
 from ..config import API_SECTION, BOT_SECTION, Config
-from ..contract import MAX_RESOURCE_LENGTH, Backend, Lease, LockHeldException
+from ..contract import (
+    MAX_RESOURCE_LENGTH,
+    Backend,
+    InLine,
+    Lease,
+    LockHeldException,
+)
 from ..errors import (
     ConfigError,
     InvalidResourceName,
@@ -119,17 +125,26 @@ class WaitSlots:
     token and per client address. The rest of the threads answer Slack and
     every other request however many CI jobs wait. A wait that finds no
     slot is cut short to a poll (`POLL`): it joins or keeps its place in
-    the line, tries once, and is told to ask again in `POLL_AGAIN` s (the
+    the line, tries once, and is told when to ask again (`poll_again`; the
     `http` backend does, with its ticket)."""
 
     POLL = timedelta(milliseconds=100)
     POLL_AGAIN = 1.0
+    # Further back in line, ask again later (within the ticket's 10 s).
+    POLL_LATEST = 5.0
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
         self.each = max(1, self.slots // 4)
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
+
+    def poll_again(self, held: LockHeldException) -> float:
+        """When a poller `held` refused should ask again: the first in line
+        each `POLL_AGAIN` s (so it takes its turn soon), one more second for
+        every 10 ahead of it, at most `POLL_LATEST`."""
+        ahead = held.waiting if isinstance(held, InLine) else 0
+        return min(self.POLL_LATEST, self.POLL_AGAIN + ahead / 10)
 
     @contextmanager
     def slot(
@@ -463,7 +478,7 @@ class ApiService:
                 if place is not None and place.ticket is not None:
                     held.ticket = f"{place.ticket.seq}:{place.ticket.record.id}"
                 if waiting != wait:  # cut short: no thread free to wait in
-                    held.retry_after = WaitSlots.POLL_AGAIN
+                    held.retry_after = self.waits.poll_again(held)
                 raise
         self._tell(ACQUIRED, lease, caller)
         if key is not None:
