@@ -26,6 +26,7 @@ from .render import (
     line_table,
 )
 from .ttl import parse_duration
+from .version import VersionAction
 from .workers import worker_count
 
 PROG = "stormlock"
@@ -63,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", help="config file (default: $STORMLOCK_CONFIG, then search)"
     )
+    parser.add_argument("--version", action=VersionAction)
     # An explicit prog spares argparse a help formatter (and its imports).
     sub = parser.add_subparsers(
         dest="cmd", metavar="COMMAND", parser_class=_Parser, prog=PROG

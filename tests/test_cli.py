@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -441,3 +442,20 @@ def test_sqlite_cli_does_not_import_other_backends_or_the_bot(home: Path) -> Non
         "logging",
     ):
         assert heavy not in imported, heavy
+
+
+def test_version_is_the_installed_distributions(cli: CliRunner) -> None:
+    from importlib.metadata import version
+
+    from stormlock.testing.env import STORMLOCK
+
+    shown = cli("--version")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"stormlock {version('stormlock')}"
+    bot = subprocess.run(
+        [str(Path(STORMLOCK).parent / "stormlock-bot"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bot.returncode == 0 and bot.stdout.strip().endswith(version("stormlock"))

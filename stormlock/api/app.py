@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import version
 from typing import Any
 
 from flask import Response, g, jsonify, request
@@ -43,6 +42,7 @@ from ..history import Event
 from ..render import lease_dict
 from ..times import iso
 from ..ttl import parse_duration
+from ..version import version
 from .errors import BY_CODE, ERRORS, for_exit
 from .service import ApiService, Caller, Context
 
@@ -379,7 +379,7 @@ def create_app(config: Config, service: ApiService | None = None) -> OpenAPI:
     service = service or ApiService(config)
     app = OpenAPI(
         __name__,
-        info=Info(title="Stormlock", version=version("stormlock")),
+        info=Info(title="Stormlock", version=version()),
         security_schemes={"token": {"type": "http", "scheme": "bearer"}},
         doc_ui=False,
         validation_error_status=400,

@@ -21,6 +21,7 @@ from ..errors import (
     missing_extra,
     run_main,
 )
+from ..version import VersionAction
 from ..workers import MAX_WORKERS, default_workers, share_metrics, worker_count
 from .settings import BotSettings
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-c", "--config", help="config file (default: as the CLI)")
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument("--log-json", action="store_true", help="log JSON lines")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
