@@ -43,7 +43,8 @@ def _answers(
             start = time.perf_counter()
             reply = slack.post(body, signed)
             said.append(time.perf_counter() - start)
-            assert reply is not None and "r" in reply[1], reply
+            assert reply is not None and reply[0] == 200, reply
+            assert f"*r{n % 50}*" in reply[1], reply
             start = time.perf_counter()
             api.request("GET", "/v1/whoami", headers=headers)
             api.getresponse().read()
