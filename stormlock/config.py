@@ -411,14 +411,37 @@ def _members(raw: str) -> list[str]:
     ]
 
 
+def new_parser() -> ConfigParser:
+    """The INI reader every config goes through. `#` and `;` after
+    whitespace start a comment, as people write them after values
+    (`ttl = 2h   # the usual`); a value that needs a literal ` #` or ` ;`
+    writes `\\#` or `\\;` (see `unescape`)."""
+    return ConfigParser(
+        interpolation=None,
+        default_section="\0none",
+        inline_comment_prefixes=("#", ";"),
+    )
+
+
+def unescape(parser: ConfigParser) -> ConfigParser:
+    """`\\#` and `\\;` in every value become `#` and `;` (after the reader
+    has stripped the comments, which they do not start)."""
+    for section in parser.sections():
+        for key, raw in parser.items(section, raw=True):
+            if "\\" in raw:
+                parser.set(section, key, raw.replace("\\#", "#").replace("\\;", ";"))
+    return parser
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load the config file (see `find_config_file`); none found means defaults."""
     found = find_config_file(path)
-    parser = ConfigParser(interpolation=None, default_section="\0none")
+    parser = new_parser()
     if found is not None:
         try:
             with found.open(encoding="utf-8") as handle:
                 parser.read_file(handle)
+            unescape(parser)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 f"cannot read config file {str(found)!r}: {exc}"

@@ -191,3 +191,63 @@ def test_capability_table_in_docs_matches_the_code() -> None:
     assert embed(text) == text, (
         "run: python -m stormlock.capabilities --write docs/backends.md"
     )
+
+
+def test_comments_after_values_are_comments_and_an_escaped_hash_is_kept(
+    isolated: Path,
+) -> None:
+    path = isolated / "comments.cfg"
+    path.write_text(
+        "[default]\nttl = 2h            # the usual\nprincipal = ci@example.com ; us\n"
+        "[pool.staging]\nmembers = s-1, s-2   # two for now\n"
+        "[ticket]\nnote = fix \\#123 and a \\; too\nttl=30m#no space: not a comment\n"
+    )
+    config = load_config(path)
+    assert config.settings("x").ttl == timedelta(hours=2)
+    assert config.settings("x").principal == "ci@example.com"
+    assert config.pools()["staging"].members == ("s-1", "s-2")
+    assert config.value("ticket", "note") == "fix #123 and a ; too"
+    with pytest.raises(ConfigError, match="30m#no"):
+        config.settings("ticket")
+
+
+def _ini_examples() -> list[tuple[str, str]]:
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = path.read_text()
+        for n, block in enumerate(text.split("```ini\n")[1:]):
+            found.append((f"{path.name}#{n + 1}", block.split("```", 1)[0]))
+    return found
+
+
+@pytest.mark.parametrize(("where", "text"), _ini_examples(), ids=lambda x: str(x))
+def test_every_config_example_in_the_docs_loads(
+    isolated: Path, where: str, text: str
+) -> None:
+    """Pasted as it is: every value read as the tools read it (resources,
+    pools, groups, backend options by signature, [bot] and [api])."""
+    from stormlock.backends import find_backend
+    from stormlock.bot.settings import BotSettings
+
+    path = isolated / "example.cfg"
+    path.write_text(text)
+    config = load_config(path)
+    for resource in [*config.resource_sections(), *config.pools(), *config.groups()]:
+        config.settings(resource)
+    for section in config.parser.sections():
+        if section.startswith("backend.") and section.count(".") == 1:
+            name = section.split(".", 1)[1]
+            options_for_signature(
+                find_backend(name), config.backend_options(name), f"[{section}]"
+            )
+    if config.parser.has_section("bot"):
+        settings = BotSettings.load(config, env={})
+        for attribute, value in vars(BotSettings).items():
+            if isinstance(value, property):
+                getattr(settings, attribute)
+    if config.parser.has_section("api"):
+        from stormlock.api import app, service
+
+        service._failure_limit(config)
+        app._proxies(config)
