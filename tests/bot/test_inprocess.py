@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from configparser import ConfigParser
 from datetime import timedelta
@@ -533,8 +533,11 @@ def test_a_slack_slower_than_every_claim_and_pass_still_gets_each_notice_once(
         def said(what: str) -> list[Call]:
             return [c for c in slack.of("chat.postMessage") if what in text_of(c)]
 
+        def arrived(what: str) -> Callable[[Call], bool]:
+            return lambda call: call in said(what)
+
         for what in ("took *slow-a*", "took *slow-b*", "force-released your lease"):
-            slack.wait_for(lambda c, w=what: c in said(w), timeout=40)
+            slack.wait_for(arrived(what), timeout=40)
         # Past the recovery's grace and one more slow post: nothing comes again.
         time.sleep(
             max(0.0, changed + 10 + 7 + 1 - time.monotonic())
