@@ -65,6 +65,14 @@ def _explain(text: str) -> str:
         )
     if stripped.startswith("-"):
         return f"duration {text!r} must be positive; {EXAMPLE}"
+    unitless_end = re.fullmatch(r"(\d+)\s*(h|hr|hrs|hours?)\s*(\d+)", stripped, re.I)
+    if unitless_end:  # "1h30": the minutes lack their unit
+        return f"cannot read duration {text!r}: did you mean '{stripped}m'?"
+    if re.fullmatch(r"[a-z]+", stripped, re.I) and stripped.lower() not in UNITS:
+        return (
+            f"cannot read duration {text!r}: a lease lasts a time from now; "
+            f"{EXAMPLE}"
+        )
     return f"cannot read duration {text!r}; {EXAMPLE}"
 
 

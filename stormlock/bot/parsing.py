@@ -115,10 +115,27 @@ def _take_ttl(words: list[str]) -> tuple[timedelta | None, list[str]]:
     return None, words
 
 
+# Words people put where the TTL goes, meaning a time: refused with an
+# example rather than taken for the start of the note.
+_TIME_WORDS = frozenset(
+    {
+        "tomorrow", "today", "tonight", "forever", "later", "soon", "noon",
+        "midnight", "eod", "eow", "overnight", "indefinitely", "now", "asap",
+    }
+)  # fmt: skip
+
+
 def _looks_like_duration(word: str) -> bool:
-    """A number with no unit or a known one ("2", "-5m", "0s"), not "2fa"."""
-    match = re.fullmatch(r"[+-]?[\d.]+([a-zA-Z]*)", word)
-    return match is not None and (not match.group(1) or match.group(1).lower() in UNITS)
+    """An attempt at a duration: a number first ("2", "-5m", "1h30"), or a
+    word for a time ("tomorrow"); not a note's first word ("2fa" is one,
+    but only after a number-and-unit parse failed: see `_take_ttl`)."""
+    if word.lower() in _TIME_WORDS:
+        return True
+    match = re.fullmatch(r"[+-]?[\d.]+([a-zA-Z]*)[\d.a-zA-Z]*", word)
+    if match is None:
+        return False
+    unit = match.group(1).lower()
+    return not unit or unit in UNITS
 
 
 def _parse_token(args: list[str]) -> Command:

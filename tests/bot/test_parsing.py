@@ -3,6 +3,7 @@ tested without a bot."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -75,9 +76,21 @@ def test_usage_errors_say_what_to_type(text: str, hint: str) -> None:
     assert info.value.exit_code == EXIT_USAGE
 
 
-@pytest.mark.parametrize("text", ["acquire db --ttl forever", "renew db soon-ish"])
-def test_bad_durations_are_ttl_errors(text: str) -> None:
-    with pytest.raises(InvalidTTL):
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("acquire db --ttl forever", "a time from now"),
+        ("renew db soon-ish", "cannot read"),
+        # In the TTL's place, an attempt at a time is never taken for a note.
+        ("acquire y 1h30", "did you mean '1h30m'?"),
+        ("acquire y 2h30 the deploy", "did you mean '2h30m'?"),
+        ("acquire y tomorrow", "a time from now"),
+        ("acquire y EOD", "a time from now"),
+        ("acquire y 3 servers to patch", "has no unit"),
+    ],
+)
+def test_bad_durations_are_ttl_errors_with_an_example(text: str, hint: str) -> None:
+    with pytest.raises(InvalidTTL, match=re.escape(hint)):
         parse(text)
 
 
