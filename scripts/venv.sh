@@ -1,6 +1,6 @@
 # Sourced by the other scripts: create or refresh .venv when the project's
 # dependencies change. Needs only python3 (>= 3.11) on PATH.
-# STORMLOCK_EXTRAS picks what to install: scripts/run needs only "bot"; the
+# STORMLOCK_EXTRAS picks what to install: scripts/run needs only "bot,http"; the
 # tests and benchmarks need "all,dev" (the default) and the test plugin.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -70,8 +70,7 @@ def _explain(text: str) -> str:
         return f"cannot read duration {text!r}: did you mean '{stripped}m'?"
     if re.fullmatch(r"[a-z]+", stripped, re.I) and stripped.lower() not in UNITS:
         return (
-            f"cannot read duration {text!r}: a lease lasts a time from now; "
-            f"{EXAMPLE}"
+            f"cannot read duration {text!r}: a lease lasts a time from now; {EXAMPLE}"
         )
     return f"cannot read duration {text!r}; {EXAMPLE}"
 
@@ -119,6 +118,16 @@ def parse_duration_list(text: str) -> list[timedelta]:
     """Parse "1 hour, 10 minutes" into durations, longest first."""
     parts = [part for part in text.split(",") if part.strip()]
     return sorted((parse_duration(part) for part in parts), reverse=True)
+
+
+def readable(duration: timedelta) -> timedelta:
+    """`duration` rounded to what a person reads: whole minutes under an
+    hour, 5 minutes under a day, whole hours beyond ("1h 8s" is 1h)."""
+    seconds = duration.total_seconds()
+    step = 60 if seconds < 3600 else 300 if seconds < 86400 else 3600
+    if seconds < 60:
+        return duration
+    return timedelta(seconds=max(step, round(seconds / step) * step))
 
 
 def format_duration(duration: timedelta) -> str:

@@ -459,3 +459,36 @@ def test_version_is_the_installed_distributions(cli: CliRunner) -> None:
         check=False,
     )
     assert bot.returncode == 0 and bot.stdout.strip().endswith(version("stormlock"))
+
+
+def test_scripts_run_reads_the_config_of_the_directory_it_is_run_from(
+    home: Path, tmp_path: Path
+) -> None:
+    from stormlock.testing.env import clean_env
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "run"
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    (here / ".stormlock.cfg").write_text(
+        "[default]\nprincipal = from-here@example.com\n"
+        f"[backend.sqlite]\npath = {tmp_path / 'here.db'}\n"
+        "[api-only]\nbackend = http\n[backend.http]\nurl = http://127.0.0.1:9\n"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**clean_env(home), "STORMLOCK_TOKEN": "stl_" + "x" * 43}
+        return subprocess.run(
+            [str(script), *args],
+            cwd=here,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert run("acquire", "x").returncode == 0
+    shown = run("current", "x")
+    assert "from-here@example.com" in shown.stdout, shown.stderr
+    # Its environment has the http backend: unreachable here, not missing.
+    assert run("current", "api-only").returncode == 70

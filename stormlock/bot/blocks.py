@@ -340,16 +340,55 @@ def announce_acquired(lease: Lease, namer: Namer, pool: str | None = None) -> Me
     return Message(f"{lease.resource} is now held", _render([_section(text)]))
 
 
-def pool_held(pool: str, holders: Sequence[Lease], namer: Namer) -> Message:
-    """Every member of a pool is held: by whom, until when."""
-    lines = [
-        f"• *{escape(lease.resource)}*: {namer(lease.principal)} until "
-        f"{when(lease.expires)}" + (f" — _{escape(lease.note)}_" if lease.note else "")
-        for lease in holders
-    ]
-    header = _section(f":no_entry: Every member of *{escape(pool)}* is held:")
+def _member_line(resource: str, lease: Lease | None, namer: Namer) -> str:
+    if lease is None:
+        return f"• *{escape(resource)}*: free"
+    note = f" — _{escape(lease.note)}_" if lease.note else ""
+    return (
+        f"• *{escape(resource)}*: {namer(lease.principal)} until "
+        f"{when(lease.expires)}{note}"
+    )
+
+
+def members_held(
+    name: str, holders: Sequence[Lease], namer: Namer, every: bool = True
+) -> Message:
+    """A pool with every member held, or a set some of whose members are:
+    each holder by its own member, until when."""
+    lines = [_member_line(lease.resource, lease, namer) for lease in holders]
+    if every:
+        said = f"Every member of {name} is held"
+        header = _section(f":no_entry: Every member of *{escape(name)}* is held:")
+    else:
+        said = f"Nothing taken: part of {name} is held"
+        header = _section(
+            f":no_entry: Nothing taken: of *{escape(name)}*, these are held:"
+        )
+    return Message(said, _render([header, *_text_sections(lines)]))
+
+
+def members_now(
+    name: str, members: Sequence[tuple[str, Lease | None]], pool: bool, namer: Namer
+) -> Message:
+    """`current` of a pool or a group: each member, held (by whom, until
+    when) or free."""
+    free = sum(1 for _, lease in members if lease is None)
+    kind = "pool" if pool else "group"
+    summary = f"{free} of {len(members)} free"
+    header = _section(f":busts_in_silhouette: *{escape(name)}* ({kind}): {summary}")
+    lines = [_member_line(resource, lease, namer) for resource, lease in members]
+    return Message(f"{name}: {summary}", _render([header, *_text_sections(lines)]))
+
+
+def already_yours(lease: Lease, renew_choices: Sequence[timedelta]) -> Message:
+    """An acquire of what you hold: until when, with Renew and Release."""
+    text = (
+        f":lock: You already hold *{escape(lease.resource)}*, until "
+        f"{when(lease.expires)}. Renew it to keep it longer."
+    )
     return Message(
-        f"Every member of {pool} is held", _render([header, *_text_sections(lines)])
+        f"You already hold {lease.resource}",
+        _render([_section(text), lease_buttons(lease, renew_choices)]),
     )
 
 
@@ -796,16 +835,22 @@ def lease_list(
     return Message(f"{len(leases)} leases held", _render(blocks))
 
 
-def help_message(unknown: str | None = None) -> Message:
+def help_message(
+    unknown: str | None = None, left_out: frozenset[str] = frozenset()
+) -> Message:
+    """Every command that works here (`left_out`: those that do not)."""
     lines = [f"I don't know `{escape(unknown)}`. " if unknown else ""]
     lines[0] += "*Stormlock* gives leases on named resources:"
-    lines += [f"• `{escape(usage)}`" for usage in USAGE.values()]
-    lines.append(
-        "Busy? `queue` joins its line (first in, first out, with the CLI's "
-        "waiters): when you're up I DM you, and it is kept for you for a while "
-        "(the claim window) to *Take it* or *Pass*. Or `ask` its holder to "
-        "release it: they choose, and I tell you what they chose."
-    )
+    lines += [
+        f"• `{escape(usage)}`" for name, usage in USAGE.items() if name not in left_out
+    ]
+    if not left_out & {"queue", "ask"}:
+        lines.append(
+            "Busy? `queue` joins its line (first in, first out, with the CLI's "
+            "waiters): when you're up I DM you, and it is kept for you for a while "
+            "(the claim window) to *Take it* or *Pass*. Or `ask` its holder to "
+            "release it: they choose, and I tell you what they chose."
+        )
     lines.append(
         "Aliases: lock, unlock, extend, status, who, wait, line. "
         "TTLs: 30m, 2h, 1h30m, 1 days."
@@ -1187,8 +1232,12 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return renewed(lease, offer)
         case core.Released(resource):
             return released(resource)
-        case core.Held(resource, lease, can_wait, holders) if holders:
-            return pool_held(resource, holders, namer)
+        case core.Held(resource=resource, holders=holders, every=every) if holders:
+            return members_held(resource, holders, namer, every)
+        case core.AlreadyYours(lease, offer):
+            return already_yours(lease, offer)
+        case core.MembersNow(name, members, pool):
+            return members_now(name, members, pool, namer)
         case core.Held(resource, lease, can_wait, _, count, can_queue, can_ask):
             return held(lease, resource, namer, can_wait, count, can_queue, can_ask)
         case core.Asked(resource, holder, already):
@@ -1209,8 +1258,8 @@ def answer(said: core.Answer, namer: Namer) -> Message:
             return is_held(resource, active)
         case core.Listing(leases, pools, counts):
             return lease_list(leases, namer, pools, counts)
-        case core.Help(unknown):
-            return help_message(unknown)
+        case core.Help(unknown, left_out):
+            return help_message(unknown, left_out)
         case core.Waiting(resource, cancelled):
             return waiting(resource, cancelled)
         case core.History(resource, events):

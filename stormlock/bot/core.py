@@ -13,12 +13,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal, NamedTuple, Protocol
 
-from ..contract import Backend, InLine, Lease, LockHeldException
+from ..contract import Backend, InLine, Lease, LockHeldException, SetHeld
 from ..errors import (
     BackendUnavailable,
     NotAllowed,
@@ -29,6 +29,7 @@ from ..history import ACQUIRED, FORCED, RELEASED, Event
 from ..line import Ticket
 from ..pool import PoolHeld
 from ..tokens import Token
+from ..ttl import readable
 from .metrics import CoolingDown
 from .parsing import Command
 from .service import SOURCE, LeaseService, Person, PersonUnknown
@@ -90,19 +91,40 @@ class Released:
 
 
 @dataclass(frozen=True)
+class AlreadyYours:
+    """An acquire of what the asker holds already: until when, and Renew."""
+
+    lease: Lease
+    offer: Sequence[timedelta]
+
+
+@dataclass(frozen=True)
+class MembersNow:
+    """`current` of a pool or a group: each member's lease, or None if free."""
+
+    name: str
+    members: Sequence[tuple[str, Lease | None]]
+    pool: bool
+    """A pool (any one member is taken) rather than a group (all at once)."""
+
+
+@dataclass(frozen=True)
 class Held:
     resource: str
     lease: Lease | None
     can_wait: bool = True
     """Whether a wait list can be offered (not in the shell)."""
     holders: Sequence[Lease] = ()
-    """For a pool: every member's lease (all are held)."""
+    """For a pool: every member's lease (all are held); for a set: the
+    members' leases that stopped it (only those are held)."""
     waiting: int = 0
     """How many wait in its line."""
     can_queue: bool = False
     """Whether it has a line to join."""
     can_ask: bool = False
     """Whether its holder can be asked, in Slack, to release it."""
+    every: bool = True
+    """`holders` are every member's (a pool), not some of them (a set)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,8 @@ class History:
 @dataclass(frozen=True)
 class Help:
     unknown: str | None = None
+    left_out: frozenset[str] = frozenset()
+    """Commands that do not work here (the shell's: what needs Slack's DMs)."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +254,7 @@ class TokenRevoked:
 
 Answer = (
     (Acquired | Renewed | Released | Held | Current | IsHeld | Listing | Help | Problem)
+    | (AlreadyYours | MembersNow)
     | (Waiting | History | NotHere | TokenCreated | TokenList | TokenRevoked)
     | (Queued | LeftLine | LineFree | Passed | Asked | OnIt)
 )
@@ -680,6 +705,12 @@ NO_ASKS = (
 )
 # "Keep it 30 more minutes": the holder's lease then ends this long from now.
 KEEP_MORE = timedelta(minutes=30)
+# Commands that need Slack (its DMs, its channels): the shell has none.
+SLACK_ONLY = frozenset({"notify", "queue", "ask", "board"})
+NO_LINE = (
+    "The line's turn is offered by DM, which lives in Slack; here, wait in "
+    "line with the CLI: stormlock acquire --wait DURATION RESOURCE."
+)
 NO_WAIT_LISTS = (
     "Wait lists live in Slack, where I can DM you when it is free; "
     "here, look again with current."
@@ -722,8 +753,11 @@ class Core:
         try:
             return self._handle(ask)
         except LockHeldException as held:
+            yours = self._yours(ask, held)
+            if yours is not None:
+                return Outcome(AlreadyYours(yours, self.renew_offer(yours)), "held")
             waits = self.state is not None
-            holders = held.holders if isinstance(held, PoolHeld) else ()
+            holders = held.holders if isinstance(held, PoolHeld | SetHeld) else ()
             waiting = held.waiting if isinstance(held, InLine) else 0
             lined = waits and self.service.has_line(held.resource)
             askable = (
@@ -733,9 +767,11 @@ class Core:
                 and self.people.user_id_for(held.lease.principal)
                 not in (None, ask.user_id)
             )
+            every = not isinstance(held, SetHeld)
             answer = Held(
                 held.resource, held.lease, waits, holders, waiting, lined, askable
             )
+            answer = replace(answer, every=every)
             return Outcome(answer, "held")
         except PersonUnknown as exc:
             return Outcome(Problem(f"{exc.message}; nothing changed."), "unavailable")
@@ -752,6 +788,20 @@ class Core:
         except Exception:
             log.exception("%s failed", ask.command.name)
             return Outcome(Problem(OUR_FAULT), "error")
+
+    def _yours(self, ask: Ask, held: LockHeldException) -> Lease | None:
+        """The lease an acquire was refused for, if the asker holds it
+        themselves (a plain resource; a set or pool says which members)."""
+        lease = held.lease
+        if ask.command.name != "acquire" or lease is None or isinstance(held, InLine):
+            return None
+        if isinstance(held, PoolHeld | SetHeld) and len(held.holders) != 1:
+            return None
+        try:
+            person = self.people.person(ask.user_id)
+        except PersonUnknown:
+            return None
+        return lease if person.is_principal(lease.principal) else None
 
     def home(self, user_id: str) -> Home | Problem:
         """The App Home of `user_id`, or the problem that stopped drawing it."""
@@ -819,6 +869,8 @@ class Core:
         if original is None:
             configured = self.service.config.settings(lease.resource).ttl
             own = lease.expires - lease.created if lease.expires else configured
+            # A renewed lease's span creeps by seconds: offer what people read.
+            own = readable(own)
             original = min(configured, own) if own > timedelta(0) else configured
         return self.settings.renew_choices(lease.resource, original)
 
@@ -856,7 +908,8 @@ class Core:
         if refused is not None:
             return Outcome(refused, "rejected")
         if name == "help":
-            return Outcome(Help(command.unknown))
+            left_out = SLACK_ONLY if self.state is None else frozenset()
+            return Outcome(Help(command.unknown, left_out))
         if name == "list":
             leases = self.service.list_leases()
             counts = {r: len(line) for r, line in self.service.lines().items()}
@@ -907,6 +960,10 @@ class Core:
         return Outcome(Help(name))
 
     def _current(self, ask: Ask, resource: str) -> Outcome:
+        members = self.service.members_now(resource)
+        if members is not None:
+            pool = self.service.config.pool(resource) is not None
+            return Outcome(MembersNow(resource, members, pool))
         lease = self.service.current(resource)
         try:
             line = self.service.line(resource)
@@ -928,6 +985,8 @@ class Core:
         return Outcome(Current(resource, lease, principals, place))
 
     def _queue(self, person: Person, ask: Ask, resource: str) -> Outcome:
+        if self.state is None:  # no DM would ever offer the turn
+            return Outcome(Problem(NO_LINE), "rejected")
         command = ask.command
         if command.cancel:
             left = self.service.leave_line(person, resource)
@@ -939,7 +998,7 @@ class Core:
                 changed=left,  # boards show how many wait
             )
         line = self.service.line(resource)
-        if not line.waiting() and self.service.current(resource) is None:
+        if not line.waiting() and self._free(resource):
             return Outcome(LineFree(resource), "rejected")
         channel = self._announce_in(resource, ask)
         place, _ticket, already = self.service.join_line(
@@ -952,6 +1011,15 @@ class Core:
             freed=resource,
             changed=not already,
         )
+
+    def _free(self, resource: str) -> bool:
+        """Whether an acquire could take `resource` now: a pool with a free
+        member, a set with every member free, a free resource."""
+        members = self.service.members_now(resource)
+        if members is None:
+            return self.service.current(resource) is None
+        free = [lease is None for _, lease in members]
+        return any(free) if self.service.config.pool(resource) else all(free)
 
     # -- asking the holder ------------------------------------------------------
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from ..backend import LeaseBackend, release_and_look
+from ..backend import LeaseBackend, current_many, release_and_look
 from ..config import Config
 from ..contract import Backend, Feature, Finding, Lease, LockExpiredException
 from ..errors import (
@@ -459,6 +459,16 @@ class LeaseService:
     def current(self, resource: str) -> Lease | None:
         self.check_resource(resource)
         return self.lease_of(resource)
+
+    def members_now(self, name: str) -> list[tuple[str, Lease | None]] | None:
+        """Each member's lease (None: free) if `name` is a pool or a set
+        (`a,b` or a group); None for a single resource. One read."""
+        name = self.check_resource(name)
+        members = resources_of(self.config, name)
+        if self.config.pool(name) is None and set_members(self.config, name) is None:
+            return None
+        found = current_many(self.backend_of(name), list(members))
+        return list(zip(members, found, strict=True))
 
     def lease_of(self, resource: str) -> Lease | None:
         """The active lease on any resource, allowed in the bot or not (the

@@ -98,7 +98,7 @@ def test_a_board_of_thousands_of_leases_is_a_message_slack_takes(count: int) -> 
     for message in (
         blocks.board(many, namer),
         blocks.lease_list(many, namer),
-        blocks.pool_held("staging", many, namer),
+        blocks.members_held("staging", many, namer),
     ):
         assert message_problems(message.kwargs()) == []
         assert " more" in shown(message), "the leases past Slack's limit are counted"

@@ -4,6 +4,7 @@ what a person is told when something fails."""
 
 from __future__ import annotations
 
+import json
 from configparser import ConfigParser
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -337,3 +338,86 @@ def test_one_persons_bad_requests_never_make_the_store_look_down(
     still = c.service.lease_of("mine")
     assert still is not None and still.id == taken.lease.id
     assert still.expires == taken.lease.expires
+
+
+POOLS_AND_GROUPS = (
+    "[pool.staging]\nmembers = staging-1, staging-2\n"
+    "[group.prod]\nmembers = prod-db, prod-api, cache\n"
+)
+
+
+def with_pools(tmp_path: Path) -> Core:
+    store = f"[backend.sqlite]\npath = {tmp_path / 'locks.db'}\n{POOLS_AND_GROUPS}"
+    return make_core(tmp_path, backend=store)
+
+
+def test_current_of_a_pool_or_a_group_names_each_members_holder(
+    tmp_path: Path,
+) -> None:
+    c = with_pools(tmp_path)
+    for member in ("staging-1", "staging-2", "prod-db"):
+        assert isinstance(
+            c.handle(Ask("U1", acquire(member), "C1")).answer, core.Acquired
+        )
+    pool = c.handle(Ask("U2", Command("current", "staging"), "C1")).answer
+    assert isinstance(pool, core.MembersNow) and pool.pool
+    assert [(name, bool(lease)) for name, lease in pool.members] == [
+        ("staging-1", True),
+        ("staging-2", True),
+    ]
+    group = c.handle(Ask("U2", Command("current", "prod"), "C1")).answer
+    assert isinstance(group, core.MembersNow) and not group.pool
+    held = {name for name, lease in group.members if lease is not None}
+    assert held == {"prod-db"}
+    said = blocks.answer(group, lambda p: p).text
+    assert "2 of 3 free" in said
+
+
+def test_a_groups_refusal_names_only_the_members_that_are_held(
+    tmp_path: Path,
+) -> None:
+    c = with_pools(tmp_path)
+    c.handle(Ask("U1", acquire("prod-db"), "C1"))
+    refused = c.handle(Ask("U2", acquire("prod"), "C1")).answer
+    assert isinstance(refused, core.Held) and not refused.every
+    assert [lease.resource for lease in refused.holders] == ["prod-db"]
+    shown = json.dumps(blocks.answer(refused, lambda p: p).kwargs())
+    assert "Nothing taken" in shown and "prod-db" in shown
+    assert "*cache*" not in shown and "*prod-api*" not in shown
+
+
+def test_acquiring_what_you_hold_says_so_and_offers_renew(tmp_path: Path) -> None:
+    c = make_core(tmp_path)
+    taken = c.handle(Ask("U1", acquire("db"), "C1")).answer
+    assert isinstance(taken, core.Acquired)
+    again = c.handle(Ask("U1", acquire("db"), "C1")).answer
+    assert isinstance(again, core.AlreadyYours)
+    assert again.lease.fence == taken.lease.fence
+    shown = json.dumps(blocks.answer(again, lambda p: p).kwargs())
+    assert "You already hold" in shown and "Renew" in shown
+    assert taken.lease.id not in shown
+
+
+def test_the_line_of_a_full_pool_is_joined_not_called_free(tmp_path: Path) -> None:
+    c = with_pools(tmp_path)
+    c.handle(Ask("U1", acquire("staging-1"), "C1"))
+    free = c.handle(Ask("U2", Command("queue", "staging"), "C1")).answer
+    assert isinstance(free, core.LineFree), "a member is free: take it"
+    c.handle(Ask("U1", acquire("staging-2"), "C1"))
+    joined = c.handle(Ask("U2", Command("queue", "staging"), "C1")).answer
+    assert isinstance(joined, core.Queued), joined
+
+
+def test_the_renew_buttons_offer_a_length_people_read(tmp_path: Path) -> None:
+    c = make_core(tmp_path)
+    start = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    crept = Lease(
+        "u1@example.com",
+        start,
+        "x",
+        expires=start + timedelta(hours=1, seconds=8),
+        resource="db",
+    )
+    assert c.renew_offer(crept)[0] == timedelta(hours=1)
+    odd = crept._replace(expires=start + timedelta(minutes=42, seconds=31))
+    assert c.renew_offer(odd)[0] == timedelta(minutes=43)

@@ -203,3 +203,33 @@ def test_the_shell_has_line_editing_and_history(home: Path) -> None:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_shell_offers_only_what_works_in_it(tmp_path: Path) -> None:
+    """In-process: its help lists no command it refuses, and it never
+    promises a DM (the line's turn) that it cannot send."""
+    import io
+    from configparser import ConfigParser
+
+    from stormlock.bot.shell import Shell
+    from stormlock.config import Config
+
+    parser = ConfigParser(interpolation=None, default_section="\0none")
+    parser.read_string(f"[backend.sqlite]\npath = {tmp_path / 'locks.db'}\n")
+    out = io.StringIO()
+    shell = Shell(Config(parser), "alice", "ops", out)
+    try:
+        shell.handle("/stormlock help")
+        shown = out.getvalue()
+        assert "/stormlock acquire" in shown and "/stormlock current" in shown
+        for refused in ("notify", "queue", "ask", "board"):
+            assert f"/stormlock {refused}" not in shown, refused
+        assert "DM you" not in shown
+        shell.handle("acquire busy")
+        shell.become("bob")
+        out.truncate(0)
+        shell.handle("queue busy")
+        said = out.getvalue()
+        assert "DM you" not in said and "stormlock acquire --wait" in said
+    finally:
+        shell.close()
