@@ -411,15 +411,20 @@ def _members(raw: str) -> list[str]:
     ]
 
 
+# A comment after a value: `#` or `;` with whitespace on both sides, as
+# people write them (`ttl = 2h   # the usual`); `#deploys` or `ticket #123`
+# stay values.
+INLINE_COMMENTS = ("# ", "#\t", "; ", ";\t")
+
+
 def new_parser() -> ConfigParser:
-    """The INI reader every config goes through. `#` and `;` after
-    whitespace start a comment, as people write them after values
-    (`ttl = 2h   # the usual`); a value that needs a literal ` #` or ` ;`
-    writes `\\#` or `\\;` (see `unescape`)."""
+    """The INI reader every config goes through: comments after values
+    (`INLINE_COMMENTS`); a value that needs a literal ` # ` or ` ; ` writes
+    `\\#` or `\\;` (see `unescape`)."""
     return ConfigParser(
         interpolation=None,
         default_section="\0none",
-        inline_comment_prefixes=("#", ";"),
+        inline_comment_prefixes=INLINE_COMMENTS,
     )
 
 

@@ -200,13 +200,15 @@ def test_comments_after_values_are_comments_and_an_escaped_hash_is_kept(
     path.write_text(
         "[default]\nttl = 2h            # the usual\nprincipal = ci@example.com ; us\n"
         "[pool.staging]\nmembers = s-1, s-2   # two for now\n"
-        "[ticket]\nnote = fix \\#123 and a \\; too\nttl=30m#no space: not a comment\n"
+        "[ticket]\nnote = fix \\# 123 and a \\; too\nttl=30m#no space: not a comment\n"
+        "[bot]\nchannels = C0OPS, #deploys ; and #ops, later\n"
     )
     config = load_config(path)
     assert config.settings("x").ttl == timedelta(hours=2)
     assert config.settings("x").principal == "ci@example.com"
     assert config.pools()["staging"].members == ("s-1", "s-2")
-    assert config.value("ticket", "note") == "fix #123 and a ; too"
+    assert config.value("ticket", "note") == "fix # 123 and a ; too"
+    assert config.value(None, "channels", "bot") == "C0OPS, #deploys"
     with pytest.raises(ConfigError, match="30m#no"):
         config.settings("ticket")
 

@@ -201,11 +201,14 @@ def test_many_users_racing_get_exactly_one_holder(bot: BotServer) -> None:
     replies = bot.slack.wait_for(lambda c: answers(c), count=20)
     won = [c for c in replies if "You hold" in text_of(c)]
     lost = [c for c in replies if "held by" in text_of(c)]
-    assert len(won) == 1 and len(lost) == 19
+    mine = [c for c in replies if "You already hold" in text_of(c)]
+    assert len(won) == 1 and len(lost) == 15
     holder = bot.config.create().current("hot")
     assert holder is not None and lease_id_in(won[0]) == holder.id
     winner = next(u for u in users if u.id == won[0].context["user"])
     assert all(f"<@{winner.id}>" in text_of(c) for c in lost)
+    # The winner's own four other tries are told it is theirs already.
+    assert len(mine) == 4 and {c.context["user"] for c in mine} == {winner.id}
 
 
 def test_forged_and_stale_requests_get_401(bot: BotServer) -> None:
