@@ -39,7 +39,8 @@ EXIT_CODES = (
     ExitCode(
         str(EXIT_NOT_HELD),
         "`current`: no active lease; `is-held`: the lease is not active; "
-        "`doctor`: a setting of the store is unsafe",
+        "`doctor`: a setting of the store is unsafe; `token revoke`: no token "
+        "of that name",
     ),
     ExitCode(
         str(EXIT_HELD),

@@ -362,7 +362,6 @@ def test_bad_http_backend_configs_are_one_line_with_exit_68(
     for extra_url, extra, env, says in (
         (None, "token = " + token, {"STORMLOCK_TOKEN": token}, "never put the token"),
         ("http://stormlock.example.com", "", {"STORMLOCK_TOKEN": token}, "in clear"),
-        (None, "", {}, "needs a token"),
         (None, "token_file = /nonexistent/token", {}, "cannot read token_file"),
         ("ftp://x", "", {"STORMLOCK_TOKEN": token}, "not an http(s) URL"),
     ):
@@ -371,6 +370,11 @@ def test_bad_http_backend_configs_are_one_line_with_exit_68(
         assert result.returncode == 68, (extra, result.stderr)
         assert says in one_line_error(result.stderr)
         assert token not in result.stderr
+    # No token at all is a missing credential: exit 78, as documented.
+    path = write_config(http_config(api))
+    missing = cli("-c", str(path), "acquire", "db", env={})
+    assert missing.returncode == 78, missing.stderr
+    assert "needs a token" in one_line_error(missing.stderr)
 
 
 def test_a_lost_answer_is_retried_with_the_same_request_and_gets_the_lease(

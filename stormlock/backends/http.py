@@ -223,7 +223,9 @@ class Http(LeaseBackend):
             raise ConfigError(
                 f"[backend.http] token_file {str(path)!r} is empty; put the token in it"
             )
-        raise ConfigError(
+        # As documented (exit 78): no token is a missing credential, as a
+        # wrong one is, not a fault of the config file.
+        raise Unauthenticated(
             f"the http backend needs a token: set ${TOKEN_ENV} or token_file in "
             "[backend.http] (create one with 'stormlock token create' on the server)"
         )
