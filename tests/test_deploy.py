@@ -81,7 +81,8 @@ def test_deployment_is_production_shaped() -> None:
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Ready while serving: a store outage is answered, not routed away.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"] and container["resources"]["limits"]
     secrets = {
         e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
