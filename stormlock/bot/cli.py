@@ -79,7 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--threads", type=int, default=16, help="concurrent requests per worker"
     )
-    sub.add_parser("socket", help="Socket Mode: no public URL needed")
+    socket = sub.add_parser("socket", help="Socket Mode: no public URL needed")
+    socket.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "0.0.0.0"),  # noqa: S104
+        help="where /healthz, /readyz and /metrics are served",
+    )
+    socket.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000))
     shell = sub.add_parser(
         "shell", help="try the bot in your terminal, no Slack needed"
     )
@@ -196,6 +202,7 @@ def _socket(args: argparse.Namespace) -> int:
     from . import logs
     from .app import build_app
     from .service import LeaseService
+    from .web import serve_operators, wsgi_app
 
     settings = _settings(args)
     app_token = _require(
@@ -204,11 +211,23 @@ def _socket(args: argparse.Namespace) -> int:
         "set it to an app-level token (xapp-...) with connections:write",
     )
     logs.configure(args.log_level, args.log_json)
-    bot = build_app(settings, LeaseService(settings), verify_requests=False)
+    service = LeaseService(settings)
+    bot = build_app(settings, service, verify_requests=False)
+    # Health, readiness and metrics on a port, as in HTTP mode (the image's
+    # health check and Prometheus find them); Slack comes over the socket.
+    route = wsgi_app(bot.app, service.ready, "", details=settings.readyz_details)
+    try:
+        operators = serve_operators(route, args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve /healthz on {args.host}:{args.port}: {exc.strerror}; "
+            "pick another --port (or $PORT)"
+        ) from None
     scheduler = _start_scheduler(bot)
     try:
         SocketModeHandler(bot.app, app_token).start()  # type: ignore[no-untyped-call]
     finally:
+        operators.shutdown()
         scheduler.stop()
         bot.close()
     return 0

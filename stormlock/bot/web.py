@@ -7,10 +7,13 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qsl
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -163,6 +166,28 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("operator endpoint: " + format, *args)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_operators(route: WSGIApp, host: str, port: int) -> WSGIServer:
+    """Serve `route`'s `/healthz`, `/readyz` and `/metrics` beside Socket
+    Mode, in threads of their own (stdlib wsgiref: a health check and a
+    scrape, not the public internet). Returns the server (call shutdown())."""
+    server = make_server(
+        host, port, route, server_class=_ThreadingServer, handler_class=_QuietHandler
+    )
+    threading.Thread(
+        target=server.serve_forever, name="stormlock-operators", daemon=True
+    ).start()
+    return server
+
+
 def wsgi_app(
     app: App,
     ready: Callable[[], tuple[bool, list[str]]],
@@ -175,7 +200,9 @@ def wsgi_app(
     settings too, which do not fail it) and `/metrics` (Prometheus) for
     operators; the HTTP API under `/v1/` if given (stormlock.api); 404
     elsewhere. The details are always in the bot's log."""
-    slack = slack_endpoint(app, signing_secret)
+    # Socket Mode (no signing secret) has no /slack/events: Slack's events
+    # come over its websocket.
+    slack = slack_endpoint(app, signing_secret) if signing_secret else None
     registry = _registry()
 
     def route(
@@ -198,7 +225,7 @@ def wsgi_app(
             if path == "/metrics":
                 metrics = generate_latest(registry)
                 return _plain(start_response, "200 OK", metrics, CONTENT_TYPE_LATEST)
-        if environ.get("REQUEST_METHOD") == "POST" and path == EVENTS_PATH:
+        if slack and environ.get("REQUEST_METHOD") == "POST" and path == EVENTS_PATH:
             return slack(environ, start_response)
         return _plain(start_response, "404 Not Found", b"not found\n")
 

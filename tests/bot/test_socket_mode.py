@@ -10,10 +10,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import requests
 from websockets.sync.server import ServerConnection, serve
 
 from stormlock.testing.env import BIN, clean_env
 from stormlock.testing.localslack import LocalSlack
+from stormlock.testing.servers import free_port
 from stormlock.testing.slack import ALICE, text_of
 
 
@@ -63,8 +65,10 @@ def test_socket_mode_acks_the_envelope_and_replies(
             SLACK_API_URL=slack.api_url,
             STORMLOCK_CONFIG=str(config),
         )
+        operators = free_port()
+        mode = ["socket", "--host", "127.0.0.1", "--port", str(operators)]
         bot = subprocess.Popen(
-            [str(BIN / "stormlock-bot"), "socket"],
+            [str(BIN / "stormlock-bot"), *mode],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -82,6 +86,14 @@ def test_socket_mode_acks_the_envelope_and_replies(
             slack.wait_for(
                 lambda c: c.method == "chat.postMessage" and "took" in text_of(c)
             )
+            # As in HTTP mode, for the image's health check and Prometheus;
+            # Slack's events come over the socket, never to a URL here.
+            base = f"http://127.0.0.1:{operators}"
+            assert requests.get(base + "/healthz", timeout=10).text == "ok\n"
+            assert requests.get(base + "/readyz", timeout=10).status_code == 200
+            metrics = requests.get(base + "/metrics", timeout=10).text
+            assert "stormlock_requests_total" in metrics
+            assert requests.post(base + "/slack/events", timeout=10).status_code == 404
         finally:
             bot.terminate()
             _, stderr = bot.communicate(timeout=30)
