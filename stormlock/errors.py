@@ -249,7 +249,7 @@ def missing_extra(
         raise error
     return UnknownBackendError(
         f"{who} needs packages that are not installed ({missing}); "
-        f"install them with: pip install 'stormlock[{extra}]'"
+        f"install them with: pip install 'stormlock-leases[{extra}]'"
     )
 
 

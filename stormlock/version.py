@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-DISTRIBUTION = "stormlock"
+DISTRIBUTION = "stormlock-leases"
 
 
 def version() -> str:

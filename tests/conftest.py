@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         print(f"\nCI: {len(skipped)} test(s) skipped; every backend must run in CI")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line naming each backend whose server is not installed here (so
+    its tests were skipped) and the command that installs it."""
+    from stormlock.testing.servers import NOT_INSTALLED
+
+    missing: dict[str, str] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        reason = reason.removeprefix("Skipped: ")
+        if NOT_INSTALLED in reason:
+            backend, _, how = reason.partition(": ")
+            missing.setdefault(backend, how.rpartition("install it with: ")[2])
+    if missing:
+        named = "; ".join(f"{name} ({how})" for name, how in sorted(missing.items()))
+        terminalreporter.write_line(
+            f"not tested here, their servers are not installed: {named}"
+        )

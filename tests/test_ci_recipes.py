@@ -6,6 +6,7 @@ own installation is on PATH."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,54 @@ def test_the_gitlab_template_runs_the_command_under_a_lease(
     events = history_of(api, token, "staging-1")
     assert [e["event"] for e in events] == ["acquired", "released"]
     assert {e["note"] for e in events} == {HOSTILE_NOTE}
+
+
+def test_each_recipes_install_step_gets_this_tool_from_a_wheel(tmp_path: Path) -> None:
+    """The install steps the tests above skip, run as the recipes run them:
+    in a fresh environment, with the package input pointing at a wheel built
+    from this tree (./scripts/wheel). What they install has `run` and the
+    http backend, which the original `stormlock` 0.4.1 has not."""
+    root = Path(__file__).resolve().parent.parent
+    dist = tmp_path / "dist"
+    _pip("wheel", "--no-deps", "--wheel-dir", str(dist), str(root))
+    (wheel,) = dist.glob("stormlock_leases-*.whl")
+    links = tmp_path / "links"
+    _pip("download", "--no-deps", "--dest", str(links), "urllib3>=2.0")
+    action: dict[str, Any] = yaml.safe_load(GITHUB.read_text())
+    github_install = action["runs"]["steps"][0]
+    gitlab: dict[str, Any] = yaml.safe_load(GITLAB.read_text())
+    defaults = {
+        "github": action["inputs"]["package"]["default"],
+        "gitlab": gitlab[".stormlock-run"]["variables"]["LEASE_PACKAGE"],
+    }
+    assert set(defaults.values()) == {"stormlock-leases[http]"}, defaults
+    steps = {
+        "github": github_install["run"],
+        "gitlab": "\n".join(gitlab[".stormlock-run"]["before_script"]),
+    }
+    for recipe, step in steps.items():
+        venv = tmp_path / f"venv-{recipe}"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        env = {
+            "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+            "LEASE_PACKAGE": f"{wheel}[http]",
+            # The http extra's one dependency, fetched once (from PyPI).
+            "PIP_FIND_LINKS": str(links),
+            "PIP_NO_INDEX": "1",
+        }
+        installed = run_bash(step, env, tmp_path)
+        assert installed.returncode == 0, (recipe, installed.stderr)
+        version = run_bash("stormlock --version", env, tmp_path)
+        assert version.stdout.startswith("stormlock 1."), (recipe, version.stdout)
+        has_run = run_bash("stormlock run --help", env, tmp_path)
+        assert has_run.returncode == 0 and "COMMAND" in has_run.stdout, recipe
+        http = run_bash(
+            "python3 -c 'from stormlock.backends.http import Http'", env, tmp_path
+        )
+        assert http.returncode == 0, (recipe, http.stderr)
+
+
+def _pip(*args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--quiet", *args], check=True, timeout=300
+    )

@@ -451,14 +451,16 @@ def test_version_is_the_installed_distributions(cli: CliRunner) -> None:
 
     shown = cli("--version")
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == f"stormlock {version('stormlock')}"
+    assert shown.stdout.strip() == f"stormlock {version('stormlock-leases')}"
     bot = subprocess.run(
         [str(Path(STORMLOCK).parent / "stormlock-bot"), "--version"],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert bot.returncode == 0 and bot.stdout.strip().endswith(version("stormlock"))
+    assert bot.returncode == 0 and bot.stdout.strip().endswith(
+        version("stormlock-leases")
+    )
 
 
 def test_scripts_run_reads_the_config_of_the_directory_it_is_run_from(

@@ -253,3 +253,32 @@ def test_every_config_example_in_the_docs_loads(
 
         service._failure_limit(config)
         app._proxies(config)
+
+
+def test_a_run_that_skipped_backends_says_which_and_how_to_install_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last line of a local run without some servers (CI fails instead)."""
+    from types import SimpleNamespace
+
+    from stormlock.testing import servers
+    from tests.conftest import pytest_terminal_summary
+
+    missing = {"etcd-x": ("etcd", "apt-get install etcd-server")}
+    missing["redis-x"] = ("redis", "apt-get install redis-server")
+    monkeypatch.setattr(servers, "INSTALLS", missing)
+
+    def skipped(binary: str) -> SimpleNamespace:
+        try:
+            servers.find_binary(binary)
+        except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+            return SimpleNamespace(longrepr=("file", 1, f"Skipped: {exc}"))
+        raise AssertionError(f"{binary} found")
+
+    lines: list[str] = []
+    stats = {"skipped": [skipped("etcd-x"), skipped("etcd-x"), skipped("redis-x")]}
+    pytest_terminal_summary(SimpleNamespace(stats=stats, write_line=lines.append))
+    assert lines == [
+        "not tested here, their servers are not installed: "
+        "etcd (apt-get install etcd-server); redis (apt-get install redis-server)"
+    ]

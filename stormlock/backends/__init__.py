@@ -52,7 +52,7 @@ def _builtin(name: str) -> type[Backend] | None:
             return None  # no such built-in: maybe a plugin
         raise UnknownBackendError(
             f"backend {name!r} needs packages that are not installed ({exc.name}); "
-            f"run: pip install 'stormlock[{name}]'"
+            f"run: pip install 'stormlock-leases[{name}]'"
         ) from None
     found: type[Backend] | None = getattr(module, "BACKEND", None)
     return found

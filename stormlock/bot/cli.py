@@ -43,7 +43,7 @@ environment:
 
 exit codes: 0 ok, {EXIT_USAGE} bad command line, {EXIT_CONFIG} missing setting
   or bad config, {EXIT_UNKNOWN_BACKEND} unknown backend or packages not installed
-  (pip install 'stormlock[bot]'), {EXIT_UNAVAILABLE} backend
+  (pip install 'stormlock-leases[bot]'), {EXIT_UNAVAILABLE} backend
   unreachable, {EXIT_INTERNAL} unexpected error
 """
 
@@ -233,7 +233,7 @@ def _socket(args: argparse.Namespace) -> int:
     return 0
 
 
-# What `pip install 'stormlock[bot]'` adds (import names).
+# What `pip install 'stormlock-leases[bot]'` adds (import names).
 _BOT_EXTRA = frozenset(
     {
         "slack_bolt",

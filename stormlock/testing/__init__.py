@@ -1,7 +1,7 @@
 """Stormlock's conformance kit: the suite every backend passes, on real
 servers, for plugin authors too.
 
-It needs the `testing` extra (`pip install 'stormlock[testing]'`: pytest,
+It needs the `testing` extra (`pip install 'stormlock-leases[testing]'`: pytest,
 mirakuru, moto's server) and the servers' binaries on PATH (redis-server,
 postgres/initdb, etcd). In a plugin's repository, with one fixture:
 

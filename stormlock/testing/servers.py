@@ -47,6 +47,18 @@ def free_port() -> int:
         return port
 
 
+# What installs each server binary the tests start (Debian's packages, as
+# .ci/run installs them; moto's server comes with the dev extra).
+INSTALLS = {
+    "redis-server": ("redis", "apt-get install redis-server"),
+    "initdb": ("postgresql", "apt-get install postgresql"),
+    "postgres": ("postgresql", "apt-get install postgresql"),
+    "etcd": ("etcd", "apt-get install etcd-server"),
+    "moto_server": ("dynamodb", "pip install 'moto[server]'"),
+}
+NOT_INSTALLED = "is not installed"
+
+
 def find_binary(name: str, *extra_globs: str) -> str:
     """The path of a server binary, or skip (locally) / fail (in CI)."""
     found = shutil.which(name)
@@ -57,7 +69,8 @@ def find_binary(name: str, *extra_globs: str) -> str:
                 found = matches[-1]
                 break
     if not found:
-        message = f"{name} is not installed; install it (stormlock's .ci/run shows how)"
+        backend, command = INSTALLS.get(name, (name, "see .ci/run"))
+        message = f"{backend}: {name} {NOT_INSTALLED}; install it with: {command}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

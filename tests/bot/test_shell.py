@@ -156,7 +156,7 @@ def test_the_bot_without_its_extra_says_how_to_install_it(
         )
         assert result.returncode == EXIT_UNKNOWN_BACKEND, result.stderr
         line = one_line_error(result.stderr)
-        assert "pip install 'stormlock[bot]'" in line
+        assert "pip install 'stormlock-leases[bot]'" in line
 
 
 def test_the_shell_has_line_editing_and_history(home: Path) -> None:
