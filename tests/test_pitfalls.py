@@ -4,14 +4,14 @@ and store-specific guarantees the shared conformance suite cannot see."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
-from stormlock import LockExpiredException, LockHeldException
+from stormlock import Lease, LockExpiredException, LockHeldException
 from stormlock.backends import build_backend
 from stormlock.backends.etcd import Etcd
 from stormlock.errors import ConfigError, InvalidTTL
@@ -245,3 +245,40 @@ def etcd_grant(backend: Etcd, resource: str) -> str:
     kv = backend._read(resource)
     assert kv is not None
     return str(kv["lease"])
+
+
+def _stale_key(backend: Etcd, resource: str, etcd_lease: str) -> Lease:
+    """A holder's key whose reported expiry has passed, attached to
+    `etcd_lease` ("0": none, as when etcd's lessor is late to delete it)."""
+    from stormlock.backends import etcd
+
+    now = datetime.now(UTC)
+    old = Lease("alice", now - timedelta(minutes=2), "x" * 32, resource, now, None)
+    epoch = backend._load_epoch()
+    body: dict[str, str] = {
+        "key": etcd._b64(backend._key(resource)),
+        "value": backend._value(old, etcd_lease, epoch),
+    }
+    if etcd_lease != "0":
+        body["lease"] = etcd_lease
+    backend._call("/v3/kv/put", body)
+    current = backend._read(resource)
+    assert current is not None
+    return backend._lease(current)[0]
+
+
+def test_etcd_takes_over_a_key_its_lease_has_outlived(etcd_backend: Etcd) -> None:
+    """Past its expiry, and its etcd lease gone: taken at once, with a higher
+    fence, not refused as held by someone whose time is over."""
+    stale = _stale_key(etcd_backend, "db", "0")
+    taken = etcd_backend.acquire_lease("db", "bob", timedelta(minutes=1))
+    assert taken.principal == "bob" and taken.fence > stale.fence
+
+
+def test_etcd_never_takes_over_by_the_clients_clock_alone(etcd_backend: Etcd) -> None:
+    """The value says its time is over, but etcd's lease is alive (a client
+    whose clock runs fast wrote it, or reads it): it stays held."""
+    alive, _ = etcd_backend._grant(timedelta(minutes=1))
+    _stale_key(etcd_backend, "db", alive)
+    with pytest.raises(LockHeldException):
+        etcd_backend.acquire_lease("db", "bob", timedelta(minutes=1))

@@ -503,10 +503,25 @@ class Etcd(LeaseBackend):
             r.get("response_range", {}).get("kvs") or [] for r in data["responses"]
         )
         if held:
-            return False, self._lease(held[0])[0]
+            holder = self._lease(held[0])[0]
+            if _past(holder) and self._lapsed(held[0]):
+                # Over by etcd's own clock, its key not yet deleted by the
+                # lessor (late under load): delete that very key, and the
+                # caller tries again (a new key: a higher fence).
+                return False, None
+            return False, holder
         if not stored_epoch or int(_unb64(stored_epoch[0]["value"])) != epoch:
             self._epoch = None  # etcd lost its data (or was never used): reload
         return False, None
+
+    def _lapsed(self, kv: dict[str, Any]) -> bool:
+        """Whether the key `kv` outlived its etcd lease (etcd says so: never
+        the client's clock alone), and was deleted now, as it was read."""
+        ttl = self._call("/v3/lease/timetolive", {"ID": kv.get("lease") or "0"})
+        if int(ttl.get("TTL", 1)) > 0:
+            return False
+        data = self._if_unchanged(kv, [{"request_delete_range": {"key": kv["key"]}}])
+        return bool(data.get("succeeded"))
 
     def _revoke_quietly(self, etcd_lease: str) -> None:
         with contextlib.suppress(BackendUnavailable):  # it expires at its TTL anyway
