@@ -25,11 +25,13 @@ from .render import (
     lease_table,
     line_table,
 )
-from .ttl import parse_duration
+from .ttl import attempts_a_duration, parse_duration
 from .version import VersionAction
 from .workers import worker_count
 
 PROG = "stormlock"
+# `--wait` with no duration waits this long (docs/cli.md).
+DEFAULT_WAIT = "10m"
 
 CURRENT_FORMATS = {
     "oneline": lease_oneline,
@@ -83,12 +85,20 @@ def _build_parser() -> argparse.ArgumentParser:
             "-t", "--ttl", help="lease duration, e.g. '30m', '2h', '1 days'"
         )
 
+    def wait_option(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "-w",
+            "--wait",
+            metavar="DURATION",
+            nargs="?",
+            const=DEFAULT_WAIT,
+            help=f"wait in line up to DURATION (alone: {DEFAULT_WAIT})",
+        )
+
     acquire = command("acquire", "acquire a lease; prints the lease id")
     ttl_option(acquire)
     acquire.add_argument("-n", "--note", help="why you take the lease")
-    acquire.add_argument(
-        "-w", "--wait", metavar="DURATION", help="wait up to DURATION for the lock"
-    )
+    wait_option(acquire)
     acquire.add_argument(
         "-f",
         "--format",
@@ -99,7 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     acquire.add_argument(
         "resource",
-        nargs="+",
+        nargs="*",
         help="a resource, a pool, a group, or several resources: one lease on "
         "all of them or on none",
     )
@@ -139,8 +149,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run = command("run", "hold a lease while COMMAND runs; exits with its exit code")
     ttl_option(run)
     run.add_argument("-n", "--note", help="why you take the lease")
-    run.add_argument("-w", "--wait", metavar="DURATION", help="wait up to DURATION")
-    run.add_argument("resource")
+    wait_option(run)
+    run.add_argument("resource", nargs="?")
     run.add_argument("command", nargs="*", help="-- COMMAND [ARGS...]")
     run.set_defaults(command_after_dashes=None)
 
@@ -517,6 +527,29 @@ def _token(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_as_typed(args: argparse.Namespace) -> None:
+    """`--wait prod-db`, as people type it, is `--wait` alone (the default
+    wait) then the resource; `--wait 10m prod-db` waits 10 minutes. A word
+    that starts like a number is a duration, or an error, never a name."""
+    wait = args.wait
+    if wait is not None and not (wait[:1].isdigit() or attempts_a_duration(wait)):
+        if args.cmd == "acquire":
+            args.resource = [wait, *args.resource]
+        elif args.resource is None:
+            args.resource = wait
+        else:
+            raise errors.UsageError(
+                f"--wait takes a duration, not {wait!r}: "
+                f"e.g. --wait 10m {args.resource}"
+            )
+        args.wait = DEFAULT_WAIT
+    if not args.resource:
+        raise errors.UsageError(
+            f"which resource? e.g. stormlock {args.cmd} prod-db"
+            + (" -- COMMAND" if args.cmd == "run" else "")
+        )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.cmd == "serve":
@@ -539,6 +572,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise errors.UsageError(
                 "run needs a command: stormlock run RESOURCE -- COMMAND"
             )
+    if args.cmd in ("acquire", "run"):
+        _wait_as_typed(args)
     if args.cmd in ("acquire", "release", "renew", "run"):
         from .history import set_default_source  # changes are recorded
 

@@ -75,6 +75,29 @@ def _explain(text: str) -> str:
     return f"cannot read duration {text!r}; {EXAMPLE}"
 
 
+# Words people put where a duration goes, meaning a time: refused with an
+# example rather than read as something else (a note, a resource).
+TIME_WORDS = frozenset(
+    {
+        "tomorrow", "today", "tonight", "forever", "later", "soon", "noon",
+        "midnight", "eod", "eow", "overnight", "indefinitely", "now", "asap",
+    }
+)  # fmt: skip
+
+
+def attempts_a_duration(word: str) -> bool:
+    """Whether `word`, where a duration may go, is an attempt at one: a
+    number first ("2", "-5m", "1h30") or a word for a time ("tomorrow");
+    not "2fa" (a number, then no unit) nor a name."""
+    if word.lower() in TIME_WORDS:
+        return True
+    match = re.fullmatch(r"[+-]?[\d.]+([a-zA-Z]*)[\d.a-zA-Z]*", word)
+    if match is None:
+        return False
+    unit = match.group(1).lower()
+    return not unit or unit in UNITS
+
+
 def parse_ttl(text: str, max_ttl: timedelta | None = None) -> timedelta:
     """Parse a lease TTL, enforcing the configured maximum if any."""
     ttl = parse_duration(text)

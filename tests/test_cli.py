@@ -216,7 +216,9 @@ def test_acquire_wait_times_out_as_held(cli: CliRunner) -> None:
         (["renew", "x", "0c3f", "-t", "nope"], 66, "cannot read"),
         (["-c", "/no/such.cfg", "acquire", "x"], 68, "does not exist"),
         (["frobnicate"], 64, "invalid choice"),
-        (["acquire"], 64, "required"),
+        (["acquire"], 64, "which resource"),
+        (["acquire", "--wait", "10", "x"], 66, "has no unit"),  # a number: a TTL
+        (["run", "--wait", "x", "y", "--", "true"], 64, "--wait takes a duration"),
         (["run", "x"], 64, "needs a command"),
     ],
 )
@@ -494,3 +496,17 @@ def test_scripts_run_reads_the_config_of_the_directory_it_is_run_from(
     assert "from-here@example.com" in shown.stdout, shown.stderr
     # Its environment has the http backend: unreachable here, not missing.
     assert run("current", "api-only").returncode == 70
+
+
+def test_wait_as_people_type_it(cli: CliRunner) -> None:
+    """`--wait RESOURCE` is `--wait` alone (10 minutes) then the resource;
+    `--wait 1s RESOURCE` waits a second."""
+    held = cli("acquire", "busy")
+    assert held.returncode == 0, held.stderr
+    assert cli("acquire", "--wait", "free-one").returncode == 0
+    started = time.monotonic()
+    waited = cli("acquire", "--wait", "1s", "busy")
+    assert waited.returncode == 2 and "busy" in one_line_error(waited.stderr)
+    assert time.monotonic() - started >= 1
+    ran = cli("run", "--wait", "free-two", "--", "true")
+    assert ran.returncode == 0, ran.stderr

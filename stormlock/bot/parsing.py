@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 
 from ..errors import InvalidTTL, UsageError
 from ..names import normal
-from ..ttl import UNITS, parse_duration
+from ..ttl import attempts_a_duration, parse_duration
 
 ALIASES = {
     "acquire": "acquire",
@@ -110,32 +109,9 @@ def _take_ttl(words: list[str]) -> tuple[timedelta | None, list[str]]:
             try:
                 return parse_duration(candidate), words[count:]
             except InvalidTTL:
-                if count == 1 and _looks_like_duration(candidate):
+                if count == 1 and attempts_a_duration(candidate):
                     raise
     return None, words
-
-
-# Words people put where the TTL goes, meaning a time: refused with an
-# example rather than taken for the start of the note.
-_TIME_WORDS = frozenset(
-    {
-        "tomorrow", "today", "tonight", "forever", "later", "soon", "noon",
-        "midnight", "eod", "eow", "overnight", "indefinitely", "now", "asap",
-    }
-)  # fmt: skip
-
-
-def _looks_like_duration(word: str) -> bool:
-    """An attempt at a duration: a number first ("2", "-5m", "1h30"), or a
-    word for a time ("tomorrow"); not a note's first word ("2fa" is one,
-    but only after a number-and-unit parse failed: see `_take_ttl`)."""
-    if word.lower() in _TIME_WORDS:
-        return True
-    match = re.fullmatch(r"[+-]?[\d.]+([a-zA-Z]*)[\d.a-zA-Z]*", word)
-    if match is None:
-        return False
-    unit = match.group(1).lower()
-    return not unit or unit in UNITS
 
 
 def _parse_token(args: list[str]) -> Command:
