@@ -399,7 +399,13 @@ def test_acquiring_what_you_hold_says_so_and_offers_renew(tmp_path: Path) -> Non
 
 
 def test_the_line_of_a_full_pool_is_joined_not_called_free(tmp_path: Path) -> None:
-    c = with_pools(tmp_path)
+    from stormlock.bot.state import BotState
+    from stormlock.records import Records
+
+    shell = with_pools(tmp_path)
+    service = shell.service
+    state = BotState(Records(service.backend(service.config.default_backend)))
+    c = Core(service, shell.settings, shell.people, state)  # Slack's: it can DM
     c.handle(Ask("U1", acquire("staging-1"), "C1"))
     free = c.handle(Ask("U2", Command("queue", "staging"), "C1")).answer
     assert isinstance(free, core.LineFree), "a member is free: take it"
