@@ -38,12 +38,16 @@ MISS_NOTE = (
 )
 
 
+def spec(user: User) -> str:
+    """A person as the fake Slack's command line takes them."""
+    return f"{user.id}:{user.name}:{user.email or ''}"
+
+
 @contextlib.contextmanager
-def fake_slack(users: list[User]) -> Iterator[LocalSlack]:
+def fake_slack(specs: list[str]) -> Iterator[LocalSlack]:
     """The fake Slack in its own process (sharing this process's GIL with
     the load generator would add its work to every measured latency): what
-    `running_bot` needs of it (`token`, `api_url`) and its `base`."""
-    specs = [f"{u.id}:{u.name}:{u.email or ''}" for u in users]
+    `running_bot` needs of it (`token`, `api_url`), its `base` and `pid`."""
     fake = subprocess.Popen(
         [sys.executable, "-m", "stormlock.testing.localslack", *specs],
         stdout=subprocess.PIPE,
@@ -53,8 +57,9 @@ def fake_slack(users: list[User]) -> Iterator[LocalSlack]:
     api_url = fake.stdout.readline().strip()
     token = "xoxb-local"  # noqa: S105 - LocalSlack's fake token
     base = api_url.removesuffix("/api/")
+    found = SimpleNamespace(token=token, api_url=api_url, base=base, pid=fake.pid)
     try:
-        yield cast(LocalSlack, SimpleNamespace(token=token, api_url=api_url, base=base))
+        yield cast(LocalSlack, found)
     finally:
         fake.terminate()
         fake.wait(timeout=10)
@@ -175,7 +180,7 @@ def section(
     rows = []
     peak = 0
     with (
-        fake_slack(users) as slack,
+        fake_slack([spec(u) for u in users]) as slack,
         running_bot(
             slack,
             BackendConfig("redis", options),

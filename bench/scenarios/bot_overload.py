@@ -13,21 +13,18 @@ people, each the median over the last 30 s.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-from bench.scenarios.bot_latency import Client, signed_command
+from bench.scenarios.bot_latency import Client, fake_slack, signed_command
 from bench.scenarios.bot_reply import Answers, Loop, _rss_mib
 from stormlock.testing.backends import BackendConfig
-from stormlock.testing.localslack import LocalSlack
 from stormlock.testing.servers import Server
 from stormlock.testing.slack import running_bot
 
@@ -127,14 +124,8 @@ def section(
     config = BackendConfig("redis", options)
     home = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     specs = [f"U{n:05d}:person{n}:person{n}@example.com" for n in range(64)]
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "stormlock.testing.localslack", *specs],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert fake.stdout is not None
-    api_url = fake.stdout.readline().strip()
-    slack = cast(LocalSlack, SimpleNamespace(token="xoxb-local", api_url=api_url))  # noqa: S106
+    fake = contextlib.ExitStack()
+    slack = fake.enter_context(fake_slack(specs))
     arrivals = Answers(keep_all=True)
     lines: list[str] = []
     try:
@@ -207,8 +198,7 @@ def section(
             )
     finally:
         arrivals.close()
-        fake.terminate()
-        fake.wait(timeout=10)
+        fake.close()
     return (
         "### The bot under overload, and over a long run (Redis)\n\n"
         + "\n".join(lines)

@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench.scenarios.bot_latency import Client, fake_slack, signed_command
+from bench.scenarios.bot_latency import Client, fake_slack, signed_command, spec
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.clients import slow_request, trickle, wait_in_line
 from stormlock.testing.servers import Server
@@ -84,7 +84,7 @@ def section(
     assert options is not None
     rows = []
     with (
-        fake_slack([ALICE, BOB]) as slack,
+        fake_slack([spec(ALICE), spec(BOB)]) as slack,
         running_bot(
             slack,
             BackendConfig(name, options),

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, cast
 
 from mirakuru import TCPExecutor
 
 from bench.scenarios.bot_latency import (
     Client,
+    fake_slack,
     process_cpu_seconds,
     process_memory_kb,
     signed_command,
@@ -266,14 +266,8 @@ def section(
         home = Path(tempfile.mkdtemp(prefix="bench-reply-"))
         people = max(levels)
         specs = [f"U{n:05d}:person{n}:person{n}@example.com" for n in range(people)]
-        fake = subprocess.Popen(
-            [sys.executable, "-m", "stormlock.testing.localslack", *specs],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert fake.stdout is not None
-        api_url = fake.stdout.readline().strip()
-        slack = cast(LocalSlack, SimpleNamespace(token="xoxb-local", api_url=api_url))  # noqa: S106
+        fake = contextlib.ExitStack()
+        slack = fake.enter_context(fake_slack(specs))
         answers = Answers()
         baseline, baseline_url = _baseline(config, home, slack)
         have = 0
@@ -314,7 +308,7 @@ def section(
                         # load, the reconcile passes) falls on every bot alike.
                         runs: dict[str, list[tuple[list[float], int, float]]] = {}
                         assert baseline.process is not None
-                        pids = [bot.process.pid, baseline.process.pid, fake.pid]
+                        pids = [bot.process.pid, baseline.process.pid, slack.pid]  # type: ignore[attr-defined]
                         if single is not None:
                             pids.append(one.process.pid)
                         for _ in range(rounds):
@@ -382,8 +376,7 @@ def section(
         finally:
             baseline.stop()
             answers.close()
-            fake.terminate()
-            fake.wait(timeout=10)
+            fake.close()
     return (
         "### Time to the answer: Stormlock's bot and a naive baseline"
         f" ({rounds} round{'s' if rounds > 1 else ''} of {seconds:g} s per row, taken in turn)\n\n"
