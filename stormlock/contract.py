@@ -58,6 +58,14 @@ class Lease(NamedTuple):
     lease has the same id and its own fence). Empty for one resource."""
 
 
+def same_principal(one: str, other: str) -> bool:
+    """Whether two principals name the same holder: compared ignoring case,
+    everywhere (the CLI, the API, the http backend, Slack, history and the
+    line), since an email's case is not part of who it is and people type
+    `Alice@Example.com` and `alice@example.com` for one person."""
+    return one.casefold() == other.casefold()
+
+
 class Clock(StrEnum):
     """Whose clock decides that a lease has expired."""
 
@@ -210,7 +218,7 @@ class SetHeld(LockHeldException):
         if (
             principal is not None
             and len({h.id for h in holders}) == 1
-            and all(h.principal == principal for h in holders)
+            and all(same_principal(h.principal, principal) for h in holders)
             and members == set(holders[0].members or members)
             and ",".join(sorted(members)) == name
         ):

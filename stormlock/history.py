@@ -28,6 +28,8 @@ from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from .contract import same_principal
+
 ACQUIRED = "acquired"
 RENEWED = "renewed"
 RELEASED = "released"
@@ -214,7 +216,8 @@ def filtered(
         if (since is None or e.time >= since)
         and (
             principal is None
-            or principal.lower() in (e.principal.lower(), e.actor.lower())
+            or same_principal(principal, e.principal)
+            or same_principal(principal, e.actor)
         )
     ]
     return kept[-limit:] if limit else kept

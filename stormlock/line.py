@@ -28,6 +28,7 @@ from .contract import (
     Lease,
     LockExpiredException,
     LockHeldException,
+    same_principal,
 )
 from .errors import (
     EXIT_RATE_LIMITED,
@@ -314,7 +315,7 @@ class Line:
     def of(self, principal: str) -> tuple[int, Ticket] | None:
         """`principal`'s place (1: first) and ticket, if in line."""
         for place, ticket in enumerate(self.waiting(), 1):
-            if ticket.principal.lower() == principal.lower():
+            if same_principal(ticket.principal, principal):
                 return place, ticket
         return None
 

@@ -798,3 +798,20 @@ def test_workers_share_the_failed_login_limit_between_them() -> None:
             allowed += 1
         worker.failed("203.0.113.9")
     assert allowed == 20
+
+
+def test_one_person_is_one_principal_whatever_its_case(api: ApiServer) -> None:
+    """`Alice@Example.com` holds it from the CLI; the API token of
+    `alice@example.com` is the same holder: shown the id, and may release."""
+    token = api.token("mine", "alice@example.com")
+    with api.store_backend() as store:
+        held = store.acquire_lease("pcase", "Alice@Example.com", timedelta(minutes=5))
+    shown = call(api, "GET", "/v1/current", token, params={"resource": "pcase"})
+    assert shown.json()["lease"]["id"] == held.id
+    other = api.token("other", "bob@example.com")
+    hidden = call(api, "GET", "/v1/current", other, params={"resource": "pcase"})
+    assert hidden.json()["lease"]["id"] is None
+    gone = call(
+        api, "POST", "/v1/release", token, json={"resource": "pcase", "id": held.id}
+    )
+    assert gone.json() == {"released": True}

@@ -24,6 +24,7 @@ from ..contract import (
     InLine,
     Lease,
     LockHeldException,
+    same_principal,
 )
 from ..errors import (
     ConfigError,
@@ -213,7 +214,7 @@ class Caller:
     def sees_id(self, lease: Lease) -> bool:
         """A lease id is shown to its holder only (and to a delegate token,
         which acts for every holder)."""
-        return self.token.delegate or lease.principal == self.principal
+        return self.token.delegate or same_principal(lease.principal, self.principal)
 
     def channel(self, configured: str | None) -> str | None:
         """Where this caller's change is announced."""
@@ -287,7 +288,7 @@ def _place(lock: StormLock, ticket: str | None) -> Place:
         if (
             str(waiting.seq) == seq
             and waiting.record.id == secret
-            and waiting.principal == lock.principal
+            and same_principal(waiting.principal, lock.principal)
         ):
             return Place(waiting)
     return Place()  # it lapsed: join again, at the back

@@ -57,6 +57,7 @@ from ..backend import (
     trips,
 )
 from ..budget import budget
+from ..contract import same_principal
 from ..errors import (
     BackendUnavailable,
     ConfigError,
@@ -504,7 +505,7 @@ class Http(LeaseBackend):
             if (
                 holder is not None
                 and self._local.uncertain
-                and (holder.principal == principal or self._mine(holder))
+                and (same_principal(holder.principal, principal) or self._mine(holder))
             ):
                 # The first try may have landed with its answer lost, and the
                 # server not know it (it died before recording the request).
@@ -587,7 +588,7 @@ class Http(LeaseBackend):
         """Whether `lease` is held as this token's principal."""
         if self._principal is None:
             self._principal = str(self._call("GET", "/v1/whoami").get("principal"))
-        return lease.principal == self._principal
+        return same_principal(lease.principal, self._principal)
 
     def whoami(self) -> dict[str, Any]:
         with self._operation():

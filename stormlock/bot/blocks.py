@@ -23,7 +23,7 @@ from slack_sdk.models.blocks import (
     MarkdownTextObject,
 )
 
-from ..contract import Lease
+from ..contract import Lease, same_principal
 from ..errors import one_line
 from ..history import Event
 from ..times import iso
@@ -675,7 +675,7 @@ def announce_released(
             f":warning: {namer(actor)} force-released *{resource}*"
             f" from {namer(lease.principal)}"
         )
-    elif actor.lower() == lease.principal.lower():
+    elif same_principal(actor, lease.principal):
         text = f":unlock: {namer(actor)} released *{resource}*"
     else:
         text = (
@@ -911,7 +911,7 @@ def event_line(
         "passed": f"{holder} passed their turn",
         "took": f"{holder} took their turn",
     }.get(event.event, f"{escape(event.event)} ({holder})")
-    if event.event == "released" and event.actor.lower() != event.principal.lower():
+    if event.event == "released" and not same_principal(event.actor, event.principal):
         what = f"{namer(event.actor)} released {holder}'s lease (with its id)"
     line = f"{_EVENT_ICONS.get(event.event, '•')} {when(event.time)}: "
     if with_resource:

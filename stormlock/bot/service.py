@@ -18,7 +18,14 @@ from typing import cast
 
 from ..backend import LeaseBackend, current_many, release_and_look
 from ..config import Config
-from ..contract import Backend, Feature, Finding, Lease, LockExpiredException
+from ..contract import (
+    Backend,
+    Feature,
+    Finding,
+    Lease,
+    LockExpiredException,
+    same_principal,
+)
 from ..errors import (
     EXIT_BAD_RESOURCE,
     EXIT_NOT_HELD,
@@ -61,8 +68,9 @@ class Person:
     """Other principals that are also this person (their user id, email)."""
 
     def is_principal(self, principal: str) -> bool:
-        names = {self.principal.lower(), *(a.lower() for a in self.aliases)}
-        return principal.lower() in names
+        return any(
+            same_principal(principal, name) for name in (self.principal, *self.aliases)
+        )
 
 
 def same_lease_id(given: str, active: str) -> bool:
