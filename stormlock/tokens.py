@@ -24,6 +24,7 @@ import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
@@ -84,8 +85,12 @@ class Token(NamedTuple):
         return f"{globs} {mode}" + (" delegate" if self.delegate else "")
 
     def covers(self, resource: str) -> bool:
+        """Whether a glob of the scope matches `resource`, both in NFC (one
+        name however it was typed: "café" composed or not)."""
+        name = unicodedata.normalize("NFC", resource)
         return not self.resources or any(
-            fnmatchcase(resource, glob) for glob in self.resources
+            fnmatchcase(name, unicodedata.normalize("NFC", glob))
+            for glob in self.resources
         )
 
     def refusal(self, resource: str | None, write: bool) -> str | None:

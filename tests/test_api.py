@@ -815,3 +815,39 @@ def test_one_person_is_one_principal_whatever_its_case(api: ApiServer) -> None:
         api, "POST", "/v1/release", token, json={"resource": "pcase", "id": held.id}
     )
     assert gone.json() == {"released": True}
+
+
+def test_a_tokens_scope_is_checked_on_what_the_name_resolves_to(
+    tmp_path: Path,
+) -> None:
+    """A pool's every member (any may be given), a name in NFC however it
+    was typed, and a request id only for the request it was first sent with."""
+    import unicodedata
+
+    pool = "\n[pool.runners]\nmembers = ci-1, prod-db2\n"
+    with run_api(tmp_path, pool) as api:
+
+        def take(token: str, resource: str, **more: str) -> requests.Response:
+            body = {"resource": resource, **more}
+            return call(api, "POST", "/v1/acquire", token, json=body)
+
+        refused = take(api.token("by-pool", resources="runners"), "runners")
+        assert refused.status_code == 403, refused.text
+        assert "may not touch 'ci-1'" in error_of(refused)["message"]
+        both = api.token("both", resources="ci-*,prod-db*")
+        assert take(both, "runners").status_code == 200
+
+        cafe = "caf\u00e9-prod"
+        decomposed = unicodedata.normalize("NFD", cafe)
+        plain = api.token("plain", resources="cafe*")
+        for spelling in (cafe, decomposed):
+            assert take(plain, spelling).status_code == 403, spelling
+        accented = take(api.token("accented", resources="caf\u00e9*"), decomposed)
+        assert accented.status_code == 200
+        assert accented.json()["lease"]["resource"] == cafe
+
+        request = str(uuid.uuid4())
+        first = take(both, "ci-2", request_id=request).json()
+        other = take(both, "ci-3", request_id=request).json()
+        assert not other["replayed"] and other["lease"]["resource"] == "ci-3"
+        assert other["lease"]["id"] != first["lease"]["id"]

@@ -43,6 +43,7 @@ from ..lock import (
     lock_for,
     read_history,
     resolve,
+    resources_of,
     set_members,
 )
 from ..names import (
@@ -385,10 +386,17 @@ class ApiService:
     # -- leases ------------------------------------------------------------
 
     def _check(self, caller: Caller, resource: str | None, write: bool) -> None:
-        """The token's scope, member by member for a set ("a,b" or a group)."""
-        members = set_members(self.config, resource) if resource else None
-        for name in members[0] if members else [resource]:
-            caller.check(name, write)
+        """The token's scope, on what the name resolves to (in NFC, as the
+        lock will use it): every member of a set ("a,b" or a group) or of a
+        pool (any of which the request may be given)."""
+        if resource is None:
+            caller.check(None, write)
+            return
+        name = normal(resource)
+        resolved = set_members(self.config, name) is not None or self.config.pool(name)
+        names = resources_of(self.config, name) if resolved else (name,)
+        for each in names:
+            caller.check(normal(each), write)
 
     def _lock_for(self, resource: str, caller: Caller) -> StormLock:
         if not caller.token.delegate or set_members(self.config, resource):
@@ -410,9 +418,10 @@ class ApiService:
         change is recorded with it, so a bot on this store announces it."""
         return self.config.value(resource, "announce_channel", BOT_SECTION)
 
-    def _request_key(self, caller: Caller, request_id: str) -> str:
-        # Per principal: one caller can never replay another's request.
-        raw = f"{caller.principal}\0{request_id}".encode()
+    def _request_key(self, caller: Caller, request_id: str, resource: str) -> str:
+        # Per principal and resource: one caller can never replay another's
+        # request, nor a request id sent again for another resource.
+        raw = f"{caller.principal}\0{request_id}\0{normal(resource)}".encode()
         return f"{API_RECORDS}request/{hashlib.sha256(raw).hexdigest()}"
 
     def _replayed(self, lock: StormLock, key: str) -> Lease | None:
@@ -459,7 +468,7 @@ class ApiService:
                 "ask again to wait longer"
             )
         lock = self._lock_for(resource, caller)
-        key = self._request_key(caller, request_id) if request_id else None
+        key = self._request_key(caller, request_id, resource) if request_id else None
         # A retry of a resource's acquire is refused as held (and looked up
         # then); a pool's would take another member, so it looks first.
         if key is not None and isinstance(lock, PoolLock):
