@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any
@@ -13,9 +12,9 @@ from slack_sdk.errors import SlackApiError
 
 from .blocks import escape
 from .service import Person, PersonUnknown
+from .settings import USER_ID
 
 log = logging.getLogger(__name__)
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _CACHE_SECONDS = 600.0
 
 
@@ -95,7 +94,7 @@ class Directory:
         """The Slack user a principal names, if any. If Slack cannot say just
         now: None, or with `strict` a `WhoUnknown` (so a message is retried,
         not dropped)."""
-        if _USER_ID.match(principal):
+        if USER_ID.match(principal):
             return principal
         if "@" not in principal:
             return None

@@ -48,7 +48,7 @@ from .outbox import Outbox, Redraw
 from .parsing import parse
 from .reminders import Reminders
 from .service import LeaseService
-from .settings import BotSettings
+from .settings import DM_ID, BotSettings
 
 if TYPE_CHECKING:  # the API is imported only when it is served
     from ..api.service import Change
@@ -471,4 +471,4 @@ class _Answer:
 
 
 def _is_dm(channel: object) -> bool:
-    return isinstance(channel, str) and channel.startswith("D")
+    return isinstance(channel, str) and DM_ID.match(channel) is not None

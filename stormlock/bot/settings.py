@@ -22,9 +22,11 @@ def _list(raw: str | None) -> list[str]:
     return [item.strip() for item in raw.replace("\n", ",").split(",") if item.strip()]
 
 
-# Slack's ids: users U.../W..., channels C... (public), G... (private), D... (DM).
+# Slack's ids, the one place they are recognised: users U.../W..., channels
+# C... (public), G... (private), D... (a DM).
 USER_ID = re.compile(r"^[UW][A-Z0-9]+$")
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+DM_ID = re.compile(r"^D[A-Z0-9]{2,}$")
 
 
 @dataclass(frozen=True)
