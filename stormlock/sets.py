@@ -20,8 +20,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from .backend import current_many
 from .contract import (
     Backend,
+    InLine,
     Lease,
     LockExpiredException,
     LockHeldException,
@@ -30,6 +32,7 @@ from .contract import (
 )
 from .errors import InvalidResourceName, StormlockError
 from .ids import plausible_lease_id
+from .line import Line, has_line
 from .lock import StormLock
 from .names import validate_resource
 
@@ -217,8 +220,25 @@ class SetLock(StormLock):
         return None
 
     def _attempt(self, ttl: timedelta, note: str | None) -> Lease:
+        self._guard()
         leases = self.backend.acquire_set(self.members, self.principal, ttl, note)
         return self._whole(leases)
+
+    def _guard(self) -> None:
+        """The line's guard, member by member: a set never takes a member
+        that others wait for, or that is kept for the first in its line
+        (one read of every member's mark; a line only where one is up). As
+        a single resource's guard where the store has no one-step guard:
+        read first, then the change."""
+        if not has_line(self.backend):
+            return
+        lines = [Line(self.backend, member) for member in self.members]
+        marks = current_many(self.backend, [line.mark_key for line in lines])
+        for line, mark in zip(lines, marks, strict=True):
+            waiting = line.waiting() if mark is not None else []
+            if waiting:
+                holder = self.backend.current(line.resource)
+                raise InLine(line.resource, holder, len(waiting))
 
     def renew(self, lease_id: str, ttl: timedelta | None = None) -> Lease:
         ttl = self._ttl(ttl)

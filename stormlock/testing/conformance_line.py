@@ -30,12 +30,14 @@ from stormlock.contract import Feature, InLine
 from stormlock.line import Line, has_line, line_events
 from stormlock.lock import StormLock
 from stormlock.names import RECORD_PREFIX
+from stormlock.sets import SetLock
 from stormlock.testing.backends import BackendConfig
 from stormlock.testing.race_worker import wait_in_line
 
 __all__ = [
     "test_a_killed_waiter_stalls_the_line_only_until_its_ticket_lapses",
     "test_a_release_wakes_the_first_in_line_where_the_store_can",
+    "test_a_set_never_takes_a_member_kept_for_the_first_in_its_line",
     "test_a_wait_in_line_leaves_nothing_behind",
     "test_only_the_head_of_the_line_may_take_a_free_resource",
     "test_the_line_is_in_history",
@@ -139,6 +141,28 @@ def test_only_the_head_of_the_line_may_take_a_free_resource(backend: Backend) ->
     assert not line.leave(bob)  # already gone
     assert carol.acquire_lease().principal == "carol"  # an empty line: as before
     assert _leftovers(backend, resource) == []
+
+
+def test_a_set_never_takes_a_member_kept_for_the_first_in_its_line(
+    backend: Backend,
+) -> None:
+    """bob is first in line for R, which is free and so kept for him: a set
+    with R in it is refused, names R and takes nothing, S included."""
+    if not has_line(backend):
+        return
+    first, second = sorted((_name(), _name()))
+    line = Line(backend, first)
+    bob = line.join("bob", "first in line", "slack")
+    carol = SetLock(backend, [first, second], "carol", timedelta(minutes=5))
+    with pytest.raises(InLine) as refused:
+        carol.acquire_lease()
+    assert refused.value.resource == first and refused.value.waiting == 1
+    assert backend.current(first) is None and backend.current(second) is None
+    assert line.leave(bob)
+    taken = carol.acquire_lease()  # nobody waits now: as before
+    assert set(taken.members) == {first, second}
+    carol.release(taken.id)
+    assert _leftovers(backend, first) == []
 
 
 class _Counted:
