@@ -30,7 +30,7 @@ PY
 if [ ! -x .venv/bin/python ] || [ "$covered" != yes ]; then
     quiet=()
     [ "${CI:-}" = true ] && quiet=(-q)
-    echo "setting up .venv with stormlock[$EXTRAS] (pip shows its progress) ..." >&2
+    echo "setting up .venv with this project (stormlock-leases[$EXTRAS]; pip shows its progress) ..." >&2
     "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install "${quiet[@]}" --upgrade pip >&2
     packages=(-e ".[$EXTRAS]")
