@@ -105,17 +105,9 @@ def parse_ttl(text: str, max_ttl: timedelta | None = None) -> timedelta:
     return ttl
 
 
-def check_ttl(
-    ttl: timedelta,
-    max_ttl: timedelta | None = None,
-    min_ttl: timedelta | None = None,
-) -> timedelta:
-    """`ttl` if it is positive and within `min_ttl` (the store's floor, from
-    its capabilities) and `max_ttl`; else `InvalidTTL`."""
+def check_ttl(ttl: timedelta, max_ttl: timedelta | None = None) -> timedelta:
     if ttl <= timedelta(0):
         raise InvalidTTL(f"TTL must be positive; {EXAMPLE}")
-    if min_ttl is not None:
-        check_floor(ttl, min_ttl)
     if max_ttl is not None and ttl > max_ttl:
         raise InvalidTTL(
             f"TTL {format_duration(ttl)} is longer than max_ttl "
